@@ -1,1 +1,5 @@
+//! The sandbox: what runs inside a single-use process (hardening, then one guest execution or one
+//! compilation), and the fork server that creates such processes.
 
+pub mod runtime;
+pub mod sys;

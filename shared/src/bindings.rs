@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
     path: "wit",
     world: "runner",
     imports: { default: trappable },
+    exports: { default: async },
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });
 

@@ -1,0 +1,160 @@
+//! Running `handler` once.
+
+use std::time::Instant;
+
+use alga_shared::bindings::{ExecuteResponse, RunnerPre};
+use alga_shared::channel::micros_since;
+use alga_shared::protocol::{ExecStats, ExecuteJob, Failure};
+use wasmtime::Trap;
+use wasmtime::component::Component;
+
+use super::guest::Prepared;
+use super::host::{BridgeError, HostBridge, HostCallLimit, WrongReply};
+use super::limiter::MemoryLimitExceeded;
+use super::output::Capture;
+
+/// Longest operator-facing failure message kept, in bytes.
+const MAX_MESSAGE: usize = 4 * 1024;
+
+/// Deserializes `artifact`, instantiates it and calls `handler` with `job.request`, under the
+/// job's memory, fuel and epoch limits. The caller arranges for the engine's epoch to pass
+/// `epoch_deadline` when the wall-clock deadline is reached.
+///
+/// # Safety
+/// `artifact` must be the output of [`super::compile::compile`] by an engine with the same
+/// fingerprint as `prep.engine`, unmodified since (Wasmtime's contract for `deserialize`: the
+/// bytes are trusted native code).
+pub unsafe fn execute(
+    prep: &Prepared,
+    rt: &tokio::runtime::Runtime,
+    artifact: &[u8],
+    job: &ExecuteJob,
+    bridge: Box<dyn HostBridge>,
+    epoch_deadline: u64,
+) -> (Result<ExecuteResponse, Failure>, ExecStats) {
+    let start = Instant::now();
+    let mut stats = ExecStats::default();
+    // SAFETY: the caller guarantees `artifact` was produced by our compiler for this engine
+    // configuration and has not been modified (see this function's contract).
+    let component = match unsafe { Component::deserialize(&prep.engine, artifact) } {
+        Ok(c) => c,
+        Err(e) => return (Err(Failure::Internal { message: message(&e, "loading the compiled artifact") }), stats),
+    };
+    let pre = match prep.linker.instantiate_pre(&component).and_then(RunnerPre::new) {
+        Ok(pre) => pre,
+        Err(e) => return (Err(Failure::InvalidComponent { message: message(&e, "linking") }), stats),
+    };
+
+    let capture = Capture::new(job.limits.max_output_bytes as usize);
+    let mut store = prep.store(job.limits, bridge, &capture);
+    let fuel_set = store.set_fuel(job.limits.fuel).is_ok();
+    store.set_epoch_deadline(epoch_deadline);
+    store.epoch_deadline_trap();
+
+    let result = rt.block_on(async {
+        let runner = pre.instantiate_async(&mut store).await?;
+        runner.call_handler(&mut store, &job.request).await
+    });
+
+    if fuel_set {
+        stats.fuel_consumed = job.limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    }
+    stats.memory_peak_bytes = store.data().budget.peak();
+    let captured = capture.take();
+    stats.stdout = captured.stdout;
+    stats.stderr = captured.stderr;
+    stats.output_truncated = captured.truncated;
+    stats.run_us = micros_since(start);
+
+    let result = match result {
+        Ok(response) => check_response(response, job.limits.max_response_bytes),
+        Err(e) => Err(classify(&e)),
+    };
+    (result, stats)
+}
+
+fn check_response(response: ExecuteResponse, max_body: u64) -> Result<ExecuteResponse, Failure> {
+    let len = response.body.as_ref().map_or(0, |b| b.len() as u64);
+    if len > max_body {
+        return Err(Failure::GuestTrap {
+            kind: "response_too_large".into(),
+            message: format!("response body of {len} bytes exceeds the limit of {max_body} bytes"),
+        });
+    }
+    Ok(response)
+}
+
+/// Turns the error that ended a guest call into a typed failure.
+pub fn classify(e: &wasmtime::Error) -> Failure {
+    if e.downcast_ref::<MemoryLimitExceeded>().is_some() {
+        return Failure::MemoryLimit;
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => Failure::Timeout,
+            Trap::OutOfFuel => Failure::FuelExhausted,
+            other => Failure::GuestTrap { kind: snake_case(&format!("{other:?}")), message: message(e, "") },
+        };
+    }
+    if let Some(limit) = e.downcast_ref::<HostCallLimit>() {
+        return Failure::GuestTrap { kind: "host_call_limit".into(), message: limit.to_string() };
+    }
+    if e.downcast_ref::<BridgeError>().is_some() || e.downcast_ref::<WrongReply>().is_some() {
+        return Failure::Internal { message: message(e, "") };
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Failure::GuestTrap { kind: "exit".into(), message: format!("guest called exit({})", exit.0) };
+    }
+    Failure::GuestTrap { kind: "error".into(), message: message(e, "") }
+}
+
+fn message(e: &wasmtime::Error, context: &str) -> String {
+    let mut text = if context.is_empty() { String::new() } else { format!("{context}: ") };
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    text.push_str(&chain.join(": "));
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+fn snake_case(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else if c.is_ascii_alphanumeric() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_kinds_are_snake_case() {
+        assert_eq!(snake_case("UnreachableCodeReached"), "unreachable_code_reached");
+        assert_eq!(snake_case("StackOverflow"), "stack_overflow");
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(&wasmtime::Error::new(Trap::Interrupt)), Failure::Timeout);
+        assert_eq!(classify(&wasmtime::Error::new(Trap::OutOfFuel)), Failure::FuelExhausted);
+        assert_eq!(classify(&wasmtime::Error::new(MemoryLimitExceeded { limit: 1 })), Failure::MemoryLimit);
+        match classify(&wasmtime::Error::new(Trap::UnreachableCodeReached)) {
+            Failure::GuestTrap { kind, .. } => assert_eq!(kind, "unreachable_code_reached"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

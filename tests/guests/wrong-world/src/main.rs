@@ -1,0 +1,3 @@
+fn main() {
+    println!("a component of another world");
+}
