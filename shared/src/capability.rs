@@ -120,7 +120,9 @@ impl CapabilitySet {
     }
 
     /// Parses every name; the error lists each unknown one.
-    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, Vec<UnknownCapability>> {
+    pub fn parse<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, Vec<UnknownCapability>> {
         let mut set = Self::new();
         let mut bad = Vec::new();
         for name in names {
@@ -177,11 +179,23 @@ mod tests {
 
     #[test]
     fn names_are_normalised() {
-        assert_eq!(" HTTP.fetch ".parse::<Capability>(), Ok(Capability::HttpFetch));
-        assert_eq!("cap:storage.kv".parse::<Capability>(), Ok(Capability::StorageKv));
-        assert_eq!("Cap:Log.Emit".parse::<Capability>(), Ok(Capability::LogEmit));
+        assert_eq!(
+            " HTTP.fetch ".parse::<Capability>(),
+            Ok(Capability::HttpFetch)
+        );
+        assert_eq!(
+            "cap:storage.kv".parse::<Capability>(),
+            Ok(Capability::StorageKv)
+        );
+        assert_eq!(
+            "Cap:Log.Emit".parse::<Capability>(),
+            Ok(Capability::LogEmit)
+        );
         let err = "cap:root".parse::<Capability>().unwrap_err();
-        assert!(err.to_string().contains("unknown capability `cap:root`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown capability `cap:root`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -204,7 +218,10 @@ mod tests {
 
         let providers = CapabilitySet::parse(["storage.kv"]).unwrap();
         let eff = CapabilitySet::effective(&manifest, &grants, Some(&providers));
-        assert!(!eff.contains(Capability::HttpFetch), "providers narrow the set");
+        assert!(
+            !eff.contains(Capability::HttpFetch),
+            "providers narrow the set"
+        );
         assert!(eff.contains(Capability::StorageKv));
         assert!(eff.contains(Capability::LogEmit));
     }

@@ -35,7 +35,13 @@ fn send_first_with_fd(sock: RawFd, frame: &[u8], fd: BorrowedFd<'_>) -> io::Resu
     let fds = [fd.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     loop {
-        match sendmsg::<()>(sock, &[IoSlice::new(frame)], &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg::<()>(
+            sock,
+            &[IoSlice::new(frame)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
             Ok(n) => return Ok(n),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -66,7 +72,9 @@ fn recv_some_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io
         }
     }
     if truncated {
-        return Err(io::Error::other("more descriptors than expected arrived with a message"));
+        return Err(io::Error::other(
+            "more descriptors than expected arrived with a message",
+        ));
     }
     Ok(n)
 }
@@ -84,7 +92,10 @@ pub struct BlockingChannel {
 
 impl BlockingChannel {
     pub fn new(fd: OwnedFd, max_frame: u32) -> Self {
-        BlockingChannel { stream: LocalStream::from(fd), max_frame }
+        BlockingChannel {
+            stream: LocalStream::from(fd),
+            max_frame,
+        }
     }
 
     pub fn send<M: Serialize>(&mut self, msg: &M) -> Result<(), FrameError> {
@@ -93,7 +104,11 @@ impl BlockingChannel {
         Ok(())
     }
 
-    pub fn send_with_fd<M: Serialize>(&mut self, msg: &M, fd: BorrowedFd<'_>) -> Result<(), FrameError> {
+    pub fn send_with_fd<M: Serialize>(
+        &mut self,
+        msg: &M,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), FrameError> {
         let frame = frame::encode(msg, self.max_frame)?;
         let sent = send_first_with_fd(self.stream.as_fd().as_raw_fd(), &frame, fd)?;
         (&self.stream).write_all(&frame[sent..])?;
@@ -116,9 +131,17 @@ impl BlockingChannel {
         let mut got = 0;
         let mut fds = Vec::new();
         while got < header.len() {
-            let n = recv_some_with_fds(self.stream.as_fd().as_raw_fd(), &mut header[got..], &mut fds)?;
+            let n = recv_some_with_fds(
+                self.stream.as_fd().as_raw_fd(),
+                &mut header[got..],
+                &mut fds,
+            )?;
             if n == 0 {
-                return Err(if got == 0 { FrameError::Closed } else { FrameError::Truncated { got, want: 4 } });
+                return Err(if got == 0 {
+                    FrameError::Closed
+                } else {
+                    FrameError::Truncated { got, want: 4 }
+                });
             }
             got += n;
         }
@@ -164,17 +187,26 @@ impl AsyncChannel {
         })
     }
 
-    pub async fn send<M: Serialize>(&self, msg: &M) -> Result<(), FrameError> {
+    /// Sends one message; returns the frame's length in bytes.
+    pub async fn send<M: Serialize>(&self, msg: &M) -> Result<usize, FrameError> {
         let frame = frame::encode(msg, self.max_frame)?;
         let _guard = self.send_lock.lock().await;
-        self.write_all(&frame).await
+        self.write_all(&frame).await?;
+        Ok(frame.len())
     }
 
-    pub async fn send_with_fd<M: Serialize>(&self, msg: &M, fd: BorrowedFd<'_>) -> Result<(), FrameError> {
+    pub async fn send_with_fd<M: Serialize>(
+        &self,
+        msg: &M,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), FrameError> {
         let frame = frame::encode(msg, self.max_frame)?;
         let _guard = self.send_lock.lock().await;
         let raw = self.stream.as_raw_fd();
-        let sent = self.stream.async_io(Interest::WRITABLE, || send_first_with_fd(raw, &frame, fd)).await?;
+        let sent = self
+            .stream
+            .async_io(Interest::WRITABLE, || send_first_with_fd(raw, &frame, fd))
+            .await?;
         self.write_all(&frame[sent..]).await
     }
 
@@ -209,6 +241,11 @@ impl AsyncChannel {
     /// Receives one message; descriptors are not accepted. Plain reads make the kernel discard
     /// (close) any descriptor a hostile peer attaches, so none ever reaches our table.
     pub async fn recv<M: DeserializeOwned>(&self) -> Result<M, FrameError> {
+        Ok(self.recv_sized().await?.0)
+    }
+
+    /// Like [`Self::recv`], also returning the frame's length in bytes.
+    pub async fn recv_sized<M: DeserializeOwned>(&self) -> Result<(M, usize), FrameError> {
         let _guard = self.recv_lock.lock().await;
         let mut header = [0u8; 4];
         match self.read_exact(&mut header).await? {
@@ -222,11 +259,13 @@ impl AsyncChannel {
         if got < len {
             return Err(FrameError::Truncated { got, want: len });
         }
-        frame::decode(&body)
+        Ok((frame::decode(&body)?, len))
     }
 
     /// Receives one message and the descriptors attached to it.
-    pub async fn recv_with_fds<M: DeserializeOwned>(&self) -> Result<(M, Vec<OwnedFd>), FrameError> {
+    pub async fn recv_with_fds<M: DeserializeOwned>(
+        &self,
+    ) -> Result<(M, Vec<OwnedFd>), FrameError> {
         let _guard = self.recv_lock.lock().await;
         let raw = self.stream.as_raw_fd();
         let mut header = [0u8; 4];
@@ -235,10 +274,16 @@ impl AsyncChannel {
         while got < header.len() {
             let n = self
                 .stream
-                .async_io(Interest::READABLE, || recv_some_with_fds(raw, &mut header[got..], &mut fds))
+                .async_io(Interest::READABLE, || {
+                    recv_some_with_fds(raw, &mut header[got..], &mut fds)
+                })
                 .await?;
             if n == 0 {
-                return Err(if got == 0 { FrameError::Closed } else { FrameError::Truncated { got, want: 4 } });
+                return Err(if got == 0 {
+                    FrameError::Closed
+                } else {
+                    FrameError::Truncated { got, want: 4 }
+                });
             }
             got += n;
         }
@@ -285,7 +330,10 @@ pub struct SandboxEnd {
 
 impl SandboxEnd {
     pub fn new(fd: OwnedFd, max_frame: u32) -> Self {
-        SandboxEnd { chan: BlockingChannel::new(fd, max_frame), next_call: 0 }
+        SandboxEnd {
+            chan: BlockingChannel::new(fd, max_frame),
+            next_call: 0,
+        }
     }
 
     pub fn ready(&mut self, layers: HardeningReport) -> Result<(), FrameError> {
@@ -302,7 +350,9 @@ impl SandboxEnd {
         match msg {
             SupervisorMsg::Execute(job) => Ok(Job::Execute(job, fd?)),
             SupervisorMsg::Compile(job) => Ok(Job::Compile(job, fd?)),
-            SupervisorMsg::HostReply { .. } => Err(FrameError::Malformed("host reply before any job".into())),
+            SupervisorMsg::HostReply { .. } => {
+                Err(FrameError::Malformed("host reply before any job".into()))
+            }
         }
     }
 
@@ -312,8 +362,13 @@ impl SandboxEnd {
         self.next_call = self.next_call.wrapping_add(1);
         self.chan.send(&SandboxMsg::HostCall { call_id, call })?;
         match self.chan.recv::<SupervisorMsg>()? {
-            SupervisorMsg::HostReply { call_id: got, reply } if got == call_id => Ok(reply),
-            SupervisorMsg::HostReply { call_id: got, .. } => Err(CallError::WrongCallId { got, want: call_id }),
+            SupervisorMsg::HostReply {
+                call_id: got,
+                reply,
+            } if got == call_id => Ok(reply),
+            SupervisorMsg::HostReply { call_id: got, .. } => {
+                Err(CallError::WrongCallId { got, want: call_id })
+            }
             _ => Err(CallError::Unexpected),
         }
     }
@@ -332,9 +387,14 @@ impl SandboxEnd {
 
     /// Reports a successful compilation and streams the artifact in chunks.
     pub fn compiled(&mut self, info: ComponentInfo, artifact: &[u8]) -> Result<(), FrameError> {
-        self.chan.send(&SandboxMsg::Compiled { artifact_len: artifact.len() as u64, info })?;
+        self.chan.send(&SandboxMsg::Compiled {
+            artifact_len: artifact.len() as u64,
+            info,
+        })?;
         for chunk in artifact.chunks(ARTIFACT_CHUNK_BYTES) {
-            self.chan.send(&SandboxMsg::ArtifactChunk { bytes: chunk.to_vec() })?;
+            self.chan.send(&SandboxMsg::ArtifactChunk {
+                bytes: chunk.to_vec(),
+            })?;
         }
         Ok(())
     }
@@ -348,24 +408,37 @@ pub struct SupervisorEnd {
 
 impl SupervisorEnd {
     pub fn new(fd: OwnedFd, max_frame: u32) -> io::Result<Self> {
-        Ok(SupervisorEnd { chan: AsyncChannel::new(fd, max_frame)? })
+        Ok(SupervisorEnd {
+            chan: AsyncChannel::new(fd, max_frame)?,
+        })
     }
 
-    /// The next message from the sandbox (hostile input: validate before use).
-    pub async fn recv(&self) -> Result<SandboxMsg, FrameError> {
-        self.chan.recv().await
+    /// The next message from the sandbox (hostile input: validate before use) and its size.
+    pub async fn recv(&self) -> Result<(SandboxMsg, usize), FrameError> {
+        self.chan.recv_sized().await
     }
 
-    pub async fn execute(&self, job: ExecuteJob, artifact: BorrowedFd<'_>) -> Result<(), FrameError> {
-        self.chan.send_with_fd(&SupervisorMsg::Execute(job), artifact).await
+    pub async fn execute(
+        &self,
+        job: ExecuteJob,
+        artifact: BorrowedFd<'_>,
+    ) -> Result<(), FrameError> {
+        self.chan
+            .send_with_fd(&SupervisorMsg::Execute(job), artifact)
+            .await
     }
 
     pub async fn compile(&self, job: CompileJob, wasm: BorrowedFd<'_>) -> Result<(), FrameError> {
-        self.chan.send_with_fd(&SupervisorMsg::Compile(job), wasm).await
+        self.chan
+            .send_with_fd(&SupervisorMsg::Compile(job), wasm)
+            .await
     }
 
-    pub async fn reply(&self, call_id: u32, reply: HostReply) -> Result<(), FrameError> {
-        self.chan.send(&SupervisorMsg::HostReply { call_id, reply }).await
+    /// Answers host call `call_id`; returns the frame's size in bytes.
+    pub async fn reply(&self, call_id: u32, reply: HostReply) -> Result<usize, FrameError> {
+        self.chan
+            .send(&SupervisorMsg::HostReply { call_id, reply })
+            .await
     }
 }
 
@@ -381,7 +454,9 @@ pub struct ForkServerEnd {
 
 impl ForkServerEnd {
     pub fn new(fd: OwnedFd, max_frame: u32) -> Self {
-        ForkServerEnd { chan: BlockingChannel::new(fd, max_frame) }
+        ForkServerEnd {
+            chan: BlockingChannel::new(fd, max_frame),
+        }
     }
 
     /// The socket, for `poll`.
@@ -398,12 +473,26 @@ impl ForkServerEnd {
         Ok((msg, fds.pop()))
     }
 
-    pub fn started(&mut self, engine_fingerprint: String, namespaces: NamespaceSet) -> Result<(), FrameError> {
-        self.chan.send(&ForkEvent::Started { engine_fingerprint, namespaces, pid: std::process::id() })
+    pub fn started(
+        &mut self,
+        engine_fingerprint: String,
+        namespaces: NamespaceSet,
+    ) -> Result<(), FrameError> {
+        self.chan.send(&ForkEvent::Started {
+            engine_fingerprint,
+            namespaces,
+            pid: std::process::id(),
+        })
     }
 
-    pub fn spawned(&mut self, token: u64, pid: u32, pidfd: BorrowedFd<'_>) -> Result<(), FrameError> {
-        self.chan.send_with_fd(&ForkEvent::Spawned { token, pid }, pidfd)
+    pub fn spawned(
+        &mut self,
+        token: u64,
+        pid: u32,
+        pidfd: BorrowedFd<'_>,
+    ) -> Result<(), FrameError> {
+        self.chan
+            .send_with_fd(&ForkEvent::Spawned { token, pid }, pidfd)
     }
 
     pub fn spawn_failed(&mut self, token: u64, error: String) -> Result<(), FrameError> {
@@ -423,7 +512,17 @@ pub struct ForkClientEnd {
 
 impl ForkClientEnd {
     pub fn new(fd: OwnedFd, max_frame: u32) -> io::Result<Self> {
-        Ok(ForkClientEnd { chan: AsyncChannel::new(fd, max_frame)? })
+        Ok(ForkClientEnd {
+            chan: AsyncChannel::new(fd, max_frame)?,
+        })
+    }
+
+    /// The first message: how to harden sandboxes.
+    pub async fn start(&self, plan: SandboxPlan) -> Result<(), FrameError> {
+        self.chan
+            .send(&ForkRequest::Start { plan })
+            .await
+            .map(|_| ())
     }
 
     pub async fn spawn(
@@ -433,7 +532,16 @@ impl ForkClientEnd {
         cgroup_procs: Vec<String>,
         sandbox_socket: BorrowedFd<'_>,
     ) -> Result<(), FrameError> {
-        self.chan.send_with_fd(&ForkRequest::Spawn { token, mode, cgroup_procs }, sandbox_socket).await
+        self.chan
+            .send_with_fd(
+                &ForkRequest::Spawn {
+                    token,
+                    mode,
+                    cgroup_procs,
+                },
+                sandbox_socket,
+            )
+            .await
     }
 
     /// The next event, with the pidfd that comes with `Spawned`.

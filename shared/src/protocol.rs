@@ -61,11 +61,17 @@ pub enum SandboxMsg {
     /// A guest log line (not a host call: no reply, not counted toward the host-call cap).
     Log { level: LogLevel, message: String },
     /// `handler` returned.
-    Done { response: ExecuteResponse, stats: ExecStats },
+    Done {
+        response: ExecuteResponse,
+        stats: ExecStats,
+    },
     /// The execution or compilation failed inside the sandbox.
     Failed { failure: Failure, stats: ExecStats },
     /// Compilation succeeded; `artifact_len` bytes follow in [`SandboxMsg::ArtifactChunk`]s.
-    Compiled { artifact_len: u64, info: ComponentInfo },
+    Compiled {
+        artifact_len: u64,
+        info: ComponentInfo,
+    },
     /// A piece of the compiled artifact, in order.
     ArtifactChunk { bytes: Vec<u8> },
 }
@@ -141,31 +147,76 @@ pub struct ComponentInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostCall {
     ContextGet,
-    SecretsGet { key: String },
+    SecretsGet {
+        key: String,
+    },
     SecretsListKeys,
-    HttpFetch { request: HttpRequest },
-    StorageGet { namespace: String, key: String },
-    StoragePut { entry: StorageEntry },
-    StorageDelete { namespace: String, key: String },
-    StorageListEntries { namespace: String, cursor: Option<String> },
-    UiProxyCallRoute { route: String, payload: Option<Vec<u8>> },
+    HttpFetch {
+        request: HttpRequest,
+    },
+    StorageGet {
+        namespace: String,
+        key: String,
+    },
+    StoragePut {
+        entry: StorageEntry,
+    },
+    StorageDelete {
+        namespace: String,
+        key: String,
+    },
+    StorageListEntries {
+        namespace: String,
+        cursor: Option<String>,
+    },
+    UiProxyCallRoute {
+        route: String,
+        payload: Option<Vec<u8>>,
+    },
     UserGet,
     UserV2Get,
     SchedulerList,
-    SchedulerGet { schedule_id: String },
-    SchedulerCreate { input: CreateScheduleInput },
-    SchedulerUpdate { schedule_id: String, input: UpdateScheduleInput },
-    SchedulerDelete { schedule_id: String },
+    SchedulerGet {
+        schedule_id: String,
+    },
+    SchedulerCreate {
+        input: CreateScheduleInput,
+    },
+    SchedulerUpdate {
+        schedule_id: String,
+        input: UpdateScheduleInput,
+    },
+    SchedulerDelete {
+        schedule_id: String,
+    },
     SchedulerGetEndpoints,
-    InvoicingCreateManualInvoice { input: CreateManualInvoiceInput },
-    ClientsList { input: ClientsListInput },
-    ClientsGet { client_id: String },
-    ServicesList { input: ServicesListInput },
-    ServicesGet { service_id: String },
-    ConfigGet { key: String },
+    InvoicingCreateManualInvoice {
+        input: CreateManualInvoiceInput,
+    },
+    ClientsList {
+        input: ClientsListInput,
+    },
+    ClientsGet {
+        client_id: String,
+    },
+    ServicesList {
+        input: ServicesListInput,
+    },
+    ServicesGet {
+        service_id: String,
+    },
+    ConfigGet {
+        key: String,
+    },
     ConfigList,
-    MetricsCounterAdd { name: String, value: u64 },
-    MetricsHistogramObserve { name: String, value: f64 },
+    MetricsCounterAdd {
+        name: String,
+        value: u64,
+    },
+    MetricsHistogramObserve {
+        name: String,
+        value: f64,
+    },
 }
 
 impl HostCall {
@@ -176,9 +227,10 @@ impl HostCall {
             ContextGet => Capability::ContextRead,
             SecretsGet { .. } | SecretsListKeys => Capability::SecretsGet,
             HttpFetch { .. } => Capability::HttpFetch,
-            StorageGet { .. } | StoragePut { .. } | StorageDelete { .. } | StorageListEntries { .. } => {
-                Capability::StorageKv
-            }
+            StorageGet { .. }
+            | StoragePut { .. }
+            | StorageDelete { .. }
+            | StorageListEntries { .. } => Capability::StorageKv,
             UiProxyCallRoute { .. } => Capability::UiProxy,
             UserGet | UserV2Get => Capability::UserRead,
             SchedulerList
@@ -229,7 +281,9 @@ impl HostCall {
             SecretsGet { .. } => HostReply::Secret(Err(SecretError::Denied)),
             SecretsListKeys => HostReply::SecretKeys(Vec::new()),
             HttpFetch { .. } => HostReply::Http(Err(HttpError::NotAllowed)),
-            StorageGet { .. } | StoragePut { .. } => HostReply::StorageEntry(Err(StorageError::Denied)),
+            StorageGet { .. } | StoragePut { .. } => {
+                HostReply::StorageEntry(Err(StorageError::Denied))
+            }
             StorageDelete { .. } => HostReply::StorageUnit(Err(StorageError::Denied)),
             StorageListEntries { .. } => HostReply::StorageEntries(Err(StorageError::Denied)),
             UiProxyCallRoute { .. } => HostReply::Proxy(Err(ProxyError::Denied)),
@@ -307,7 +361,9 @@ pub enum HostReply {
     ConfigEntries(Vec<(String, String)>),
     Unit,
     /// The execution went past its host-call count or payload budget: the guest traps.
-    LimitExceeded { detail: String },
+    LimitExceeded {
+        detail: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,13 +390,22 @@ pub struct LayerStatus {
 
 impl LayerStatus {
     pub fn full(detail: impl Into<String>) -> Self {
-        LayerStatus { level: Level::Full, detail: detail.into() }
+        LayerStatus {
+            level: Level::Full,
+            detail: detail.into(),
+        }
     }
     pub fn partial(detail: impl Into<String>) -> Self {
-        LayerStatus { level: Level::Partial, detail: detail.into() }
+        LayerStatus {
+            level: Level::Partial,
+            detail: detail.into(),
+        }
     }
     pub fn missing(detail: impl Into<String>) -> Self {
-        LayerStatus { level: Level::Missing, detail: detail.into() }
+        LayerStatus {
+            level: Level::Missing,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -356,7 +421,14 @@ pub struct NamespaceSet {
 }
 
 impl NamespaceSet {
-    pub const ALL: NamespaceSet = NamespaceSet { user: true, pid: true, net: true, ipc: true, uts: true, mount: true };
+    pub const ALL: NamespaceSet = NamespaceSet {
+        user: true,
+        pid: true,
+        net: true,
+        ipc: true,
+        uts: true,
+        mount: true,
+    };
 
     pub fn names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -415,9 +487,56 @@ pub enum SandboxMode {
     Compile,
 }
 
+/// Whether a hardening layer the kernel cannot fully provide stops the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// Apply what the kernel offers and report the level reached.
+    BestEffort,
+    /// Refuse to run sandboxes unless the layer is fully enforced.
+    Required,
+}
+
+/// How the fork server hardens every sandbox it creates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxPlan {
+    /// User and group a sandbox runs as when the service runs as root (default 65534, nobody).
+    pub uid: u32,
+    pub gid: u32,
+    /// Namespaces to create; each one the kernel refuses is reported and skipped.
+    pub namespaces: NamespaceSet,
+    pub landlock: Requirement,
+    /// Log seccomp violations instead of killing (policy development only).
+    pub seccomp_log_only: bool,
+    /// Largest IPC frame, in bytes.
+    pub max_frame: u32,
+    /// `RLIMIT_NOFILE` of a sandbox.
+    pub max_open_files: u64,
+    /// A seccomp policy (the JSON of `policies/seccomp/<arch>.json`) replacing the embedded one;
+    /// for policy development and the test that proves every allowed syscall is needed.
+    pub seccomp_policy: Option<String>,
+}
+
+impl Default for SandboxPlan {
+    fn default() -> Self {
+        SandboxPlan {
+            uid: 65534,
+            gid: 65534,
+            namespaces: NamespaceSet::ALL,
+            landlock: Requirement::BestEffort,
+            seccomp_log_only: false,
+            max_frame: crate::frame::DEFAULT_MAX_FRAME,
+            max_open_files: 16,
+            seccomp_policy: None,
+        }
+    }
+}
+
 /// What the supervisor asks of the fork server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForkRequest {
+    /// The first message: how to harden sandboxes.
+    Start { plan: SandboxPlan },
     /// Create one sandbox. Sent with the sandbox's end of its IPC socket pair.
     Spawn {
         token: u64,
@@ -432,12 +551,25 @@ pub enum ForkRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForkEvent {
     /// The fork server is up. `engine_fingerprint` names the code-generation settings.
-    Started { engine_fingerprint: String, namespaces: NamespaceSet, pid: u32 },
+    Started {
+        engine_fingerprint: String,
+        namespaces: NamespaceSet,
+        pid: u32,
+    },
     /// A sandbox exists (sent with its pidfd).
-    Spawned { token: u64, pid: u32 },
-    SpawnFailed { token: u64, error: String },
+    Spawned {
+        token: u64,
+        pid: u32,
+    },
+    SpawnFailed {
+        token: u64,
+        error: String,
+    },
     /// A sandbox was reaped.
-    Exited { pid: u32, status: ExitStatus },
+    Exited {
+        pid: u32,
+        status: ExitStatus,
+    },
 }
 
 /// How a sandbox process ended.
@@ -446,5 +578,8 @@ pub enum ExitStatus {
     Code(i32),
     /// Killed by `signal`; for SIGSYS, `syscall` is the number of the call seccomp refused when
     /// the kernel let us read it.
-    Signal { signal: i32, syscall: Option<i64> },
+    Signal {
+        signal: i32,
+        syscall: Option<i64>,
+    },
 }

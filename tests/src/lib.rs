@@ -13,7 +13,10 @@ pub fn fixture(name: &str) -> PathBuf {
     } else if alt.exists() {
         alt
     } else {
-        panic!("guest fixture {name} was not built (looked for {})", path.display())
+        panic!(
+            "guest fixture {name} was not built (looked for {})",
+            path.display()
+        )
     }
 }
 

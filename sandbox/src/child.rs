@@ -1,0 +1,195 @@
+//! The life of one sandbox process, from `clone` to `_exit`: wait for the fork server's go,
+//! harden, report ready, run one job, report, exit. It never returns into the fork server's code
+//! and runs no destructor of the state it inherited.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alga_shared::channel::{Job, SandboxEnd};
+use alga_shared::protocol::{ExecStats, Failure, HostCall, HostReply, LogLevel, SandboxMode};
+
+use crate::forkserver::Server;
+use crate::harden::{self, Input};
+use crate::runtime::host::{BridgeError, HostBridge};
+use crate::runtime::{compile, execute};
+use crate::sys::{self, Mapping};
+
+/// Exit codes of a sandbox that did not finish its job normally.
+pub mod exit_code {
+    /// The fork server went away before letting the child run.
+    pub const ABORTED: i32 = 70;
+    /// A hardening layer failed.
+    pub const HARDENING: i32 = 71;
+    /// The IPC channel failed (the supervisor went away or broke the protocol).
+    pub const CHANNEL: i32 = 72;
+    /// A panic in the runner's own code.
+    pub const PANIC: i32 = 101;
+}
+
+/// Host calls from the guest, over the sandbox's IPC socket.
+struct IpcBridge(Arc<Mutex<SandboxEnd>>);
+
+impl IpcBridge {
+    fn end(&self) -> std::sync::MutexGuard<'_, SandboxEnd> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl HostBridge for IpcBridge {
+    fn call(&mut self, call: HostCall) -> Result<HostReply, BridgeError> {
+        self.end()
+            .call(call)
+            .map_err(|e| BridgeError(e.to_string()))
+    }
+    fn log(&mut self, level: LogLevel, message: String) -> Result<(), BridgeError> {
+        self.end()
+            .log(level, message)
+            .map_err(|e| BridgeError(e.to_string()))
+    }
+}
+
+/// What the child needs from the fork server's spawn request.
+pub struct Spawn<'a> {
+    pub ipc: OwnedFd,
+    pub go: OwnedFd,
+    pub mode: SandboxMode,
+    pub cgroups: &'a [String],
+}
+
+/// Entry point of the new process. Never returns.
+pub fn main(server: &Server, spawn: Spawn<'_>) -> ! {
+    // Die with the fork server. Set before waiting for "go": if the parent died before this line,
+    // the go pipe's write end is closed and the read below returns 0, so we exit anyway.
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    let mut byte = [0u8; 1];
+    let go = nix::unistd::read(&spawn.go, &mut byte);
+    drop(spawn.go);
+    if go != Ok(1) {
+        sys::exit_now(exit_code::ABORTED);
+    }
+    // No panic message may go anywhere (the standard streams are closed below); the supervisor
+    // learns about a panic from the channel closing and the exit code.
+    std::panic::set_hook(Box::new(|_| {}));
+    let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        run(server, spawn.ipc, spawn.mode, spawn.cgroups)
+    }))
+    .unwrap_or(exit_code::PANIC);
+    sys::exit_now(code)
+}
+
+fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> i32 {
+    let plan = server.plan();
+    let input = Input {
+        plan,
+        cgroups,
+        namespaces: server.namespaces(),
+        uid: server.uid(),
+        gid: server.gid(),
+        privileged: server.privileged(),
+        filter: server.filter(mode),
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let hardened = match harden::harden(ipc, &input, runtime) {
+        Ok(h) => h,
+        Err(e) => {
+            if let Some(ipc) = e.ipc {
+                let message = format!("hardening layer `{}` failed: {}", e.layer, e.source);
+                let _ = SandboxEnd::new(ipc, plan.max_frame)
+                    .failed(Failure::Internal { message }, ExecStats::default());
+            }
+            return exit_code::HARDENING;
+        }
+    };
+    // From here on every layer is in place; the first tenant byte arrives with the job.
+    let mut end = SandboxEnd::new(hardened.ipc, plan.max_frame);
+    if end.ready(hardened.report).is_err() {
+        return exit_code::CHANNEL;
+    }
+    let job = match end.recv_job() {
+        Ok(job) => job,
+        Err(_) => return exit_code::CHANNEL,
+    };
+    let sent = match job {
+        Job::Execute(job, artifact) => {
+            let map = match Mapping::new(artifact.as_fd(), job.artifact_len as usize) {
+                Ok(m) => m,
+                Err(e) => {
+                    let message = format!("mapping the artifact: {e}");
+                    return report(
+                        &mut end,
+                        Err(Failure::Internal { message }),
+                        ExecStats::default(),
+                    );
+                }
+            };
+            drop(artifact);
+            let _ = sys::arm_alarm(Duration::from_millis(job.limits.timeout_ms));
+            let end = Arc::new(Mutex::new(end));
+            let bridge = Box::new(IpcBridge(end.clone()));
+            // SAFETY: the artifact was produced by this runner's own compile sandbox with an
+            // engine of the same fingerprint; the supervisor recorded its SHA-256 at compile time
+            // and checked it before handing it over, as a memfd sealed against any write, grow or
+            // shrink, so the bytes mapped here are exactly the checked ones. This is Wasmtime's
+            // contract for `deserialize` (the bytes are trusted native code).
+            let (result, stats) = unsafe {
+                execute::execute(
+                    server.prepared(),
+                    &hardened.prepared,
+                    map.bytes(),
+                    &job,
+                    bridge,
+                    1,
+                )
+            };
+            let mut end = end.lock().unwrap_or_else(|p| p.into_inner());
+            return report(&mut end, result, stats);
+        }
+        Job::Compile(job, wasm) => {
+            let map = match Mapping::new(wasm.as_fd(), job.wasm_len as usize) {
+                Ok(m) => m,
+                Err(e) => {
+                    let message = format!("mapping the component: {e}");
+                    return report(
+                        &mut end,
+                        Err(Failure::Internal { message }),
+                        ExecStats::default(),
+                    );
+                }
+            };
+            drop(wasm);
+            match compile::compile(server.prepared(), map.bytes()) {
+                Ok((artifact, _)) if artifact.len() as u64 > job.max_artifact_bytes => end.failed(
+                    Failure::InvalidComponent {
+                        message: format!(
+                            "the compiled component is {} bytes, over the limit of {} bytes",
+                            artifact.len(),
+                            job.max_artifact_bytes
+                        ),
+                    },
+                    ExecStats::default(),
+                ),
+                Ok((artifact, info)) => end.compiled(info, &artifact),
+                Err(failure) => end.failed(failure, ExecStats::default()),
+            }
+        }
+    };
+    if sent.is_ok() { 0 } else { exit_code::CHANNEL }
+}
+
+fn report(
+    end: &mut SandboxEnd,
+    result: Result<alga_shared::bindings::ExecuteResponse, Failure>,
+    stats: ExecStats,
+) -> i32 {
+    let sent = match result {
+        Ok(response) => end.done(response, stats),
+        Err(failure) => end.failed(failure, stats),
+    };
+    if sent.is_ok() { 0 } else { exit_code::CHANNEL }
+}

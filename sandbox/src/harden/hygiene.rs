@@ -1,0 +1,41 @@
+//! Layer 1: nothing inherited survives.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use alga_shared::protocol::LayerStatus;
+
+use super::IPC_FD;
+use crate::sys;
+
+/// Score that makes the kernel's OOM killer pick a sandbox before anything else.
+const OOM_SCORE_ADJ: &str = "1000";
+
+pub fn apply(ipc: OwnedFd, max_open_files: u64) -> io::Result<(OwnedFd, LayerStatus)> {
+    // Descriptors: only the IPC socket stays, at a fixed number; the standard streams go too
+    // (nothing in a sandbox may print; results travel over IPC).
+    let ipc = sys::move_fd(ipc, IPC_FD)?;
+    sys::close_from(IPC_FD + 1)?;
+    for fd in 0..=2 {
+        sys::close_raw(fd);
+    }
+    // SAFETY (of the environment change below): this process is single-threaded, so nothing reads
+    // the environment concurrently.
+    for (key, _) in std::env::vars_os() {
+        // SAFETY: single-threaded process, see above.
+        unsafe { std::env::remove_var(key) };
+    }
+    sys::prctl(libc::PR_SET_DUMPABLE, 0)?;
+    sys::set_rlimit(libc::RLIMIT_CORE, 0)?;
+    sys::set_rlimit(libc::RLIMIT_FSIZE, 0)?;
+    sys::set_rlimit(libc::RLIMIT_NOFILE, max_open_files)?;
+    nix::unistd::setsid()?;
+    std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ)?;
+    Ok((
+        ipc,
+        LayerStatus::full(format!(
+            "descriptors closed but IPC; empty environment; not dumpable; RLIMIT_CORE=0, RLIMIT_FSIZE=0, \
+             RLIMIT_NOFILE={max_open_files}; own session; oom_score_adj={OOM_SCORE_ADJ}; dies with its parent"
+        )),
+    ))
+}

@@ -1,0 +1,145 @@
+//! The one ordered hardening sequence of a sandbox process (05-sandbox.md, "Hardening layers").
+//!
+//! Order and why:
+//! 1. hygiene first, so nothing inherited (descriptors, environment, core dumps) survives into
+//!    the later layers or the guest;
+//! 2. cgroup: the fork server placed the process in its own cgroup before letting it run; this
+//!    step records where it is;
+//! 3. namespaces were created at `clone`; the mount namespace is emptied here, while the process
+//!    still has the capabilities (in its user namespace) that mounting needs;
+//! 4. credentials: drop to the unprivileged user and every capability, then `no_new_privs` —
+//!    after mounting (needs capabilities), before Landlock (which needs `no_new_privs`);
+//! 5. Landlock: no filesystem, no TCP, no abstract sockets, no signals out;
+//! 6. seccomp last: it forbids the very syscalls the steps above use (mount, setuid, prctl,
+//!    landlock_*). Just before it, `before_seccomp` creates what the runtime needs (the Tokio
+//!    runtime's epoll and eventfd), so the filter need not allow creating them.
+//!
+//! Each layer returns its achieved level as data ([`HardeningReport`]); tenant bytes arrive only
+//! after this function returns.
+
+mod credentials;
+mod hygiene;
+mod landlock;
+mod namespaces;
+mod seccomp;
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use alga_policies::BpfProgram;
+use alga_shared::protocol::{
+    HardeningReport, LayerStatus, Level, NamespaceSet, Requirement, SandboxPlan,
+};
+
+pub use self::landlock::kernel_abi as landlock_abi;
+
+/// The descriptor number the IPC socket has inside every sandbox.
+pub const IPC_FD: i32 = 3;
+
+/// Everything the hardening sequence needs.
+pub struct Input<'a> {
+    pub plan: &'a SandboxPlan,
+    /// cgroup directories the fork server placed this process in (empty: no cgroup).
+    pub cgroups: &'a [String],
+    /// Namespaces the process was created in.
+    pub namespaces: NamespaceSet,
+    /// The user and group to become (already mapped in the user namespace, if any).
+    pub uid: u32,
+    pub gid: u32,
+    /// True when the process has privileges to drop (root, or a fresh user namespace).
+    pub privileged: bool,
+    pub filter: &'a BpfProgram,
+}
+
+/// A layer failed in a way that must stop the sandbox.
+#[derive(Debug, thiserror::Error)]
+#[error("hardening layer `{layer}` failed: {source}")]
+pub struct HardenError {
+    pub layer: &'static str,
+    #[source]
+    pub source: io::Error,
+    /// The IPC socket, when hygiene got that far, so the failure can be reported.
+    pub ipc: Option<OwnedFd>,
+}
+
+/// A fully hardened process: its IPC socket, the report, and what `before_seccomp` built.
+pub struct Hardened<T> {
+    pub ipc: OwnedFd,
+    pub report: HardeningReport,
+    pub prepared: T,
+}
+
+/// Applies the six layers in order. `ipc` is the sandbox's end of its IPC socket; it ends up at
+/// [`IPC_FD`].
+pub fn harden<T>(
+    ipc: OwnedFd,
+    input: &Input<'_>,
+    before_seccomp: impl FnOnce() -> io::Result<T>,
+) -> Result<Hardened<T>, HardenError> {
+    let (ipc, hygiene) =
+        hygiene::apply(ipc, input.plan.max_open_files).map_err(|source| HardenError {
+            layer: "hygiene",
+            source,
+            ipc: None,
+        })?;
+    match harden_rest(input, hygiene, before_seccomp) {
+        Ok((report, prepared)) => Ok(Hardened {
+            ipc,
+            report,
+            prepared,
+        }),
+        Err((layer, source)) => Err(HardenError {
+            layer,
+            source,
+            ipc: Some(ipc),
+        }),
+    }
+}
+
+fn harden_rest<T>(
+    input: &Input<'_>,
+    hygiene: LayerStatus,
+    before_seccomp: impl FnOnce() -> io::Result<T>,
+) -> Result<(HardeningReport, T), (&'static str, io::Error)> {
+    let at = |layer: &'static str| move |e: io::Error| (layer, e);
+
+    let cgroup = if input.cgroups.is_empty() {
+        LayerStatus::missing("no cgroup: the host offers no usable cgroup controllers")
+    } else {
+        LayerStatus::full(format!("member of {}", input.cgroups.join(", ")))
+    };
+
+    let (namespaces, namespace_set) =
+        namespaces::apply(input.namespaces, input.plan.namespaces).map_err(at("namespaces"))?;
+
+    let credentials =
+        credentials::apply(input.uid, input.gid, input.privileged).map_err(at("credentials"))?;
+
+    let (landlock, landlock_abi) = landlock::apply().map_err(at("landlock"))?;
+    if input.plan.landlock == Requirement::Required && landlock.level != Level::Full {
+        return Err((
+            "landlock",
+            io::Error::other(format!(
+                "required but not fully enforced: {}",
+                landlock.detail
+            )),
+        ));
+    }
+
+    let prepared = before_seccomp().map_err(at("runtime setup"))?;
+
+    let seccomp =
+        seccomp::apply(input.filter, input.plan.seccomp_log_only).map_err(at("seccomp"))?;
+
+    let report = HardeningReport {
+        hygiene,
+        cgroup,
+        namespaces,
+        namespace_set,
+        credentials,
+        landlock,
+        landlock_abi,
+        seccomp,
+    };
+    Ok((report, prepared))
+}

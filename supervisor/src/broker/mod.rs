@@ -1,0 +1,150 @@
+//! The host-API broker: every host call a sandbox makes is checked here — capability first, in
+//! this one place — and then performed by the module of its interface. The sandbox is trusted
+//! with nothing: a call without its capability gets the interface's deny value, never a trap.
+
+pub mod config;
+pub mod context;
+pub mod storage;
+pub mod user;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use alga_shared::capability::CapabilitySet;
+use alga_shared::protocol::{HostCall, HostReply};
+
+pub use storage::{KvStore, MemoryKv};
+pub use user::UserInfo;
+
+/// Everything the broker knows about one execution.
+#[derive(Debug, Clone)]
+pub struct HostContext {
+    pub request_id: Option<String>,
+    pub tenant_id: String,
+    pub extension_id: String,
+    pub install_id: Option<String>,
+    pub version_id: Option<String>,
+    pub user: Option<UserInfo>,
+    /// The install's configuration (what `config` and nothing else may read).
+    pub config: BTreeMap<String, String>,
+    /// The effective capabilities of this execution.
+    pub capabilities: CapabilitySet,
+    pub storage: Arc<dyn KvStore>,
+}
+
+impl HostContext {
+    /// The storage scope: tenant and install (or the extension when there is no install id).
+    pub fn storage_scope(&self) -> storage::Scope {
+        storage::Scope {
+            tenant: self.tenant_id.clone(),
+            install: self
+                .install_id
+                .clone()
+                .unwrap_or_else(|| self.extension_id.clone()),
+        }
+    }
+}
+
+/// Performs one host call.
+pub async fn handle(ctx: &HostContext, call: HostCall) -> HostReply {
+    if !ctx.capabilities.contains(call.capability()) {
+        return call.deny_reply();
+    }
+    match call {
+        HostCall::ContextGet => context::get(ctx),
+        HostCall::UserGet => user::get(ctx),
+        HostCall::UserV2Get => user::get_v2(ctx),
+        HostCall::ConfigGet { key } => config::get(ctx, &key),
+        HostCall::ConfigList => config::list(ctx),
+        HostCall::StorageGet { namespace, key } => storage::get(ctx, &namespace, &key),
+        HostCall::StoragePut { entry } => storage::put(ctx, entry),
+        HostCall::StorageDelete { namespace, key } => storage::delete(ctx, &namespace, &key),
+        HostCall::StorageListEntries { namespace, cursor } => {
+            storage::list(ctx, &namespace, cursor.as_deref())
+        }
+        // Accepted and dropped until the metrics exporter exists.
+        HostCall::MetricsCounterAdd { .. } | HostCall::MetricsHistogramObserve { .. } => {
+            HostReply::Unit
+        }
+        // Not provided by this runner yet: the interface's deny value.
+        other @ (HostCall::SecretsGet { .. }
+        | HostCall::SecretsListKeys
+        | HostCall::HttpFetch { .. }
+        | HostCall::UiProxyCallRoute { .. }
+        | HostCall::SchedulerList
+        | HostCall::SchedulerGet { .. }
+        | HostCall::SchedulerCreate { .. }
+        | HostCall::SchedulerUpdate { .. }
+        | HostCall::SchedulerDelete { .. }
+        | HostCall::SchedulerGetEndpoints
+        | HostCall::InvoicingCreateManualInvoice { .. }
+        | HostCall::ClientsList { .. }
+        | HostCall::ClientsGet { .. }
+        | HostCall::ServicesList { .. }
+        | HostCall::ServicesGet { .. }) => other.deny_reply(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use alga_shared::bindings::*;
+    use alga_shared::capability::Capability;
+
+    pub fn ctx(caps: &[Capability]) -> HostContext {
+        HostContext {
+            request_id: Some("r1".into()),
+            tenant_id: "t1".into(),
+            extension_id: "com.example.ext".into(),
+            install_id: Some("i1".into()),
+            version_id: Some("v1".into()),
+            user: None,
+            config: BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
+            capabilities: caps.iter().copied().collect(),
+            storage: Arc::new(MemoryKv::default()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_without_its_capability_gets_the_deny_value() {
+        let c = ctx(&[]);
+        let reply = handle(
+            &c,
+            HostCall::StorageGet {
+                namespace: "n".into(),
+                key: "k".into(),
+            },
+        )
+        .await;
+        assert_eq!(reply, HostReply::StorageEntry(Err(StorageError::Denied)));
+        let reply = handle(&c, HostCall::ContextGet).await;
+        match reply {
+            HostReply::Context(d) => {
+                assert_eq!(d.tenant_id, "", "denied context is empty, not a trap")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn interfaces_not_provided_yet_deny() {
+        let c = ctx(&Capability::ALL);
+        let reply = handle(
+            &c,
+            HostCall::HttpFetch {
+                request: HttpRequest {
+                    method: "GET".into(),
+                    url: "http://x".into(),
+                    headers: vec![],
+                    body: None,
+                },
+            },
+        )
+        .await;
+        assert_eq!(reply, HostReply::Http(Err(HttpError::NotAllowed)));
+        assert_eq!(
+            handle(&c, HostCall::SecretsListKeys).await,
+            HostReply::SecretKeys(vec![])
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! The execution core as one value: settings, the fork server, cgroup slots, the warm pool and
+//! the artifact cache.
+
+use std::sync::Arc;
+
+use alga_sandbox::cgroup::SlotLimits;
+use alga_shared::limits::MIB;
+
+use crate::artifacts::ArtifactCache;
+use crate::cgroups::CgroupSlots;
+use crate::forkserver::{self, ForkServer, ForkServerError};
+use crate::pool::Pool;
+use crate::settings::Settings;
+
+pub struct Core {
+    pub settings: Settings,
+    pub fork: Arc<ForkServer>,
+    pub cgroups: CgroupSlots,
+    pub pool: Pool,
+    pub artifacts: ArtifactCache,
+}
+
+/// The cgroup limits every slot is created with (memory is set again per job).
+pub fn slot_limits(settings: &Settings) -> SlotLimits {
+    SlotLimits {
+        memory_bytes: 256 * MIB + settings.runtime_overhead_bytes,
+        pids: settings.pids_max,
+        cpu_quota_us: settings.cpu_percent.map(|p| u64::from(p) * 1_000),
+        cpu_period_us: 100_000,
+    }
+}
+
+impl Core {
+    /// Detects cgroups (which may move this process into a leaf cgroup on v2) — call before
+    /// starting the fork server so it and its sandboxes start in the right place.
+    pub fn detect_cgroups(settings: &Settings) -> CgroupSlots {
+        CgroupSlots::new(settings.cgroups, slot_limits(settings))
+    }
+
+    /// Connects to a started fork server and starts the warm pool. Call inside a Tokio runtime.
+    pub async fn start(
+        process: forkserver::Process,
+        cgroups: CgroupSlots,
+        settings: Settings,
+    ) -> Result<Arc<Core>, ForkServerError> {
+        let fork = ForkServer::connect(process, settings.plan.clone()).await?;
+        let artifacts =
+            ArtifactCache::new(settings.cache_dir.clone(), fork.fingerprint().to_string());
+        let pool = Pool::new(settings.pool_size);
+        let core = Arc::new(Core {
+            settings,
+            fork,
+            cgroups,
+            pool,
+            artifacts,
+        });
+        Pool::start_refill(&core);
+        Ok(core)
+    }
+
+    /// Stops the pool and the fork server (every sandbox dies with it) and removes every cgroup.
+    pub async fn shutdown(&self) {
+        self.pool.stop();
+        self.fork.stop();
+        let core_cgroups = &self.cgroups;
+        core_cgroups.shutdown();
+    }
+}

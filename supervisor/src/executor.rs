@@ -1,0 +1,434 @@
+//! One execution (or compilation) on one sandbox, driven from the supervisor's side: hand over
+//! the job, answer host calls through the broker, enforce the deadline and the host-call budget,
+//! treat every byte from the sandbox as hostile, and classify how it ended.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alga_shared::bindings::ExecuteResponse;
+use alga_shared::frame::FrameError;
+use alga_shared::outcome::Outcome;
+use alga_shared::protocol::{
+    CompileJob, ComponentInfo, ExecStats, ExecuteJob, ExitStatus, Failure, HostReply, LogLevel,
+    SandboxMode, SandboxMsg,
+};
+use tokio::time::sleep_until;
+
+use crate::artifacts::{Artifact, ArtifactError, sealed_memfd, sha256_hex};
+use crate::broker::{self, HostContext};
+use crate::core::Core;
+use crate::pool::Pool;
+use crate::sandbox::{Sandbox, msg_name};
+
+/// One guest log line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// Everything known about one finished execution.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// The guest's response when the outcome is `Completed`.
+    pub response: Option<ExecuteResponse>,
+    /// Operator-facing detail (trap message, violated rule); never shown to the tenant's caller.
+    pub detail: Option<String>,
+    pub logs: Vec<LogLine>,
+    /// Log lines past the per-execution cap, dropped.
+    pub logs_dropped: u64,
+    pub host_calls: u32,
+    pub host_call_bytes: u64,
+    pub fuel_consumed: u64,
+    pub memory_peak_bytes: u64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub output_truncated: bool,
+    /// Wall-clock time from handing over the job to the result, measured here.
+    pub duration: Duration,
+    pub pid: u32,
+}
+
+impl Report {
+    fn new(pid: u32) -> Self {
+        Report {
+            outcome: Outcome::Completed,
+            response: None,
+            detail: None,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            host_calls: 0,
+            host_call_bytes: 0,
+            fuel_consumed: 0,
+            memory_peak_bytes: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            output_truncated: false,
+            duration: Duration::ZERO,
+            pid,
+        }
+    }
+
+    /// A report for an execution that never reached a sandbox.
+    pub fn spawn_failed(detail: String) -> Self {
+        let mut r = Report::new(0);
+        r.outcome = Outcome::SpawnFailed;
+        r.detail = Some(detail);
+        r
+    }
+}
+
+/// Takes a sandbox from the pool and runs `job` on it.
+pub async fn execute(
+    core: &Arc<Core>,
+    artifact: &Artifact,
+    job: ExecuteJob,
+    host: &HostContext,
+) -> Report {
+    match Pool::take(core).await {
+        Ok(sandbox) => run(core, sandbox, artifact, job, host).await,
+        Err(e) => Report::spawn_failed(crate::error_chain(&e)),
+    }
+}
+
+/// How the message loop ended.
+enum End {
+    Done(ExecuteResponse, ExecStats),
+    Failed(Failure, ExecStats),
+    /// The supervisor's own deadline passed.
+    Deadline,
+    /// The sandbox broke the protocol.
+    Violation(String),
+    /// The channel closed: the process died.
+    Died,
+}
+
+/// Runs `job` on `sandbox` and reports. The sandbox is always killed or left to exit, and reaped.
+pub async fn run(
+    core: &Arc<Core>,
+    sandbox: Sandbox,
+    artifact: &Artifact,
+    job: ExecuteJob,
+    host: &HostContext,
+) -> Report {
+    let limits = job.limits;
+    let mut report = Report::new(sandbox.pid);
+    let oom_before = sandbox.slot.as_ref().map(|s| core.cgroups.oom_kills(s));
+    if let Some(slot) = &sandbox.slot
+        && let Err(e) = core.cgroups.set_memory(
+            slot,
+            limits.memory_bytes + core.settings.runtime_overhead_bytes,
+        )
+    {
+        tracing::warn!(error = %e, "setting the sandbox memory limit failed");
+    }
+
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(limits.timeout_ms) + core.settings.kill_grace;
+    let end = match sandbox.end.execute(job, artifact.fd()).await {
+        Ok(()) => message_loop(&sandbox, host, &limits, deadline, &mut report).await,
+        Err(FrameError::Closed | FrameError::Io(_)) => End::Died,
+        Err(e) => End::Violation(format!("sending the job: {e}")),
+    };
+    report.duration = start.elapsed();
+
+    let mut sandbox = sandbox;
+    match end {
+        End::Done(response, stats) => {
+            take_stats(&mut report, stats, &limits);
+            match check_response(&response, limits.max_response_bytes) {
+                Ok(()) => report.response = Some(response),
+                Err(detail) => {
+                    sandbox.kill(core);
+                    report.outcome = Outcome::ProtocolViolation {
+                        detail: detail.clone(),
+                    };
+                    report.detail = Some(detail);
+                }
+            }
+        }
+        End::Failed(failure, stats) => {
+            take_stats(&mut report, stats, &limits);
+            let (outcome, detail) = outcome_of_failure(failure);
+            report.outcome = outcome;
+            report.detail = detail;
+        }
+        End::Deadline => {
+            sandbox.kill(core);
+            report.outcome = Outcome::Timeout;
+            report.detail = Some(format!("no result within {} ms; killed", limits.timeout_ms));
+        }
+        End::Violation(detail) => {
+            sandbox.kill(core);
+            report.outcome = Outcome::ProtocolViolation {
+                detail: detail.clone(),
+            };
+            report.detail = Some(detail);
+        }
+        End::Died => {
+            // Learn how it died: seccomp (SIGSYS), the OOM killer, or something else.
+            let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
+            let oom = match (oom_before, &sandbox.slot) {
+                (Some(before), Some(slot)) => core.cgroups.oom_kills(slot) > before,
+                _ => false,
+            };
+            report.outcome = outcome_of_death(status, oom);
+            report.detail = Some(format!("sandbox died: {status:?}"));
+        }
+    }
+    if report.outcome.is_violation() {
+        tracing::warn!(pid = report.pid, outcome = report.outcome.label(), detail = ?report.detail, "sandbox violation");
+    }
+    sandbox.reap(core);
+    report
+}
+
+async fn message_loop(
+    sandbox: &Sandbox,
+    host: &HostContext,
+    limits: &alga_shared::limits::Limits,
+    deadline: Instant,
+    report: &mut Report,
+) -> End {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut next_call: u32 = 0;
+    let mut over_budget = false;
+    loop {
+        let msg = tokio::select! {
+            m = sandbox.end.recv() => m,
+            _ = sleep_until(deadline) => return End::Deadline,
+        };
+        let (msg, size) = match msg {
+            Ok(m) => m,
+            Err(FrameError::Closed | FrameError::Io(_)) => return End::Died,
+            Err(e) => return End::Violation(e.to_string()),
+        };
+        match msg {
+            SandboxMsg::HostCall { call_id, call } => {
+                if call_id != next_call {
+                    return End::Violation(format!("host call id {call_id}, expected {next_call}"));
+                }
+                next_call = next_call.wrapping_add(1);
+                if over_budget {
+                    // It was told the budget is exhausted and called again anyway.
+                    return End::Violation("host call after the budget was exhausted".into());
+                }
+                report.host_calls += 1;
+                report.host_call_bytes += size as u64;
+                let reply = if report.host_calls > limits.max_host_calls {
+                    over_budget = true;
+                    HostReply::LimitExceeded {
+                        detail: format!("more than {} host calls", limits.max_host_calls),
+                    }
+                } else if report.host_call_bytes > limits.max_host_call_bytes {
+                    over_budget = true;
+                    HostReply::LimitExceeded {
+                        detail: format!(
+                            "more than {} bytes of host-call payload",
+                            limits.max_host_call_bytes
+                        ),
+                    }
+                } else {
+                    tokio::select! {
+                        r = broker::handle(host, call) => r,
+                        _ = sleep_until(deadline) => return End::Deadline,
+                    }
+                };
+                match sandbox.end.reply(call_id, reply).await {
+                    Ok(sent) => report.host_call_bytes += sent as u64,
+                    Err(FrameError::Closed | FrameError::Io(_)) => return End::Died,
+                    Err(e) => return End::Violation(format!("replying: {e}")),
+                }
+            }
+            SandboxMsg::Log { level, message } => {
+                if report.logs.len() < limits.max_log_lines as usize {
+                    let message = alga_sandbox::runtime::host::truncate_on_char_boundary(
+                        message,
+                        limits.max_log_line_bytes as usize,
+                    );
+                    report.logs.push(LogLine { level, message });
+                } else {
+                    report.logs_dropped += 1;
+                }
+            }
+            SandboxMsg::Done { response, stats } => return End::Done(response, stats),
+            SandboxMsg::Failed { failure, stats } => return End::Failed(failure, stats),
+            other => {
+                return End::Violation(format!(
+                    "unexpected {} during an execution",
+                    msg_name(&other)
+                ));
+            }
+        }
+    }
+}
+
+/// Copies the sandbox's figures, clamped to what the limits allow (they come from a hostile
+/// process).
+fn take_stats(report: &mut Report, stats: ExecStats, limits: &alga_shared::limits::Limits) {
+    report.fuel_consumed = stats.fuel_consumed.min(limits.fuel);
+    report.memory_peak_bytes = stats.memory_peak_bytes.min(limits.memory_bytes);
+    let budget = limits.max_output_bytes as usize;
+    let mut stdout = stats.stdout;
+    stdout.truncate(budget);
+    let mut stderr = stats.stderr;
+    stderr.truncate(budget - stdout.len());
+    report.output_truncated = stats.output_truncated;
+    report.stdout = stdout;
+    report.stderr = stderr;
+}
+
+fn check_response(response: &ExecuteResponse, max_body: u64) -> Result<(), String> {
+    let len = response.body.as_ref().map_or(0, |b| b.len() as u64);
+    if len > max_body {
+        return Err(format!(
+            "response body of {len} bytes is over the {max_body}-byte limit the sandbox must enforce"
+        ));
+    }
+    Ok(())
+}
+
+fn outcome_of_failure(failure: Failure) -> (Outcome, Option<String>) {
+    match failure {
+        Failure::GuestTrap { kind, message } => (
+            Outcome::GuestTrap {
+                kind: sanitize_kind(&kind),
+            },
+            Some(message),
+        ),
+        Failure::Timeout => (Outcome::Timeout, None),
+        Failure::MemoryLimit => (Outcome::MemoryLimit, None),
+        Failure::FuelExhausted => (Outcome::FuelExhausted, None),
+        Failure::InvalidComponent { message } => (Outcome::InvalidComponent, Some(message)),
+        Failure::Internal { message } => (
+            Outcome::GuestTrap {
+                kind: "runner_error".into(),
+            },
+            Some(message),
+        ),
+    }
+}
+
+/// A trap kind goes into metric labels and error strings: keep it short and plain.
+fn sanitize_kind(kind: &str) -> String {
+    let k: String = kind
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(48)
+        .collect();
+    if k.is_empty() { "unknown".into() } else { k }
+}
+
+fn outcome_of_death(status: Option<ExitStatus>, oom: bool) -> Outcome {
+    match status {
+        Some(ExitStatus::Signal { signal, syscall }) if signal == libc::SIGSYS => {
+            Outcome::SeccompViolation {
+                syscall: syscall
+                    .map_or_else(|| "unknown".to_string(), alga_shared::syscalls::describe),
+            }
+        }
+        Some(ExitStatus::Signal { signal, .. }) if signal == libc::SIGKILL && oom => {
+            Outcome::MemoryLimit
+        }
+        Some(ExitStatus::Signal { signal, .. }) => Outcome::Crashed { signal },
+        Some(ExitStatus::Code(code)) => Outcome::ProtocolViolation {
+            detail: format!("sandbox exited with code {code} before sending a result"),
+        },
+        None => Outcome::Crashed { signal: 0 },
+    }
+}
+
+/// Compiles `wasm` in a fresh compile sandbox; returns the artifact bytes.
+pub async fn compile(
+    core: &Arc<Core>,
+    wasm: &[u8],
+) -> Result<(Vec<u8>, ComponentInfo), ArtifactError> {
+    let failed = |e: String| ArtifactError::Failed(e);
+    let memfd = sealed_memfd("alga-component", wasm)
+        .map_err(|e| failed(format!("memfd for the component: {e}")))?;
+    let mut sandbox = Sandbox::create(core, SandboxMode::Compile)
+        .await
+        .map_err(|e| failed(crate::error_chain(&e)))?;
+    if let Some(slot) = &sandbox.slot
+        && let Err(e) = core
+            .cgroups
+            .set_memory(slot, core.settings.compile_memory_bytes)
+    {
+        tracing::warn!(error = %e, "setting the compile sandbox memory limit failed");
+    }
+    let max = core.settings.max_artifact_bytes;
+    let job = CompileJob {
+        wasm_len: wasm.len() as u64,
+        max_artifact_bytes: max,
+    };
+    let deadline = tokio::time::Instant::now() + core.settings.compile_timeout;
+    let result = async {
+        sandbox.end.compile(job, std::os::fd::AsFd::as_fd(&memfd)).await.map_err(|e| failed(e.to_string()))?;
+        let mut expected: Option<(u64, ComponentInfo)> = None;
+        let mut artifact = Vec::new();
+        loop {
+            let msg = tokio::select! {
+                m = sandbox.end.recv() => m,
+                _ = sleep_until(deadline) => {
+                    return Err(ArtifactError::Invalid(format!(
+                        "compilation did not finish within {:?}", core.settings.compile_timeout
+                    )));
+                }
+            };
+            match msg.map(|(m, _)| m) {
+                Ok(SandboxMsg::Compiled { artifact_len, info }) if expected.is_none() && artifact_len <= max => {
+                    artifact.reserve(artifact_len as usize);
+                    expected = Some((artifact_len, info));
+                }
+                Ok(SandboxMsg::ArtifactChunk { bytes }) if expected.is_some() => {
+                    let (len, _) = expected.as_ref().map(|(l, i)| (*l, i)).unwrap_or((0, &ComponentInfo::default()));
+                    if (artifact.len() + bytes.len()) as u64 > len {
+                        return Err(failed("compile sandbox sent more artifact bytes than announced".into()));
+                    }
+                    artifact.extend_from_slice(&bytes);
+                    if artifact.len() as u64 == len {
+                        let info = expected.map(|(_, i)| i).unwrap_or_default();
+                        return Ok((artifact, info));
+                    }
+                }
+                Ok(SandboxMsg::Failed { failure: Failure::InvalidComponent { message }, .. }) => {
+                    return Err(ArtifactError::Invalid(message));
+                }
+                Ok(SandboxMsg::Failed { failure, .. }) => return Err(failed(format!("compile sandbox: {failure:?}"))),
+                Ok(other) => return Err(failed(format!("compile sandbox sent an unexpected {}", msg_name(&other)))),
+                Err(FrameError::Closed | FrameError::Io(_)) => {
+                    let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
+                    let oom = false;
+                    return Err(match outcome_of_death(status, oom) {
+                        Outcome::Crashed { signal } if signal == libc::SIGKILL => ArtifactError::Invalid(
+                            "compilation was killed (most likely it needed more memory than the compile limit)".into(),
+                        ),
+                        other => failed(format!("compile sandbox died: {other:?}")),
+                    });
+                }
+                Err(e) => return Err(failed(format!("compile sandbox broke the protocol: {e}"))),
+            }
+        }
+    }
+    .await;
+    sandbox.kill(core);
+    sandbox.reap(core);
+    result
+}
+
+/// The artifact for `wasm`: from the cache, or compiled in a sandbox and cached.
+pub async fn artifact_for(core: &Arc<Core>, wasm: &[u8]) -> Result<Arc<Artifact>, ArtifactError> {
+    let key = sha256_hex(wasm);
+    if let Some(a) = core
+        .artifacts
+        .lookup(&key)
+        .map_err(|e| ArtifactError::Failed(format!("artifact cache: {e}")))?
+    {
+        return Ok(a);
+    }
+    let (bytes, _info) = compile(core, wasm).await?;
+    core.artifacts
+        .store(&key, &bytes)
+        .map_err(|e| ArtifactError::Failed(format!("storing the artifact: {e}")))
+}

@@ -1,0 +1,26 @@
+//! alga-runner's supervisor: creates hardened single-use sandboxes through a fork server, runs
+//! executions on them, answers their host calls, and exposes it all through the CLI (and, later,
+//! HTTP).
+
+pub mod artifacts;
+pub mod broker;
+pub mod cgroups;
+pub mod cli;
+pub mod core;
+pub mod executor;
+pub mod forkserver;
+pub mod pool;
+pub mod sandbox;
+pub mod settings;
+
+/// An error and its sources on one line: `outer: inner: root`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

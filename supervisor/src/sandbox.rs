@@ -1,0 +1,275 @@
+//! The supervisor's handle on one sandbox process: created through the fork server, checked
+//! when it reports ready, killed through its pidfd and its cgroup, reaped in the background.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alga_sandbox::cgroup::Slot;
+use alga_shared::channel::SupervisorEnd;
+use alga_shared::frame::FrameError;
+use alga_shared::protocol::{
+    ExitStatus, Failure, HardeningReport, Level, Requirement, SandboxMode, SandboxMsg,
+};
+use tokio::sync::oneshot;
+
+use crate::core::Core;
+use crate::forkserver::ForkServerError;
+
+/// Why no sandbox could be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("creating a sandbox cgroup")]
+    Cgroup(#[source] std::io::Error),
+    #[error(transparent)]
+    ForkServer(#[from] ForkServerError),
+    #[error("sandbox channel")]
+    Channel(#[from] FrameError),
+    #[error("sandbox did not report ready within {0:?}")]
+    NotReady(Duration),
+    #[error("sandbox could not harden itself: {0}")]
+    Hardening(String),
+    #[error("sandbox broke the protocol before its first job: {0}")]
+    Violation(String),
+    #[error("sandbox died before reporting ready ({})", describe_exit(.0))]
+    Died(Option<ExitStatus>),
+    #[error("sandbox is not in the cgroup it was given ({0})")]
+    NotInCgroup(String),
+}
+
+/// One live, hardened sandbox waiting for (or running) its only job.
+pub struct Sandbox {
+    pub pid: u32,
+    pidfd: OwnedFd,
+    pub end: SupervisorEnd,
+    exit: Option<oneshot::Receiver<ExitStatus>>,
+    /// The exit status once known.
+    status: Option<ExitStatus>,
+    pub slot: Option<Slot>,
+    pub layers: HardeningReport,
+    pub mode: SandboxMode,
+    pub ready_at: Instant,
+}
+
+impl Sandbox {
+    /// Creates and hardens a sandbox; returns once it reported ready and was checked.
+    pub async fn create(core: &Arc<Core>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
+        let slot = core.cgroups.acquire().map_err(SpawnError::Cgroup)?;
+        let procs: Vec<String> = slot
+            .iter()
+            .flat_map(|s| s.procs_files())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let spawned = match core.fork.spawn(mode, procs).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(slot) = slot {
+                    core.cgroups.release(slot);
+                }
+                return Err(e.into());
+            }
+        };
+        let end = SupervisorEnd::new(spawned.ipc, core.settings.plan.max_frame)
+            .map_err(FrameError::Io)?;
+        let mut sandbox = Sandbox {
+            pid: spawned.pid,
+            pidfd: spawned.pidfd,
+            end,
+            exit: Some(spawned.exit),
+            status: None,
+            slot,
+            layers: placeholder_report(),
+            mode,
+            ready_at: Instant::now(),
+        };
+        match sandbox.await_ready(core).await {
+            Ok(layers) => {
+                sandbox.layers = layers;
+                sandbox.ready_at = Instant::now();
+                Ok(sandbox)
+            }
+            Err(SpawnError::Channel(FrameError::Closed)) => {
+                // It died before reporting: say how.
+                let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
+                sandbox.reap(core);
+                Err(SpawnError::Died(status))
+            }
+            Err(e) => {
+                sandbox.kill(core);
+                sandbox.reap(core);
+                Err(e)
+            }
+        }
+    }
+
+    async fn await_ready(&self, core: &Core) -> Result<HardeningReport, SpawnError> {
+        let timeout = core.settings.ready_timeout;
+        let first = tokio::time::timeout(timeout, self.end.recv())
+            .await
+            .map_err(|_| SpawnError::NotReady(timeout))?;
+        let layers = match first {
+            Ok((SandboxMsg::Ready { layers }, _)) => layers,
+            Ok((
+                SandboxMsg::Failed {
+                    failure: Failure::Internal { message },
+                    ..
+                },
+                _,
+            )) => {
+                return Err(SpawnError::Hardening(message));
+            }
+            Ok((other, _)) => {
+                return Err(SpawnError::Violation(format!(
+                    "sent {} instead of Ready",
+                    msg_name(&other)
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        check_layers(&layers, core)?;
+        if let Some(slot) = &self.slot {
+            // The sandbox's own report is informational; the supervisor checks membership itself.
+            let members = core.cgroups.pids(slot);
+            if !members.contains(&self.pid) {
+                return Err(SpawnError::NotInCgroup(format!(
+                    "{} lists {members:?}",
+                    slot.name
+                )));
+            }
+        }
+        Ok(layers)
+    }
+
+    /// Kills the sandbox (through its pidfd, which cannot hit a recycled pid) and anything in
+    /// its cgroup.
+    pub fn kill(&self, core: &Core) {
+        let _ = alga_sandbox::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        if let Some(slot) = &self.slot {
+            core.cgroups.kill(slot);
+        }
+    }
+
+    /// True when the process already exited (e.g. killed from outside while pooled).
+    pub fn has_exited(&mut self) -> bool {
+        match &mut self.exit {
+            Some(rx) => !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            None => true,
+        }
+    }
+
+    /// Waits (at most `limit`) for the fork server to report the exit; kills the sandbox if it
+    /// is still running after `limit`.
+    pub async fn wait_exit(&mut self, core: &Core, limit: Duration) -> Option<ExitStatus> {
+        let Some(mut rx) = self.exit.take() else {
+            return self.status;
+        };
+        self.status = match tokio::time::timeout(limit, &mut rx).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                self.kill(core);
+                tokio::time::timeout(Duration::from_secs(5), rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+        };
+        self.status
+    }
+
+    /// Hands the sandbox to a background task that waits for its exit and returns its cgroup
+    /// slot. Its process was killed or is about to exit by itself.
+    pub fn reap(mut self, core: &Arc<Core>) {
+        let core = core.clone();
+        tokio::spawn(async move {
+            let status = self.wait_exit(&core, Duration::from_secs(10)).await;
+            if status.is_none() {
+                tracing::error!(pid = self.pid, "sandbox exit was never reported");
+            }
+            if let Some(slot) = self.slot.take() {
+                let cgroups = core.clone();
+                let _ = tokio::task::spawn_blocking(move || cgroups.cgroups.release(slot)).await;
+            }
+        });
+    }
+}
+
+/// Refuses a sandbox whose hardening is weaker than the plan requires.
+fn check_layers(layers: &HardeningReport, core: &Core) -> Result<(), SpawnError> {
+    let plan = &core.settings.plan;
+    if layers.seccomp.level != Level::Full && !plan.seccomp_log_only {
+        return Err(SpawnError::Hardening(format!(
+            "seccomp not enforced: {}",
+            layers.seccomp.detail
+        )));
+    }
+    if layers.credentials.level != Level::Full {
+        return Err(SpawnError::Hardening(format!(
+            "credentials: {}",
+            layers.credentials.detail
+        )));
+    }
+    if plan.landlock == Requirement::Required && layers.landlock.level != Level::Full {
+        return Err(SpawnError::Hardening(format!(
+            "landlock required: {}",
+            layers.landlock.detail
+        )));
+    }
+    Ok(())
+}
+
+fn placeholder_report() -> HardeningReport {
+    use alga_shared::protocol::{LayerStatus, NamespaceSet};
+    let none = || LayerStatus::missing("not reported yet");
+    HardeningReport {
+        hygiene: none(),
+        cgroup: none(),
+        namespaces: none(),
+        namespace_set: NamespaceSet::default(),
+        credentials: none(),
+        landlock: none(),
+        landlock_abi: 0,
+        seccomp: none(),
+    }
+}
+
+/// A message's variant name, for operator-facing details.
+pub fn msg_name(m: &SandboxMsg) -> &'static str {
+    match m {
+        SandboxMsg::Ready { .. } => "Ready",
+        SandboxMsg::HostCall { .. } => "HostCall",
+        SandboxMsg::Log { .. } => "Log",
+        SandboxMsg::Done { .. } => "Done",
+        SandboxMsg::Failed { .. } => "Failed",
+        SandboxMsg::Compiled { .. } => "Compiled",
+        SandboxMsg::ArtifactChunk { .. } => "ArtifactChunk",
+    }
+}
+
+/// Describes an exit status for operators, naming the exit codes a sandbox uses.
+pub fn describe_exit(status: &Option<ExitStatus>) -> String {
+    use alga_sandbox::child::exit_code;
+    match status {
+        None => "exit status unknown".into(),
+        Some(ExitStatus::Code(exit_code::ABORTED)) => {
+            "exit code 70: the fork server went away".into()
+        }
+        Some(ExitStatus::Code(exit_code::HARDENING)) => {
+            "exit code 71: a hardening layer failed".into()
+        }
+        Some(ExitStatus::Code(exit_code::CHANNEL)) => "exit code 72: its IPC channel failed".into(),
+        Some(ExitStatus::Code(exit_code::PANIC)) => {
+            "exit code 101: the runner panicked inside the sandbox".into()
+        }
+        Some(ExitStatus::Code(c)) => format!("exit code {c}"),
+        Some(ExitStatus::Signal {
+            signal,
+            syscall: Some(nr),
+        }) if *signal == libc::SIGSYS => {
+            format!(
+                "killed by seccomp for {}",
+                alga_shared::syscalls::describe(*nr)
+            )
+        }
+        Some(ExitStatus::Signal { signal, .. }) => format!("killed by signal {signal}"),
+    }
+}
