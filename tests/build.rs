@@ -6,53 +6,26 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let guests = manifest_dir.join("guests");
     let target_dir = out_dir.join("guests-target");
 
-    println!(
-        "cargo:rerun-if-changed={}",
-        guests.join("Cargo.toml").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        guests.join("Cargo.lock").display()
-    );
-    for dir in [
-        "common",
-        "echo",
-        "logger",
-        "storage",
-        "spin",
-        "membomb",
-        "trap",
-        "huge",
-        "flood",
-        "random",
-        "wrong-world",
-    ] {
+    println!("cargo:rerun-if-changed={}", guests.join("Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", guests.join("Cargo.lock").display());
+    for dir in
+        ["common", "echo", "logger", "storage", "spin", "membomb", "trap", "huge", "flood", "random", "wrong-world"]
+    {
         println!("cargo:rerun-if-changed={}", guests.join(dir).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest_dir.join("../shared/wit").display()
-    );
+    println!("cargo:rerun-if-changed={}", manifest_dir.join("../shared/wit").display());
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--release",
-        "--locked",
-        "--target",
-        "wasm32-wasip2",
-        "--manifest-path",
-    ])
-    .arg(guests.join("Cargo.toml"))
-    .arg("--target-dir")
-    .arg(&target_dir);
+    cmd.args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(guests.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
     // The outer build's settings are for the host target; none of them apply to the guests.
     for var in [
         "RUSTFLAGS",
@@ -64,17 +37,12 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .expect("running cargo to build the guest fixtures");
+    let status = cmd.status().expect("running cargo to build the guest fixtures");
     if !status.success() {
         panic!(
             "building the guest fixtures failed (tests/guests). If the error says the target is \
              missing, run `rustup target add wasm32-wasip2` (the CI script .ci/run does)."
         );
     }
-    println!(
-        "cargo:rustc-env=ALGA_GUESTS_DIR={}",
-        target_dir.join("wasm32-wasip2").join("release").display()
-    );
+    println!("cargo:rustc-env=ALGA_GUESTS_DIR={}", target_dir.join("wasm32-wasip2").join("release").display());
 }

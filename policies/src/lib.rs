@@ -37,15 +37,11 @@ pub enum SeccompMode {
 pub enum PolicyError {
     #[error("seccomp policy is not valid JSON of the expected shape: {0}")]
     Shape(#[from] serde_json::Error),
-    #[error(
-        "seccomp policy: filter `{filter}`, rule for `{syscall}` has no comment saying why it is needed"
-    )]
+    #[error("seccomp policy: filter `{filter}`, rule for `{syscall}` has no comment saying why it is needed")]
     MissingReason { filter: String, syscall: String },
     #[error("seccomp policy: filter `{filter}` lists `{syscall}` twice without argument rules")]
     Duplicate { filter: String, syscall: String },
-    #[error(
-        "seccomp policy: filter `{filter}` must kill the process on a mismatch (found {found})"
-    )]
+    #[error("seccomp policy: filter `{filter}` must kill the process on a mismatch (found {found})")]
     NotKill { filter: String, found: String },
     #[error("seccomp policy: filter `{0}` is missing")]
     MissingFilter(String),
@@ -93,24 +89,15 @@ impl SeccompPolicy {
         }
         for (name, f) in &filters {
             if f.mismatch_action != Value::from("kill_process") {
-                return Err(PolicyError::NotKill {
-                    filter: name.clone(),
-                    found: f.mismatch_action.to_string(),
-                });
+                return Err(PolicyError::NotKill { filter: name.clone(), found: f.mismatch_action.to_string() });
             }
             let mut plain = BTreeSet::new();
             for rule in &f.filter {
                 if rule.comment.trim().is_empty() {
-                    return Err(PolicyError::MissingReason {
-                        filter: name.clone(),
-                        syscall: rule.syscall.clone(),
-                    });
+                    return Err(PolicyError::MissingReason { filter: name.clone(), syscall: rule.syscall.clone() });
                 }
                 if rule.args.is_none() && !plain.insert(rule.syscall.as_str()) {
-                    return Err(PolicyError::Duplicate {
-                        filter: name.clone(),
-                        syscall: rule.syscall.clone(),
-                    });
+                    return Err(PolicyError::Duplicate { filter: name.clone(), syscall: rule.syscall.clone() });
                 }
             }
         }
@@ -122,13 +109,7 @@ impl SeccompPolicy {
         let mut seen = BTreeSet::new();
         self.filters
             .get(filter)
-            .map(|f| {
-                f.filter
-                    .iter()
-                    .map(|r| r.syscall.as_str())
-                    .filter(|s| seen.insert(*s))
-                    .collect()
-            })
+            .map(|f| f.filter.iter().map(|r| r.syscall.as_str()).filter(|s| seen.insert(*s)).collect())
             .unwrap_or_default()
     }
 
@@ -157,12 +138,8 @@ impl SeccompPolicy {
         }
         // seccompiler reads its own dialect: the same JSON, comments included.
         let json = serde_json::to_vec(&filters)?;
-        let arch = std::env::consts::ARCH
-            .try_into()
-            .map_err(seccompiler::Error::Backend)?;
-        Ok(seccompiler::compile_from_json(json.as_slice(), arch)?
-            .into_iter()
-            .collect())
+        let arch = std::env::consts::ARCH.try_into().map_err(seccompiler::Error::Backend)?;
+        Ok(seccompiler::compile_from_json(json.as_slice(), arch)?.into_iter().collect())
     }
 }
 
@@ -214,10 +191,7 @@ mod tests {
                 "pidfd_open",
                 "process_vm_writev",
             ] {
-                assert!(
-                    !allowed.contains(&forbidden),
-                    "{filter} must not allow {forbidden}"
-                );
+                assert!(!allowed.contains(&forbidden), "{filter} must not allow {forbidden}");
             }
         }
     }
@@ -230,10 +204,7 @@ mod tests {
             "compile": {"mismatch_action": "kill_process", "match_action": "allow", "filter": []}
         }"#;
         let err = SeccompPolicy::parse(json).unwrap_err();
-        assert!(
-            matches!(err, PolicyError::MissingReason { ref syscall, .. } if syscall == "read"),
-            "{err}"
-        );
+        assert!(matches!(err, PolicyError::MissingReason { ref syscall, .. } if syscall == "read"), "{err}");
     }
 
     #[test]
@@ -242,10 +213,7 @@ mod tests {
             "execute": {"mismatch_action": "allow", "match_action": "allow", "filter": []},
             "compile": {"mismatch_action": "kill_process", "match_action": "allow", "filter": []}
         }"#;
-        assert!(matches!(
-            SeccompPolicy::parse(json),
-            Err(PolicyError::NotKill { .. })
-        ));
+        assert!(matches!(SeccompPolicy::parse(json), Err(PolicyError::NotKill { .. })));
     }
 
     #[test]

@@ -39,14 +39,10 @@ impl IpcBridge {
 
 impl HostBridge for IpcBridge {
     fn call(&mut self, call: HostCall) -> Result<HostReply, BridgeError> {
-        self.end()
-            .call(call)
-            .map_err(|e| BridgeError(e.to_string()))
+        self.end().call(call).map_err(|e| BridgeError(e.to_string()))
     }
     fn log(&mut self, level: LogLevel, message: String) -> Result<(), BridgeError> {
-        self.end()
-            .log(level, message)
-            .map_err(|e| BridgeError(e.to_string()))
+        self.end().log(level, message).map_err(|e| BridgeError(e.to_string()))
     }
 }
 
@@ -72,10 +68,8 @@ pub fn main(server: &Server, spawn: Spawn<'_>) -> ! {
     // No panic message may go anywhere (the standard streams are closed below); the supervisor
     // learns about a panic from the channel closing and the exit code.
     std::panic::set_hook(Box::new(|_| {}));
-    let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        run(server, spawn.ipc, spawn.mode, spawn.cgroups)
-    }))
-    .unwrap_or(exit_code::PANIC);
+    let code = std::panic::catch_unwind(AssertUnwindSafe(|| run(server, spawn.ipc, spawn.mode, spawn.cgroups)))
+        .unwrap_or(exit_code::PANIC);
     sys::exit_now(code)
 }
 
@@ -90,18 +84,15 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
         privileged: server.privileged(),
         filter: server.filter(mode),
     };
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
+    // Timers only: the runtime then parks on a futex and opens no descriptor (no epoll, no eventfd).
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_time().build();
     let hardened = match harden::harden(ipc, &input, runtime) {
         Ok(h) => h,
         Err(e) => {
             if let Some(ipc) = e.ipc {
                 let message = format!("hardening layer `{}` failed: {}", e.layer, e.source);
-                let _ = SandboxEnd::new(ipc, plan.max_frame)
-                    .failed(Failure::Internal { message }, ExecStats::default());
+                let _ =
+                    SandboxEnd::new(ipc, plan.max_frame).failed(Failure::Internal { message }, ExecStats::default());
             }
             return exit_code::HARDENING;
         }
@@ -121,11 +112,7 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
                 Ok(m) => m,
                 Err(e) => {
                     let message = format!("mapping the artifact: {e}");
-                    return report(
-                        &mut end,
-                        Err(Failure::Internal { message }),
-                        ExecStats::default(),
-                    );
+                    return report(&mut end, Err(Failure::Internal { message }), ExecStats::default());
                 }
             };
             drop(artifact);
@@ -137,16 +124,8 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
             // and checked it before handing it over, as a memfd sealed against any write, grow or
             // shrink, so the bytes mapped here are exactly the checked ones. This is Wasmtime's
             // contract for `deserialize` (the bytes are trusted native code).
-            let (result, stats) = unsafe {
-                execute::execute(
-                    server.prepared(),
-                    &hardened.prepared,
-                    map.bytes(),
-                    &job,
-                    bridge,
-                    1,
-                )
-            };
+            let (result, stats) =
+                unsafe { execute::execute(server.prepared(), &hardened.prepared, map.bytes(), &job, bridge, 1) };
             let mut end = end.lock().unwrap_or_else(|p| p.into_inner());
             return report(&mut end, result, stats);
         }
@@ -155,11 +134,7 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
                 Ok(m) => m,
                 Err(e) => {
                     let message = format!("mapping the component: {e}");
-                    return report(
-                        &mut end,
-                        Err(Failure::Internal { message }),
-                        ExecStats::default(),
-                    );
+                    return report(&mut end, Err(Failure::Internal { message }), ExecStats::default());
                 }
             };
             drop(wasm);
@@ -178,6 +153,8 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
                 Err(failure) => end.failed(failure, ExecStats::default()),
             }
         }
+        Job::Probe(action) if plan.test_probes => return crate::probe::run(&action, &mut end),
+        Job::Probe(_) => return exit_code::CHANNEL,
     };
     if sent.is_ok() { 0 } else { exit_code::CHANNEL }
 }

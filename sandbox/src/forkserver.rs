@@ -20,6 +20,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use wasmtime::Engine;
 
+use crate::audit::AuditLog;
 use crate::child;
 use crate::runtime::{engine, guest::Prepared};
 use crate::sys::{self, Cloned};
@@ -129,15 +130,8 @@ pub fn probe_namespaces(wanted: NamespaceSet) -> NamespaceSet {
     if can_clone(wanted) {
         return wanted;
     }
-    let user = wanted.user
-        && can_clone(NamespaceSet {
-            user: true,
-            ..NamespaceSet::default()
-        });
-    let base = NamespaceSet {
-        user,
-        ..NamespaceSet::default()
-    };
+    let user = wanted.user && can_clone(NamespaceSet { user: true, ..NamespaceSet::default() });
+    let base = NamespaceSet { user, ..NamespaceSet::default() };
     let mut got = base;
     let one = |f: fn(&mut NamespaceSet)| {
         let mut ns = base;
@@ -180,11 +174,7 @@ fn run(control: OwnedFd) -> Result<(), ForkServerError> {
         Some(json) => SeccompPolicy::parse(json)?,
         None => SeccompPolicy::embedded()?,
     };
-    let mode = if plan.seccomp_log_only {
-        SeccompMode::Log
-    } else {
-        SeccompMode::Enforce
-    };
+    let mode = if plan.seccomp_log_only { SeccompMode::Log } else { SeccompMode::Enforce };
     let filters = policy.compile(mode)?;
 
     let engine = engine::engine().map_err(|e| ForkServerError::Engine(e.to_string()))?;
@@ -195,25 +185,12 @@ fn run(control: OwnedFd) -> Result<(), ForkServerError> {
 
     let root = nix::unistd::geteuid().is_root();
     let namespaces = probe_namespaces(plan.namespaces);
-    let (uid, gid) = if root {
-        (plan.uid, plan.gid)
-    } else {
-        (
-            nix::unistd::getuid().as_raw(),
-            nix::unistd::getgid().as_raw(),
-        )
-    };
-    let server = Server {
-        plan,
-        prepared,
-        filters,
-        namespaces,
-        uid,
-        gid,
-        root,
-    };
+    let (uid, gid) =
+        if root { (plan.uid, plan.gid) } else { (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()) };
+    let server = Server { plan, prepared, filters, namespaces, uid, gid, root };
     chan.started(fingerprint, namespaces)?;
 
+    let mut audit = AuditLog::open();
     let mut children: HashMap<u32, OwnedFd> = HashMap::new();
     loop {
         let (control_ready, exited) = {
@@ -239,26 +216,21 @@ fn run(control: OwnedFd) -> Result<(), ForkServerError> {
         };
         for pid in exited {
             if let Some(pidfd) = children.remove(&pid) {
-                let status = reap(pid, &pidfd);
+                let status = reap(pid, &pidfd, &mut audit);
                 chan.exited(pid, status)?;
             }
         }
         if control_ready {
             match chan.recv_request() {
-                Ok((
-                    ForkRequest::Spawn {
-                        token,
-                        mode,
-                        cgroup_procs,
-                    },
-                    Some(ipc),
-                )) => match spawn(&server, ipc, mode, &cgroup_procs) {
-                    Ok((pid, pidfd)) => {
-                        chan.spawned(token, pid, pidfd.as_fd())?;
-                        children.insert(pid, pidfd);
+                Ok((ForkRequest::Spawn { token, mode, cgroup_procs }, Some(ipc))) => {
+                    match spawn(&server, ipc, mode, &cgroup_procs) {
+                        Ok((pid, pidfd)) => {
+                            chan.spawned(token, pid, pidfd.as_fd())?;
+                            children.insert(pid, pidfd);
+                        }
+                        Err(e) => chan.spawn_failed(token, e.to_string())?,
                     }
-                    Err(e) => chan.spawn_failed(token, e.to_string())?,
-                },
+                }
                 Ok((ForkRequest::Spawn { token, .. }, None)) => {
                     chan.spawn_failed(token, "spawn request without its socket".into())?;
                 }
@@ -272,29 +244,14 @@ fn run(control: OwnedFd) -> Result<(), ForkServerError> {
 }
 
 /// Creates one sandbox. The child waits until its ids are mapped and it is in its cgroup.
-fn spawn(
-    server: &Server,
-    ipc: OwnedFd,
-    mode: SandboxMode,
-    cgroup_procs: &[String],
-) -> io::Result<(u32, OwnedFd)> {
+fn spawn(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroup_procs: &[String]) -> io::Result<(u32, OwnedFd)> {
     let (go_read, go_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     match sys::clone_process(server.clone_flags())? {
         Cloned::Child => {
             drop(go_write);
-            let cgroups: Vec<String> = cgroup_procs
-                .iter()
-                .map(|p| p.trim_end_matches("/cgroup.procs").to_string())
-                .collect();
-            child::main(
-                server,
-                child::Spawn {
-                    ipc,
-                    go: go_read,
-                    mode,
-                    cgroups: &cgroups,
-                },
-            )
+            let cgroups: Vec<String> =
+                cgroup_procs.iter().map(|p| p.trim_end_matches("/cgroup.procs").to_string()).collect();
+            child::main(server, child::Spawn { ipc, go: go_read, mode, cgroups: &cgroups })
         }
         Cloned::Parent { pid, pidfd } => {
             drop(go_read);
@@ -322,14 +279,8 @@ fn place(server: &Server, pid: u32, cgroup_procs: &[String]) -> io::Result<()> {
             // Without CAP_SETGID in the parent namespace, setgroups must be denied first.
             std::fs::write(format!("{proc}/setgroups"), "deny")?;
         }
-        std::fs::write(
-            format!("{proc}/uid_map"),
-            format!("{0} {0} 1\n", server.uid),
-        )?;
-        std::fs::write(
-            format!("{proc}/gid_map"),
-            format!("{0} {0} 1\n", server.gid),
-        )?;
+        std::fs::write(format!("{proc}/uid_map"), format!("{0} {0} 1\n", server.uid))?;
+        std::fs::write(format!("{proc}/gid_map"), format!("{0} {0} 1\n", server.gid))?;
     }
     for procs in cgroup_procs {
         std::fs::write(procs, pid.to_string())
@@ -338,31 +289,15 @@ fn place(server: &Server, pid: u32, cgroup_procs: &[String]) -> io::Result<()> {
     Ok(())
 }
 
-/// Collects a child's exit status. For a SIGSYS death (seccomp), the zombie is inspected before
-/// it is reaped: `/proc/<pid>/syscall` still names the refused call.
-fn reap(pid: u32, pidfd: &OwnedFd) -> ExitStatus {
-    let peek = waitid(
-        Id::PIDFd(pidfd.as_fd()),
-        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-    );
-    let syscall = match peek {
-        Ok(WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)) => {
-            std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-                .ok()
-                .and_then(|s| {
-                    s.split_whitespace()
-                        .next()
-                        .and_then(|n| n.parse::<i64>().ok())
-                })
-        }
-        _ => None,
-    };
+/// Collects a child's exit status; for a SIGSYS death (seccomp) it looks up the refused syscall
+/// in the kernel's audit records.
+fn reap(pid: u32, pidfd: &OwnedFd, audit: &mut AuditLog) -> ExitStatus {
     match waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED) {
         Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
-        Ok(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signal {
-            signal: signal as i32,
-            syscall,
-        },
+        Ok(WaitStatus::Signaled(_, signal, _)) => {
+            let syscall = if signal == nix::sys::signal::Signal::SIGSYS { audit.syscall_of(pid) } else { None };
+            ExitStatus::Signal { signal: signal as i32, syscall }
+        }
         Ok(_) | Err(_) => ExitStatus::Code(-1),
     }
 }

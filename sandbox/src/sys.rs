@@ -6,11 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 /// 32 bytes from the kernel's CSPRNG (`getrandom(2)`), read in the calling process.
@@ -20,8 +16,7 @@ pub fn random_seed() -> [u8; 32] {
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`, which we own
         // mutably; getrandom writes at most that many bytes.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
         } else if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
@@ -68,10 +63,7 @@ pub fn clone_process(ns_flags: libc::c_int) -> io::Result<Cloned> {
         pid => {
             // SAFETY: with CLONE_PIDFD the kernel installed a new descriptor in `pidfd` for us.
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-            Ok(Cloned::Parent {
-                pid: pid as libc::pid_t,
-                pidfd,
-            })
+            Ok(Cloned::Parent { pid: pid as libc::pid_t, pidfd })
         }
     }
 }
@@ -80,13 +72,7 @@ pub fn clone_process(ns_flags: libc::c_int) -> io::Result<Cloned> {
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor we borrow; null siginfo means "as kill(2)".
     check(unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null_mut::<libc::c_void>(),
-            0,
-        )
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null_mut::<libc::c_void>(), 0)
     })?;
     Ok(())
 }
@@ -95,14 +81,7 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Resu
 pub fn close_from(first: RawFd) -> io::Result<()> {
     // SAFETY: close_range only closes descriptors; callers make sure no `OwnedFd` they still use
     // is at or above `first`.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        )
-    })?;
+    check(unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) })?;
     Ok(())
 }
 
@@ -128,10 +107,7 @@ pub fn move_fd(fd: OwnedFd, target: RawFd) -> io::Result<OwnedFd> {
 
 /// Sets the soft and hard value of a resource limit.
 pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: libc::rlim_t) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
-    };
+    let lim = libc::rlimit { rlim_cur: value, rlim_max: value };
     // SAFETY: `lim` is a valid rlimit for the duration of the call.
     check(unsafe { libc::setrlimit(resource, &lim) } as libc::c_long)?;
     Ok(())
@@ -140,15 +116,7 @@ pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: libc::rlim_t) -> i
 /// `prctl` with integer arguments.
 pub fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
     // SAFETY: every prctl option used by the sandbox takes integer arguments only.
-    let ret = unsafe {
-        libc::prctl(
-            option,
-            arg2,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
+    let ret = unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
     Ok(check(ret as libc::c_long)? as libc::c_int)
 }
 
@@ -170,10 +138,7 @@ struct CapData {
 
 /// Clears the effective, permitted and inheritable capability sets of this thread.
 pub fn clear_capabilities() -> io::Result<()> {
-    let header = CapHeader {
-        version: CAP_V3,
-        pid: 0,
-    };
+    let header = CapHeader { version: CAP_V3, pid: 0 };
     let data = [CapData::default(); 2];
     // SAFETY: capset reads one header and two data structs (version 3 layout) from valid memory.
     check(unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) })?;
@@ -182,22 +147,11 @@ pub fn clear_capabilities() -> io::Result<()> {
 
 /// True when the effective, permitted and inheritable sets of this thread are all empty.
 pub fn capabilities_empty() -> io::Result<bool> {
-    let header = CapHeader {
-        version: CAP_V3,
-        pid: 0,
-    };
+    let header = CapHeader { version: CAP_V3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget writes two data structs (version 3 layout) into memory we own.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &header as *const CapHeader,
-            data.as_mut_ptr(),
-        )
-    })?;
-    Ok(data
-        .iter()
-        .all(|d| d.effective == 0 && d.permitted == 0 && d.inheritable == 0))
+    check(unsafe { libc::syscall(libc::SYS_capget, &header as *const CapHeader, data.as_mut_ptr()) })?;
+    Ok(data.iter().all(|d| d.effective == 0 && d.permitted == 0 && d.inheritable == 0))
 }
 
 /// `pivot_root(2)` with both arguments "." (the new root stacks over the old one).
@@ -211,27 +165,19 @@ pub fn pivot_root_here() -> io::Result<()> {
 /// Arms (or with 0, disarms) the one-shot `ITIMER_REAL` timer that raises SIGALRM.
 pub fn arm_alarm(after: std::time::Duration) -> io::Result<()> {
     let value = libc::itimerval {
-        it_interval: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
+        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
         it_value: libc::timeval {
             tv_sec: after.as_secs() as libc::time_t,
             tv_usec: after.subsec_micros() as libc::suseconds_t,
         },
     };
     // SAFETY: valid itimerval; the old value is not requested.
-    check(
-        unsafe { libc::setitimer(libc::ITIMER_REAL, &value, std::ptr::null_mut()) } as libc::c_long,
-    )?;
+    check(unsafe { libc::setitimer(libc::ITIMER_REAL, &value, std::ptr::null_mut()) } as libc::c_long)?;
     Ok(())
 }
 
 /// Installs `handler` for `signal` with SA_RESTART (interrupted syscalls resume).
-pub fn install_signal_handler(
-    signal: libc::c_int,
-    handler: extern "C" fn(libc::c_int),
-) -> io::Result<()> {
+pub fn install_signal_handler(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
     // SAFETY: zeroed sigaction is a valid "no flags, empty mask" value; we then set the handler,
     // which is an `extern "C" fn(c_int)` as the kernel expects without SA_SIGINFO.
     unsafe {
@@ -271,16 +217,8 @@ impl Mapping {
         // SAFETY: a fresh read-only private mapping chosen by the kernel; the descriptor is valid
         // for the call. Later writes to the file cannot happen (the memfd is sealed), so the view
         // is stable.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, fd.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

@@ -94,15 +94,8 @@ impl FromStr for Capability {
     /// Trims, lower-cases and adds the `cap:` prefix to a bare name before matching.
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let trimmed = raw.trim().to_ascii_lowercase();
-        let full = if trimmed.starts_with("cap:") {
-            trimmed
-        } else {
-            format!("cap:{trimmed}")
-        };
-        Capability::ALL
-            .into_iter()
-            .find(|c| c.name() == full)
-            .ok_or_else(|| UnknownCapability(raw.to_string()))
+        let full = if trimmed.starts_with("cap:") { trimmed } else { format!("cap:{trimmed}") };
+        Capability::ALL.into_iter().find(|c| c.name() == full).ok_or_else(|| UnknownCapability(raw.to_string()))
     }
 }
 
@@ -120,9 +113,7 @@ impl CapabilitySet {
     }
 
     /// Parses every name; the error lists each unknown one.
-    pub fn parse<'a>(
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Self, Vec<UnknownCapability>> {
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, Vec<UnknownCapability>> {
         let mut set = Self::new();
         let mut bad = Vec::new();
         for name in names {
@@ -179,23 +170,11 @@ mod tests {
 
     #[test]
     fn names_are_normalised() {
-        assert_eq!(
-            " HTTP.fetch ".parse::<Capability>(),
-            Ok(Capability::HttpFetch)
-        );
-        assert_eq!(
-            "cap:storage.kv".parse::<Capability>(),
-            Ok(Capability::StorageKv)
-        );
-        assert_eq!(
-            "Cap:Log.Emit".parse::<Capability>(),
-            Ok(Capability::LogEmit)
-        );
+        assert_eq!(" HTTP.fetch ".parse::<Capability>(), Ok(Capability::HttpFetch));
+        assert_eq!("cap:storage.kv".parse::<Capability>(), Ok(Capability::StorageKv));
+        assert_eq!("Cap:Log.Emit".parse::<Capability>(), Ok(Capability::LogEmit));
         let err = "cap:root".parse::<Capability>().unwrap_err();
-        assert!(
-            err.to_string().contains("unknown capability `cap:root`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown capability `cap:root`"), "{err}");
     }
 
     #[test]
@@ -218,10 +197,7 @@ mod tests {
 
         let providers = CapabilitySet::parse(["storage.kv"]).unwrap();
         let eff = CapabilitySet::effective(&manifest, &grants, Some(&providers));
-        assert!(
-            !eff.contains(Capability::HttpFetch),
-            "providers narrow the set"
-        );
+        assert!(!eff.contains(Capability::HttpFetch), "providers narrow the set");
         assert!(eff.contains(Capability::StorageKv));
         assert!(eff.contains(Capability::LogEmit));
     }

@@ -35,13 +35,7 @@ fn send_first_with_fd(sock: RawFd, frame: &[u8], fd: BorrowedFd<'_>) -> io::Resu
     let fds = [fd.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     loop {
-        match sendmsg::<()>(
-            sock,
-            &[IoSlice::new(frame)],
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
+        match sendmsg::<()>(sock, &[IoSlice::new(frame)], &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => return Ok(n),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -72,9 +66,7 @@ fn recv_some_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io
         }
     }
     if truncated {
-        return Err(io::Error::other(
-            "more descriptors than expected arrived with a message",
-        ));
+        return Err(io::Error::other("more descriptors than expected arrived with a message"));
     }
     Ok(n)
 }
@@ -92,10 +84,7 @@ pub struct BlockingChannel {
 
 impl BlockingChannel {
     pub fn new(fd: OwnedFd, max_frame: u32) -> Self {
-        BlockingChannel {
-            stream: LocalStream::from(fd),
-            max_frame,
-        }
+        BlockingChannel { stream: LocalStream::from(fd), max_frame }
     }
 
     pub fn send<M: Serialize>(&mut self, msg: &M) -> Result<(), FrameError> {
@@ -104,11 +93,7 @@ impl BlockingChannel {
         Ok(())
     }
 
-    pub fn send_with_fd<M: Serialize>(
-        &mut self,
-        msg: &M,
-        fd: BorrowedFd<'_>,
-    ) -> Result<(), FrameError> {
+    pub fn send_with_fd<M: Serialize>(&mut self, msg: &M, fd: BorrowedFd<'_>) -> Result<(), FrameError> {
         let frame = frame::encode(msg, self.max_frame)?;
         let sent = send_first_with_fd(self.stream.as_fd().as_raw_fd(), &frame, fd)?;
         (&self.stream).write_all(&frame[sent..])?;
@@ -131,17 +116,9 @@ impl BlockingChannel {
         let mut got = 0;
         let mut fds = Vec::new();
         while got < header.len() {
-            let n = recv_some_with_fds(
-                self.stream.as_fd().as_raw_fd(),
-                &mut header[got..],
-                &mut fds,
-            )?;
+            let n = recv_some_with_fds(self.stream.as_fd().as_raw_fd(), &mut header[got..], &mut fds)?;
             if n == 0 {
-                return Err(if got == 0 {
-                    FrameError::Closed
-                } else {
-                    FrameError::Truncated { got, want: 4 }
-                });
+                return Err(if got == 0 { FrameError::Closed } else { FrameError::Truncated { got, want: 4 } });
             }
             got += n;
         }
@@ -195,18 +172,11 @@ impl AsyncChannel {
         Ok(frame.len())
     }
 
-    pub async fn send_with_fd<M: Serialize>(
-        &self,
-        msg: &M,
-        fd: BorrowedFd<'_>,
-    ) -> Result<(), FrameError> {
+    pub async fn send_with_fd<M: Serialize>(&self, msg: &M, fd: BorrowedFd<'_>) -> Result<(), FrameError> {
         let frame = frame::encode(msg, self.max_frame)?;
         let _guard = self.send_lock.lock().await;
         let raw = self.stream.as_raw_fd();
-        let sent = self
-            .stream
-            .async_io(Interest::WRITABLE, || send_first_with_fd(raw, &frame, fd))
-            .await?;
+        let sent = self.stream.async_io(Interest::WRITABLE, || send_first_with_fd(raw, &frame, fd)).await?;
         self.write_all(&frame[sent..]).await
     }
 
@@ -263,9 +233,7 @@ impl AsyncChannel {
     }
 
     /// Receives one message and the descriptors attached to it.
-    pub async fn recv_with_fds<M: DeserializeOwned>(
-        &self,
-    ) -> Result<(M, Vec<OwnedFd>), FrameError> {
+    pub async fn recv_with_fds<M: DeserializeOwned>(&self) -> Result<(M, Vec<OwnedFd>), FrameError> {
         let _guard = self.recv_lock.lock().await;
         let raw = self.stream.as_raw_fd();
         let mut header = [0u8; 4];
@@ -274,16 +242,10 @@ impl AsyncChannel {
         while got < header.len() {
             let n = self
                 .stream
-                .async_io(Interest::READABLE, || {
-                    recv_some_with_fds(raw, &mut header[got..], &mut fds)
-                })
+                .async_io(Interest::READABLE, || recv_some_with_fds(raw, &mut header[got..], &mut fds))
                 .await?;
             if n == 0 {
-                return Err(if got == 0 {
-                    FrameError::Closed
-                } else {
-                    FrameError::Truncated { got, want: 4 }
-                });
+                return Err(if got == 0 { FrameError::Closed } else { FrameError::Truncated { got, want: 4 } });
             }
             got += n;
         }
@@ -308,6 +270,8 @@ pub enum Job {
     Execute(ExecuteJob, OwnedFd),
     /// Compile; the descriptor is a sealed memfd holding the component.
     Compile(CompileJob, OwnedFd),
+    /// Test only: act like an escaped guest.
+    Probe(ProbeAction),
 }
 
 /// Why a sandbox's call to its supervisor failed. Any of these ends the execution.
@@ -330,10 +294,7 @@ pub struct SandboxEnd {
 
 impl SandboxEnd {
     pub fn new(fd: OwnedFd, max_frame: u32) -> Self {
-        SandboxEnd {
-            chan: BlockingChannel::new(fd, max_frame),
-            next_call: 0,
-        }
+        SandboxEnd { chan: BlockingChannel::new(fd, max_frame), next_call: 0 }
     }
 
     pub fn ready(&mut self, layers: HardeningReport) -> Result<(), FrameError> {
@@ -350,9 +311,8 @@ impl SandboxEnd {
         match msg {
             SupervisorMsg::Execute(job) => Ok(Job::Execute(job, fd?)),
             SupervisorMsg::Compile(job) => Ok(Job::Compile(job, fd?)),
-            SupervisorMsg::HostReply { .. } => {
-                Err(FrameError::Malformed("host reply before any job".into()))
-            }
+            SupervisorMsg::Probe(action) => Ok(Job::Probe(action)),
+            SupervisorMsg::HostReply { .. } => Err(FrameError::Malformed("host reply before any job".into())),
         }
     }
 
@@ -362,19 +322,24 @@ impl SandboxEnd {
         self.next_call = self.next_call.wrapping_add(1);
         self.chan.send(&SandboxMsg::HostCall { call_id, call })?;
         match self.chan.recv::<SupervisorMsg>()? {
-            SupervisorMsg::HostReply {
-                call_id: got,
-                reply,
-            } if got == call_id => Ok(reply),
-            SupervisorMsg::HostReply { call_id: got, .. } => {
-                Err(CallError::WrongCallId { got, want: call_id })
-            }
+            SupervisorMsg::HostReply { call_id: got, reply } if got == call_id => Ok(reply),
+            SupervisorMsg::HostReply { call_id: got, .. } => Err(CallError::WrongCallId { got, want: call_id }),
             _ => Err(CallError::Unexpected),
         }
     }
 
     pub fn log(&mut self, level: LogLevel, message: String) -> Result<(), FrameError> {
         self.chan.send(&SandboxMsg::Log { level, message })
+    }
+
+    /// The raw socket's number, for test probes that write malformed frames on purpose.
+    pub fn raw_fd_number(&self) -> RawFd {
+        self.chan.as_fd().as_raw_fd()
+    }
+
+    /// Sends a host call without waiting for its answer (test probes only).
+    pub fn send_call_unchecked(&mut self, call_id: u32, call: HostCall) -> Result<(), FrameError> {
+        self.chan.send(&SandboxMsg::HostCall { call_id, call })
     }
 
     pub fn done(&mut self, response: ExecuteResponse, stats: ExecStats) -> Result<(), FrameError> {
@@ -387,14 +352,9 @@ impl SandboxEnd {
 
     /// Reports a successful compilation and streams the artifact in chunks.
     pub fn compiled(&mut self, info: ComponentInfo, artifact: &[u8]) -> Result<(), FrameError> {
-        self.chan.send(&SandboxMsg::Compiled {
-            artifact_len: artifact.len() as u64,
-            info,
-        })?;
+        self.chan.send(&SandboxMsg::Compiled { artifact_len: artifact.len() as u64, info })?;
         for chunk in artifact.chunks(ARTIFACT_CHUNK_BYTES) {
-            self.chan.send(&SandboxMsg::ArtifactChunk {
-                bytes: chunk.to_vec(),
-            })?;
+            self.chan.send(&SandboxMsg::ArtifactChunk { bytes: chunk.to_vec() })?;
         }
         Ok(())
     }
@@ -408,9 +368,7 @@ pub struct SupervisorEnd {
 
 impl SupervisorEnd {
     pub fn new(fd: OwnedFd, max_frame: u32) -> io::Result<Self> {
-        Ok(SupervisorEnd {
-            chan: AsyncChannel::new(fd, max_frame)?,
-        })
+        Ok(SupervisorEnd { chan: AsyncChannel::new(fd, max_frame)? })
     }
 
     /// The next message from the sandbox (hostile input: validate before use) and its size.
@@ -418,27 +376,22 @@ impl SupervisorEnd {
         self.chan.recv_sized().await
     }
 
-    pub async fn execute(
-        &self,
-        job: ExecuteJob,
-        artifact: BorrowedFd<'_>,
-    ) -> Result<(), FrameError> {
-        self.chan
-            .send_with_fd(&SupervisorMsg::Execute(job), artifact)
-            .await
+    pub async fn execute(&self, job: ExecuteJob, artifact: BorrowedFd<'_>) -> Result<(), FrameError> {
+        self.chan.send_with_fd(&SupervisorMsg::Execute(job), artifact).await
     }
 
     pub async fn compile(&self, job: CompileJob, wasm: BorrowedFd<'_>) -> Result<(), FrameError> {
-        self.chan
-            .send_with_fd(&SupervisorMsg::Compile(job), wasm)
-            .await
+        self.chan.send_with_fd(&SupervisorMsg::Compile(job), wasm).await
     }
 
     /// Answers host call `call_id`; returns the frame's size in bytes.
+    /// Test only: a probe job (the sandbox refuses it unless started with `test_probes`).
+    pub async fn probe(&self, action: ProbeAction) -> Result<(), FrameError> {
+        self.chan.send(&SupervisorMsg::Probe(action)).await.map(|_| ())
+    }
+
     pub async fn reply(&self, call_id: u32, reply: HostReply) -> Result<usize, FrameError> {
-        self.chan
-            .send(&SupervisorMsg::HostReply { call_id, reply })
-            .await
+        self.chan.send(&SupervisorMsg::HostReply { call_id, reply }).await
     }
 }
 
@@ -454,9 +407,7 @@ pub struct ForkServerEnd {
 
 impl ForkServerEnd {
     pub fn new(fd: OwnedFd, max_frame: u32) -> Self {
-        ForkServerEnd {
-            chan: BlockingChannel::new(fd, max_frame),
-        }
+        ForkServerEnd { chan: BlockingChannel::new(fd, max_frame) }
     }
 
     /// The socket, for `poll`.
@@ -473,26 +424,12 @@ impl ForkServerEnd {
         Ok((msg, fds.pop()))
     }
 
-    pub fn started(
-        &mut self,
-        engine_fingerprint: String,
-        namespaces: NamespaceSet,
-    ) -> Result<(), FrameError> {
-        self.chan.send(&ForkEvent::Started {
-            engine_fingerprint,
-            namespaces,
-            pid: std::process::id(),
-        })
+    pub fn started(&mut self, engine_fingerprint: String, namespaces: NamespaceSet) -> Result<(), FrameError> {
+        self.chan.send(&ForkEvent::Started { engine_fingerprint, namespaces, pid: std::process::id() })
     }
 
-    pub fn spawned(
-        &mut self,
-        token: u64,
-        pid: u32,
-        pidfd: BorrowedFd<'_>,
-    ) -> Result<(), FrameError> {
-        self.chan
-            .send_with_fd(&ForkEvent::Spawned { token, pid }, pidfd)
+    pub fn spawned(&mut self, token: u64, pid: u32, pidfd: BorrowedFd<'_>) -> Result<(), FrameError> {
+        self.chan.send_with_fd(&ForkEvent::Spawned { token, pid }, pidfd)
     }
 
     pub fn spawn_failed(&mut self, token: u64, error: String) -> Result<(), FrameError> {
@@ -512,17 +449,12 @@ pub struct ForkClientEnd {
 
 impl ForkClientEnd {
     pub fn new(fd: OwnedFd, max_frame: u32) -> io::Result<Self> {
-        Ok(ForkClientEnd {
-            chan: AsyncChannel::new(fd, max_frame)?,
-        })
+        Ok(ForkClientEnd { chan: AsyncChannel::new(fd, max_frame)? })
     }
 
     /// The first message: how to harden sandboxes.
     pub async fn start(&self, plan: SandboxPlan) -> Result<(), FrameError> {
-        self.chan
-            .send(&ForkRequest::Start { plan })
-            .await
-            .map(|_| ())
+        self.chan.send(&ForkRequest::Start { plan }).await.map(|_| ())
     }
 
     pub async fn spawn(
@@ -532,16 +464,7 @@ impl ForkClientEnd {
         cgroup_procs: Vec<String>,
         sandbox_socket: BorrowedFd<'_>,
     ) -> Result<(), FrameError> {
-        self.chan
-            .send_with_fd(
-                &ForkRequest::Spawn {
-                    token,
-                    mode,
-                    cgroup_procs,
-                },
-                sandbox_socket,
-            )
-            .await
+        self.chan.send_with_fd(&ForkRequest::Spawn { token, mode, cgroup_procs }, sandbox_socket).await
     }
 
     /// The next event, with the pidfd that comes with `Spawned`.

@@ -57,10 +57,7 @@ pub enum FrameError {
 impl FrameError {
     /// True when the peer is at fault (as opposed to the channel simply closing or failing).
     pub fn is_violation(&self) -> bool {
-        !matches!(
-            self,
-            FrameError::Closed | FrameError::Io(_) | FrameError::Encode(_)
-        )
+        !matches!(self, FrameError::Closed | FrameError::Io(_) | FrameError::Encode(_))
     }
 }
 
@@ -69,14 +66,10 @@ pub fn encode<M: Serialize>(msg: &M, max: u32) -> Result<Vec<u8>, FrameError> {
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(&[0; HEADER]);
     buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    bincode::serde::encode_into_std_write(msg, &mut buf, config())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(msg, &mut buf, config()).map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = buf.len() - HEADER;
     if len as u64 > u64::from(max) {
-        return Err(FrameError::Oversized {
-            len: len as u64,
-            max,
-        });
+        return Err(FrameError::Oversized { len: len as u64, max });
     }
     buf[..HEADER].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(buf)
@@ -86,10 +79,7 @@ pub fn encode<M: Serialize>(msg: &M, max: u32) -> Result<Vec<u8>, FrameError> {
 pub fn check_len(header: [u8; HEADER], max: u32) -> Result<usize, FrameError> {
     let len = u32::from_le_bytes(header);
     if len > max {
-        return Err(FrameError::Oversized {
-            len: u64::from(len),
-            max,
-        });
+        return Err(FrameError::Oversized { len: u64::from(len), max });
     }
     if (len as usize) < VERSION {
         return Err(FrameError::Short { len });
@@ -104,12 +94,10 @@ pub fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, FrameError> {
     if got != PROTOCOL_VERSION {
         return Err(FrameError::WrongVersion { got });
     }
-    let (msg, used) = bincode::serde::decode_from_slice(rest, config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (msg, used) =
+        bincode::serde::decode_from_slice(rest, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != rest.len() {
-        return Err(FrameError::TrailingBytes {
-            extra: rest.len() - used,
-        });
+        return Err(FrameError::TrailingBytes { extra: rest.len() - used });
     }
     Ok(msg)
 }
@@ -138,10 +126,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<(), FrameError> {
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) => {
-                return Err(FrameError::Truncated {
-                    got,
-                    want: buf.len(),
-                });
+                return Err(FrameError::Truncated { got, want: buf.len() });
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -158,20 +143,13 @@ pub fn write_frame(w: &mut impl Write, frame: &[u8]) -> Result<(), FrameError> {
 }
 
 /// Reads one whole frame body from an async reader.
-pub async fn read_frame_async(
-    r: &mut (impl AsyncRead + Unpin),
-    max: u32,
-) -> Result<Vec<u8>, FrameError> {
+pub async fn read_frame_async(r: &mut (impl AsyncRead + Unpin), max: u32) -> Result<Vec<u8>, FrameError> {
     let mut header = [0; HEADER];
     let mut got = 0;
     while got < HEADER {
         let n = r.read(&mut header[got..]).await?;
         if n == 0 {
-            return Err(if got == 0 {
-                FrameError::Closed
-            } else {
-                FrameError::Truncated { got, want: HEADER }
-            });
+            return Err(if got == 0 { FrameError::Closed } else { FrameError::Truncated { got, want: HEADER } });
         }
         got += n;
     }
@@ -194,10 +172,7 @@ mod tests {
     use crate::protocol::{LogLevel, SandboxMsg};
 
     fn log(msg: &str) -> SandboxMsg {
-        SandboxMsg::Log {
-            level: LogLevel::Info,
-            message: msg.into(),
-        }
+        SandboxMsg::Log { level: LogLevel::Info, message: msg.into() }
     }
 
     #[test]
@@ -215,10 +190,7 @@ mod tests {
         let mut frame = Vec::new();
         frame.extend_from_slice(&u32::MAX.to_le_bytes());
         let err = read_frame(&mut &frame[..], DEFAULT_MAX_FRAME).unwrap_err();
-        assert!(
-            matches!(err, FrameError::Oversized { len, .. } if len == u64::from(u32::MAX)),
-            "{err}"
-        );
+        assert!(matches!(err, FrameError::Oversized { len, .. } if len == u64::from(u32::MAX)), "{err}");
     }
 
     #[test]
@@ -249,18 +221,12 @@ mod tests {
     fn garbage_and_trailing_bytes_are_malformed() {
         let mut body = PROTOCOL_VERSION.to_le_bytes().to_vec();
         body.extend_from_slice(&[0xff; 16]);
-        assert!(matches!(
-            decode::<SandboxMsg>(&body),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode::<SandboxMsg>(&body), Err(FrameError::Malformed(_))));
 
         let frame = encode(&log("x"), DEFAULT_MAX_FRAME).unwrap();
         let mut body = frame[4..].to_vec();
         body.push(0);
-        assert!(matches!(
-            decode::<SandboxMsg>(&body),
-            Err(FrameError::TrailingBytes { extra: 1 })
-        ));
+        assert!(matches!(decode::<SandboxMsg>(&body), Err(FrameError::TrailingBytes { extra: 1 })));
     }
 
     #[test]
@@ -278,18 +244,11 @@ mod tests {
     #[tokio::test]
     async fn async_reader_matches_the_blocking_one() {
         let frame = encode(&log("async"), DEFAULT_MAX_FRAME).unwrap();
-        let body = read_frame_async(&mut &frame[..], DEFAULT_MAX_FRAME)
-            .await
-            .unwrap();
-        assert!(matches!(
-            decode::<SandboxMsg>(&body).unwrap(),
-            SandboxMsg::Log { .. }
-        ));
+        let body = read_frame_async(&mut &frame[..], DEFAULT_MAX_FRAME).await.unwrap();
+        assert!(matches!(decode::<SandboxMsg>(&body).unwrap(), SandboxMsg::Log { .. }));
         let mut big = Vec::new();
         big.extend_from_slice(&(DEFAULT_MAX_FRAME + 1).to_le_bytes());
-        let err = read_frame_async(&mut &big[..], DEFAULT_MAX_FRAME)
-            .await
-            .unwrap_err();
+        let err = read_frame_async(&mut &big[..], DEFAULT_MAX_FRAME).await.unwrap_err();
         assert!(matches!(err, FrameError::Oversized { .. }));
     }
 }

@@ -62,11 +62,7 @@ pub struct LimitCeilings {
 
 impl Default for LimitCeilings {
     fn default() -> Self {
-        LimitCeilings {
-            max_timeout_ms: 60_000,
-            max_memory_bytes: 4096 * MIB,
-            max_fuel: u64::MAX,
-        }
+        LimitCeilings { max_timeout_ms: 60_000, max_memory_bytes: 4096 * MIB, max_fuel: u64::MAX }
     }
 }
 
@@ -74,12 +70,7 @@ impl Limits {
     /// The limits of one execution: the install's values replace the defaults (capped by the
     /// operator's ceilings), then the caller's values may only lower them, never raise them.
     /// Zero values are ignored: a zero deadline or memory budget is never meant.
-    pub fn resolve(
-        self,
-        install: &LimitRequest,
-        caller: &LimitRequest,
-        ceilings: &LimitCeilings,
-    ) -> Self {
+    pub fn resolve(self, install: &LimitRequest, caller: &LimitRequest, ceilings: &LimitCeilings) -> Self {
         let mut l = self;
         if let Some(t) = install.timeout_ms.filter(|t| *t > 0) {
             l.timeout_ms = t;
@@ -112,16 +103,8 @@ mod tests {
 
     #[test]
     fn install_values_are_capped_by_ceilings() {
-        let ceilings = LimitCeilings {
-            max_timeout_ms: 10_000,
-            max_memory_bytes: 512 * MIB,
-            max_fuel: 1_000,
-        };
-        let install = LimitRequest {
-            timeout_ms: Some(90_000),
-            memory_mb: Some(64),
-            fuel: None,
-        };
+        let ceilings = LimitCeilings { max_timeout_ms: 10_000, max_memory_bytes: 512 * MIB, max_fuel: 1_000 };
+        let install = LimitRequest { timeout_ms: Some(90_000), memory_mb: Some(64), fuel: None };
         let l = Limits::default().resolve(&install, &LimitRequest::default(), &ceilings);
         assert_eq!(l.timeout_ms, 10_000);
         assert_eq!(l.memory_bytes, 64 * MIB);
@@ -130,21 +113,10 @@ mod tests {
 
     #[test]
     fn the_caller_only_lowers_and_zero_is_ignored() {
-        let install = LimitRequest {
-            timeout_ms: Some(2_000),
-            memory_mb: None,
-            fuel: None,
-        };
-        let caller = LimitRequest {
-            timeout_ms: Some(30_000),
-            memory_mb: Some(0),
-            fuel: Some(5),
-        };
+        let install = LimitRequest { timeout_ms: Some(2_000), memory_mb: None, fuel: None };
+        let caller = LimitRequest { timeout_ms: Some(30_000), memory_mb: Some(0), fuel: Some(5) };
         let l = Limits::default().resolve(&install, &caller, &LimitCeilings::default());
-        assert_eq!(
-            l.timeout_ms, 2_000,
-            "the caller cannot raise the install's deadline"
-        );
+        assert_eq!(l.timeout_ms, 2_000, "the caller cannot raise the install's deadline");
         assert_eq!(l.memory_bytes, 256 * MIB);
         assert_eq!(l.fuel, 5);
     }

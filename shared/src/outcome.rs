@@ -61,9 +61,9 @@ impl Outcome {
             Outcome::Timeout => (504, "timeout".into()),
             Outcome::MemoryLimit => (500, "memory_limit_exceeded".into()),
             Outcome::FuelExhausted => (500, "fuel_exhausted".into()),
-            Outcome::SeccompViolation { .. }
-            | Outcome::ProtocolViolation { .. }
-            | Outcome::Crashed { .. } => (500, "sandbox_violation".into()),
+            Outcome::SeccompViolation { .. } | Outcome::ProtocolViolation { .. } | Outcome::Crashed { .. } => {
+                (500, "sandbox_violation".into())
+            }
             Outcome::SpawnFailed => (503, "overloaded".into()),
             Outcome::Shutdown => (503, "shutting_down".into()),
             Outcome::InvalidComponent => (502, "invalid_component".into()),
@@ -73,12 +73,7 @@ impl Outcome {
 
     /// True for the outcomes an operator must look at: the sandbox itself misbehaved.
     pub fn is_violation(&self) -> bool {
-        matches!(
-            self,
-            Outcome::SeccompViolation { .. }
-                | Outcome::ProtocolViolation { .. }
-                | Outcome::Crashed { .. }
-        )
+        matches!(self, Outcome::SeccompViolation { .. } | Outcome::ProtocolViolation { .. } | Outcome::Crashed { .. })
     }
 }
 
@@ -89,40 +84,20 @@ mod tests {
     #[test]
     fn table_matches_the_spec() {
         assert_eq!(Outcome::Completed.envelope_error(), None);
+        assert_eq!(Outcome::Timeout.envelope_error(), Some((504, "timeout".into())));
+        assert_eq!(Outcome::MemoryLimit.envelope_error(), Some((500, "memory_limit_exceeded".into())));
+        assert_eq!(Outcome::FuelExhausted.envelope_error(), Some((500, "fuel_exhausted".into())));
         assert_eq!(
-            Outcome::Timeout.envelope_error(),
-            Some((504, "timeout".into()))
-        );
-        assert_eq!(
-            Outcome::MemoryLimit.envelope_error(),
-            Some((500, "memory_limit_exceeded".into()))
-        );
-        assert_eq!(
-            Outcome::FuelExhausted.envelope_error(),
-            Some((500, "fuel_exhausted".into()))
-        );
-        assert_eq!(
-            Outcome::GuestTrap {
-                kind: "unreachable".into()
-            }
-            .envelope_error(),
+            Outcome::GuestTrap { kind: "unreachable".into() }.envelope_error(),
             Some((500, "execute_failed: unreachable".into()))
         );
         for hidden in [
-            Outcome::SeccompViolation {
-                syscall: "socket (41)".into(),
-            },
-            Outcome::ProtocolViolation {
-                detail: "bad frame".into(),
-            },
+            Outcome::SeccompViolation { syscall: "socket (41)".into() },
+            Outcome::ProtocolViolation { detail: "bad frame".into() },
             Outcome::Crashed { signal: 11 },
         ] {
             let (status, error) = hidden.envelope_error().unwrap();
-            assert_eq!(
-                (status, error.as_str()),
-                (500, "sandbox_violation"),
-                "details stay operator-side"
-            );
+            assert_eq!((status, error.as_str()), (500, "sandbox_violation"), "details stay operator-side");
         }
     }
 }

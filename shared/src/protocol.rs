@@ -26,6 +26,44 @@ pub enum SupervisorMsg {
     Compile(CompileJob),
     /// The answer to the sandbox's host call `call_id`.
     HostReply { call_id: u32, reply: HostReply },
+    /// Test only: run native code that acts like a guest that escaped Wasmtime. Refused unless
+    /// the fork server was started with [`SandboxPlan::test_probes`].
+    Probe(ProbeAction),
+}
+
+/// What a test probe does inside a hardened sandbox, in place of a guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeAction {
+    /// `openat` of a path.
+    Open { path: String },
+    /// `openat(O_WRONLY)` and `write` of a value, e.g. the sandbox's own cgroup files.
+    WriteFile { path: String, value: String },
+    /// `socket(AF_INET, SOCK_STREAM)`.
+    SocketInet,
+    /// `connect` of the IPC socket's descriptor to 127.0.0.1:`port`.
+    ConnectLoopback { port: u16 },
+    /// `execve("/bin/true")`.
+    Execve,
+    /// `fork()`.
+    Fork,
+    /// `ptrace(PTRACE_TRACEME)`.
+    Ptrace,
+    /// `mount` of a tmpfs.
+    Mount,
+    /// `kill(pid, SIGKILL)`.
+    Kill { pid: i32 },
+    /// `setrlimit(RLIMIT_NOFILE)` above the hard limit hygiene set.
+    RaiseRlimit,
+    /// `unshare(CLONE_NEWUSER)`.
+    Unshare,
+    /// Writes these raw bytes on the IPC socket, then waits.
+    RawBytes { bytes: Vec<u8> },
+    /// Writes these raw bytes on the IPC socket, then exits.
+    RawBytesThenExit { bytes: Vec<u8> },
+    /// Sends a host call with the wrong call id.
+    WrongCallId,
+    /// Sends this many log messages as fast as it can.
+    FloodLogs { count: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,17 +99,11 @@ pub enum SandboxMsg {
     /// A guest log line (not a host call: no reply, not counted toward the host-call cap).
     Log { level: LogLevel, message: String },
     /// `handler` returned.
-    Done {
-        response: ExecuteResponse,
-        stats: ExecStats,
-    },
+    Done { response: ExecuteResponse, stats: ExecStats },
     /// The execution or compilation failed inside the sandbox.
     Failed { failure: Failure, stats: ExecStats },
     /// Compilation succeeded; `artifact_len` bytes follow in [`SandboxMsg::ArtifactChunk`]s.
-    Compiled {
-        artifact_len: u64,
-        info: ComponentInfo,
-    },
+    Compiled { artifact_len: u64, info: ComponentInfo },
     /// A piece of the compiled artifact, in order.
     ArtifactChunk { bytes: Vec<u8> },
 }
@@ -147,76 +179,31 @@ pub struct ComponentInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostCall {
     ContextGet,
-    SecretsGet {
-        key: String,
-    },
+    SecretsGet { key: String },
     SecretsListKeys,
-    HttpFetch {
-        request: HttpRequest,
-    },
-    StorageGet {
-        namespace: String,
-        key: String,
-    },
-    StoragePut {
-        entry: StorageEntry,
-    },
-    StorageDelete {
-        namespace: String,
-        key: String,
-    },
-    StorageListEntries {
-        namespace: String,
-        cursor: Option<String>,
-    },
-    UiProxyCallRoute {
-        route: String,
-        payload: Option<Vec<u8>>,
-    },
+    HttpFetch { request: HttpRequest },
+    StorageGet { namespace: String, key: String },
+    StoragePut { entry: StorageEntry },
+    StorageDelete { namespace: String, key: String },
+    StorageListEntries { namespace: String, cursor: Option<String> },
+    UiProxyCallRoute { route: String, payload: Option<Vec<u8>> },
     UserGet,
     UserV2Get,
     SchedulerList,
-    SchedulerGet {
-        schedule_id: String,
-    },
-    SchedulerCreate {
-        input: CreateScheduleInput,
-    },
-    SchedulerUpdate {
-        schedule_id: String,
-        input: UpdateScheduleInput,
-    },
-    SchedulerDelete {
-        schedule_id: String,
-    },
+    SchedulerGet { schedule_id: String },
+    SchedulerCreate { input: CreateScheduleInput },
+    SchedulerUpdate { schedule_id: String, input: UpdateScheduleInput },
+    SchedulerDelete { schedule_id: String },
     SchedulerGetEndpoints,
-    InvoicingCreateManualInvoice {
-        input: CreateManualInvoiceInput,
-    },
-    ClientsList {
-        input: ClientsListInput,
-    },
-    ClientsGet {
-        client_id: String,
-    },
-    ServicesList {
-        input: ServicesListInput,
-    },
-    ServicesGet {
-        service_id: String,
-    },
-    ConfigGet {
-        key: String,
-    },
+    InvoicingCreateManualInvoice { input: CreateManualInvoiceInput },
+    ClientsList { input: ClientsListInput },
+    ClientsGet { client_id: String },
+    ServicesList { input: ServicesListInput },
+    ServicesGet { service_id: String },
+    ConfigGet { key: String },
     ConfigList,
-    MetricsCounterAdd {
-        name: String,
-        value: u64,
-    },
-    MetricsHistogramObserve {
-        name: String,
-        value: f64,
-    },
+    MetricsCounterAdd { name: String, value: u64 },
+    MetricsHistogramObserve { name: String, value: f64 },
 }
 
 impl HostCall {
@@ -227,10 +214,9 @@ impl HostCall {
             ContextGet => Capability::ContextRead,
             SecretsGet { .. } | SecretsListKeys => Capability::SecretsGet,
             HttpFetch { .. } => Capability::HttpFetch,
-            StorageGet { .. }
-            | StoragePut { .. }
-            | StorageDelete { .. }
-            | StorageListEntries { .. } => Capability::StorageKv,
+            StorageGet { .. } | StoragePut { .. } | StorageDelete { .. } | StorageListEntries { .. } => {
+                Capability::StorageKv
+            }
             UiProxyCallRoute { .. } => Capability::UiProxy,
             UserGet | UserV2Get => Capability::UserRead,
             SchedulerList
@@ -281,9 +267,7 @@ impl HostCall {
             SecretsGet { .. } => HostReply::Secret(Err(SecretError::Denied)),
             SecretsListKeys => HostReply::SecretKeys(Vec::new()),
             HttpFetch { .. } => HostReply::Http(Err(HttpError::NotAllowed)),
-            StorageGet { .. } | StoragePut { .. } => {
-                HostReply::StorageEntry(Err(StorageError::Denied))
-            }
+            StorageGet { .. } | StoragePut { .. } => HostReply::StorageEntry(Err(StorageError::Denied)),
             StorageDelete { .. } => HostReply::StorageUnit(Err(StorageError::Denied)),
             StorageListEntries { .. } => HostReply::StorageEntries(Err(StorageError::Denied)),
             UiProxyCallRoute { .. } => HostReply::Proxy(Err(ProxyError::Denied)),
@@ -390,22 +374,13 @@ pub struct LayerStatus {
 
 impl LayerStatus {
     pub fn full(detail: impl Into<String>) -> Self {
-        LayerStatus {
-            level: Level::Full,
-            detail: detail.into(),
-        }
+        LayerStatus { level: Level::Full, detail: detail.into() }
     }
     pub fn partial(detail: impl Into<String>) -> Self {
-        LayerStatus {
-            level: Level::Partial,
-            detail: detail.into(),
-        }
+        LayerStatus { level: Level::Partial, detail: detail.into() }
     }
     pub fn missing(detail: impl Into<String>) -> Self {
-        LayerStatus {
-            level: Level::Missing,
-            detail: detail.into(),
-        }
+        LayerStatus { level: Level::Missing, detail: detail.into() }
     }
 }
 
@@ -421,14 +396,7 @@ pub struct NamespaceSet {
 }
 
 impl NamespaceSet {
-    pub const ALL: NamespaceSet = NamespaceSet {
-        user: true,
-        pid: true,
-        net: true,
-        ipc: true,
-        uts: true,
-        mount: true,
-    };
+    pub const ALL: NamespaceSet = NamespaceSet { user: true, pid: true, net: true, ipc: true, uts: true, mount: true };
 
     pub fn names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -515,6 +483,8 @@ pub struct SandboxPlan {
     /// A seccomp policy (the JSON of `policies/seccomp/<arch>.json`) replacing the embedded one;
     /// for policy development and the test that proves every allowed syscall is needed.
     pub seccomp_policy: Option<String>,
+    /// Test only: accept [`SupervisorMsg::Probe`] jobs. Never set by the service's configuration.
+    pub test_probes: bool,
 }
 
 impl Default for SandboxPlan {
@@ -528,6 +498,7 @@ impl Default for SandboxPlan {
             max_frame: crate::frame::DEFAULT_MAX_FRAME,
             max_open_files: 16,
             seccomp_policy: None,
+            test_probes: false,
         }
     }
 }

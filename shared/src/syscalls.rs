@@ -6,11 +6,7 @@
 pub fn name(nr: i64) -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
-        usize::try_from(nr)
-            .ok()
-            .and_then(|i| X86_64.get(i))
-            .copied()
-            .filter(|n| !n.is_empty())
+        usize::try_from(nr).ok().and_then(|i| X86_64.get(i)).copied().filter(|n| !n.is_empty())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

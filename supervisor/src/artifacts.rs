@@ -46,10 +46,7 @@ pub fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
     fcntl(
         &fd,
         FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_SHRINK
-                | SealFlag::F_SEAL_GROW
-                | SealFlag::F_SEAL_WRITE
-                | SealFlag::F_SEAL_SEAL,
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL,
         ),
     )?;
     Ok(fd)
@@ -76,19 +73,12 @@ pub struct ArtifactCache {
 
 impl ArtifactCache {
     pub fn new(dir: PathBuf, fingerprint: String) -> Self {
-        ArtifactCache {
-            dir,
-            fingerprint,
-            loaded: Mutex::new(HashMap::new()),
-        }
+        ArtifactCache { dir, fingerprint, loaded: Mutex::new(HashMap::new()) }
     }
 
     fn paths(&self, wasm_sha256: &str) -> (PathBuf, PathBuf) {
         let dir = self.dir.join(wasm_sha256);
-        (
-            dir.join(format!("{}.cwasm", self.fingerprint)),
-            dir.join(format!("{}.sha256", self.fingerprint)),
-        )
+        (dir.join(format!("{}.cwasm", self.fingerprint)), dir.join(format!("{}.sha256", self.fingerprint)))
     }
 
     /// The artifact for `wasm_sha256` if it is in memory or on disk with a matching recorded hash.
@@ -98,8 +88,7 @@ impl ArtifactCache {
             return Ok(Some(a.clone()));
         }
         let (artifact_path, hash_path) = self.paths(wasm_sha256);
-        let (Ok(bytes), Ok(recorded)) = (fs::read(&artifact_path), fs::read_to_string(&hash_path))
-        else {
+        let (Ok(bytes), Ok(recorded)) = (fs::read(&artifact_path), fs::read_to_string(&hash_path)) else {
             return Ok(None);
         };
         let actual = sha256_hex(&bytes);
@@ -130,14 +119,9 @@ impl ArtifactCache {
 
     fn keep(&self, wasm_sha256: &str, sha: String, bytes: &[u8]) -> io::Result<Arc<Artifact>> {
         let memfd = sealed_memfd("alga-artifact", bytes)?;
-        let artifact = Arc::new(Artifact {
-            wasm_sha256: wasm_sha256.to_string(),
-            sha256: sha,
-            len: bytes.len() as u64,
-            memfd,
-        });
-        self.lock()
-            .insert(wasm_sha256.to_string(), artifact.clone());
+        let artifact =
+            Arc::new(Artifact { wasm_sha256: wasm_sha256.to_string(), sha256: sha, len: bytes.len() as u64, memfd });
+        self.lock().insert(wasm_sha256.to_string(), artifact.clone());
         Ok(artifact)
     }
 
@@ -178,10 +162,7 @@ mod tests {
 
         fs::write(tmp.path().join("w1/fp.cwasm"), b"artifact bytez").unwrap();
         let fresh = ArtifactCache::new(tmp.path().to_path_buf(), "fp".into());
-        assert!(
-            fresh.lookup("w1").unwrap().is_none(),
-            "tampered file is refused"
-        );
+        assert!(fresh.lookup("w1").unwrap().is_none(), "tampered file is refused");
         assert!(!tmp.path().join("w1/fp.cwasm").exists(), "and removed");
     }
 

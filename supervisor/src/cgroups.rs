@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use alga_sandbox::cgroup::{self, Cgroups, Slot, SlotLimits, Version};
 
-/// Prefix of this service's slot directory; the suffix is the supervisor's pid, so several
-/// supervisors on one host never share slots and a crashed one's leftovers are recognisable.
+/// Prefix of a supervisor's slot directory, named `alga-runner.<pid>-<n>`: several supervisors
+/// (or several cores in one process, as in tests) never share slots, and a crashed supervisor's
+/// leftovers are recognisable by a pid that no longer runs.
 pub const DIR_PREFIX: &str = "alga-runner.";
+
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
 /// Slots kept for reuse (beyond these, released slots are removed).
 const MAX_FREE: usize = 64;
@@ -39,14 +42,12 @@ impl CgroupSlots {
                 limits,
             };
         }
-        let detected = cgroup::detect(&format!("{DIR_PREFIX}{}", std::process::id()));
+        let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let detected = cgroup::detect(&format!("{DIR_PREFIX}{}-{instance}", std::process::id()));
         if let Some(driver) = &detected.driver {
             let swept = cgroup::sweep_stale(driver.as_ref(), DIR_PREFIX);
             if swept > 0 {
-                tracing::info!(
-                    swept,
-                    "removed cgroups left by supervisors that no longer run"
-                );
+                tracing::info!(swept, "removed cgroups left by supervisors that no longer run");
             }
         }
         CgroupSlots {
@@ -64,10 +65,7 @@ impl CgroupSlots {
     }
 
     pub fn controllers(&self) -> Vec<&'static str> {
-        self.driver
-            .as_ref()
-            .map(|d| d.controllers())
-            .unwrap_or_default()
+        self.driver.as_ref().map(|d| d.controllers()).unwrap_or_default()
     }
 
     /// What was detected, or why there are no cgroups.
@@ -96,29 +94,19 @@ impl CgroupSlots {
     }
 
     pub fn set_memory(&self, slot: &Slot, bytes: u64) -> io::Result<()> {
-        self.driver
-            .as_ref()
-            .map_or(Ok(()), |d| d.set_memory(slot, bytes))
+        self.driver.as_ref().map_or(Ok(()), |d| d.set_memory(slot, bytes))
     }
 
     pub fn oom_kills(&self, slot: &Slot) -> u64 {
-        self.driver
-            .as_ref()
-            .and_then(|d| d.oom_kills(slot).ok())
-            .unwrap_or(0)
+        self.driver.as_ref().and_then(|d| d.oom_kills(slot).ok()).unwrap_or(0)
     }
 
     pub fn memory_peak(&self, slot: &Slot) -> Option<u64> {
-        self.driver
-            .as_ref()
-            .and_then(|d| d.memory_peak(slot).ok().flatten())
+        self.driver.as_ref().and_then(|d| d.memory_peak(slot).ok().flatten())
     }
 
     pub fn pids(&self, slot: &Slot) -> Vec<u32> {
-        self.driver
-            .as_ref()
-            .and_then(|d| d.pids(slot).ok())
-            .unwrap_or_default()
+        self.driver.as_ref().and_then(|d| d.pids(slot).ok()).unwrap_or_default()
     }
 
     /// Kills every process in the slot.
@@ -178,10 +166,7 @@ impl CgroupSlots {
         names.sort();
         names.dedup();
         for name in names {
-            let slot = Slot {
-                dirs: bases.iter().map(|b| b.join(&name)).collect(),
-                name,
-            };
+            let slot = Slot { dirs: bases.iter().map(|b| b.join(&name)).collect(), name };
             let _ = driver.kill(&slot);
             if let Err(e) = driver.remove(&slot) {
                 tracing::warn!(slot = %slot.name, error = %e, "removing a sandbox cgroup failed");

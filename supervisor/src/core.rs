@@ -13,6 +13,9 @@ use crate::pool::Pool;
 use crate::settings::Settings;
 
 pub struct Core {
+    /// The runtime the core's background tasks (reapers, pool refill) run on, whichever runtime
+    /// a caller is on.
+    pub handle: tokio::runtime::Handle,
     pub settings: Settings,
     pub fork: Arc<ForkServer>,
     pub cgroups: CgroupSlots,
@@ -44,25 +47,20 @@ impl Core {
         settings: Settings,
     ) -> Result<Arc<Core>, ForkServerError> {
         let fork = ForkServer::connect(process, settings.plan.clone()).await?;
-        let artifacts =
-            ArtifactCache::new(settings.cache_dir.clone(), fork.fingerprint().to_string());
+        let artifacts = ArtifactCache::new(settings.cache_dir.clone(), fork.fingerprint().to_string());
         let pool = Pool::new(settings.pool_size);
-        let core = Arc::new(Core {
-            settings,
-            fork,
-            cgroups,
-            pool,
-            artifacts,
-        });
+        let handle = tokio::runtime::Handle::current();
+        let core = Arc::new(Core { handle, settings, fork, cgroups, pool, artifacts });
         Pool::start_refill(&core);
         Ok(core)
     }
 
     /// Stops the pool and the fork server (every sandbox dies with it) and removes every cgroup.
-    pub async fn shutdown(&self) {
-        self.pool.stop();
+    pub async fn shutdown(self: &Arc<Self>) {
+        Pool::stop(self);
+        // Give the reapers a moment to collect what was just killed, then stop everything.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         self.fork.stop();
-        let core_cgroups = &self.cgroups;
-        core_cgroups.shutdown();
+        self.cgroups.shutdown();
     }
 }

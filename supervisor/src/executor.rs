@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use alga_shared::bindings::ExecuteResponse;
 use alga_shared::frame::FrameError;
+use alga_shared::limits::Limits;
 use alga_shared::outcome::Outcome;
 use alga_shared::protocol::{
-    CompileJob, ComponentInfo, ExecStats, ExecuteJob, ExitStatus, Failure, HostReply, LogLevel,
+    CompileJob, ComponentInfo, ExecStats, ExecuteJob, ExitStatus, Failure, HostReply, LogLevel, ProbeAction,
     SandboxMode, SandboxMsg,
 };
 use tokio::time::sleep_until;
@@ -80,12 +81,7 @@ impl Report {
 }
 
 /// Takes a sandbox from the pool and runs `job` on it.
-pub async fn execute(
-    core: &Arc<Core>,
-    artifact: &Artifact,
-    job: ExecuteJob,
-    host: &HostContext,
-) -> Report {
+pub async fn execute(core: &Arc<Core>, artifact: &Artifact, job: ExecuteJob, host: &HostContext) -> Report {
     match Pool::take(core).await {
         Ok(sandbox) => run(core, sandbox, artifact, job, host).await,
         Err(e) => Report::spawn_failed(crate::error_chain(&e)),
@@ -104,6 +100,16 @@ enum End {
     Died,
 }
 
+/// The one job a sandbox gets.
+pub enum Work<'a> {
+    Execute(ExecuteJob, &'a Artifact),
+    /// Test only (see [`alga_shared::protocol::ProbeAction`]).
+    Probe(ProbeAction, Limits),
+}
+
+/// Log lines past this multiple of the per-execution cap are a flood: the sandbox is killed.
+const LOG_FLOOD_FACTOR: u64 = 100;
+
 /// Runs `job` on `sandbox` and reports. The sandbox is always killed or left to exit, and reaped.
 pub async fn run(
     core: &Arc<Core>,
@@ -112,21 +118,38 @@ pub async fn run(
     job: ExecuteJob,
     host: &HostContext,
 ) -> Report {
-    let limits = job.limits;
+    drive(core, sandbox, Work::Execute(job, artifact), host).await
+}
+
+/// Runs a test probe in a fresh sandbox (the fork server must allow probes).
+pub async fn probe(core: &Arc<Core>, action: ProbeAction, limits: Limits, host: &HostContext) -> Report {
+    match Sandbox::create(core, SandboxMode::Execute).await {
+        Ok(sandbox) => drive(core, sandbox, Work::Probe(action, limits), host).await,
+        Err(e) => Report::spawn_failed(crate::error_chain(&e)),
+    }
+}
+
+/// Hands `work` to `sandbox` and drives it to its end.
+pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &HostContext) -> Report {
+    let limits = match &work {
+        Work::Execute(job, _) => job.limits,
+        Work::Probe(_, limits) => *limits,
+    };
     let mut report = Report::new(sandbox.pid);
     let oom_before = sandbox.slot.as_ref().map(|s| core.cgroups.oom_kills(s));
     if let Some(slot) = &sandbox.slot
-        && let Err(e) = core.cgroups.set_memory(
-            slot,
-            limits.memory_bytes + core.settings.runtime_overhead_bytes,
-        )
+        && let Err(e) = core.cgroups.set_memory(slot, limits.memory_bytes + core.settings.runtime_overhead_bytes)
     {
         tracing::warn!(error = %e, "setting the sandbox memory limit failed");
     }
 
     let start = Instant::now();
     let deadline = start + Duration::from_millis(limits.timeout_ms) + core.settings.kill_grace;
-    let end = match sandbox.end.execute(job, artifact.fd()).await {
+    let sent = match work {
+        Work::Execute(job, artifact) => sandbox.end.execute(job, artifact.fd()).await,
+        Work::Probe(action, _) => sandbox.end.probe(action).await,
+    };
+    let end = match sent {
         Ok(()) => message_loop(&sandbox, host, &limits, deadline, &mut report).await,
         Err(FrameError::Closed | FrameError::Io(_)) => End::Died,
         Err(e) => End::Violation(format!("sending the job: {e}")),
@@ -141,9 +164,7 @@ pub async fn run(
                 Ok(()) => report.response = Some(response),
                 Err(detail) => {
                     sandbox.kill(core);
-                    report.outcome = Outcome::ProtocolViolation {
-                        detail: detail.clone(),
-                    };
+                    report.outcome = Outcome::ProtocolViolation { detail: detail.clone() };
                     report.detail = Some(detail);
                 }
             }
@@ -161,9 +182,7 @@ pub async fn run(
         }
         End::Violation(detail) => {
             sandbox.kill(core);
-            report.outcome = Outcome::ProtocolViolation {
-                detail: detail.clone(),
-            };
+            report.outcome = Outcome::ProtocolViolation { detail: detail.clone() };
             report.detail = Some(detail);
         }
         End::Died => {
@@ -187,7 +206,7 @@ pub async fn run(
 async fn message_loop(
     sandbox: &Sandbox,
     host: &HostContext,
-    limits: &alga_shared::limits::Limits,
+    limits: &Limits,
     deadline: Instant,
     report: &mut Report,
 ) -> End {
@@ -218,16 +237,11 @@ async fn message_loop(
                 report.host_call_bytes += size as u64;
                 let reply = if report.host_calls > limits.max_host_calls {
                     over_budget = true;
-                    HostReply::LimitExceeded {
-                        detail: format!("more than {} host calls", limits.max_host_calls),
-                    }
+                    HostReply::LimitExceeded { detail: format!("more than {} host calls", limits.max_host_calls) }
                 } else if report.host_call_bytes > limits.max_host_call_bytes {
                     over_budget = true;
                     HostReply::LimitExceeded {
-                        detail: format!(
-                            "more than {} bytes of host-call payload",
-                            limits.max_host_call_bytes
-                        ),
+                        detail: format!("more than {} bytes of host-call payload", limits.max_host_call_bytes),
                     }
                 } else {
                     tokio::select! {
@@ -250,15 +264,15 @@ async fn message_loop(
                     report.logs.push(LogLine { level, message });
                 } else {
                     report.logs_dropped += 1;
+                    if report.logs_dropped > LOG_FLOOD_FACTOR * u64::from(limits.max_log_lines) {
+                        return End::Violation(format!("log flood: more than {} lines", report.logs_dropped));
+                    }
                 }
             }
             SandboxMsg::Done { response, stats } => return End::Done(response, stats),
             SandboxMsg::Failed { failure, stats } => return End::Failed(failure, stats),
             other => {
-                return End::Violation(format!(
-                    "unexpected {} during an execution",
-                    msg_name(&other)
-                ));
+                return End::Violation(format!("unexpected {} during an execution", msg_name(&other)));
             }
         }
     }
@@ -266,7 +280,7 @@ async fn message_loop(
 
 /// Copies the sandbox's figures, clamped to what the limits allow (they come from a hostile
 /// process).
-fn take_stats(report: &mut Report, stats: ExecStats, limits: &alga_shared::limits::Limits) {
+fn take_stats(report: &mut Report, stats: ExecStats, limits: &Limits) {
     report.fuel_consumed = stats.fuel_consumed.min(limits.fuel);
     report.memory_peak_bytes = stats.memory_peak_bytes.min(limits.memory_bytes);
     let budget = limits.max_output_bytes as usize;
@@ -282,86 +296,54 @@ fn take_stats(report: &mut Report, stats: ExecStats, limits: &alga_shared::limit
 fn check_response(response: &ExecuteResponse, max_body: u64) -> Result<(), String> {
     let len = response.body.as_ref().map_or(0, |b| b.len() as u64);
     if len > max_body {
-        return Err(format!(
-            "response body of {len} bytes is over the {max_body}-byte limit the sandbox must enforce"
-        ));
+        return Err(format!("response body of {len} bytes is over the {max_body}-byte limit the sandbox must enforce"));
     }
     Ok(())
 }
 
 fn outcome_of_failure(failure: Failure) -> (Outcome, Option<String>) {
     match failure {
-        Failure::GuestTrap { kind, message } => (
-            Outcome::GuestTrap {
-                kind: sanitize_kind(&kind),
-            },
-            Some(message),
-        ),
+        Failure::GuestTrap { kind, message } => (Outcome::GuestTrap { kind: sanitize_kind(&kind) }, Some(message)),
         Failure::Timeout => (Outcome::Timeout, None),
         Failure::MemoryLimit => (Outcome::MemoryLimit, None),
         Failure::FuelExhausted => (Outcome::FuelExhausted, None),
         Failure::InvalidComponent { message } => (Outcome::InvalidComponent, Some(message)),
-        Failure::Internal { message } => (
-            Outcome::GuestTrap {
-                kind: "runner_error".into(),
-            },
-            Some(message),
-        ),
+        Failure::Internal { message } => (Outcome::GuestTrap { kind: "runner_error".into() }, Some(message)),
     }
 }
 
 /// A trap kind goes into metric labels and error strings: keep it short and plain.
 fn sanitize_kind(kind: &str) -> String {
-    let k: String = kind
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(48)
-        .collect();
+    let k: String = kind.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(48).collect();
     if k.is_empty() { "unknown".into() } else { k }
 }
 
 fn outcome_of_death(status: Option<ExitStatus>, oom: bool) -> Outcome {
     match status {
-        Some(ExitStatus::Signal { signal, syscall }) if signal == libc::SIGSYS => {
-            Outcome::SeccompViolation {
-                syscall: syscall
-                    .map_or_else(|| "unknown".to_string(), alga_shared::syscalls::describe),
-            }
-        }
-        Some(ExitStatus::Signal { signal, .. }) if signal == libc::SIGKILL && oom => {
-            Outcome::MemoryLimit
-        }
-        Some(ExitStatus::Signal { signal, .. }) => Outcome::Crashed { signal },
-        Some(ExitStatus::Code(code)) => Outcome::ProtocolViolation {
-            detail: format!("sandbox exited with code {code} before sending a result"),
+        Some(ExitStatus::Signal { signal, syscall }) if signal == libc::SIGSYS => Outcome::SeccompViolation {
+            syscall: syscall.map_or_else(|| "unknown".to_string(), alga_shared::syscalls::describe),
         },
+        Some(ExitStatus::Signal { signal, .. }) if signal == libc::SIGKILL && oom => Outcome::MemoryLimit,
+        Some(ExitStatus::Signal { signal, .. }) => Outcome::Crashed { signal },
+        Some(ExitStatus::Code(code)) => {
+            Outcome::ProtocolViolation { detail: format!("sandbox exited with code {code} before sending a result") }
+        }
         None => Outcome::Crashed { signal: 0 },
     }
 }
 
 /// Compiles `wasm` in a fresh compile sandbox; returns the artifact bytes.
-pub async fn compile(
-    core: &Arc<Core>,
-    wasm: &[u8],
-) -> Result<(Vec<u8>, ComponentInfo), ArtifactError> {
+pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, ComponentInfo), ArtifactError> {
     let failed = |e: String| ArtifactError::Failed(e);
-    let memfd = sealed_memfd("alga-component", wasm)
-        .map_err(|e| failed(format!("memfd for the component: {e}")))?;
-    let mut sandbox = Sandbox::create(core, SandboxMode::Compile)
-        .await
-        .map_err(|e| failed(crate::error_chain(&e)))?;
+    let memfd = sealed_memfd("alga-component", wasm).map_err(|e| failed(format!("memfd for the component: {e}")))?;
+    let mut sandbox = Sandbox::create(core, SandboxMode::Compile).await.map_err(|e| failed(crate::error_chain(&e)))?;
     if let Some(slot) = &sandbox.slot
-        && let Err(e) = core
-            .cgroups
-            .set_memory(slot, core.settings.compile_memory_bytes)
+        && let Err(e) = core.cgroups.set_memory(slot, core.settings.compile_memory_bytes)
     {
         tracing::warn!(error = %e, "setting the compile sandbox memory limit failed");
     }
     let max = core.settings.max_artifact_bytes;
-    let job = CompileJob {
-        wasm_len: wasm.len() as u64,
-        max_artifact_bytes: max,
-    };
+    let job = CompileJob { wasm_len: wasm.len() as u64, max_artifact_bytes: max };
     let deadline = tokio::time::Instant::now() + core.settings.compile_timeout;
     let result = async {
         sandbox.end.compile(job, std::os::fd::AsFd::as_fd(&memfd)).await.map_err(|e| failed(e.to_string()))?;
@@ -420,15 +402,9 @@ pub async fn compile(
 /// The artifact for `wasm`: from the cache, or compiled in a sandbox and cached.
 pub async fn artifact_for(core: &Arc<Core>, wasm: &[u8]) -> Result<Arc<Artifact>, ArtifactError> {
     let key = sha256_hex(wasm);
-    if let Some(a) = core
-        .artifacts
-        .lookup(&key)
-        .map_err(|e| ArtifactError::Failed(format!("artifact cache: {e}")))?
-    {
+    if let Some(a) = core.artifacts.lookup(&key).map_err(|e| ArtifactError::Failed(format!("artifact cache: {e}")))? {
         return Ok(a);
     }
     let (bytes, _info) = compile(core, wasm).await?;
-    core.artifacts
-        .store(&key, &bytes)
-        .map_err(|e| ArtifactError::Failed(format!("storing the artifact: {e}")))
+    core.artifacts.store(&key, &bytes).map_err(|e| ArtifactError::Failed(format!("storing the artifact: {e}")))
 }

@@ -48,33 +48,23 @@ impl Process {
     /// service (the main thread): the fork server dies when the *thread* that started it exits
     /// (`PR_SET_PDEATHSIG` is per thread, 09-measured.md finding 9).
     pub fn start() -> Result<Self, ForkServerError> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| ForkServerError::Exec(e.into()))?;
+        Self::start_with(std::path::Path::new("/proc/self/exe"))
+    }
+
+    /// Like [`Process::start`], with the `alga-runner` binary at `exe` (tests and benchmarks that
+    /// drive the library from their own process use the real binary as the fork server).
+    pub fn start_with(exe: &std::path::Path) -> Result<Self, ForkServerError> {
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| ForkServerError::Exec(e.into()))?;
         let parent = std::process::id() as libc::pid_t;
         let theirs_raw = theirs.as_raw_fd();
-        let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg(FORK_SERVER_ARG)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        let mut cmd = Command::new(exe);
+        cmd.arg(FORK_SERVER_ARG).env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
         // SAFETY: the closure runs in the forked child before exec and only makes
         // async-signal-safe system calls (prctl, getppid, dup2, _exit); it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 // The supervisor may already have died before PDEATHSIG was set.
@@ -90,10 +80,7 @@ impl Process {
         }
         let child = cmd.spawn().map_err(ForkServerError::Exec)?;
         drop(theirs);
-        Ok(Process {
-            child,
-            control: ours,
-        })
+        Ok(Process { child, control: ours })
     }
 }
 
@@ -108,10 +95,7 @@ pub struct Spawned {
 }
 
 struct Waiters {
-    spawns: HashMap<
-        u64,
-        oneshot::Sender<Result<(u32, OwnedFd, oneshot::Receiver<ExitStatus>), String>>,
-    >,
+    spawns: HashMap<u64, oneshot::Sender<Result<(u32, OwnedFd, oneshot::Receiver<ExitStatus>), String>>>,
     exits: HashMap<u32, oneshot::Sender<ExitStatus>>,
 }
 
@@ -130,38 +114,23 @@ pub struct ForkServer {
 impl ForkServer {
     /// Sends the hardening plan, waits for the fork server to report, and starts the task that
     /// dispatches its events. Call inside a Tokio runtime.
-    pub async fn connect(
-        process: Process,
-        plan: SandboxPlan,
-    ) -> Result<Arc<Self>, ForkServerError> {
-        let end = Arc::new(
-            ForkClientEnd::new(process.control, DEFAULT_MAX_FRAME).map_err(FrameError::Io)?,
-        );
+    pub async fn connect(process: Process, plan: SandboxPlan) -> Result<Arc<Self>, ForkServerError> {
+        let end = Arc::new(ForkClientEnd::new(process.control, DEFAULT_MAX_FRAME).map_err(FrameError::Io)?);
         end.start(plan).await?;
         let started = tokio::time::timeout(START_TIMEOUT, end.recv())
             .await
             .map_err(|_| ForkServerError::Start(format!("no answer within {START_TIMEOUT:?}")))?;
         let (fingerprint, namespaces, pid) = match started {
-            Ok((
-                ForkEvent::Started {
-                    engine_fingerprint,
-                    namespaces,
-                    pid,
-                },
-                None,
-            )) => (engine_fingerprint, namespaces, pid),
+            Ok((ForkEvent::Started { engine_fingerprint, namespaces, pid }, None)) => {
+                (engine_fingerprint, namespaces, pid)
+            }
             Ok(_) => return Err(ForkServerError::Start("unexpected first message".into())),
             Err(FrameError::Closed) => {
-                return Err(ForkServerError::Start(
-                    "it exited during start-up (its error is on stderr)".into(),
-                ));
+                return Err(ForkServerError::Start("it exited during start-up (its error is on stderr)".into()));
             }
             Err(e) => return Err(e.into()),
         };
-        let waiters = Arc::new(Mutex::new(Waiters {
-            spawns: HashMap::new(),
-            exits: HashMap::new(),
-        }));
+        let waiters = Arc::new(Mutex::new(Waiters { spawns: HashMap::new(), exits: HashMap::new() }));
         let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(dispatch(end.clone(), waiters.clone(), alive.clone()));
         Ok(Arc::new(ForkServer {
@@ -195,40 +164,22 @@ impl ForkServer {
     }
 
     /// Asks for one sandbox, placed in the cgroup whose `cgroup.procs` files are given.
-    pub async fn spawn(
-        &self,
-        mode: SandboxMode,
-        cgroup_procs: Vec<String>,
-    ) -> Result<Spawned, ForkServerError> {
+    pub async fn spawn(&self, mode: SandboxMode, cgroup_procs: Vec<String>) -> Result<Spawned, ForkServerError> {
         if !self.is_alive() {
             return Err(ForkServerError::Gone);
         }
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| ForkServerError::Exec(e.into()))?;
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| ForkServerError::Exec(e.into()))?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock().spawns.insert(token, tx);
-        if let Err(e) = self
-            .end
-            .spawn(token, mode, cgroup_procs, theirs.as_fd())
-            .await
-        {
+        if let Err(e) = self.end.spawn(token, mode, cgroup_procs, theirs.as_fd()).await {
             self.lock().spawns.remove(&token);
             return Err(e.into());
         }
         drop(theirs);
         match rx.await {
-            Ok(Ok((pid, pidfd, exit))) => Ok(Spawned {
-                pid,
-                pidfd,
-                ipc: ours,
-                exit,
-            }),
+            Ok(Ok((pid, pidfd, exit))) => Ok(Spawned { pid, pidfd, ipc: ours, exit }),
             Ok(Err(e)) => Err(ForkServerError::Spawn(e)),
             Err(_) => Err(ForkServerError::Gone),
         }

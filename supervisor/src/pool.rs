@@ -87,15 +87,20 @@ impl Pool {
             return;
         }
         let weak = Arc::downgrade(core);
-        tokio::spawn(refill(weak));
+        core.handle.spawn(refill(weak));
         core.pool.wake.notify_one();
     }
 
     /// Stops refilling and kills the idle sandboxes.
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
-        self.lock().clear();
+    pub fn stop(core: &Arc<Core>) {
+        let pool = &core.pool;
+        pool.stopped.store(true, Ordering::Relaxed);
+        pool.wake.notify_one();
+        let idle: Vec<Sandbox> = pool.lock().drain(..).collect();
+        for sandbox in idle {
+            sandbox.kill(core);
+            sandbox.reap(core);
+        }
     }
 }
 
@@ -138,9 +143,8 @@ async fn refill(core: Weak<Core>) {
 fn retire_idle(core: &Arc<Core>) {
     let stale: Vec<Sandbox> = {
         let mut ready = core.pool.lock();
-        let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) = ready
-            .drain(..)
-            .partition(|s| s.ready_at.elapsed() <= core.settings.pool_max_idle);
+        let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
+            ready.drain(..).partition(|s| s.ready_at.elapsed() <= core.settings.pool_max_idle);
         *ready = keep;
         stale.into()
     };

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use alga_sandbox::cgroup::Slot;
 use alga_shared::channel::SupervisorEnd;
 use alga_shared::frame::FrameError;
-use alga_shared::protocol::{
-    ExitStatus, Failure, HardeningReport, Level, Requirement, SandboxMode, SandboxMsg,
-};
+use alga_shared::protocol::{ExitStatus, Failure, HardeningReport, Level, Requirement, SandboxMode, SandboxMsg};
 use tokio::sync::oneshot;
 
 use crate::core::Core;
@@ -55,11 +53,8 @@ impl Sandbox {
     /// Creates and hardens a sandbox; returns once it reported ready and was checked.
     pub async fn create(core: &Arc<Core>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
         let slot = core.cgroups.acquire().map_err(SpawnError::Cgroup)?;
-        let procs: Vec<String> = slot
-            .iter()
-            .flat_map(|s| s.procs_files())
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        let procs: Vec<String> =
+            slot.iter().flat_map(|s| s.procs_files()).map(|p| p.to_string_lossy().into_owned()).collect();
         let spawned = match core.fork.spawn(mode, procs).await {
             Ok(s) => s,
             Err(e) => {
@@ -69,8 +64,7 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
-        let end = SupervisorEnd::new(spawned.ipc, core.settings.plan.max_frame)
-            .map_err(FrameError::Io)?;
+        let end = SupervisorEnd::new(spawned.ipc, core.settings.plan.max_frame).map_err(FrameError::Io)?;
         let mut sandbox = Sandbox {
             pid: spawned.pid,
             pidfd: spawned.pidfd,
@@ -104,25 +98,14 @@ impl Sandbox {
 
     async fn await_ready(&self, core: &Core) -> Result<HardeningReport, SpawnError> {
         let timeout = core.settings.ready_timeout;
-        let first = tokio::time::timeout(timeout, self.end.recv())
-            .await
-            .map_err(|_| SpawnError::NotReady(timeout))?;
+        let first = tokio::time::timeout(timeout, self.end.recv()).await.map_err(|_| SpawnError::NotReady(timeout))?;
         let layers = match first {
             Ok((SandboxMsg::Ready { layers }, _)) => layers,
-            Ok((
-                SandboxMsg::Failed {
-                    failure: Failure::Internal { message },
-                    ..
-                },
-                _,
-            )) => {
+            Ok((SandboxMsg::Failed { failure: Failure::Internal { message }, .. }, _)) => {
                 return Err(SpawnError::Hardening(message));
             }
             Ok((other, _)) => {
-                return Err(SpawnError::Violation(format!(
-                    "sent {} instead of Ready",
-                    msg_name(&other)
-                )));
+                return Err(SpawnError::Violation(format!("sent {} instead of Ready", msg_name(&other))));
             }
             Err(e) => return Err(e.into()),
         };
@@ -131,10 +114,7 @@ impl Sandbox {
             // The sandbox's own report is informational; the supervisor checks membership itself.
             let members = core.cgroups.pids(slot);
             if !members.contains(&self.pid) {
-                return Err(SpawnError::NotInCgroup(format!(
-                    "{} lists {members:?}",
-                    slot.name
-                )));
+                return Err(SpawnError::NotInCgroup(format!("{} lists {members:?}", slot.name)));
             }
         }
         Ok(layers)
@@ -167,10 +147,7 @@ impl Sandbox {
             Ok(status) => status.ok(),
             Err(_) => {
                 self.kill(core);
-                tokio::time::timeout(Duration::from_secs(5), rx)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
+                tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok)
             }
         };
         self.status
@@ -180,7 +157,7 @@ impl Sandbox {
     /// slot. Its process was killed or is about to exit by itself.
     pub fn reap(mut self, core: &Arc<Core>) {
         let core = core.clone();
-        tokio::spawn(async move {
+        core.handle.clone().spawn(async move {
             let status = self.wait_exit(&core, Duration::from_secs(10)).await;
             if status.is_none() {
                 tracing::error!(pid = self.pid, "sandbox exit was never reported");
@@ -197,22 +174,13 @@ impl Sandbox {
 fn check_layers(layers: &HardeningReport, core: &Core) -> Result<(), SpawnError> {
     let plan = &core.settings.plan;
     if layers.seccomp.level != Level::Full && !plan.seccomp_log_only {
-        return Err(SpawnError::Hardening(format!(
-            "seccomp not enforced: {}",
-            layers.seccomp.detail
-        )));
+        return Err(SpawnError::Hardening(format!("seccomp not enforced: {}", layers.seccomp.detail)));
     }
     if layers.credentials.level != Level::Full {
-        return Err(SpawnError::Hardening(format!(
-            "credentials: {}",
-            layers.credentials.detail
-        )));
+        return Err(SpawnError::Hardening(format!("credentials: {}", layers.credentials.detail)));
     }
     if plan.landlock == Requirement::Required && layers.landlock.level != Level::Full {
-        return Err(SpawnError::Hardening(format!(
-            "landlock required: {}",
-            layers.landlock.detail
-        )));
+        return Err(SpawnError::Hardening(format!("landlock required: {}", layers.landlock.detail)));
     }
     Ok(())
 }
@@ -250,25 +218,13 @@ pub fn describe_exit(status: &Option<ExitStatus>) -> String {
     use alga_sandbox::child::exit_code;
     match status {
         None => "exit status unknown".into(),
-        Some(ExitStatus::Code(exit_code::ABORTED)) => {
-            "exit code 70: the fork server went away".into()
-        }
-        Some(ExitStatus::Code(exit_code::HARDENING)) => {
-            "exit code 71: a hardening layer failed".into()
-        }
+        Some(ExitStatus::Code(exit_code::ABORTED)) => "exit code 70: the fork server went away".into(),
+        Some(ExitStatus::Code(exit_code::HARDENING)) => "exit code 71: a hardening layer failed".into(),
         Some(ExitStatus::Code(exit_code::CHANNEL)) => "exit code 72: its IPC channel failed".into(),
-        Some(ExitStatus::Code(exit_code::PANIC)) => {
-            "exit code 101: the runner panicked inside the sandbox".into()
-        }
+        Some(ExitStatus::Code(exit_code::PANIC)) => "exit code 101: the runner panicked inside the sandbox".into(),
         Some(ExitStatus::Code(c)) => format!("exit code {c}"),
-        Some(ExitStatus::Signal {
-            signal,
-            syscall: Some(nr),
-        }) if *signal == libc::SIGSYS => {
-            format!(
-                "killed by seccomp for {}",
-                alga_shared::syscalls::describe(*nr)
-            )
+        Some(ExitStatus::Signal { signal, syscall: Some(nr) }) if *signal == libc::SIGSYS => {
+            format!("killed by seccomp for {}", alga_shared::syscalls::describe(*nr))
         }
         Some(ExitStatus::Signal { signal, .. }) => format!("killed by signal {signal}"),
     }

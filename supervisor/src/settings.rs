@@ -43,9 +43,7 @@ pub struct Settings {
 impl Settings {
     /// Defaults for this machine, caching artifacts under `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Self {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Settings {
             plan: SandboxPlan::default(),
             pool_size: cpus * 2,

@@ -4,9 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use alga_sandbox::runtime::{
-    compile, engine, execute, guest::Prepared, host::BridgeError, host::HostBridge,
-};
+use alga_sandbox::runtime::{compile, engine, execute, guest::Prepared, host::BridgeError, host::HostBridge};
 use alga_shared::bindings::*;
 use alga_shared::capability::CapabilitySet;
 use alga_shared::limits::Limits;
@@ -52,32 +50,14 @@ fn request(url: &str) -> ExecuteRequest {
             install_id: None,
             version_id: None,
         },
-        http: HttpRequest {
-            method: "POST".into(),
-            url: url.into(),
-            headers: vec![],
-            body: Some(b"hi".to_vec()),
-        },
+        http: HttpRequest { method: "POST".into(), url: url.into(), headers: vec![], body: Some(b"hi".to_vec()) },
     }
 }
 
-fn run(
-    prep: &Prepared,
-    name: &str,
-    url: &str,
-    limits: Limits,
-) -> (Result<ExecuteResponse, Failure>, Recorder) {
+fn run(prep: &Prepared, name: &str, url: &str, limits: Limits) -> (Result<ExecuteResponse, Failure>, Recorder) {
     let (artifact, _) = compile::compile(prep, &fixture_bytes(name)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let job = ExecuteJob {
-        request: request(url),
-        limits,
-        capabilities: CapabilitySet::defaults(),
-        artifact_len: 0,
-    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let job = ExecuteJob { request: request(url), limits, capabilities: CapabilitySet::defaults(), artifact_len: 0 };
     let recorder = Recorder::default();
     // An epoch ticker standing in for the sandbox's deadline timer: one tick per 10 ms.
     let engine = prep.engine.clone();
@@ -93,16 +73,8 @@ fn run(
     };
     let deadline_ticks = limits.timeout_ms / 10;
     // SAFETY: `artifact` was just produced by `compile` with an engine of the same configuration.
-    let (result, _stats) = unsafe {
-        execute::execute(
-            prep,
-            &rt,
-            &artifact,
-            &job,
-            Box::new(recorder.clone()),
-            deadline_ticks,
-        )
-    };
+    let (result, _stats) =
+        unsafe { execute::execute(prep, &rt, &artifact, &job, Box::new(recorder.clone()), deadline_ticks) };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     ticker.join().unwrap();
     (result, recorder)
@@ -132,40 +104,22 @@ fn logs_reach_the_bridge() {
 #[test]
 fn spin_stops_at_the_epoch_deadline() {
     let prep = prepared();
-    let limits = Limits {
-        timeout_ms: 100,
-        ..Limits::default()
-    };
-    assert_eq!(
-        run(&prep, "spin", "/", limits).0.unwrap_err(),
-        Failure::Timeout
-    );
+    let limits = Limits { timeout_ms: 100, ..Limits::default() };
+    assert_eq!(run(&prep, "spin", "/", limits).0.unwrap_err(), Failure::Timeout);
 }
 
 #[test]
 fn spin_with_little_fuel_runs_out_of_fuel() {
     let prep = prepared();
-    let limits = Limits {
-        fuel: 1_000_000,
-        ..Limits::default()
-    };
-    assert_eq!(
-        run(&prep, "spin", "/", limits).0.unwrap_err(),
-        Failure::FuelExhausted
-    );
+    let limits = Limits { fuel: 1_000_000, ..Limits::default() };
+    assert_eq!(run(&prep, "spin", "/", limits).0.unwrap_err(), Failure::FuelExhausted);
 }
 
 #[test]
 fn membomb_hits_the_memory_limit() {
     let prep = prepared();
-    let limits = Limits {
-        memory_bytes: 64 << 20,
-        ..Limits::default()
-    };
-    assert_eq!(
-        run(&prep, "membomb", "/", limits).0.unwrap_err(),
-        Failure::MemoryLimit
-    );
+    let limits = Limits { memory_bytes: 64 << 20, ..Limits::default() };
+    assert_eq!(run(&prep, "membomb", "/", limits).0.unwrap_err(), Failure::MemoryLimit);
 }
 
 #[test]
@@ -175,10 +129,7 @@ fn trap_and_stack_overflow_are_guest_traps() {
         Failure::GuestTrap { kind, .. } => assert_eq!(kind, "unreachable_code_reached"),
         other => panic!("{other:?}"),
     }
-    match run(&prep, "trap", "/?kind=recursion", Limits::default())
-        .0
-        .unwrap_err()
-    {
+    match run(&prep, "trap", "/?kind=recursion", Limits::default()).0.unwrap_err() {
         Failure::GuestTrap { kind, .. } => assert_eq!(kind, "stack_overflow"),
         other => panic!("{other:?}"),
     }
@@ -208,10 +159,7 @@ fn non_components_and_other_worlds_are_refused_with_a_reason() {
     match compile::compile(&prep, &fixture_bytes("wrong-world")).unwrap_err() {
         Failure::InvalidComponent { message } => {
             assert!(message.contains("does not export `handler"), "{message}");
-            assert!(
-                message.contains("wasi:cli/run"),
-                "names what it exports instead: {message}"
-            );
+            assert!(message.contains("wasi:cli/run"), "names what it exports instead: {message}");
         }
         other => panic!("{other:?}"),
     }

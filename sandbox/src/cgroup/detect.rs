@@ -44,28 +44,18 @@ fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
         };
         let mount_point = PathBuf::from(unescape(mount_point));
         match *fstype {
-            "cgroup2" => out.push(CgroupMount {
-                mount_point,
-                v2: true,
-                controllers: Vec::new(),
-            }),
+            "cgroup2" => out.push(CgroupMount { mount_point, v2: true, controllers: Vec::new() }),
             "cgroup" => {
                 let controllers = right
                     .get(2)
                     .map(|opts| {
                         opts.split(',')
-                            .filter(|o| {
-                                matches!(*o, "memory" | "pids" | "cpu" | "cpuacct" | "cpuset")
-                            })
+                            .filter(|o| matches!(*o, "memory" | "pids" | "cpu" | "cpuacct" | "cpuset"))
                             .map(str::to_string)
                             .collect()
                     })
                     .unwrap_or_default();
-                out.push(CgroupMount {
-                    mount_point,
-                    v2: false,
-                    controllers,
-                });
+                out.push(CgroupMount { mount_point, v2: false, controllers });
             }
             _ => {}
         }
@@ -75,10 +65,7 @@ fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// `/proc/self/cgroup`: controller (or "" for v2) -> path.
@@ -86,8 +73,7 @@ fn parse_proc_cgroup(text: &str) -> HashMap<String, String> {
     let mut map = HashMap::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         for c in ctrls.split(',') {
@@ -115,10 +101,9 @@ pub fn probe() -> Detected {
 }
 
 fn detect_with(name: &str, prepare: bool) -> Detected {
-    let (Ok(mountinfo), Ok(own)) = (
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        std::fs::read_to_string("/proc/self/cgroup"),
-    ) else {
+    let (Ok(mountinfo), Ok(own)) =
+        (std::fs::read_to_string("/proc/self/mountinfo"), std::fs::read_to_string("/proc/self/cgroup"))
+    else {
         return Detected {
             driver: None,
             version: None,
@@ -126,25 +111,14 @@ fn detect_with(name: &str, prepare: bool) -> Detected {
             delegated: false,
         };
     };
-    detect_from(
-        &parse_mountinfo(&mountinfo),
-        &parse_proc_cgroup(&own),
-        name,
-        prepare,
-    )
+    detect_from(&parse_mountinfo(&mountinfo), &parse_proc_cgroup(&own), name, prepare)
 }
 
-fn detect_from(
-    mounts: &[CgroupMount],
-    own: &HashMap<String, String>,
-    name: &str,
-    prepare: bool,
-) -> Detected {
+fn detect_from(mounts: &[CgroupMount], own: &HashMap<String, String>, name: &str, prepare: bool) -> Detected {
     // v2 first: a unified hierarchy whose controllers include memory and pids at our cgroup.
     if let (Some(m), Some(path)) = (mounts.iter().find(|m| m.v2), own.get("")) {
         let ours = join_cgroup(&m.mount_point, path);
-        let available =
-            std::fs::read_to_string(ours.join("cgroup.controllers")).unwrap_or_default();
+        let available = std::fs::read_to_string(ours.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| available.split_whitespace().any(|x| x == c);
         if has("memory") && has("pids") {
             if !prepare {
@@ -169,11 +143,7 @@ fn detect_from(
             }
             return match prepare_v2(&ours, name, has("cpu")) {
                 Ok(v2) => Detected {
-                    detail: format!(
-                        "v2 at {} (controllers: {})",
-                        v2.base.display(),
-                        v2.controllers().join(", ")
-                    ),
+                    detail: format!("v2 at {} (controllers: {})", v2.base.display(), v2.controllers().join(", ")),
                     driver: Some(Box::new(v2)),
                     version: Some(super::Version::V2),
                     delegated: true,
@@ -181,10 +151,7 @@ fn detect_from(
                 Err(e) => Detected {
                     driver: None,
                     version: Some(super::Version::V2),
-                    detail: format!(
-                        "v2 at {} is not delegated to this service: {e}",
-                        ours.display()
-                    ),
+                    detail: format!("v2 at {} is not delegated to this service: {e}", ours.display()),
                     delegated: false,
                 },
             };
@@ -192,9 +159,7 @@ fn detect_from(
     }
     // v1 (or hybrid): separate memory and pids hierarchies.
     let dir_for = |controller: &str| -> Option<PathBuf> {
-        let m = mounts
-            .iter()
-            .find(|m| !m.v2 && m.controllers.iter().any(|c| c == controller))?;
+        let m = mounts.iter().find(|m| !m.v2 && m.controllers.iter().any(|c| c == controller))?;
         Some(join_cgroup(&m.mount_point, own.get(controller)?).join(name))
     };
     match (dir_for("memory"), dir_for("pids")) {
@@ -210,7 +175,8 @@ fn detect_from(
         _ => Detected {
             driver: None,
             version: None,
-            detail: "neither a cgroup v2 hierarchy with memory and pids controllers nor v1 memory and pids hierarchies".into(),
+            detail: "neither a cgroup v2 hierarchy with memory and pids controllers nor v1 memory and pids hierarchies"
+                .into(),
             delegated: false,
         },
     }
@@ -220,21 +186,14 @@ fn detect_from(
 /// no member and may enable controllers for its children; slots go under `<ours>/<name>`.
 fn prepare_v2(ours: &Path, name: &str, cpu: bool) -> io::Result<V2> {
     let me = std::process::id();
-    let others: Vec<u32> = read_pids(&ours.join("cgroup.procs"))?
-        .into_iter()
-        .filter(|p| *p != me)
-        .collect();
+    let others: Vec<u32> = read_pids(&ours.join("cgroup.procs"))?.into_iter().filter(|p| *p != me).collect();
     if !others.is_empty() {
         return Err(io::Error::other(format!(
             "other processes share its cgroup ({} of them); run it as the systemd service (Delegate=yes)",
             others.len()
         )));
     }
-    let controllers = if cpu {
-        "+memory +pids +cpu"
-    } else {
-        "+memory +pids"
-    };
+    let controllers = if cpu { "+memory +pids +cpu" } else { "+memory +pids" };
     let leaf = ours.join("supervisor");
     std::fs::create_dir_all(&leaf)?;
     if !read_pids(&ours.join("cgroup.procs"))?.is_empty() {
@@ -248,7 +207,8 @@ fn prepare_v2(ours: &Path, name: &str, cpu: bool) -> io::Result<V2> {
 }
 
 /// Removes what crashed earlier instances left behind: sibling directories named
-/// `<prefix><pid>` whose process no longer exists (their members are killed first).
+/// `<prefix><pid>` or `<prefix><pid>-<n>` whose process no longer exists (their members are
+/// killed first).
 pub fn sweep_stale(driver: &dyn Cgroups, prefix: &str) -> usize {
     let mut removed = 0;
     for base in driver.base() {
@@ -263,6 +223,7 @@ pub fn sweep_stale(driver: &dyn Cgroups, prefix: &str) -> usize {
             let Some(pid) = file_name
                 .to_str()
                 .and_then(|n| n.strip_prefix(prefix))
+                .and_then(|rest| rest.split('-').next())
                 .and_then(|p| p.parse::<u32>().ok())
             else {
                 continue;
@@ -273,8 +234,7 @@ pub fn sweep_stale(driver: &dyn Cgroups, prefix: &str) -> usize {
             let dir = entry.path();
             if let Ok(slots) = std::fs::read_dir(&dir) {
                 for slot in slots.flatten().filter(|s| s.path().is_dir()) {
-                    let _ =
-                        read_pids(&slot.path().join("cgroup.procs")).and_then(|p| kill_pids(&p));
+                    let _ = read_pids(&slot.path().join("cgroup.procs")).and_then(|p| kill_pids(&p));
                     let _ = remove_dir(&slot.path());
                 }
             }
@@ -303,10 +263,7 @@ mod tests {
         let m = parse_mountinfo(HYBRID);
         assert_eq!(m.len(), 4);
         assert!(m[0].v2);
-        assert_eq!(
-            m[3].mount_point,
-            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
-        );
+        assert_eq!(m[3].mount_point, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
         assert_eq!(m[3].controllers, vec!["cpu", "cpuacct"]);
     }
 
@@ -328,8 +285,7 @@ mod tests {
 
     #[test]
     fn without_memory_controller_there_is_no_driver() {
-        let mounts =
-            parse_mountinfo("31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n");
+        let mounts = parse_mountinfo("31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n");
         let d = detect_from(&mounts, &parse_proc_cgroup("0::/\n"), "x", true);
         assert!(d.driver.is_none());
         assert!(d.detail.contains("neither"), "{}", d.detail);
@@ -341,32 +297,17 @@ mod tests {
         let ours = tmp.path().join("svc");
         std::fs::create_dir_all(&ours).unwrap();
         std::fs::write(ours.join("cgroup.controllers"), "cpu memory pids").unwrap();
-        std::fs::write(
-            ours.join("cgroup.procs"),
-            format!("{}\n", std::process::id()),
-        )
-        .unwrap();
-        let mounts = vec![CgroupMount {
-            mount_point: tmp.path().to_path_buf(),
-            v2: true,
-            controllers: vec![],
-        }];
+        std::fs::write(ours.join("cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
+        let mounts = vec![CgroupMount { mount_point: tmp.path().to_path_buf(), v2: true, controllers: vec![] }];
         let own = parse_proc_cgroup("0::/svc\n");
         let d = detect_from(&mounts, &own, "alga-runner.9", true);
         let driver = d.driver.expect(&d.detail);
         assert_eq!(driver.version(), Version::V2);
         assert!(d.delegated);
         let read = |p: &str| std::fs::read_to_string(ours.join(p)).unwrap();
-        assert_eq!(
-            read("supervisor/cgroup.procs"),
-            std::process::id().to_string(),
-            "moved itself to a leaf"
-        );
+        assert_eq!(read("supervisor/cgroup.procs"), std::process::id().to_string(), "moved itself to a leaf");
         assert_eq!(read("cgroup.subtree_control"), "+memory +pids +cpu");
-        assert_eq!(
-            read("alga-runner.9/cgroup.subtree_control"),
-            "+memory +pids +cpu"
-        );
+        assert_eq!(read("alga-runner.9/cgroup.subtree_control"), "+memory +pids +cpu");
 
         // Another process in the same cgroup: not delegated, nothing touched.
         let ours2 = tmp.path().join("shared");

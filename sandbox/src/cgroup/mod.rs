@@ -85,24 +85,16 @@ pub trait Cgroups: Send + Sync + fmt::Debug {
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
-    std::fs::write(path, value).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("writing {value:?} to {}: {e}", path.display()),
-        )
-    })
+    std::fs::write(path, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
 }
 
 fn read(path: &Path) -> io::Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))
 }
 
 fn read_pids(path: &Path) -> io::Result<Vec<u32>> {
-    Ok(read(path)?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect())
+    Ok(read(path)?.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 /// The value of `key` in a flat-keyed file such as `memory.events` or `memory.oom_control`.
@@ -115,10 +107,7 @@ fn keyed_value(text: &str, key: &str) -> Option<u64> {
 
 fn kill_pids(pids: &[u32]) -> io::Result<()> {
     for &pid in pids {
-        match nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        ) {
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => return Err(e.into()),
         }
@@ -137,10 +126,7 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("removing {}: {e}", dir.display()),
-                ));
+                return Err(io::Error::new(e.kind(), format!("removing {}: {e}", dir.display())));
             }
         }
     }

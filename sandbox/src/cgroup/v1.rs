@@ -3,9 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::{
-    Cgroups, Slot, SlotLimits, Version, keyed_value, kill_pids, read, read_pids, remove_dir, write,
-};
+use super::{Cgroups, Slot, SlotLimits, Version, keyed_value, kill_pids, read, read_pids, remove_dir, write};
 
 /// The v1 driver. Each field is the base directory for slots in that hierarchy.
 #[derive(Debug, Clone)]
@@ -47,10 +45,7 @@ impl Cgroups for V1 {
             std::fs::create_dir_all(d)
                 .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))?;
         }
-        let slot = Slot {
-            name: name.to_string(),
-            dirs,
-        };
+        let slot = Slot { name: name.to_string(), dirs };
         self.set_memory(&slot, limits.memory_bytes)?;
         if !slot.dirs[0].join("memory.memsw.limit_in_bytes").exists() {
             // Without swap accounting, keep the kernel from swapping the sandbox out instead.
@@ -59,13 +54,8 @@ impl Cgroups for V1 {
         write(&slot.dirs[1].join("pids.max"), &limits.pids.to_string())?;
         if self.cpu.is_some() {
             let cpu = &slot.dirs[2];
-            write(
-                &cpu.join("cpu.cfs_period_us"),
-                &limits.cpu_period_us.to_string(),
-            )?;
-            let quota = limits
-                .cpu_quota_us
-                .map_or("-1".to_string(), |q| q.to_string());
+            write(&cpu.join("cpu.cfs_period_us"), &limits.cpu_period_us.to_string())?;
+            let quota = limits.cpu_quota_us.map_or("-1".to_string(), |q| q.to_string());
             write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
         }
         Ok(slot)
@@ -102,27 +92,15 @@ impl Cgroups for V1 {
     }
 
     fn oom_kills(&self, slot: &Slot) -> io::Result<u64> {
-        Ok(keyed_value(
-            &read(&Self::memory_dir(slot).join("memory.oom_control"))?,
-            "oom_kill",
-        )
-        .unwrap_or(0))
+        Ok(keyed_value(&read(&Self::memory_dir(slot).join("memory.oom_control"))?, "oom_kill").unwrap_or(0))
     }
 
     fn memory_peak(&self, slot: &Slot) -> io::Result<Option<u64>> {
-        Ok(
-            read(&Self::memory_dir(slot).join("memory.max_usage_in_bytes"))?
-                .trim()
-                .parse()
-                .ok(),
-        )
+        Ok(read(&Self::memory_dir(slot).join("memory.max_usage_in_bytes"))?.trim().parse().ok())
     }
 
     fn reset_memory_peak(&self, slot: &Slot) -> io::Result<()> {
-        write(
-            &Self::memory_dir(slot).join("memory.max_usage_in_bytes"),
-            "0",
-        )
+        write(&Self::memory_dir(slot).join("memory.max_usage_in_bytes"), "0")
     }
 
     fn remove(&self, slot: &Slot) -> io::Result<()> {
@@ -140,17 +118,9 @@ mod tests {
     #[test]
     fn creates_slots_with_limits_in_each_hierarchy() {
         let tmp = tempfile::tempdir().unwrap();
-        let v1 = V1 {
-            memory: tmp.path().join("memory"),
-            pids: tmp.path().join("pids"),
-            cpu: Some(tmp.path().join("cpu")),
-        };
-        let limits = SlotLimits {
-            memory_bytes: 1 << 20,
-            pids: 4,
-            cpu_quota_us: Some(50_000),
-            cpu_period_us: 100_000,
-        };
+        let v1 =
+            V1 { memory: tmp.path().join("memory"), pids: tmp.path().join("pids"), cpu: Some(tmp.path().join("cpu")) };
+        let limits = SlotLimits { memory_bytes: 1 << 20, pids: 4, cpu_quota_us: Some(50_000), cpu_period_us: 100_000 };
         let slot = v1.create("sb-0", &limits).unwrap();
         assert_eq!(slot.dirs.len(), 3);
         let read = |p: &str| std::fs::read_to_string(tmp.path().join(p)).unwrap();
@@ -158,16 +128,9 @@ mod tests {
         assert_eq!(read("memory/sb-0/memory.swappiness"), "0");
         assert_eq!(read("pids/sb-0/pids.max"), "4");
         assert_eq!(read("cpu/sb-0/cpu.cfs_quota_us"), "50000");
-        assert_eq!(
-            slot.procs_files()[1],
-            tmp.path().join("pids/sb-0/cgroup.procs")
-        );
+        assert_eq!(slot.procs_files()[1], tmp.path().join("pids/sb-0/cgroup.procs"));
 
-        std::fs::write(
-            tmp.path().join("memory/sb-0/memory.oom_control"),
-            "oom_kill_disable 0\noom_kill 2\n",
-        )
-        .unwrap();
+        std::fs::write(tmp.path().join("memory/sb-0/memory.oom_control"), "oom_kill_disable 0\noom_kill 2\n").unwrap();
         assert_eq!(v1.oom_kills(&slot).unwrap(), 2);
         std::fs::write(tmp.path().join("memory/sb-0/cgroup.procs"), "").unwrap();
         assert!(v1.pids(&slot).unwrap().is_empty());

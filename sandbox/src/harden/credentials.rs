@@ -24,18 +24,13 @@ pub fn apply(uid: u32, gid: u32, privileged: bool) -> io::Result<LayerStatus> {
         setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))?;
         setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))?;
     }
-    sys::prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-    )?;
+    sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)?;
     sys::clear_capabilities()?;
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1)?;
 
     let now = nix::unistd::getuid().as_raw();
     if !sys::capabilities_empty()? || sys::prctl(libc::PR_GET_NO_NEW_PRIVS, 0)? != 1 {
-        return Err(io::Error::other(
-            "capabilities or no_new_privs did not stick",
-        ));
+        return Err(io::Error::other("capabilities or no_new_privs did not stick"));
     }
     Ok(LayerStatus::full(format!(
         "uid {now}, gid {}; no capabilities (effective, permitted, inheritable, ambient{}); no_new_privs",

@@ -4,8 +4,8 @@ use std::io;
 
 use alga_shared::protocol::LayerStatus;
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, RestrictionStatus, Ruleset,
-    RulesetAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, RestrictionStatus, Ruleset, RulesetAttr, RulesetStatus,
+    Scope,
 };
 
 /// The Landlock ABI version the running kernel offers (0: none).
@@ -41,9 +41,8 @@ fn crate_abi(version: u8) -> ABI {
 }
 
 fn restrict(abi: ABI) -> Result<RestrictionStatus, landlock::RulesetError> {
-    let mut ruleset = Ruleset::default()
-        .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(AccessFs::from_all(abi))?;
+    let mut ruleset =
+        Ruleset::default().set_compatibility(CompatLevel::BestEffort).handle_access(AccessFs::from_all(abi))?;
     if abi >= ABI::V4 {
         ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
     }
@@ -57,12 +56,7 @@ fn restrict(abi: ABI) -> Result<RestrictionStatus, landlock::RulesetError> {
 pub fn apply() -> io::Result<(LayerStatus, u8)> {
     let version = kernel_abi();
     if version == 0 {
-        return Ok((
-            LayerStatus::missing(
-                "the kernel offers no Landlock (not built in or not enabled at boot)",
-            ),
-            0,
-        ));
+        return Ok((LayerStatus::missing("the kernel offers no Landlock (not built in or not enabled at boot)"), 0));
     }
     let status = restrict(crate_abi(version)).map_err(io::Error::other)?;
     let what = match version {
@@ -72,9 +66,9 @@ pub fn apply() -> io::Result<(LayerStatus, u8)> {
     };
     let layer = match status.ruleset {
         RulesetStatus::FullyEnforced => LayerStatus::full(format!("ABI {version}: {what} denied")),
-        RulesetStatus::PartiallyEnforced => LayerStatus::partial(format!(
-            "ABI {version}: {what} requested, only partly enforced"
-        )),
+        RulesetStatus::PartiallyEnforced => {
+            LayerStatus::partial(format!("ABI {version}: {what} requested, only partly enforced"))
+        }
         RulesetStatus::NotEnforced => LayerStatus::missing(format!("ABI {version}: not enforced")),
     };
     Ok((layer, version))

@@ -11,8 +11,8 @@
 //!    after mounting (needs capabilities), before Landlock (which needs `no_new_privs`);
 //! 5. Landlock: no filesystem, no TCP, no abstract sockets, no signals out;
 //! 6. seccomp last: it forbids the very syscalls the steps above use (mount, setuid, prctl,
-//!    landlock_*). Just before it, `before_seccomp` creates what the runtime needs (the Tokio
-//!    runtime's epoll and eventfd), so the filter need not allow creating them.
+//!    landlock_*). Just before it, `before_seccomp` builds what the runtime needs (the Tokio
+//!    runtime), so the filter need not allow anything that building it takes.
 //!
 //! Each layer returns its achieved level as data ([`HardeningReport`]); tenant bytes arrive only
 //! after this function returns.
@@ -27,9 +27,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 
 use alga_policies::BpfProgram;
-use alga_shared::protocol::{
-    HardeningReport, LayerStatus, Level, NamespaceSet, Requirement, SandboxPlan,
-};
+use alga_shared::protocol::{HardeningReport, LayerStatus, Level, NamespaceSet, Requirement, SandboxPlan};
 
 pub use self::landlock::kernel_abi as landlock_abi;
 
@@ -76,23 +74,14 @@ pub fn harden<T>(
     input: &Input<'_>,
     before_seccomp: impl FnOnce() -> io::Result<T>,
 ) -> Result<Hardened<T>, HardenError> {
-    let (ipc, hygiene) =
-        hygiene::apply(ipc, input.plan.max_open_files).map_err(|source| HardenError {
-            layer: "hygiene",
-            source,
-            ipc: None,
-        })?;
+    let (ipc, hygiene) = hygiene::apply(ipc, input.plan.max_open_files).map_err(|source| HardenError {
+        layer: "hygiene",
+        source,
+        ipc: None,
+    })?;
     match harden_rest(input, hygiene, before_seccomp) {
-        Ok((report, prepared)) => Ok(Hardened {
-            ipc,
-            report,
-            prepared,
-        }),
-        Err((layer, source)) => Err(HardenError {
-            layer,
-            source,
-            ipc: Some(ipc),
-        }),
+        Ok((report, prepared)) => Ok(Hardened { ipc, report, prepared }),
+        Err((layer, source)) => Err(HardenError { layer, source, ipc: Some(ipc) }),
     }
 }
 
@@ -112,34 +101,18 @@ fn harden_rest<T>(
     let (namespaces, namespace_set) =
         namespaces::apply(input.namespaces, input.plan.namespaces).map_err(at("namespaces"))?;
 
-    let credentials =
-        credentials::apply(input.uid, input.gid, input.privileged).map_err(at("credentials"))?;
+    let credentials = credentials::apply(input.uid, input.gid, input.privileged).map_err(at("credentials"))?;
 
     let (landlock, landlock_abi) = landlock::apply().map_err(at("landlock"))?;
     if input.plan.landlock == Requirement::Required && landlock.level != Level::Full {
-        return Err((
-            "landlock",
-            io::Error::other(format!(
-                "required but not fully enforced: {}",
-                landlock.detail
-            )),
-        ));
+        return Err(("landlock", io::Error::other(format!("required but not fully enforced: {}", landlock.detail))));
     }
 
     let prepared = before_seccomp().map_err(at("runtime setup"))?;
 
-    let seccomp =
-        seccomp::apply(input.filter, input.plan.seccomp_log_only).map_err(at("seccomp"))?;
+    let seccomp = seccomp::apply(input.filter, input.plan.seccomp_log_only).map_err(at("seccomp"))?;
 
-    let report = HardeningReport {
-        hygiene,
-        cgroup,
-        namespaces,
-        namespace_set,
-        credentials,
-        landlock,
-        landlock_abi,
-        seccomp,
-    };
+    let report =
+        HardeningReport { hygiene, cgroup, namespaces, namespace_set, credentials, landlock, landlock_abi, seccomp };
     Ok((report, prepared))
 }

@@ -27,10 +27,7 @@ fn empty_root() -> io::Result<()> {
 }
 
 /// Returns the layer's status and the namespaces the process really has.
-pub fn apply(
-    created: NamespaceSet,
-    wanted: NamespaceSet,
-) -> io::Result<(LayerStatus, NamespaceSet)> {
+pub fn apply(created: NamespaceSet, wanted: NamespaceSet) -> io::Result<(LayerStatus, NamespaceSet)> {
     if created.mount {
         empty_root()?;
     }
@@ -38,27 +35,13 @@ pub fn apply(
         nix::unistd::sethostname("sandbox")?;
     }
     let have = created.names();
-    let missing: Vec<&str> = wanted
-        .names()
-        .into_iter()
-        .filter(|n| !have.contains(n))
-        .collect();
+    let missing: Vec<&str> = wanted.names().into_iter().filter(|n| !have.contains(n)).collect();
     let status = if have.is_empty() {
-        LayerStatus::missing(format!(
-            "no namespaces (the kernel refused: {})",
-            missing.join(", ")
-        ))
+        LayerStatus::missing(format!("no namespaces (the kernel refused: {})", missing.join(", ")))
     } else if missing.is_empty() {
-        LayerStatus::full(format!(
-            "new {} namespaces; empty root filesystem",
-            have.join(", ")
-        ))
+        LayerStatus::full(format!("new {} namespaces; empty root filesystem", have.join(", ")))
     } else {
-        LayerStatus::partial(format!(
-            "new {} namespaces; not available here: {}",
-            have.join(", "),
-            missing.join(", ")
-        ))
+        LayerStatus::partial(format!("new {} namespaces; not available here: {}", have.join(", "), missing.join(", ")))
     };
     Ok((status, created))
 }

@@ -10,9 +10,6 @@ pub fn apply(filter: &BpfProgram, log_only: bool) -> io::Result<LayerStatus> {
     Ok(if log_only {
         LayerStatus::partial("log mode: syscalls outside the allowlist are logged, not refused")
     } else {
-        LayerStatus::full(format!(
-            "allowlist of {} BPF instructions; anything else kills the process",
-            filter.len()
-        ))
+        LayerStatus::full(format!("allowlist of {} BPF instructions; anything else kills the process", filter.len()))
     })
 }

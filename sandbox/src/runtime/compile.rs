@@ -23,32 +23,23 @@ pub fn compile(prep: &Prepared, wasm: &[u8]) -> Result<(Vec<u8>, ComponentInfo),
         Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
         _ => {
             return Err(invalid(
-                "not a WebAssembly component: the file does not start with the wasm magic bytes"
-                    .into(),
+                "not a WebAssembly component: the file does not start with the wasm magic bytes".into(),
             ));
         }
     }
-    let component = Component::new(&prep.engine, wasm)
-        .map_err(|e| invalid(format!("invalid component: {}", chain(&e))))?;
+    let component =
+        Component::new(&prep.engine, wasm).map_err(|e| invalid(format!("invalid component: {}", chain(&e))))?;
 
     let ty = component.component_type();
     let info = ComponentInfo {
-        imports: ty
-            .imports(&prep.engine)
-            .map(|(name, _)| name.to_string())
-            .collect(),
-        exports: ty
-            .exports(&prep.engine)
-            .map(|(name, _)| name.to_string())
-            .collect(),
+        imports: ty.imports(&prep.engine).map(|(name, _)| name.to_string()).collect(),
+        exports: ty.exports(&prep.engine).map(|(name, _)| name.to_string()).collect(),
     };
 
-    let pre = prep.linker.instantiate_pre(&component).map_err(|e| {
-        invalid(format!(
-            "the component needs an import this runner does not provide: {}",
-            chain(&e)
-        ))
-    })?;
+    let pre = prep
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| invalid(format!("the component needs an import this runner does not provide: {}", chain(&e))))?;
     RunnerPre::new(pre).map_err(|e| {
         invalid(format!(
             "the component does not export `handler: func(request: execute-request) -> execute-response` \
@@ -58,15 +49,10 @@ pub fn compile(prep: &Prepared, wasm: &[u8]) -> Result<(Vec<u8>, ComponentInfo),
         ))
     })?;
 
-    let artifact = component
-        .serialize()
-        .map_err(|e| Failure::Internal { message: chain(&e) })?;
+    let artifact = component.serialize().map_err(|e| Failure::Internal { message: chain(&e) })?;
     Ok((artifact, info))
 }
 
 fn chain(e: &wasmtime::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
 }

@@ -69,9 +69,6 @@ mod tests {
         let mut other = config();
         other.cranelift_opt_level(OptLevel::None);
         let c = fingerprint(&Engine::new(&other).unwrap());
-        assert_ne!(
-            a, c,
-            "a code-generation setting must change the fingerprint"
-        );
+        assert_ne!(a, c, "a code-generation setting must change the fingerprint");
     }
 }

@@ -39,27 +39,13 @@ pub unsafe fn execute(
     let component = match unsafe { Component::deserialize(&prep.engine, artifact) } {
         Ok(c) => c,
         Err(e) => {
-            return (
-                Err(Failure::Internal {
-                    message: message(&e, "loading the compiled artifact"),
-                }),
-                stats,
-            );
+            return (Err(Failure::Internal { message: message(&e, "loading the compiled artifact") }), stats);
         }
     };
-    let pre = match prep
-        .linker
-        .instantiate_pre(&component)
-        .and_then(RunnerPre::new)
-    {
+    let pre = match prep.linker.instantiate_pre(&component).and_then(RunnerPre::new) {
         Ok(pre) => pre,
         Err(e) => {
-            return (
-                Err(Failure::InvalidComponent {
-                    message: message(&e, "linking"),
-                }),
-                stats,
-            );
+            return (Err(Failure::InvalidComponent { message: message(&e, "linking") }), stats);
         }
     };
 
@@ -75,10 +61,7 @@ pub unsafe fn execute(
     });
 
     if fuel_set {
-        stats.fuel_consumed = job
-            .limits
-            .fuel
-            .saturating_sub(store.get_fuel().unwrap_or(0));
+        stats.fuel_consumed = job.limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     }
     stats.memory_peak_bytes = store.data().budget.peak();
     let captured = capture.take();
@@ -114,41 +97,23 @@ pub fn classify(e: &wasmtime::Error) -> Failure {
         return match trap {
             Trap::Interrupt => Failure::Timeout,
             Trap::OutOfFuel => Failure::FuelExhausted,
-            other => Failure::GuestTrap {
-                kind: snake_case(&format!("{other:?}")),
-                message: message(e, ""),
-            },
+            other => Failure::GuestTrap { kind: snake_case(&format!("{other:?}")), message: message(e, "") },
         };
     }
     if let Some(limit) = e.downcast_ref::<HostCallLimit>() {
-        return Failure::GuestTrap {
-            kind: "host_call_limit".into(),
-            message: limit.to_string(),
-        };
+        return Failure::GuestTrap { kind: "host_call_limit".into(), message: limit.to_string() };
     }
     if e.downcast_ref::<BridgeError>().is_some() || e.downcast_ref::<WrongReply>().is_some() {
-        return Failure::Internal {
-            message: message(e, ""),
-        };
+        return Failure::Internal { message: message(e, "") };
     }
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return Failure::GuestTrap {
-            kind: "exit".into(),
-            message: format!("guest called exit({})", exit.0),
-        };
+        return Failure::GuestTrap { kind: "exit".into(), message: format!("guest called exit({})", exit.0) };
     }
-    Failure::GuestTrap {
-        kind: "error".into(),
-        message: message(e, ""),
-    }
+    Failure::GuestTrap { kind: "error".into(), message: message(e, "") }
 }
 
 fn message(e: &wasmtime::Error, context: &str) -> String {
-    let mut text = if context.is_empty() {
-        String::new()
-    } else {
-        format!("{context}: ")
-    };
+    let mut text = if context.is_empty() { String::new() } else { format!("{context}: ") };
     let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
     text.push_str(&chain.join(": "));
     if text.len() > MAX_MESSAGE {
@@ -182,27 +147,15 @@ mod tests {
 
     #[test]
     fn trap_kinds_are_snake_case() {
-        assert_eq!(
-            snake_case("UnreachableCodeReached"),
-            "unreachable_code_reached"
-        );
+        assert_eq!(snake_case("UnreachableCodeReached"), "unreachable_code_reached");
         assert_eq!(snake_case("StackOverflow"), "stack_overflow");
     }
 
     #[test]
     fn classification() {
-        assert_eq!(
-            classify(&wasmtime::Error::new(Trap::Interrupt)),
-            Failure::Timeout
-        );
-        assert_eq!(
-            classify(&wasmtime::Error::new(Trap::OutOfFuel)),
-            Failure::FuelExhausted
-        );
-        assert_eq!(
-            classify(&wasmtime::Error::new(MemoryLimitExceeded { limit: 1 })),
-            Failure::MemoryLimit
-        );
+        assert_eq!(classify(&wasmtime::Error::new(Trap::Interrupt)), Failure::Timeout);
+        assert_eq!(classify(&wasmtime::Error::new(Trap::OutOfFuel)), Failure::FuelExhausted);
+        assert_eq!(classify(&wasmtime::Error::new(MemoryLimitExceeded { limit: 1 })), Failure::MemoryLimit);
         match classify(&wasmtime::Error::new(Trap::UnreachableCodeReached)) {
             Failure::GuestTrap { kind, .. } => assert_eq!(kind, "unreachable_code_reached"),
             other => panic!("{other:?}"),

@@ -24,10 +24,7 @@ pub struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -50,12 +47,7 @@ impl Prepared {
     /// network; stdout and stderr go to `capture`; both random generators are seeded from the
     /// kernel here, in the process that runs the guest, never inherited across `fork`
     /// (09-measured.md: a seed inherited from the fork server gave every sandbox the same bytes).
-    pub fn store(
-        &self,
-        limits: Limits,
-        bridge: Box<dyn HostBridge>,
-        capture: &Capture,
-    ) -> Store<GuestState> {
+    pub fn store(&self, limits: Limits, bridge: Box<dyn HostBridge>, capture: &Capture) -> Store<GuestState> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(capture.stdout())
             .stderr(capture.stderr())
@@ -64,9 +56,7 @@ impl Prepared {
             .allow_ip_name_lookup(false)
             .secure_random(StdRng::from_seed(sys::random_seed()))
             .insecure_random(StdRng::from_seed(sys::random_seed()))
-            .insecure_random_seed(u128::from_le_bytes(
-                sys::random_seed()[..16].try_into().unwrap_or([0; 16]),
-            ));
+            .insecure_random_seed(u128::from_le_bytes(sys::random_seed()[..16].try_into().unwrap_or([0; 16])));
         let state = GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),

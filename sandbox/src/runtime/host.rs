@@ -44,9 +44,7 @@ impl GuestState {
 
     fn emit_log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
         let message = truncate_on_char_boundary(message, self.limits.max_log_line_bytes as usize);
-        self.bridge
-            .log(level, message)
-            .map_err(wasmtime::Error::new)
+        self.bridge.log(level, message).map_err(wasmtime::Error::new)
     }
 }
 
@@ -79,70 +77,34 @@ impl wit::types::Host for GuestState {}
 
 impl wit::context::Host for GuestState {
     fn get_context(&mut self) -> wasmtime::Result<ContextData> {
-        expect!(
-            self.round_trip(HostCall::ContextGet)?,
-            Context,
-            "context.get-context"
-        )
+        expect!(self.round_trip(HostCall::ContextGet)?, Context, "context.get-context")
     }
 }
 
 impl wit::secrets::Host for GuestState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<String, SecretError>> {
-        expect!(
-            self.round_trip(HostCall::SecretsGet { key })?,
-            Secret,
-            "secrets.get"
-        )
+        expect!(self.round_trip(HostCall::SecretsGet { key })?, Secret, "secrets.get")
     }
     fn list_keys(&mut self) -> wasmtime::Result<Vec<String>> {
-        expect!(
-            self.round_trip(HostCall::SecretsListKeys)?,
-            SecretKeys,
-            "secrets.list-keys"
-        )
+        expect!(self.round_trip(HostCall::SecretsListKeys)?, SecretKeys, "secrets.list-keys")
     }
 }
 
 impl wit::http::Host for GuestState {
     fn fetch(&mut self, request: HttpRequest) -> wasmtime::Result<Result<HttpResponse, HttpError>> {
-        expect!(
-            self.round_trip(HostCall::HttpFetch { request })?,
-            Http,
-            "http.fetch"
-        )
+        expect!(self.round_trip(HostCall::HttpFetch { request })?, Http, "http.fetch")
     }
 }
 
 impl wit::storage::Host for GuestState {
-    fn get(
-        &mut self,
-        namespace: String,
-        key: String,
-    ) -> wasmtime::Result<Result<StorageEntry, StorageError>> {
-        expect!(
-            self.round_trip(HostCall::StorageGet { namespace, key })?,
-            StorageEntry,
-            "storage.get"
-        )
+    fn get(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<StorageEntry, StorageError>> {
+        expect!(self.round_trip(HostCall::StorageGet { namespace, key })?, StorageEntry, "storage.get")
     }
     fn put(&mut self, entry: StorageEntry) -> wasmtime::Result<Result<StorageEntry, StorageError>> {
-        expect!(
-            self.round_trip(HostCall::StoragePut { entry })?,
-            StorageEntry,
-            "storage.put"
-        )
+        expect!(self.round_trip(HostCall::StoragePut { entry })?, StorageEntry, "storage.put")
     }
-    fn delete(
-        &mut self,
-        namespace: String,
-        key: String,
-    ) -> wasmtime::Result<Result<(), StorageError>> {
-        expect!(
-            self.round_trip(HostCall::StorageDelete { namespace, key })?,
-            StorageUnit,
-            "storage.delete"
-        )
+    fn delete(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<(), StorageError>> {
+        expect!(self.round_trip(HostCall::StorageDelete { namespace, key })?, StorageUnit, "storage.delete")
     }
     fn list_entries(
         &mut self,
@@ -170,16 +132,8 @@ impl wit::logging::Host for GuestState {
 }
 
 impl wit::ui_proxy::Host for GuestState {
-    fn call_route(
-        &mut self,
-        route: String,
-        payload: Option<Vec<u8>>,
-    ) -> wasmtime::Result<Result<Vec<u8>, ProxyError>> {
-        expect!(
-            self.round_trip(HostCall::UiProxyCallRoute { route, payload })?,
-            Proxy,
-            "ui-proxy.call-route"
-        )
+    fn call_route(&mut self, route: String, payload: Option<Vec<u8>>) -> wasmtime::Result<Result<Vec<u8>, ProxyError>> {
+        expect!(self.round_trip(HostCall::UiProxyCallRoute { route, payload })?, Proxy, "ui-proxy.call-route")
     }
 }
 
@@ -191,41 +145,19 @@ impl wit::user::Host for GuestState {
 
 impl wit::user_v2::Host for GuestState {
     fn get_user(&mut self) -> wasmtime::Result<Result<UserDataV2, UserError>> {
-        expect!(
-            self.round_trip(HostCall::UserV2Get)?,
-            UserV2,
-            "user-v2.get-user"
-        )
+        expect!(self.round_trip(HostCall::UserV2Get)?, UserV2, "user-v2.get-user")
     }
 }
 
 impl wit::scheduler::Host for GuestState {
     fn list_schedules(&mut self) -> wasmtime::Result<Result<Vec<ScheduleInfo>, SchedulerError>> {
-        expect!(
-            self.round_trip(HostCall::SchedulerList)?,
-            Schedules,
-            "scheduler.list-schedules"
-        )
+        expect!(self.round_trip(HostCall::SchedulerList)?, Schedules, "scheduler.list-schedules")
     }
-    fn get_schedule(
-        &mut self,
-        schedule_id: String,
-    ) -> wasmtime::Result<Result<Option<ScheduleInfo>, SchedulerError>> {
-        expect!(
-            self.round_trip(HostCall::SchedulerGet { schedule_id })?,
-            Schedule,
-            "scheduler.get-schedule"
-        )
+    fn get_schedule(&mut self, schedule_id: String) -> wasmtime::Result<Result<Option<ScheduleInfo>, SchedulerError>> {
+        expect!(self.round_trip(HostCall::SchedulerGet { schedule_id })?, Schedule, "scheduler.get-schedule")
     }
-    fn create_schedule(
-        &mut self,
-        input: CreateScheduleInput,
-    ) -> wasmtime::Result<CreateScheduleResult> {
-        expect!(
-            self.round_trip(HostCall::SchedulerCreate { input })?,
-            ScheduleCreated,
-            "scheduler.create-schedule"
-        )
+    fn create_schedule(&mut self, input: CreateScheduleInput) -> wasmtime::Result<CreateScheduleResult> {
+        expect!(self.round_trip(HostCall::SchedulerCreate { input })?, ScheduleCreated, "scheduler.create-schedule")
     }
     fn update_schedule(
         &mut self,
@@ -246,11 +178,7 @@ impl wit::scheduler::Host for GuestState {
         )
     }
     fn get_endpoints(&mut self) -> wasmtime::Result<Result<Vec<EndpointInfo>, SchedulerError>> {
-        expect!(
-            self.round_trip(HostCall::SchedulerGetEndpoints)?,
-            Endpoints,
-            "scheduler.get-endpoints"
-        )
+        expect!(self.round_trip(HostCall::SchedulerGetEndpoints)?, Endpoints, "scheduler.get-endpoints")
     }
 }
 
@@ -272,21 +200,10 @@ impl wit::clients::Host for GuestState {
         &mut self,
         input: ClientsListInput,
     ) -> wasmtime::Result<Result<ClientsListResult, ClientReadError>> {
-        expect!(
-            self.round_trip(HostCall::ClientsList { input })?,
-            Clients,
-            "clients.list-clients"
-        )
+        expect!(self.round_trip(HostCall::ClientsList { input })?, Clients, "clients.list-clients")
     }
-    fn get_client(
-        &mut self,
-        client_id: String,
-    ) -> wasmtime::Result<Result<Option<ClientSummary>, ClientReadError>> {
-        expect!(
-            self.round_trip(HostCall::ClientsGet { client_id })?,
-            Client,
-            "clients.get-client"
-        )
+    fn get_client(&mut self, client_id: String) -> wasmtime::Result<Result<Option<ClientSummary>, ClientReadError>> {
+        expect!(self.round_trip(HostCall::ClientsGet { client_id })?, Client, "clients.get-client")
     }
 }
 
@@ -295,38 +212,22 @@ impl wit::services::Host for GuestState {
         &mut self,
         input: ServicesListInput,
     ) -> wasmtime::Result<Result<ServicesListResult, ServiceReadError>> {
-        expect!(
-            self.round_trip(HostCall::ServicesList { input })?,
-            Services,
-            "services.list-services"
-        )
+        expect!(self.round_trip(HostCall::ServicesList { input })?, Services, "services.list-services")
     }
     fn get_service(
         &mut self,
         service_id: String,
     ) -> wasmtime::Result<Result<Option<ServiceSummary>, ServiceReadError>> {
-        expect!(
-            self.round_trip(HostCall::ServicesGet { service_id })?,
-            Service,
-            "services.get-service"
-        )
+        expect!(self.round_trip(HostCall::ServicesGet { service_id })?, Service, "services.get-service")
     }
 }
 
 impl wit::config::Host for GuestState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        expect!(
-            self.round_trip(HostCall::ConfigGet { key })?,
-            ConfigValue,
-            "config.get"
-        )
+        expect!(self.round_trip(HostCall::ConfigGet { key })?, ConfigValue, "config.get")
     }
     fn list(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
-        expect!(
-            self.round_trip(HostCall::ConfigList)?,
-            ConfigEntries,
-            "config.list"
-        )
+        expect!(self.round_trip(HostCall::ConfigList)?, ConfigEntries, "config.list")
     }
 }
 
@@ -334,17 +235,13 @@ impl wit::metrics::Host for GuestState {
     fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
         match self.round_trip(HostCall::MetricsCounterAdd { name, value })? {
             HostReply::Unit => Ok(()),
-            _ => Err(wasmtime::Error::new(WrongReply {
-                call: "metrics.counter-add",
-            })),
+            _ => Err(wasmtime::Error::new(WrongReply { call: "metrics.counter-add" })),
         }
     }
     fn histogram_observe(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
         match self.round_trip(HostCall::MetricsHistogramObserve { name, value })? {
             HostReply::Unit => Ok(()),
-            _ => Err(wasmtime::Error::new(WrongReply {
-                call: "metrics.histogram-observe",
-            })),
+            _ => Err(wasmtime::Error::new(WrongReply { call: "metrics.histogram-observe" })),
         }
     }
 }

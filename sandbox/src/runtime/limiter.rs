@@ -22,11 +22,7 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(limit: u64) -> Self {
-        Budget {
-            limit,
-            in_use: 0,
-            peak: 0,
-        }
+        Budget { limit, in_use: 0, peak: 0 }
     }
 
     /// The largest total seen, in bytes.
@@ -37,9 +33,7 @@ impl Budget {
     fn grow(&mut self, current: u64, desired: u64) -> wasmtime::Result<bool> {
         let next = self.in_use - current.min(self.in_use) + desired;
         if next > self.limit {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                limit: self.limit,
-            }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded { limit: self.limit }));
         }
         self.in_use = next;
         self.peak = self.peak.max(next);
@@ -48,25 +42,12 @@ impl Budget {
 }
 
 impl ResourceLimiter for Budget {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         self.grow(current as u64, desired as u64)
     }
 
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.grow(
-            current as u64 * TABLE_ELEMENT_BYTES,
-            desired as u64 * TABLE_ELEMENT_BYTES,
-        )
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES)
     }
 
     fn instances(&self) -> usize {

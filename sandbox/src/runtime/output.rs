@@ -42,24 +42,15 @@ enum Which {
 impl Capture {
     /// A capture keeping at most `budget` bytes of both streams together.
     pub fn new(budget: usize) -> Self {
-        Capture(Arc::new(Mutex::new(Buffers {
-            budget,
-            ..Buffers::default()
-        })))
+        Capture(Arc::new(Mutex::new(Buffers { budget, ..Buffers::default() })))
     }
 
     pub fn stdout(&self) -> CaptureStream {
-        CaptureStream {
-            capture: self.clone(),
-            which: Which::Stdout,
-        }
+        CaptureStream { capture: self.clone(), which: Which::Stdout }
     }
 
     pub fn stderr(&self) -> CaptureStream {
-        CaptureStream {
-            capture: self.clone(),
-            which: Which::Stderr,
-        }
+        CaptureStream { capture: self.clone(), which: Which::Stderr }
     }
 
     /// Takes what was captured so far.
@@ -120,11 +111,7 @@ impl OutputStream for CaptureStream {
 }
 
 impl AsyncWrite for CaptureStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.capture.append(self.which, buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -10,12 +10,7 @@ pub fn get(ctx: &HostContext, key: &str) -> HostReply {
 }
 
 pub fn list(ctx: &HostContext) -> HostReply {
-    HostReply::ConfigEntries(
-        ctx.config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )
+    HostReply::ConfigEntries(ctx.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 #[cfg(test)]
@@ -26,14 +21,8 @@ mod tests {
     #[test]
     fn reads_the_install_config() {
         let c = ctx(&[]);
-        assert_eq!(
-            get(&c, "greeting"),
-            HostReply::ConfigValue(Some("hello".into()))
-        );
+        assert_eq!(get(&c, "greeting"), HostReply::ConfigValue(Some("hello".into())));
         assert_eq!(get(&c, "absent"), HostReply::ConfigValue(None));
-        assert_eq!(
-            list(&c),
-            HostReply::ConfigEntries(vec![("greeting".into(), "hello".into())])
-        );
+        assert_eq!(list(&c), HostReply::ConfigEntries(vec![("greeting".into(), "hello".into())]));
     }
 }

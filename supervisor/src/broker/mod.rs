@@ -37,10 +37,7 @@ impl HostContext {
     pub fn storage_scope(&self) -> storage::Scope {
         storage::Scope {
             tenant: self.tenant_id.clone(),
-            install: self
-                .install_id
-                .clone()
-                .unwrap_or_else(|| self.extension_id.clone()),
+            install: self.install_id.clone().unwrap_or_else(|| self.extension_id.clone()),
         }
     }
 }
@@ -59,13 +56,9 @@ pub async fn handle(ctx: &HostContext, call: HostCall) -> HostReply {
         HostCall::StorageGet { namespace, key } => storage::get(ctx, &namespace, &key),
         HostCall::StoragePut { entry } => storage::put(ctx, entry),
         HostCall::StorageDelete { namespace, key } => storage::delete(ctx, &namespace, &key),
-        HostCall::StorageListEntries { namespace, cursor } => {
-            storage::list(ctx, &namespace, cursor.as_deref())
-        }
+        HostCall::StorageListEntries { namespace, cursor } => storage::list(ctx, &namespace, cursor.as_deref()),
         // Accepted and dropped until the metrics exporter exists.
-        HostCall::MetricsCounterAdd { .. } | HostCall::MetricsHistogramObserve { .. } => {
-            HostReply::Unit
-        }
+        HostCall::MetricsCounterAdd { .. } | HostCall::MetricsHistogramObserve { .. } => HostReply::Unit,
         // Not provided by this runner yet: the interface's deny value.
         other @ (HostCall::SecretsGet { .. }
         | HostCall::SecretsListKeys
@@ -108,14 +101,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_call_without_its_capability_gets_the_deny_value() {
         let c = ctx(&[]);
-        let reply = handle(
-            &c,
-            HostCall::StorageGet {
-                namespace: "n".into(),
-                key: "k".into(),
-            },
-        )
-        .await;
+        let reply = handle(&c, HostCall::StorageGet { namespace: "n".into(), key: "k".into() }).await;
         assert_eq!(reply, HostReply::StorageEntry(Err(StorageError::Denied)));
         let reply = handle(&c, HostCall::ContextGet).await;
         match reply {
@@ -132,19 +118,11 @@ pub(crate) mod tests {
         let reply = handle(
             &c,
             HostCall::HttpFetch {
-                request: HttpRequest {
-                    method: "GET".into(),
-                    url: "http://x".into(),
-                    headers: vec![],
-                    body: None,
-                },
+                request: HttpRequest { method: "GET".into(), url: "http://x".into(), headers: vec![], body: None },
             },
         )
         .await;
         assert_eq!(reply, HostReply::Http(Err(HttpError::NotAllowed)));
-        assert_eq!(
-            handle(&c, HostCall::SecretsListKeys).await,
-            HostReply::SecretKeys(vec![])
-        );
+        assert_eq!(handle(&c, HostCall::SecretsListKeys).await, HostReply::SecretKeys(vec![]));
     }
 }

@@ -84,12 +84,7 @@ fn valid_key(key: &str) -> bool {
 }
 
 fn entry(namespace: &str, key: &str, stored: Stored) -> StorageEntry {
-    StorageEntry {
-        namespace: namespace.into(),
-        key: key.into(),
-        value: stored.value,
-        revision: Some(stored.revision),
-    }
+    StorageEntry { namespace: namespace.into(), key: key.into(), value: stored.value, revision: Some(stored.revision) }
 }
 
 fn backend_failure(e: KvError) -> StorageError {
@@ -102,11 +97,7 @@ pub fn get(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
         if !valid_namespace(namespace) || !valid_key(key) {
             return Err(StorageError::Denied);
         }
-        match ctx
-            .storage
-            .get(&ctx.storage_scope(), namespace, key)
-            .map_err(backend_failure)?
-        {
+        match ctx.storage.get(&ctx.storage_scope(), namespace, key).map_err(backend_failure)? {
             Some(s) => Ok(entry(namespace, key, s)),
             None => Err(StorageError::Missing),
         }
@@ -115,29 +106,17 @@ pub fn get(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
 
 pub fn put(ctx: &HostContext, e: StorageEntry) -> HostReply {
     HostReply::StorageEntry((|| {
-        if !valid_namespace(&e.namespace)
-            || !valid_key(&e.key)
-            || e.value.len() > limits::VALUE_BYTES
-        {
+        if !valid_namespace(&e.namespace) || !valid_key(&e.key) || e.value.len() > limits::VALUE_BYTES {
             return Err(StorageError::Denied);
         }
         let result = ctx
             .storage
-            .put(
-                &ctx.storage_scope(),
-                &e.namespace,
-                &e.key,
-                e.value.clone(),
-                e.revision,
-            )
+            .put(&ctx.storage_scope(), &e.namespace, &e.key, e.value.clone(), e.revision)
             .map_err(backend_failure)?;
         match result {
-            PutResult::Written { revision } => Ok(StorageEntry {
-                namespace: e.namespace,
-                key: e.key,
-                value: e.value,
-                revision: Some(revision),
-            }),
+            PutResult::Written { revision } => {
+                Ok(StorageEntry { namespace: e.namespace, key: e.key, value: e.value, revision: Some(revision) })
+            }
             PutResult::Conflict => Err(StorageError::Conflict),
             PutResult::QuotaExceeded => Err(StorageError::Denied),
         }
@@ -150,11 +129,7 @@ pub fn delete(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
             return Err(StorageError::Denied);
         }
         // Alga gap: deleting a missing key said `conflict`; here it is `missing`.
-        match ctx
-            .storage
-            .delete(&ctx.storage_scope(), namespace, key)
-            .map_err(backend_failure)?
-        {
+        match ctx.storage.delete(&ctx.storage_scope(), namespace, key).map_err(backend_failure)? {
             true => Ok(()),
             false => Err(StorageError::Missing),
         }
@@ -166,14 +141,9 @@ pub fn list(ctx: &HostContext, namespace: &str, cursor: Option<&str>) -> HostRep
         if !valid_namespace(namespace) {
             return Err(StorageError::Denied);
         }
-        let page = ctx
-            .storage
-            .list(&ctx.storage_scope(), namespace, cursor, limits::LIST_PAGE)
-            .map_err(backend_failure)?;
-        Ok(page
-            .into_iter()
-            .map(|(k, s)| entry(namespace, &k, s))
-            .collect())
+        let page =
+            ctx.storage.list(&ctx.storage_scope(), namespace, cursor, limits::LIST_PAGE).map_err(backend_failure)?;
+        Ok(page.into_iter().map(|(k, s)| entry(namespace, &k, s)).collect())
     })())
 }
 
@@ -199,12 +169,7 @@ impl MemoryKv {
 
 impl KvStore for MemoryKv {
     fn get(&self, scope: &Scope, namespace: &str, key: &str) -> Result<Option<Stored>, KvError> {
-        Ok(self
-            .lock()
-            .get(scope)
-            .and_then(|d| d.namespaces.get(namespace))
-            .and_then(|n| n.get(key))
-            .cloned())
+        Ok(self.lock().get(scope).and_then(|d| d.namespaces.get(namespace)).and_then(|n| n.get(key)).cloned())
     }
 
     fn put(
@@ -218,11 +183,7 @@ impl KvStore for MemoryKv {
         let mut all = self.lock();
         let data = all.entry(scope.clone()).or_default();
         let ns_count = data.namespaces.len();
-        let current = data
-            .namespaces
-            .get(namespace)
-            .and_then(|n| n.get(key))
-            .cloned();
+        let current = data.namespaces.get(namespace).and_then(|n| n.get(key)).cloned();
         if let Some(want) = expected
             && current.as_ref().map(|c| c.revision) != Some(want)
         {
@@ -230,14 +191,11 @@ impl KvStore for MemoryKv {
         }
         let keys_in_ns = data.namespaces.get(namespace).map_or(0, BTreeMap::len);
         if current.is_none()
-            && (keys_in_ns >= limits::KEYS_PER_NAMESPACE
-                || (keys_in_ns == 0 && ns_count >= limits::NAMESPACES))
+            && (keys_in_ns >= limits::KEYS_PER_NAMESPACE || (keys_in_ns == 0 && ns_count >= limits::NAMESPACES))
         {
             return Ok(PutResult::QuotaExceeded);
         }
-        let old_bytes = current
-            .as_ref()
-            .map_or(0, |c| (key.len() + c.value.len()) as u64);
+        let old_bytes = current.as_ref().map_or(0, |c| (key.len() + c.value.len()) as u64);
         let new_bytes = (key.len() + value.len()) as u64;
         let bytes = data.bytes - old_bytes + new_bytes;
         if bytes > limits::BYTES_PER_INSTALL {
@@ -245,10 +203,7 @@ impl KvStore for MemoryKv {
         }
         let revision = current.map_or(1, |c| c.revision + 1);
         data.bytes = bytes;
-        data.namespaces
-            .entry(namespace.to_string())
-            .or_default()
-            .insert(key.to_string(), Stored { value, revision });
+        data.namespaces.entry(namespace.to_string()).or_default().insert(key.to_string(), Stored { value, revision });
         Ok(PutResult::Written { revision })
     }
 
@@ -282,15 +237,10 @@ impl KvStore for MemoryKv {
             return Ok(Vec::new());
         };
         let iter: Box<dyn Iterator<Item = (&String, &Stored)>> = match after {
-            Some(a) => Box::new(
-                ns.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            ),
+            Some(a) => Box::new(ns.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))),
             None => Box::new(ns.iter()),
         };
-        Ok(iter
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(iter.take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 }
 
@@ -301,12 +251,7 @@ mod tests {
     use alga_shared::capability::Capability;
 
     fn e(key: &str, value: &str, revision: Option<u64>) -> StorageEntry {
-        StorageEntry {
-            namespace: "ns".into(),
-            key: key.into(),
-            value: value.into(),
-            revision,
-        }
+        StorageEntry { namespace: "ns".into(), key: key.into(), value: value.into(), revision }
     }
 
     fn rev(r: HostReply) -> Result<Option<u64>, StorageError> {
@@ -321,16 +266,9 @@ mod tests {
         let c = ctx(&[Capability::StorageKv]);
         assert_eq!(rev(put(&c, e("a", "1", None))), Ok(Some(1)));
         assert_eq!(rev(put(&c, e("a", "2", None))), Ok(Some(2)));
-        assert_eq!(
-            rev(put(&c, e("a", "3", Some(1)))),
-            Err(StorageError::Conflict)
-        );
+        assert_eq!(rev(put(&c, e("a", "3", Some(1)))), Err(StorageError::Conflict));
         assert_eq!(rev(put(&c, e("a", "3", Some(2)))), Ok(Some(3)));
-        assert_eq!(
-            rev(put(&c, e("new", "x", Some(1)))),
-            Err(StorageError::Conflict),
-            "CAS on a missing key"
-        );
+        assert_eq!(rev(put(&c, e("new", "x", Some(1)))), Err(StorageError::Conflict), "CAS on a missing key");
         assert_eq!(rev(get(&c, "ns", "a")), Ok(Some(3)));
     }
 
@@ -338,10 +276,7 @@ mod tests {
     fn missing_keys_are_missing_for_get_and_delete() {
         let c = ctx(&[Capability::StorageKv]);
         assert_eq!(rev(get(&c, "ns", "nope")), Err(StorageError::Missing));
-        assert_eq!(
-            delete(&c, "ns", "nope"),
-            HostReply::StorageUnit(Err(StorageError::Missing))
-        );
+        assert_eq!(delete(&c, "ns", "nope"), HostReply::StorageUnit(Err(StorageError::Missing)));
     }
 
     #[test]
@@ -365,42 +300,17 @@ mod tests {
     #[test]
     fn limits_are_denied() {
         let c = ctx(&[Capability::StorageKv]);
-        assert_eq!(
-            rev(put(&c, e("a/b", "v", None))),
-            Err(StorageError::Denied),
-            "slash in key"
-        );
-        assert_eq!(
-            rev(put(&c, e(&"k".repeat(257), "v", None))),
-            Err(StorageError::Denied)
-        );
-        let big = StorageEntry {
-            namespace: "ns".into(),
-            key: "k".into(),
-            value: vec![0; 64 * 1024 + 1],
-            revision: None,
-        };
+        assert_eq!(rev(put(&c, e("a/b", "v", None))), Err(StorageError::Denied), "slash in key");
+        assert_eq!(rev(put(&c, e(&"k".repeat(257), "v", None))), Err(StorageError::Denied));
+        let big =
+            StorageEntry { namespace: "ns".into(), key: "k".into(), value: vec![0; 64 * 1024 + 1], revision: None };
         assert_eq!(rev(put(&c, big)), Err(StorageError::Denied));
         for i in 0..32 {
-            let entry = StorageEntry {
-                namespace: format!("n{i}"),
-                key: "k".into(),
-                value: vec![],
-                revision: None,
-            };
+            let entry = StorageEntry { namespace: format!("n{i}"), key: "k".into(), value: vec![], revision: None };
             assert!(rev(put(&c, entry)).is_ok());
         }
-        let one_more = StorageEntry {
-            namespace: "n32".into(),
-            key: "k".into(),
-            value: vec![],
-            revision: None,
-        };
-        assert_eq!(
-            rev(put(&c, one_more)),
-            Err(StorageError::Denied),
-            "33rd namespace"
-        );
+        let one_more = StorageEntry { namespace: "n32".into(), key: "k".into(), value: vec![], revision: None };
+        assert_eq!(rev(put(&c, one_more)), Err(StorageError::Denied), "33rd namespace");
     }
 
     #[test]
@@ -412,9 +322,6 @@ mod tests {
         assert_eq!(rev(get(&b, "ns", "secret")), Err(StorageError::Missing));
         let mut other_tenant = a.clone();
         other_tenant.tenant_id = "t2".into();
-        assert_eq!(
-            rev(get(&other_tenant, "ns", "secret")),
-            Err(StorageError::Missing)
-        );
+        assert_eq!(rev(get(&other_tenant, "ns", "secret")), Err(StorageError::Missing));
     }
 }

@@ -55,24 +55,14 @@ mod tests {
 
     #[test]
     fn absent_user_is_not_available() {
-        assert_eq!(
-            get(&ctx(&[])),
-            HostReply::User(Err(UserError::NotAvailable))
-        );
-        assert_eq!(
-            get_v2(&ctx(&[])),
-            HostReply::UserV2(Err(UserError::NotAvailable))
-        );
+        assert_eq!(get(&ctx(&[])), HostReply::User(Err(UserError::NotAvailable)));
+        assert_eq!(get_v2(&ctx(&[])), HostReply::UserV2(Err(UserError::NotAvailable)));
     }
 
     #[test]
     fn present_user_is_answered_with_the_tenant() {
         let mut c = ctx(&[]);
-        c.user = Some(UserInfo {
-            user_id: "u1".into(),
-            client_id: Some("c9".into()),
-            ..UserInfo::default()
-        });
+        c.user = Some(UserInfo { user_id: "u1".into(), client_id: Some("c9".into()), ..UserInfo::default() });
         match get_v2(&c) {
             HostReply::UserV2(Ok(u)) => {
                 assert_eq!(u.user_id, "u1");

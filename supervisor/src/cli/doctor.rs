@@ -28,13 +28,7 @@ pub struct DoctorArgs {
     pub no_self_test: bool,
 }
 
-const LAYERS: [&str; 5] = [
-    "seccomp",
-    "landlock",
-    "cgroup",
-    "namespaces",
-    "no_new_privs",
-];
+const LAYERS: [&str; 5] = ["seccomp", "landlock", "cgroup", "namespaces", "no_new_privs"];
 
 fn layer(status: &str, detail: impl Into<String>, meaning: &str) -> Value {
     json!({ "status": status, "detail": detail.into(), "if_missing": meaning })
@@ -57,10 +51,7 @@ fn seccomp_probe() -> Value {
 fn landlock_probe() -> Value {
     let abi = alga_sandbox::harden::landlock_abi();
     let (status, detail) = match abi {
-        0 => (
-            "missing",
-            "no Landlock in this kernel (or not enabled at boot: lsm=landlock)".to_string(),
-        ),
+        0 => ("missing", "no Landlock in this kernel (or not enabled at boot: lsm=landlock)".to_string()),
         1..=5 => (
             "partial",
             format!(
@@ -68,10 +59,7 @@ fn landlock_probe() -> Value {
                 if abi >= 4 { " and TCP" } else { "" }
             ),
         ),
-        _ => (
-            "ok",
-            format!("ABI {abi}: filesystem, TCP, abstract unix sockets and signals denied"),
-        ),
+        _ => ("ok", format!("ABI {abi}: filesystem, TCP, abstract unix sockets and signals denied")),
     };
     let mut v = layer(
         status,
@@ -85,14 +73,7 @@ fn landlock_probe() -> Value {
 fn cgroup_probe() -> Value {
     let d = cgroup::probe();
     let (status, controllers) = match (&d.driver, d.version) {
-        (Some(driver), _) => (
-            "ok",
-            driver
-                .controllers()
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>(),
-        ),
+        (Some(driver), _) => ("ok", driver.controllers().iter().map(|c| c.to_string()).collect::<Vec<_>>()),
         (None, Some(_)) if d.delegated => ("ok", vec!["memory".into(), "pids".into()]),
         (None, Some(_)) => ("partial", vec![]),
         (None, None) => ("missing", vec![]),
@@ -138,11 +119,7 @@ fn namespaces_probe(available: NamespaceSet) -> Value {
 }
 
 fn nnp_probe() -> Value {
-    layer(
-        "ok",
-        "PR_SET_NO_NEW_PRIVS available",
-        "sandboxes cannot start: no_new_privs is always required",
-    )
+    layer("ok", "PR_SET_NO_NEW_PRIVS available", "sandboxes cannot start: no_new_privs is always required")
 }
 
 fn report_value(r: &HardeningReport) -> Value {
@@ -157,10 +134,7 @@ fn report_value(r: &HardeningReport) -> Value {
 pub fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     for r in &args.require {
         if !LAYERS.contains(&r.as_str()) {
-            eprintln!(
-                "error: --require {r:?}: unknown layer (one of {})",
-                LAYERS.join(", ")
-            );
+            eprintln!("error: --require {r:?}: unknown layer (one of {})", LAYERS.join(", "));
             return Ok(super::EXIT_USAGE);
         }
     }
@@ -184,11 +158,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<u8> {
 
     let mut required: Vec<&str> = vec!["seccomp", "no_new_privs"];
     required.extend(args.require.iter().map(String::as_str));
-    let failing: Vec<&str> = required
-        .iter()
-        .copied()
-        .filter(|l| out[*l]["status"] != "ok")
-        .collect();
+    let failing: Vec<&str> = required.iter().copied().filter(|l| out[*l]["status"] != "ok").collect();
     out["required"] = json!(required);
     out["ok"] = json!(failing.is_empty());
 
@@ -197,11 +167,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     } else {
         print_text(&out);
     }
-    Ok(if failing.is_empty() {
-        0
-    } else {
-        super::EXIT_FAILURE
-    })
+    Ok(if failing.is_empty() { 0 } else { super::EXIT_FAILURE })
 }
 
 fn self_test() -> anyhow::Result<Value> {
@@ -209,13 +175,9 @@ fn self_test() -> anyhow::Result<Value> {
     settings.pool_size = 0;
     let cgroups = Core::detect_cgroups(&settings);
     let process = forkserver::Process::start().context("starting the fork server")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let core: Arc<Core> = Core::start(process, cgroups, settings)
-            .await
-            .context("starting the sandbox core")?;
+        let core: Arc<Core> = Core::start(process, cgroups, settings).await.context("starting the sandbox core")?;
         let result = match Sandbox::create(&core, SandboxMode::Execute).await {
             Ok(sandbox) => {
                 let v = json!({ "status": "ok", "layers": report_value(&sandbox.layers) });
@@ -234,17 +196,9 @@ fn self_test() -> anyhow::Result<Value> {
 fn print_text(out: &Value) {
     for name in LAYERS {
         let l = &out[name];
-        println!(
-            "{name:<13} {:<8} {}",
-            l["status"].as_str().unwrap_or("?"),
-            l["detail"].as_str().unwrap_or("")
-        );
+        println!("{name:<13} {:<8} {}", l["status"].as_str().unwrap_or("?"), l["detail"].as_str().unwrap_or(""));
         if l["status"] != "ok" && !l["if_missing"].as_str().unwrap_or("").is_empty() {
-            println!(
-                "{:<22} meaning: {}",
-                "",
-                l["if_missing"].as_str().unwrap_or("")
-            );
+            println!("{:<22} meaning: {}", "", l["if_missing"].as_str().unwrap_or(""));
         }
     }
     if let Some(st) = out.get("self_test") {
@@ -268,12 +222,5 @@ fn print_text(out: &Value) {
         }
     }
     println!();
-    println!(
-        "{}",
-        if out["ok"] == true {
-            "all required layers are available"
-        } else {
-            "a required layer is missing"
-        }
-    );
+    println!("{}", if out["ok"] == true { "all required layers are available" } else { "a required layer is missing" });
 }

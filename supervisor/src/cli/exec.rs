@@ -84,53 +84,31 @@ struct Parsed {
 fn parse(args: &ExecArgs) -> anyhow::Result<Parsed> {
     let mut headers = Vec::new();
     for h in &args.headers {
-        let (k, v) = h
-            .split_once(':')
-            .ok_or_else(|| UsageError(format!("--header {h:?}: expected `name: value`")))?;
+        let (k, v) = h.split_once(':').ok_or_else(|| UsageError(format!("--header {h:?}: expected `name: value`")))?;
         let name = k.trim().to_ascii_lowercase();
         if name.is_empty() {
             return Err(UsageError(format!("--header {h:?}: the name is empty")).into());
         }
-        headers.push(HttpHeader {
-            name,
-            value: v.trim().to_string(),
-        });
+        headers.push(HttpHeader { name, value: v.trim().to_string() });
     }
     let mut config = BTreeMap::new();
     for c in &args.config {
-        let (k, v) = c
-            .split_once('=')
-            .ok_or_else(|| UsageError(format!("--config {c:?}: expected `key=value`")))?;
+        let (k, v) = c.split_once('=').ok_or_else(|| UsageError(format!("--config {c:?}: expected `key=value`")))?;
         config.insert(k.to_string(), v.to_string());
     }
-    let capabilities =
-        CapabilitySet::parse(args.capabilities.iter().map(String::as_str)).map_err(|bad| {
-            UsageError(format!(
-                "--capability: {}",
-                bad.iter()
-                    .map(|b| b.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ))
-        })?;
+    let capabilities = CapabilitySet::parse(args.capabilities.iter().map(String::as_str)).map_err(|bad| {
+        UsageError(format!("--capability: {}", bad.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("; ")))
+    })?;
     if !args.path.starts_with('/') {
         return Err(UsageError(format!("--path {:?}: must start with `/`", args.path)).into());
     }
     let body = match &args.body_file {
-        Some(f) => {
-            Some(std::fs::read(f).with_context(|| format!("reading --body-file {}", f.display()))?)
-        }
+        Some(f) => Some(std::fs::read(f).with_context(|| format!("reading --body-file {}", f.display()))?),
         None => None,
     };
-    let wasm = std::fs::read(&args.component)
-        .with_context(|| format!("reading --component {}", args.component.display()))?;
-    Ok(Parsed {
-        headers,
-        config,
-        capabilities,
-        body,
-        wasm,
-    })
+    let wasm =
+        std::fs::read(&args.component).with_context(|| format!("reading --component {}", args.component.display()))?;
+    Ok(Parsed { headers, config, capabilities, body, wasm })
 }
 
 pub fn default_cache_dir() -> PathBuf {
@@ -163,52 +141,37 @@ pub fn run(args: ExecArgs) -> anyhow::Result<u8> {
     let cgroups = Core::detect_cgroups(&settings);
     // Started here, on the main thread, before the runtime exists (see forkserver::Process).
     let process = forkserver::Process::start().context("starting the fork server")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let out = rt.block_on(async move {
-        let core = Core::start(process, cgroups, settings)
-            .await
-            .context("starting the sandbox core")?;
+        let core = Core::start(process, cgroups, settings).await.context("starting the sandbox core")?;
         let out = execute(&core, &args, parsed).await;
         // Let the background reaper return the cgroup slot before everything is torn down.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         core.shutdown().await;
-        Ok::<Value, anyhow::Error>(out)
+        out
     })?;
     println!("{out}");
     Ok(0)
 }
 
-async fn execute(core: &Arc<Core>, args: &ExecArgs, p: Parsed) -> Value {
+/// Runs the execution; an error means it could not be attempted (the runner failed).
+async fn execute(core: &Arc<Core>, args: &ExecArgs, p: Parsed) -> anyhow::Result<Value> {
     let started = std::time::Instant::now();
     let artifact = match executor::artifact_for(core, &p.wasm).await {
         Ok(a) => a,
         Err(ArtifactError::Invalid(message)) => {
-            return json!({
+            return Ok(json!({
                 "status": null, "headers": {}, "body_b64": null,
                 "error": format!("invalid_component: {message}"),
                 "outcome": "invalid_component", "detail": message,
                 "duration_ms": started.elapsed().as_secs_f64() * 1e3,
                 "memory_peak_bytes": 0, "fuel_consumed": 0, "logs": [],
-            });
+            }));
         }
-        Err(ArtifactError::Failed(e)) => {
-            return json!({
-                "status": null, "headers": {}, "body_b64": null, "error": "spawn_failed",
-                "outcome": "spawn_failed", "detail": e,
-                "duration_ms": started.elapsed().as_secs_f64() * 1e3,
-                "memory_peak_bytes": 0, "fuel_consumed": 0, "logs": [],
-            });
-        }
+        Err(ArtifactError::Failed(e)) => anyhow::bail!("compiling the component: {e}"),
     };
     let limits = Limits::default().resolve(
-        &LimitRequest {
-            timeout_ms: Some(args.timeout_ms),
-            memory_mb: Some(args.memory_mb),
-            fuel: Some(args.fuel),
-        },
+        &LimitRequest { timeout_ms: Some(args.timeout_ms), memory_mb: Some(args.memory_mb), fuel: Some(args.fuel) },
         &LimitRequest::default(),
         &core.settings.ceilings,
     );
@@ -240,14 +203,12 @@ async fn execute(core: &Arc<Core>, args: &ExecArgs, p: Parsed) -> Value {
         capabilities: capabilities.clone(),
         storage: Arc::new(MemoryKv::default()),
     };
-    let job = ExecuteJob {
-        request,
-        limits,
-        capabilities,
-        artifact_len: artifact.len,
-    };
+    let job = ExecuteJob { request, limits, capabilities, artifact_len: artifact.len };
     let report = executor::execute(core, &artifact, job, &host).await;
-    report_json(&report)
+    if report.outcome == alga_shared::outcome::Outcome::SpawnFailed {
+        anyhow::bail!("no sandbox could be created: {}", report.detail.unwrap_or_default());
+    }
+    Ok(report_json(&report))
 }
 
 /// The JSON object `exec` prints.
@@ -279,23 +240,11 @@ pub fn report_json(r: &Report) -> Value {
             }
         }
         (_, Some((status, error))) => (json!(status), json!(error), json!({}), None),
-        (None, None) => (
-            json!(500),
-            json!("execute_failed: no response"),
-            json!({}),
-            None,
-        ),
+        (None, None) => (json!(500), json!("execute_failed: no response"), json!({}), None),
     };
-    let mut logs: Vec<Value> = r
-        .logs
-        .iter()
-        .map(|l| json!(format!("[{}] {}", l.level.as_str(), l.message)))
-        .collect();
+    let mut logs: Vec<Value> = r.logs.iter().map(|l| json!(format!("[{}] {}", l.level.as_str(), l.message))).collect();
     if r.logs_dropped > 0 {
-        logs.push(json!(format!(
-            "[alga-runner] {} more log lines dropped (limit reached)",
-            r.logs_dropped
-        )));
+        logs.push(json!(format!("[alga-runner] {} more log lines dropped (limit reached)", r.logs_dropped)));
     }
     json!({
         "status": status,

@@ -1,0 +1,100 @@
+//! A running sandbox as the kernel sees it from outside: `/proc/<pid>/status`, its descriptors
+//! and its cgroup.
+
+use std::time::{Duration, Instant};
+
+use alga_runner::executor;
+use alga_shared::capability::CapabilitySet;
+use alga_shared::limits::{Limits, MIB};
+use alga_shared::outcome::Outcome;
+use alga_shared::protocol::ExecuteJob;
+use alga_tests::{Harness, children_of, host_context, request, skip_unless};
+
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("{name} missing from /proc/<pid>/status"))
+}
+
+#[test]
+fn a_running_sandbox_is_locked_down() {
+    let h = Harness::new();
+    let artifact = h.artifact("spin");
+    let limits = Limits { timeout_ms: 4_000, memory_bytes: 64 * MIB, ..Limits::default() };
+    let job = ExecuteJob {
+        request: request("/"),
+        limits,
+        capabilities: CapabilitySet::defaults(),
+        artifact_len: artifact.len,
+    };
+    let core = h.core.clone();
+    let running = h.rt.spawn(async move {
+        let host = host_context(CapabilitySet::defaults());
+        executor::execute(&core, &artifact, job, &host).await
+    });
+
+    // Find the sandbox among the fork server's children once it is hardened and running.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let pid = loop {
+        let found = children_of(h.core.fork.pid()).into_iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.contains("Seccomp:\t2"))
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no hardened sandbox appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&status, "Seccomp"), "2");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&status, caps), "0000000000000000", "{caps}");
+    }
+    let uid = status_field(&status, "Uid");
+    assert!(uid.split_whitespace().all(|u| u == "65534"), "runs as the unprivileged sandbox user: {uid}");
+
+    // Descriptors: its IPC socket and (at most) its artifact, nothing inherited.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned())
+        .collect();
+    let sockets = fds.iter().filter(|f| f.starts_with("socket:")).count();
+    assert_eq!(sockets, 1, "{fds:?}");
+    assert!(fds.iter().all(|f| f.starts_with("socket:") || f.starts_with("/memfd:alga-artifact")), "{fds:?}");
+
+    // Its own cgroup, with the execution's memory limit (plus the runtime overhead) set.
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    if let Some(version) = h.core.cgroups.version() {
+        let expected = limits.memory_bytes + h.core.settings.runtime_overhead_bytes;
+        let memory_dir = match version {
+            alga_sandbox::cgroup::Version::V1 => {
+                let path = cgroup.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string())).unwrap();
+                assert!(path.contains("/alga-runner.") && path.contains("/sb-"), "own slot: {path}");
+                format!("/sys/fs/cgroup/memory{path}")
+            }
+            alga_sandbox::cgroup::Version::V2 => {
+                let path = cgroup.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)).unwrap();
+                format!("/sys/fs/cgroup{path}")
+            }
+        };
+        let limit_file = match version {
+            alga_sandbox::cgroup::Version::V1 => "memory.limit_in_bytes",
+            alga_sandbox::cgroup::Version::V2 => "memory.max",
+        };
+        let limit: u64 = std::fs::read_to_string(format!("{memory_dir}/{limit_file}")).unwrap().trim().parse().unwrap();
+        assert_eq!(limit, expected);
+    }
+
+    let report = h.rt.block_on(running).unwrap();
+    assert_eq!(report.outcome, Outcome::Timeout);
+    skip_unless!(
+        h.core.cgroups.version().is_some(),
+        "no usable cgroup hierarchy (the cgroup checks above did not run)"
+    );
+}
