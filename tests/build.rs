@@ -13,9 +13,20 @@ fn main() {
 
     println!("cargo:rerun-if-changed={}", guests.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", guests.join("Cargo.lock").display());
-    for dir in
-        ["common", "echo", "logger", "storage", "spin", "membomb", "trap", "huge", "flood", "random", "wrong-world"]
-    {
+    for dir in [
+        "common",
+        "echo",
+        "logger",
+        "storage",
+        "spin",
+        "membomb",
+        "trap",
+        "huge",
+        "flood",
+        "random",
+        "sleeper",
+        "wrong-world",
+    ] {
         println!("cargo:rerun-if-changed={}", guests.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", manifest_dir.join("../shared/wit").display());

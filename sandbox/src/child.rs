@@ -85,7 +85,11 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
         filter: server.filter(mode),
     };
     // Timers only: the runtime then parks on a futex and opens no descriptor (no epoll, no eventfd).
-    let runtime = || tokio::runtime::Builder::new_current_thread().enable_time().build();
+    // A compile sandbox needs none (and its filter does not allow the futex its teardown makes).
+    let runtime = || match mode {
+        SandboxMode::Execute => tokio::runtime::Builder::new_current_thread().enable_time().build().map(Some),
+        SandboxMode::Compile => Ok(None),
+    };
     let hardened = match harden::harden(ipc, &input, runtime) {
         Ok(h) => h,
         Err(e) => {
@@ -116,6 +120,7 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
                 }
             };
             drop(artifact);
+            let Some(rt) = &hardened.prepared else { return exit_code::CHANNEL };
             let _ = sys::arm_alarm(Duration::from_millis(job.limits.timeout_ms));
             let end = Arc::new(Mutex::new(end));
             let bridge = Box::new(IpcBridge(end.clone()));
@@ -124,8 +129,7 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
             // and checked it before handing it over, as a memfd sealed against any write, grow or
             // shrink, so the bytes mapped here are exactly the checked ones. This is Wasmtime's
             // contract for `deserialize` (the bytes are trusted native code).
-            let (result, stats) =
-                unsafe { execute::execute(server.prepared(), &hardened.prepared, map.bytes(), &job, bridge, 1) };
+            let (result, stats) = unsafe { execute::execute(server.prepared(), rt, map.bytes(), &job, bridge, 1) };
             let mut end = end.lock().unwrap_or_else(|p| p.into_inner());
             return report(&mut end, result, stats);
         }

@@ -14,6 +14,39 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Writes raw bytes on the IPC socket, the way the channel does (`sendto`).
+fn send_raw(end: &SandboxEnd, bytes: &[u8]) -> i64 {
+    // SAFETY: `bytes` is a valid buffer of the given length; no address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            end.raw_fd_number(),
+            bytes.as_ptr(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL,
+            std::ptr::null::<libc::sockaddr>(),
+            0,
+        )
+    }
+}
+
+/// Blocks until the supervisor answers or kills us.
+fn wait_for_supervisor(end: &SandboxEnd) {
+    let mut buf = [0u8; 1];
+    // SAFETY: reading into a valid one-byte buffer; no address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            end.raw_fd_number(),
+            buf.as_mut_ptr(),
+            1,
+            0,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        )
+    };
+}
+
 /// Runs `action`. When the attempt returns (instead of the process being killed), the result is
 /// reported as a response body `returned <value> errno <n>`.
 pub fn run(action: &ProbeAction, end: &mut SandboxEnd) -> i32 {
@@ -31,7 +64,7 @@ pub fn run(action: &ProbeAction, end: &mut SandboxEnd) -> i32 {
                 fd
             } else {
                 // SAFETY: `value` is a valid buffer of the given length.
-                unsafe { libc::syscall(libc::SYS_write, fd, value.as_ptr(), value.len()) }
+                unsafe { libc::syscall(libc::SYS_pwrite64, fd, value.as_ptr(), value.len(), 0) }
             }
         }
         // SAFETY: plain syscall with integer arguments.
@@ -87,27 +120,19 @@ pub fn run(action: &ProbeAction, end: &mut SandboxEnd) -> i32 {
         // SAFETY: plain syscall with integer arguments.
         ProbeAction::Unshare => unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) },
         ProbeAction::RawBytes { bytes } => {
-            // SAFETY: `bytes` is a valid buffer of the given length.
-            let r = unsafe { libc::syscall(libc::SYS_write, end.raw_fd_number(), bytes.as_ptr(), bytes.len()) };
-            if r < 0 {
+            if send_raw(end, bytes) < 0 {
                 return 1;
             }
-            // Wait for the supervisor to react (it should kill us).
-            let mut buf = [0u8; 1];
-            // SAFETY: reading into a valid one-byte buffer.
-            unsafe { libc::syscall(libc::SYS_read, end.raw_fd_number(), buf.as_mut_ptr(), 1) };
+            wait_for_supervisor(end);
             return 0;
         }
         ProbeAction::RawBytesThenExit { bytes } => {
-            // SAFETY: `bytes` is a valid buffer of the given length.
-            unsafe { libc::syscall(libc::SYS_write, end.raw_fd_number(), bytes.as_ptr(), bytes.len()) };
+            send_raw(end, bytes);
             return 0;
         }
         ProbeAction::WrongCallId => {
             let _ = end.send_call_unchecked(7, HostCall::ContextGet);
-            let mut buf = [0u8; 1];
-            // SAFETY: reading into a valid one-byte buffer.
-            unsafe { libc::syscall(libc::SYS_read, end.raw_fd_number(), buf.as_mut_ptr(), 1) };
+            wait_for_supervisor(end);
             return 0;
         }
         ProbeAction::FloodLogs { count } => {

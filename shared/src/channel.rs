@@ -267,7 +267,7 @@ impl AsyncChannel {
 #[derive(Debug)]
 pub enum Job {
     /// Run `handler`; the descriptor is the sealed memfd of the compiled artifact.
-    Execute(ExecuteJob, OwnedFd),
+    Execute(Box<ExecuteJob>, OwnedFd),
     /// Compile; the descriptor is a sealed memfd holding the component.
     Compile(CompileJob, OwnedFd),
     /// Test only: act like an escaped guest.
@@ -309,7 +309,7 @@ impl SandboxEnd {
         }
         let fd = fds.pop().ok_or(FrameError::MissingFd);
         match msg {
-            SupervisorMsg::Execute(job) => Ok(Job::Execute(job, fd?)),
+            SupervisorMsg::Execute(job) => Ok(Job::Execute(Box::new(job), fd?)),
             SupervisorMsg::Compile(job) => Ok(Job::Compile(job, fd?)),
             SupervisorMsg::Probe(action) => Ok(Job::Probe(action)),
             SupervisorMsg::HostReply { .. } => Err(FrameError::Malformed("host reply before any job".into())),

@@ -12,6 +12,14 @@ use crate::forkserver::{self, ForkServer, ForkServerError};
 use crate::pool::Pool;
 use crate::settings::Settings;
 
+/// Counters of events worth an operator's attention.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Sandboxes that reported their result and then did not exit cleanly (e.g. seccomp killed
+    /// them on the way out).
+    pub unclean_exits: std::sync::atomic::AtomicU64,
+}
+
 pub struct Core {
     /// The runtime the core's background tasks (reapers, pool refill) run on, whichever runtime
     /// a caller is on.
@@ -21,6 +29,7 @@ pub struct Core {
     pub cgroups: CgroupSlots,
     pub pool: Pool,
     pub artifacts: ArtifactCache,
+    pub counters: Counters,
 }
 
 /// The cgroup limits every slot is created with (memory is set again per job).
@@ -50,7 +59,7 @@ impl Core {
         let artifacts = ArtifactCache::new(settings.cache_dir.clone(), fork.fingerprint().to_string());
         let pool = Pool::new(settings.pool_size);
         let handle = tokio::runtime::Handle::current();
-        let core = Arc::new(Core { handle, settings, fork, cgroups, pool, artifacts });
+        let core = Arc::new(Core { handle, settings, fork, cgroups, pool, artifacts, counters: Counters::default() });
         Pool::start_refill(&core);
         Ok(core)
     }

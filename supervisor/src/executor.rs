@@ -102,7 +102,7 @@ enum End {
 
 /// The one job a sandbox gets.
 pub enum Work<'a> {
-    Execute(ExecuteJob, &'a Artifact),
+    Execute(Box<ExecuteJob>, &'a Artifact),
     /// Test only (see [`alga_shared::protocol::ProbeAction`]).
     Probe(ProbeAction, Limits),
 }
@@ -118,7 +118,7 @@ pub async fn run(
     job: ExecuteJob,
     host: &HostContext,
 ) -> Report {
-    drive(core, sandbox, Work::Execute(job, artifact), host).await
+    drive(core, sandbox, Work::Execute(Box::new(job), artifact), host).await
 }
 
 /// Runs a test probe in a fresh sandbox (the fork server must allow probes).
@@ -146,7 +146,7 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
     let start = Instant::now();
     let deadline = start + Duration::from_millis(limits.timeout_ms) + core.settings.kill_grace;
     let sent = match work {
-        Work::Execute(job, artifact) => sandbox.end.execute(job, artifact.fd()).await,
+        Work::Execute(job, artifact) => sandbox.end.execute(*job, artifact.fd()).await,
         Work::Probe(action, _) => sandbox.end.probe(action).await,
     };
     let end = match sent {
@@ -157,6 +157,7 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
     report.duration = start.elapsed();
 
     let mut sandbox = sandbox;
+    sandbox.finished = matches!(end, End::Done(..) | End::Failed(..));
     match end {
         End::Done(response, stats) => {
             take_stats(&mut report, stats, &limits);
@@ -394,7 +395,12 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
         }
     }
     .await;
-    sandbox.kill(core);
+    if result.is_ok() {
+        // It sent everything and exits by itself.
+        sandbox.finished = true;
+    } else {
+        sandbox.kill(core);
+    }
     sandbox.reap(core);
     result
 }

@@ -94,8 +94,11 @@ pub struct Spawned {
     pub exit: oneshot::Receiver<ExitStatus>,
 }
 
+/// What a spawn request resolves to: the pid, its pidfd and the receiver of its exit status.
+type SpawnAnswer = Result<(u32, OwnedFd, oneshot::Receiver<ExitStatus>), String>;
+
 struct Waiters {
-    spawns: HashMap<u64, oneshot::Sender<Result<(u32, OwnedFd, oneshot::Receiver<ExitStatus>), String>>>,
+    spawns: HashMap<u64, oneshot::Sender<SpawnAnswer>>,
     exits: HashMap<u32, oneshot::Sender<ExitStatus>>,
 }
 

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Exec(args) => cli::exec::run(args),
+        Command::Exec(args) => cli::exec::run(*args),
         Command::Doctor(args) => cli::doctor::run(args),
     };
     match result {

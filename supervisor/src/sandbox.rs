@@ -47,6 +47,8 @@ pub struct Sandbox {
     pub layers: HardeningReport,
     pub mode: SandboxMode,
     pub ready_at: Instant,
+    /// Set once the sandbox reported its result: from then on it must exit with code 0.
+    pub finished: bool,
 }
 
 impl Sandbox {
@@ -75,6 +77,7 @@ impl Sandbox {
             layers: placeholder_report(),
             mode,
             ready_at: Instant::now(),
+            finished: false,
         };
         match sandbox.await_ready(core).await {
             Ok(layers) => {
@@ -161,6 +164,9 @@ impl Sandbox {
             let status = self.wait_exit(&core, Duration::from_secs(10)).await;
             if status.is_none() {
                 tracing::error!(pid = self.pid, "sandbox exit was never reported");
+            } else if self.finished && status != Some(ExitStatus::Code(0)) {
+                core.counters.unclean_exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(pid = self.pid, exit = %describe_exit(&status), "sandbox reported its result, then did not exit cleanly");
             }
             if let Some(slot) = self.slot.take() {
                 let cgroups = core.clone();

@@ -25,7 +25,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one execution of a component in a real hardened sandbox and print the result as JSON.
-    Exec(exec::ExecArgs),
+    Exec(Box<exec::ExecArgs>),
     /// Report which hardening layers this host supports and what a missing one means.
     Doctor(doctor::DoctorArgs),
 }
