@@ -40,15 +40,17 @@ pub fn runner_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ALGA_RUNNER_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
-    let bin = dir.join("alga-runner");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run the tests with `cargo test --workspace` (it builds the binary), or set ALGA_RUNNER_BIN",
-        bin.display()
-    );
-    bin
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    let exe = std::env::current_exe().expect("own executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [dir.join("alga-runner"), dir.parent().map(|p| p.join("alga-runner")).unwrap_or_default()];
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "no alga-runner binary next to {}: run the tests with `cargo test --workspace` (it builds the \
+             binary), build it with `cargo build -p alga-runner`, or set ALGA_RUNNER_BIN",
+            exe.display()
+        )
+    })
 }
 
 /// Skips the calling test when `available` is false, saying so by name with the reason. With
