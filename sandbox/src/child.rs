@@ -13,7 +13,7 @@ use alga_shared::protocol::{ExecStats, Failure, HostCall, HostReply, LogLevel, S
 use crate::forkserver::Server;
 use crate::harden::{self, Input};
 use crate::runtime::host::{BridgeError, HostBridge};
-use crate::runtime::{compile, execute};
+use crate::runtime::{compile, execute, warm};
 use crate::sys::{self, Mapping};
 
 /// Exit codes of a sandbox that did not finish its job normally.
@@ -79,18 +79,13 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
         plan,
         cgroups,
         namespaces: server.namespaces(),
+        shared_namespaces: server.shared_namespaces(),
         uid: server.uid(),
         gid: server.gid(),
         privileged: server.privileged(),
         filter: server.filter(mode),
     };
-    // Timers only: the runtime then parks on a futex and opens no descriptor (no epoll, no eventfd).
-    // A compile sandbox needs none (and its filter does not allow the futex its teardown makes).
-    let runtime = || match mode {
-        SandboxMode::Execute => tokio::runtime::Builder::new_current_thread().enable_time().build().map(Some),
-        SandboxMode::Compile => Ok(None),
-    };
-    let hardened = match harden::harden(ipc, &input, runtime) {
+    let hardened = match harden::harden(ipc, &input) {
         Ok(h) => h,
         Err(e) => {
             if let Some(ipc) = e.ipc {
@@ -103,7 +98,19 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
     };
     // From here on every layer is in place; the first tenant byte arrives with the job.
     let mut end = SandboxEnd::new(hardened.ipc, plan.max_frame);
-    if end.ready(hardened.report).is_err() {
+    // Warm up while waiting in the pool rather than on the request path.
+    let mut layers = hardened.report;
+    if mode == SandboxMode::Execute {
+        match warm::run(server.prepared(), server.runtime(), server.warm_artifact()) {
+            Ok(us) => layers.step_us[5] = u32::try_from(us).unwrap_or(u32::MAX),
+            Err(e) => {
+                let message = format!("warm-up: {e}");
+                let _ = end.failed(Failure::Internal { message }, ExecStats::default());
+                return exit_code::HARDENING;
+            }
+        }
+    }
+    if end.ready(layers).is_err() {
         return exit_code::CHANNEL;
     }
     let job = match end.recv_job() {
@@ -120,16 +127,18 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
                 }
             };
             drop(artifact);
-            let Some(rt) = &hardened.prepared else { return exit_code::CHANNEL };
             let _ = sys::arm_alarm(Duration::from_millis(job.limits.timeout_ms));
             let end = Arc::new(Mutex::new(end));
             let bridge = Box::new(IpcBridge(end.clone()));
+            let artifact = execute::ArtifactBytes::InPlace(map.raw());
             // SAFETY: the artifact was produced by this runner's own compile sandbox with an
             // engine of the same fingerprint; the supervisor recorded its SHA-256 at compile time
             // and checked it before handing it over, as a memfd sealed against any write, grow or
-            // shrink, so the bytes mapped here are exactly the checked ones. This is Wasmtime's
-            // contract for `deserialize` (the bytes are trusted native code).
-            let (result, stats) = unsafe { execute::execute(server.prepared(), rt, map.bytes(), &job, bridge, 1) };
+            // shrink, so the bytes mapped here are exactly the checked ones, and `map` outlives the
+            // call. This is Wasmtime's contract for `deserialize` (the bytes are trusted native
+            // code).
+            let (result, stats) =
+                unsafe { execute::execute(server.prepared(), server.runtime(), artifact, &job, bridge, 1) };
             let mut end = end.lock().unwrap_or_else(|p| p.into_inner());
             return report(&mut end, result, stats);
         }
@@ -156,6 +165,7 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
                 Ok((artifact, info)) => end.compiled(info, &artifact),
                 Err(failure) => end.failed(failure, ExecStats::default()),
             }
+            .map(|()| end.wait_closed())
         }
         Job::Probe(action) if plan.test_probes => return crate::probe::run(&action, &mut end),
         Job::Probe(_) => return exit_code::CHANNEL,
@@ -172,5 +182,9 @@ fn report(
         Ok(response) => end.done(response, stats),
         Err(failure) => end.failed(failure, stats),
     };
-    if sent.is_ok() { 0 } else { exit_code::CHANNEL }
+    if sent.is_err() {
+        return exit_code::CHANNEL;
+    }
+    end.wait_closed();
+    0
 }

@@ -197,6 +197,22 @@ pub fn exit_now(code: libc::c_int) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the running system.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// Changes the protection of `len` bytes at `ptr` (both page-aligned).
+pub fn protect(ptr: *const u8, len: usize, prot: libc::c_int) -> io::Result<()> {
+    // SAFETY: callers (Wasmtime's code-memory hooks) pass a page-aligned range of a mapping they
+    // own; changing its protection does not invalidate any Rust reference into it (code memory
+    // is only executed or read through raw pointers).
+    check(unsafe { libc::mprotect(ptr.cast_mut().cast(), len, prot) } as libc::c_long)?;
+    Ok(())
+}
+
 /// A read-only private mapping of the first `len` bytes of `fd`.
 pub struct Mapping {
     ptr: *mut libc::c_void,
@@ -228,6 +244,12 @@ impl Mapping {
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+
+    /// The mapping as a raw region, for Wasmtime to run code from in place.
+    pub fn raw(&self) -> std::ptr::NonNull<[u8]> {
+        let ptr = std::ptr::NonNull::new(self.ptr.cast::<u8>()).unwrap_or(std::ptr::NonNull::dangling());
+        std::ptr::NonNull::slice_from_raw_parts(ptr, self.len)
     }
 }
 

@@ -26,13 +26,13 @@ use crate::bindings::ExecuteResponse;
 use crate::frame::{self, FrameError};
 use crate::protocol::*;
 
-/// Most descriptors accepted with one message.
-const MAX_FDS: usize = 2;
+/// Most descriptors accepted with one message (a sandbox socket and three cgroup files).
+const MAX_FDS: usize = 8;
 
-/// Sends `frame` on a socket, attaching `fd` to its first byte. Returns the bytes sent so far
+/// Sends `frame` on a socket, attaching `fds` to its first byte. Returns the bytes sent so far
 /// (at least one); the caller writes the rest as plain data.
-fn send_first_with_fd(sock: RawFd, frame: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let fds = [fd.as_raw_fd()];
+fn send_first_with_fds(sock: RawFd, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    let fds: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&fds)];
     loop {
         match sendmsg::<()>(sock, &[IoSlice::new(frame)], &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
@@ -95,7 +95,7 @@ impl BlockingChannel {
 
     pub fn send_with_fd<M: Serialize>(&mut self, msg: &M, fd: BorrowedFd<'_>) -> Result<(), FrameError> {
         let frame = frame::encode(msg, self.max_frame)?;
-        let sent = send_first_with_fd(self.stream.as_fd().as_raw_fd(), &frame, fd)?;
+        let sent = send_first_with_fds(self.stream.as_fd().as_raw_fd(), &frame, &[fd])?;
         (&self.stream).write_all(&frame[sent..])?;
         Ok(())
     }
@@ -173,10 +173,14 @@ impl AsyncChannel {
     }
 
     pub async fn send_with_fd<M: Serialize>(&self, msg: &M, fd: BorrowedFd<'_>) -> Result<(), FrameError> {
+        self.send_with_fds(msg, &[fd]).await
+    }
+
+    pub async fn send_with_fds<M: Serialize>(&self, msg: &M, fds: &[BorrowedFd<'_>]) -> Result<(), FrameError> {
         let frame = frame::encode(msg, self.max_frame)?;
         let _guard = self.send_lock.lock().await;
         let raw = self.stream.as_raw_fd();
-        let sent = self.stream.async_io(Interest::WRITABLE, || send_first_with_fd(raw, &frame, fd)).await?;
+        let sent = self.stream.async_io(Interest::WRITABLE, || send_first_with_fds(raw, &frame, fds)).await?;
         self.write_all(&frame[sent..]).await
     }
 
@@ -206,6 +210,11 @@ impl AsyncChannel {
             }
         }
         Ok(got)
+    }
+
+    /// Half-closes the socket: the peer reads end-of-file.
+    pub fn close_write(&self) {
+        let _ = nix::sys::socket::shutdown(self.stream.as_raw_fd(), nix::sys::socket::Shutdown::Write);
     }
 
     /// Receives one message; descriptors are not accepted. Plain reads make the kernel discard
@@ -350,6 +359,18 @@ impl SandboxEnd {
         self.chan.send(&SandboxMsg::Failed { failure, stats })
     }
 
+    /// Blocks until the supervisor closes the channel (it does once it has the result). Exiting
+    /// only then keeps the process's teardown off the supervisor's path to the result: a sandbox
+    /// that exits at once competes for the CPU the supervisor was just woken on.
+    pub fn wait_closed(&mut self) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.chan).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
     /// Reports a successful compilation and streams the artifact in chunks.
     pub fn compiled(&mut self, info: ComponentInfo, artifact: &[u8]) -> Result<(), FrameError> {
         self.chan.send(&SandboxMsg::Compiled { artifact_len: artifact.len() as u64, info })?;
@@ -385,6 +406,11 @@ impl SupervisorEnd {
     }
 
     /// Answers host call `call_id`; returns the frame's size in bytes.
+    /// Tells the sandbox it may exit: no more messages will come (half-closes the socket).
+    pub fn close(&self) {
+        self.chan.close_write();
+    }
+
     /// Test only: a probe job (the sandbox refuses it unless started with `test_probes`).
     pub async fn probe(&self, action: ProbeAction) -> Result<(), FrameError> {
         self.chan.send(&SupervisorMsg::Probe(action)).await.map(|_| ())
@@ -415,13 +441,10 @@ impl ForkServerEnd {
         self.chan.as_fd()
     }
 
-    /// The next request and the sandbox socket that came with it.
-    pub fn recv_request(&mut self) -> Result<(ForkRequest, Option<OwnedFd>), FrameError> {
-        let (msg, mut fds) = self.chan.recv_with_fds::<ForkRequest>()?;
-        if fds.len() > 1 {
-            return Err(FrameError::UnexpectedFds);
-        }
-        Ok((msg, fds.pop()))
+    /// The next request and the descriptors that came with it (for `Spawn`: the sandbox's
+    /// socket, then its cgroup's `cgroup.procs` files, opened for writing).
+    pub fn recv_request(&mut self) -> Result<(ForkRequest, Vec<OwnedFd>), FrameError> {
+        self.chan.recv_with_fds::<ForkRequest>()
     }
 
     pub fn started(&mut self, engine_fingerprint: String, namespaces: NamespaceSet) -> Result<(), FrameError> {
@@ -457,14 +480,19 @@ impl ForkClientEnd {
         self.chan.send(&ForkRequest::Start { plan }).await.map(|_| ())
     }
 
+    /// Asks for a sandbox; `cgroup_procs` are the slot's `cgroup.procs` files, open for writing
+    /// (the fork server needs no filesystem), `cgroups` their directories (for the report).
     pub async fn spawn(
         &self,
         token: u64,
         mode: SandboxMode,
-        cgroup_procs: Vec<String>,
+        cgroups: Vec<String>,
         sandbox_socket: BorrowedFd<'_>,
+        cgroup_procs: &[BorrowedFd<'_>],
     ) -> Result<(), FrameError> {
-        self.chan.send_with_fd(&ForkRequest::Spawn { token, mode, cgroup_procs }, sandbox_socket).await
+        let mut fds = vec![sandbox_socket];
+        fds.extend_from_slice(cgroup_procs);
+        self.chan.send_with_fds(&ForkRequest::Spawn { token, mode, cgroups }, &fds).await
     }
 
     /// The next event, with the pidfd that comes with `Spawned`.

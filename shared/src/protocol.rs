@@ -137,12 +137,23 @@ pub struct ExecStats {
     pub memory_peak_bytes: u64,
     /// Microseconds from receiving the job to the result.
     pub run_us: u64,
+    /// Where those microseconds went: loading the artifact, linking, instantiating, the call.
+    pub phases_us: Phases,
     /// Captured `wasi:cli/stdout` (bounded).
     pub stdout: Vec<u8>,
     /// Captured `wasi:cli/stderr` (bounded).
     pub stderr: Vec<u8>,
     /// True when stdout or stderr hit the bound and was cut.
     pub output_truncated: bool,
+}
+
+/// Microseconds per phase of one execution inside the sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phases {
+    pub load_us: u64,
+    pub link_us: u64,
+    pub instantiate_us: u64,
+    pub call_us: u64,
 }
 
 /// Why a job ended without a result.
@@ -398,6 +409,30 @@ pub struct NamespaceSet {
 impl NamespaceSet {
     pub const ALL: NamespaceSet = NamespaceSet { user: true, pid: true, net: true, ipc: true, uts: true, mount: true };
 
+    /// Namespaces in either set.
+    pub fn union(self, other: NamespaceSet) -> NamespaceSet {
+        NamespaceSet {
+            user: self.user || other.user,
+            pid: self.pid || other.pid,
+            net: self.net || other.net,
+            ipc: self.ipc || other.ipc,
+            uts: self.uts || other.uts,
+            mount: self.mount || other.mount,
+        }
+    }
+
+    /// Namespaces in `self` but not in `other`.
+    pub fn without(self, other: NamespaceSet) -> NamespaceSet {
+        NamespaceSet {
+            user: self.user && !other.user,
+            pid: self.pid && !other.pid,
+            net: self.net && !other.net,
+            ipc: self.ipc && !other.ipc,
+            uts: self.uts && !other.uts,
+            mount: self.mount && !other.mount,
+        }
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         for (on, name) in [
@@ -428,6 +463,9 @@ pub struct HardeningReport {
     /// The Landlock ABI the kernel offers (0 = none).
     pub landlock_abi: u8,
     pub seccomp: LayerStatus,
+    /// Microseconds each step took: hygiene, namespaces, credentials, landlock, seccomp, warm-up
+    /// (for the performance notes; informational).
+    pub step_us: [u32; 6],
 }
 
 impl HardeningReport {
@@ -508,13 +546,14 @@ impl Default for SandboxPlan {
 pub enum ForkRequest {
     /// The first message: how to harden sandboxes.
     Start { plan: SandboxPlan },
-    /// Create one sandbox. Sent with the sandbox's end of its IPC socket pair.
+    /// Create one sandbox. Sent with the sandbox's end of its IPC socket pair, then the
+    /// `cgroup.procs` file of each hierarchy of its cgroup, open for writing: the child is written
+    /// to them before it runs anything.
     Spawn {
         token: u64,
         mode: SandboxMode,
-        /// `cgroup.procs` (v2) or `tasks`/`cgroup.procs` files (v1) the child is written to
-        /// before it runs anything.
-        cgroup_procs: Vec<String>,
+        /// The cgroup directories, for the hardening report.
+        cgroups: Vec<String>,
     },
 }
 

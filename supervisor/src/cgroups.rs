@@ -17,13 +17,49 @@ static INSTANCE: AtomicU64 = AtomicU64::new(0);
 /// Slots kept for reuse (beyond these, released slots are removed).
 const MAX_FREE: usize = 64;
 
+/// A slot this supervisor holds, with its `cgroup.procs` files open for writing: the fork
+/// server (which has no filesystem) joins sandboxes to the cgroup through them.
+#[derive(Debug)]
+pub struct HeldSlot {
+    slot: Slot,
+    procs: Vec<std::fs::File>,
+}
+
+impl HeldSlot {
+    fn open(slot: Slot) -> io::Result<Self> {
+        let procs = slot
+            .procs_files()
+            .iter()
+            .map(|p| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", p.display())))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(HeldSlot { slot, procs })
+    }
+
+    /// The open `cgroup.procs` files, one per hierarchy.
+    pub fn procs(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.procs.iter().map(std::os::fd::AsFd::as_fd).collect()
+    }
+}
+
+impl std::ops::Deref for HeldSlot {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
+}
+
 /// Reusable cgroup slots under this supervisor's own cgroup.
 #[derive(Debug)]
 pub struct CgroupSlots {
     driver: Option<Box<dyn Cgroups>>,
     detail: String,
     delegated: bool,
-    free: Mutex<Vec<Slot>>,
+    free: Mutex<Vec<HeldSlot>>,
     next: AtomicU64,
     limits: SlotLimits,
 }
@@ -77,12 +113,12 @@ impl CgroupSlots {
         self.delegated
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HeldSlot>> {
         self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A free slot (reused or new), or `None` when cgroups are not in use.
-    pub fn acquire(&self) -> io::Result<Option<Slot>> {
+    pub fn acquire(&self) -> io::Result<Option<HeldSlot>> {
         let Some(driver) = &self.driver else {
             return Ok(None);
         };
@@ -90,7 +126,8 @@ impl CgroupSlots {
             return Ok(Some(slot));
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        driver.create(&format!("sb-{n}"), &self.limits).map(Some)
+        let slot = driver.create(&format!("sb-{n}"), &self.limits)?;
+        HeldSlot::open(slot).map(Some)
     }
 
     pub fn set_memory(&self, slot: &Slot, bytes: u64) -> io::Result<()> {
@@ -120,7 +157,7 @@ impl CgroupSlots {
 
     /// Returns a slot whose sandbox has exited. A slot that is not empty is killed and waited for;
     /// one that stays occupied is never reused.
-    pub fn release(&self, slot: Slot) {
+    pub fn release(&self, slot: HeldSlot) {
         let Some(driver) = &self.driver else { return };
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
@@ -146,7 +183,7 @@ impl CgroupSlots {
             free.push(slot);
         } else {
             drop(free);
-            let _ = driver.remove(&slot);
+            let _ = driver.remove(&slot.slot);
         }
     }
 

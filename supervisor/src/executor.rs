@@ -48,6 +48,11 @@ pub struct Report {
     pub output_truncated: bool,
     /// Wall-clock time from handing over the job to the result, measured here.
     pub duration: Duration,
+    /// Microseconds the sandbox reports it spent from receiving the job to sending the result
+    /// (loading the artifact, instantiating, running); informational only.
+    pub sandbox_us: u64,
+    /// The sandbox's own breakdown of `sandbox_us`.
+    pub phases_us: alga_shared::protocol::Phases,
     pub pid: u32,
 }
 
@@ -67,6 +72,8 @@ impl Report {
             stderr: Vec::new(),
             output_truncated: false,
             duration: Duration::ZERO,
+            sandbox_us: 0,
+            phases_us: Default::default(),
             pid,
         }
     }
@@ -136,12 +143,8 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
         Work::Probe(_, limits) => *limits,
     };
     let mut report = Report::new(sandbox.pid);
-    let oom_before = sandbox.slot.as_ref().map(|s| core.cgroups.oom_kills(s));
-    if let Some(slot) = &sandbox.slot
-        && let Err(e) = core.cgroups.set_memory(slot, limits.memory_bytes + core.settings.runtime_overhead_bytes)
-    {
-        tracing::warn!(error = %e, "setting the sandbox memory limit failed");
-    }
+    let mut sandbox = sandbox;
+    sandbox.limit_memory(core, limits.memory_bytes + core.settings.runtime_overhead_bytes);
 
     let start = Instant::now();
     let deadline = start + Duration::from_millis(limits.timeout_ms) + core.settings.kill_grace;
@@ -156,7 +159,6 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
     };
     report.duration = start.elapsed();
 
-    let mut sandbox = sandbox;
     sandbox.finished = matches!(end, End::Done(..) | End::Failed(..));
     match end {
         End::Done(response, stats) => {
@@ -189,11 +191,7 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
         End::Died => {
             // Learn how it died: seccomp (SIGSYS), the OOM killer, or something else.
             let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
-            let oom = match (oom_before, &sandbox.slot) {
-                (Some(before), Some(slot)) => core.cgroups.oom_kills(slot) > before,
-                _ => false,
-            };
-            report.outcome = outcome_of_death(status, oom);
+            report.outcome = outcome_of_death(status, sandbox.oom_killed(core));
             report.detail = Some(format!("sandbox died: {status:?}"));
         }
     }
@@ -283,6 +281,8 @@ async fn message_loop(
 /// process).
 fn take_stats(report: &mut Report, stats: ExecStats, limits: &Limits) {
     report.fuel_consumed = stats.fuel_consumed.min(limits.fuel);
+    report.sandbox_us = stats.run_us.min(report.duration.as_micros() as u64);
+    report.phases_us = stats.phases_us;
     report.memory_peak_bytes = stats.memory_peak_bytes.min(limits.memory_bytes);
     let budget = limits.max_output_bytes as usize;
     let mut stdout = stats.stdout;
@@ -338,11 +338,7 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
     let failed = |e: String| ArtifactError::Failed(e);
     let memfd = sealed_memfd("alga-component", wasm).map_err(|e| failed(format!("memfd for the component: {e}")))?;
     let mut sandbox = Sandbox::create(core, SandboxMode::Compile).await.map_err(|e| failed(crate::error_chain(&e)))?;
-    if let Some(slot) = &sandbox.slot
-        && let Err(e) = core.cgroups.set_memory(slot, core.settings.compile_memory_bytes)
-    {
-        tracing::warn!(error = %e, "setting the compile sandbox memory limit failed");
-    }
+    sandbox.limit_memory(core, core.settings.compile_memory_bytes);
     let max = core.settings.max_artifact_bytes;
     let job = CompileJob { wasm_len: wasm.len() as u64, max_artifact_bytes: max };
     let deadline = tokio::time::Instant::now() + core.settings.compile_timeout;
@@ -382,8 +378,7 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
                 Ok(other) => return Err(failed(format!("compile sandbox sent an unexpected {}", msg_name(&other)))),
                 Err(FrameError::Closed | FrameError::Io(_)) => {
                     let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
-                    let oom = false;
-                    return Err(match outcome_of_death(status, oom) {
+                    return Err(match outcome_of_death(status, sandbox.oom_killed(core)) {
                         Outcome::Crashed { signal } if signal == libc::SIGKILL => ArtifactError::Invalid(
                             "compilation was killed (most likely it needed more memory than the compile limit)".into(),
                         ),

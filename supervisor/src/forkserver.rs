@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -166,8 +166,14 @@ impl ForkServer {
         self.alive.load(Ordering::Relaxed)
     }
 
-    /// Asks for one sandbox, placed in the cgroup whose `cgroup.procs` files are given.
-    pub async fn spawn(&self, mode: SandboxMode, cgroup_procs: Vec<String>) -> Result<Spawned, ForkServerError> {
+    /// Asks for one sandbox, placed in the cgroup whose directories and open `cgroup.procs`
+    /// files are given.
+    pub async fn spawn(
+        &self,
+        mode: SandboxMode,
+        cgroups: Vec<String>,
+        cgroup_procs: &[BorrowedFd<'_>],
+    ) -> Result<Spawned, ForkServerError> {
         if !self.is_alive() {
             return Err(ForkServerError::Gone);
         }
@@ -176,7 +182,7 @@ impl ForkServer {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock().spawns.insert(token, tx);
-        if let Err(e) = self.end.spawn(token, mode, cgroup_procs, theirs.as_fd()).await {
+        if let Err(e) = self.end.spawn(token, mode, cgroups, theirs.as_fd(), cgroup_procs).await {
             self.lock().spawns.remove(&token);
             return Err(e.into());
         }

@@ -5,12 +5,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alga_sandbox::cgroup::Slot;
 use alga_shared::channel::SupervisorEnd;
 use alga_shared::frame::FrameError;
+use alga_shared::limits::Limits;
 use alga_shared::protocol::{ExitStatus, Failure, HardeningReport, Level, Requirement, SandboxMode, SandboxMsg};
 use tokio::sync::oneshot;
 
+use crate::cgroups::HeldSlot;
 use crate::core::Core;
 use crate::forkserver::ForkServerError;
 
@@ -43,21 +44,27 @@ pub struct Sandbox {
     exit: Option<oneshot::Receiver<ExitStatus>>,
     /// The exit status once known.
     status: Option<ExitStatus>,
-    pub slot: Option<Slot>,
+    pub slot: Option<HeldSlot>,
     pub layers: HardeningReport,
     pub mode: SandboxMode,
     pub ready_at: Instant,
     /// Set once the sandbox reported its result: from then on it must exit with code 0.
     pub finished: bool,
+    /// The memory limit its cgroup has now, in bytes (set again only when a job needs another).
+    memory_limit: Option<u64>,
+    /// The cgroup's OOM-kill counter when the sandbox was created: a higher count at its death
+    /// means the OOM killer ended it. Read off the request path.
+    pub oom_baseline: Option<u64>,
 }
 
 impl Sandbox {
     /// Creates and hardens a sandbox; returns once it reported ready and was checked.
     pub async fn create(core: &Arc<Core>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
         let slot = core.cgroups.acquire().map_err(SpawnError::Cgroup)?;
-        let procs: Vec<String> =
-            slot.iter().flat_map(|s| s.procs_files()).map(|p| p.to_string_lossy().into_owned()).collect();
-        let spawned = match core.fork.spawn(mode, procs).await {
+        let dirs: Vec<String> =
+            slot.iter().flat_map(|s| s.dirs.iter()).map(|d| d.to_string_lossy().into_owned()).collect();
+        let procs = slot.as_ref().map(|s| s.procs()).unwrap_or_default();
+        let spawned = match core.fork.spawn(mode, dirs, &procs).await {
             Ok(s) => s,
             Err(e) => {
                 if let Some(slot) = slot {
@@ -78,10 +85,21 @@ impl Sandbox {
             mode,
             ready_at: Instant::now(),
             finished: false,
+            memory_limit: None,
+            oom_baseline: None,
         };
         match sandbox.await_ready(core).await {
             Ok(layers) => {
                 sandbox.layers = layers;
+                if let Some(slot) = &sandbox.slot {
+                    sandbox.oom_baseline = Some(core.cgroups.oom_kills(slot));
+                }
+                // The usual limit, set now so the request path rarely has to.
+                let memory = match mode {
+                    SandboxMode::Execute => Limits::default().memory_bytes + core.settings.runtime_overhead_bytes,
+                    SandboxMode::Compile => core.settings.compile_memory_bytes,
+                };
+                sandbox.limit_memory(core, memory);
                 sandbox.ready_at = Instant::now();
                 Ok(sandbox)
             }
@@ -123,6 +141,26 @@ impl Sandbox {
         Ok(layers)
     }
 
+    /// Sets the cgroup memory limit to `bytes` unless it already is.
+    pub fn limit_memory(&mut self, core: &Core, bytes: u64) {
+        let Some(slot) = &self.slot else { return };
+        if self.memory_limit == Some(bytes) {
+            return;
+        }
+        match core.cgroups.set_memory(slot, bytes) {
+            Ok(()) => self.memory_limit = Some(bytes),
+            Err(e) => tracing::warn!(error = %e, "setting the sandbox memory limit failed"),
+        }
+    }
+
+    /// True when the cgroup's OOM killer struck since the sandbox was created.
+    pub fn oom_killed(&self, core: &Core) -> bool {
+        match (&self.slot, self.oom_baseline) {
+            (Some(slot), Some(before)) => core.cgroups.oom_kills(slot) > before,
+            _ => false,
+        }
+    }
+
     /// Kills the sandbox (through its pidfd, which cannot hit a recycled pid) and anything in
     /// its cgroup.
     pub fn kill(&self, core: &Core) {
@@ -161,6 +199,8 @@ impl Sandbox {
     pub fn reap(mut self, core: &Arc<Core>) {
         let core = core.clone();
         core.handle.clone().spawn(async move {
+            // A sandbox with a result waits for this before it exits (see `SandboxEnd::wait_closed`).
+            self.end.close();
             let status = self.wait_exit(&core, Duration::from_secs(10)).await;
             if status.is_none() {
                 tracing::error!(pid = self.pid, "sandbox exit was never reported");
@@ -203,6 +243,7 @@ fn placeholder_report() -> HardeningReport {
         landlock: none(),
         landlock_abi: 0,
         seccomp: none(),
+        step_us: [0; 6],
     }
 }
 

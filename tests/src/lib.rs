@@ -197,7 +197,12 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     out
 }
 
-/// Number of open descriptors of this process.
+/// Number of open descriptors of this process, not counting the `cgroup.procs` files the
+/// supervisor keeps open for each reusable cgroup slot (bounded by the slot cache).
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten().filter(|e| !std::fs::read_link(e.path()).is_ok_and(|t| t.ends_with("cgroup.procs"))).count()
+        })
+        .unwrap_or(0)
 }

@@ -49,6 +49,14 @@ fn a_running_sandbox_is_locked_down() {
     };
     std::thread::sleep(Duration::from_millis(100));
 
+    // A descendant of this (supervising) process: sandbox -> fork server -> us. No double fork.
+    let ppid = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(ppid(pid), h.core.fork.pid());
+    assert_eq!(ppid(h.core.fork.pid()), std::process::id());
+
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert_eq!(status_field(&status, "NoNewPrivs"), "1");
     assert_eq!(status_field(&status, "Seccomp"), "2");

@@ -73,8 +73,16 @@ fn run(prep: &Prepared, name: &str, url: &str, limits: Limits) -> (Result<Execut
     };
     let deadline_ticks = limits.timeout_ms / 10;
     // SAFETY: `artifact` was just produced by `compile` with an engine of the same configuration.
-    let (result, _stats) =
-        unsafe { execute::execute(prep, &rt, &artifact, &job, Box::new(recorder.clone()), deadline_ticks) };
+    let (result, _stats) = unsafe {
+        execute::execute(
+            prep,
+            &rt,
+            execute::ArtifactBytes::Copy(&artifact),
+            &job,
+            Box::new(recorder.clone()),
+            deadline_ticks,
+        )
+    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     ticker.join().unwrap();
     (result, recorder)

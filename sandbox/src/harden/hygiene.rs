@@ -8,9 +8,6 @@ use alga_shared::protocol::LayerStatus;
 use super::IPC_FD;
 use crate::sys;
 
-/// Score that makes the kernel's OOM killer pick a sandbox before anything else.
-const OOM_SCORE_ADJ: &str = "1000";
-
 pub fn apply(ipc: OwnedFd, max_open_files: u64) -> io::Result<(OwnedFd, LayerStatus)> {
     // Descriptors: only the IPC socket stays, at a fixed number; the standard streams go too
     // (nothing in a sandbox may print; results travel over IPC).
@@ -30,12 +27,12 @@ pub fn apply(ipc: OwnedFd, max_open_files: u64) -> io::Result<(OwnedFd, LayerSta
     sys::set_rlimit(libc::RLIMIT_FSIZE, 0)?;
     sys::set_rlimit(libc::RLIMIT_NOFILE, max_open_files)?;
     nix::unistd::setsid()?;
-    std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ)?;
     Ok((
         ipc,
         LayerStatus::full(format!(
             "descriptors closed but IPC; empty environment; not dumpable; RLIMIT_CORE=0, RLIMIT_FSIZE=0, \
-             RLIMIT_NOFILE={max_open_files}; own session; oom_score_adj={OOM_SCORE_ADJ}; dies with its parent"
+             RLIMIT_NOFILE={max_open_files}; own session; oom_score_adj=1000 (set by the fork server); dies \
+             with its parent"
         )),
     ))
 }

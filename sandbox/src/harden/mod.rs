@@ -5,14 +5,14 @@
 //!    the later layers or the guest;
 //! 2. cgroup: the fork server placed the process in its own cgroup before letting it run; this
 //!    step records where it is;
-//! 3. namespaces were created at `clone`; the mount namespace is emptied here, while the process
-//!    still has the capabilities (in its user namespace) that mounting needs;
+//! 3. namespaces were created at `clone` (user, pid, mount) or entered once by the fork server for
+//!    all its sandboxes (empty net, ipc, uts); the mount namespace is emptied here, while the
+//!    process still has the capabilities (in its user namespace) that mounting needs;
 //! 4. credentials: drop to the unprivileged user and every capability, then `no_new_privs` —
 //!    after mounting (needs capabilities), before Landlock (which needs `no_new_privs`);
 //! 5. Landlock: no filesystem, no TCP, no abstract sockets, no signals out;
 //! 6. seccomp last: it forbids the very syscalls the steps above use (mount, setuid, prctl,
-//!    landlock_*). Just before it, `before_seccomp` builds what the runtime needs (the Tokio
-//!    runtime), so the filter need not allow anything that building it takes.
+//!    landlock_*).
 //!
 //! Each layer returns its achieved level as data ([`HardeningReport`]); tenant bytes arrive only
 //! after this function returns.
@@ -25,11 +25,13 @@ mod seccomp;
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::time::Instant;
 
 use alga_policies::BpfProgram;
 use alga_shared::protocol::{HardeningReport, LayerStatus, Level, NamespaceSet, Requirement, SandboxPlan};
 
 pub use self::landlock::kernel_abi as landlock_abi;
+pub use self::namespaces::empty_root;
 
 /// The descriptor number the IPC socket has inside every sandbox.
 pub const IPC_FD: i32 = 3;
@@ -41,6 +43,8 @@ pub struct Input<'a> {
     pub cgroups: &'a [String],
     /// Namespaces the process was created in.
     pub namespaces: NamespaceSet,
+    /// Namespaces it shares with the fork server's other sandboxes.
+    pub shared_namespaces: NamespaceSet,
     /// The user and group to become (already mapped in the user namespace, if any).
     pub uid: u32,
     pub gid: u32,
@@ -60,37 +64,43 @@ pub struct HardenError {
     pub ipc: Option<OwnedFd>,
 }
 
-/// A fully hardened process: its IPC socket, the report, and what `before_seccomp` built.
-pub struct Hardened<T> {
+/// A fully hardened process: its IPC socket and the report.
+pub struct Hardened {
     pub ipc: OwnedFd,
     pub report: HardeningReport,
-    pub prepared: T,
 }
 
 /// Applies the six layers in order. `ipc` is the sandbox's end of its IPC socket; it ends up at
 /// [`IPC_FD`].
-pub fn harden<T>(
-    ipc: OwnedFd,
-    input: &Input<'_>,
-    before_seccomp: impl FnOnce() -> io::Result<T>,
-) -> Result<Hardened<T>, HardenError> {
+pub fn harden(ipc: OwnedFd, input: &Input<'_>) -> Result<Hardened, HardenError> {
+    let start = Instant::now();
     let (ipc, hygiene) = hygiene::apply(ipc, input.plan.max_open_files).map_err(|source| HardenError {
         layer: "hygiene",
         source,
         ipc: None,
     })?;
-    match harden_rest(input, hygiene, before_seccomp) {
-        Ok((report, prepared)) => Ok(Hardened { ipc, report, prepared }),
+    match harden_rest(input, hygiene, micros(start)) {
+        Ok(report) => Ok(Hardened { ipc, report }),
         Err((layer, source)) => Err(HardenError { layer, source, ipc: Some(ipc) }),
     }
 }
 
-fn harden_rest<T>(
+fn micros(since: Instant) -> u32 {
+    u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
+}
+
+fn harden_rest(
     input: &Input<'_>,
     hygiene: LayerStatus,
-    before_seccomp: impl FnOnce() -> io::Result<T>,
-) -> Result<(HardeningReport, T), (&'static str, io::Error)> {
+    hygiene_us: u32,
+) -> Result<HardeningReport, (&'static str, io::Error)> {
     let at = |layer: &'static str| move |e: io::Error| (layer, e);
+    let mut step_us = [hygiene_us, 0, 0, 0, 0, 0];
+    let mut mark = Instant::now();
+    let mut lap = |i: usize| {
+        step_us[i] = micros(mark);
+        mark = Instant::now();
+    };
 
     let cgroup = if input.cgroups.is_empty() {
         LayerStatus::missing("no cgroup: the host offers no usable cgroup controllers")
@@ -99,20 +109,32 @@ fn harden_rest<T>(
     };
 
     let (namespaces, namespace_set) =
-        namespaces::apply(input.namespaces, input.plan.namespaces).map_err(at("namespaces"))?;
+        namespaces::apply(input.namespaces, input.shared_namespaces, input.plan.namespaces)
+            .map_err(at("namespaces"))?;
+    lap(1);
 
     let credentials = credentials::apply(input.uid, input.gid, input.privileged).map_err(at("credentials"))?;
+    lap(2);
 
     let (landlock, landlock_abi) = landlock::apply().map_err(at("landlock"))?;
+    lap(3);
     if input.plan.landlock == Requirement::Required && landlock.level != Level::Full {
         return Err(("landlock", io::Error::other(format!("required but not fully enforced: {}", landlock.detail))));
     }
 
-    let prepared = before_seccomp().map_err(at("runtime setup"))?;
-
     let seccomp = seccomp::apply(input.filter, input.plan.seccomp_log_only).map_err(at("seccomp"))?;
+    lap(4);
 
-    let report =
-        HardeningReport { hygiene, cgroup, namespaces, namespace_set, credentials, landlock, landlock_abi, seccomp };
-    Ok((report, prepared))
+    let report = HardeningReport {
+        hygiene,
+        cgroup,
+        namespaces,
+        namespace_set,
+        credentials,
+        landlock,
+        landlock_abi,
+        seccomp,
+        step_us,
+    };
+    Ok(report)
 }

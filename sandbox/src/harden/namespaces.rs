@@ -8,7 +8,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use crate::sys;
 
 /// Mounts an empty, read-only tmpfs as the root and drops the old root: no filesystem at all.
-fn empty_root() -> io::Result<()> {
+pub fn empty_root() -> io::Result<()> {
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
     // /proc always exists; mounting over it only shadows it inside this mount namespace.
@@ -26,22 +26,43 @@ fn empty_root() -> io::Result<()> {
     Ok(())
 }
 
-/// Returns the layer's status and the namespaces the process really has.
-pub fn apply(created: NamespaceSet, wanted: NamespaceSet) -> io::Result<(LayerStatus, NamespaceSet)> {
+/// Returns the layer's status and the namespaces the process really has: `created` at its own
+/// `clone`, plus `shared` ones the fork server entered once for all its sandboxes.
+pub fn apply(
+    created: NamespaceSet,
+    shared: NamespaceSet,
+    wanted: NamespaceSet,
+) -> io::Result<(LayerStatus, NamespaceSet)> {
     if created.mount {
         empty_root()?;
     }
     if created.uts {
         nix::unistd::sethostname("sandbox")?;
     }
-    let have = created.names();
-    let missing: Vec<&str> = wanted.names().into_iter().filter(|n| !have.contains(n)).collect();
-    let status = if have.is_empty() {
+    let all = created.union(shared);
+    let missing = wanted.without(all).names();
+    let mut detail = String::new();
+    if !created.names().is_empty() {
+        detail.push_str(&format!("own {} namespaces", created.names().join(", ")));
+    }
+    if !shared.names().is_empty() {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&format!(
+            "{} namespaces shared by the fork server's sandboxes (empty: no interface, no IPC object)",
+            shared.names().join(", ")
+        ));
+    }
+    if created.mount {
+        detail.push_str("; empty root filesystem");
+    }
+    let status = if all.names().is_empty() {
         LayerStatus::missing(format!("no namespaces (the kernel refused: {})", missing.join(", ")))
     } else if missing.is_empty() {
-        LayerStatus::full(format!("new {} namespaces; empty root filesystem", have.join(", ")))
+        LayerStatus::full(detail)
     } else {
-        LayerStatus::partial(format!("new {} namespaces; not available here: {}", have.join(", "), missing.join(", ")))
+        LayerStatus::partial(format!("{detail}; not available here: {}", missing.join(", ")))
     };
-    Ok((status, created))
+    Ok((status, all))
 }

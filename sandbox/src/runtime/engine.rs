@@ -5,9 +5,36 @@
 //! artifact cache keys, and any setting that changes generated code changes it.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel};
+use wasmtime::{Config, CustomCodeMemory, Engine, InstanceAllocationStrategy, OptLevel};
+
+use crate::sys;
+
+/// Makes compiled code executable with `mprotect`, wherever it lives. With it, Wasmtime accepts
+/// code memory it does not own, so a sandbox runs an artifact straight from its read-only mapping
+/// of the sealed memfd ([`Component::deserialize_raw`]) instead of copying it first.
+///
+/// [`Component::deserialize_raw`]: wasmtime::component::Component::deserialize_raw
+#[derive(Debug)]
+struct ProtectCodeMemory {
+    page: usize,
+}
+
+impl CustomCodeMemory for ProtectCodeMemory {
+    fn required_alignment(&self) -> usize {
+        self.page
+    }
+
+    fn publish_executable(&self, ptr: *const u8, len: usize) -> wasmtime::Result<()> {
+        sys::protect(ptr, len, libc::PROT_READ | libc::PROT_EXEC).map_err(wasmtime::Error::new)
+    }
+
+    fn unpublish_executable(&self, ptr: *const u8, len: usize) -> wasmtime::Result<()> {
+        sys::protect(ptr, len, libc::PROT_READ | libc::PROT_WRITE).map_err(wasmtime::Error::new)
+    }
+}
 
 /// The engine configuration. Choices:
 /// - calls are async: WASI's blocking operations (timers, `poll`) are futures; the sandbox drives
@@ -17,6 +44,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel};
 ///   the default pooling allocator makes fork 11x slower).
 /// - no copy-on-write memory images: a single-use process would build the image only to use it
 ///   once, and it would need `memfd_create`/`ftruncate` inside the seccomp filter.
+/// - code memory published with our own `mprotect` ([`ProtectCodeMemory`]), so artifacts run
+///   from their memfd mapping without a copy;
 /// - single-threaded compilation: Wasmtime is built without `parallel-compilation`, so the
 ///   compile sandbox never needs a thread.
 pub fn config() -> Config {
@@ -28,6 +57,7 @@ pub fn config() -> Config {
     c.cranelift_opt_level(OptLevel::Speed);
     c.allocation_strategy(InstanceAllocationStrategy::OnDemand);
     c.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
+    c.with_custom_code_memory(Some(Arc::new(ProtectCodeMemory { page: sys::page_size() })));
     c
 }
 

@@ -1,5 +1,6 @@
 //! Running `handler` once.
 
+use std::ptr::NonNull;
 use std::time::Instant;
 
 use alga_shared::bindings::{ExecuteResponse, RunnerPre};
@@ -16,6 +17,16 @@ use super::output::Capture;
 /// Longest operator-facing failure message kept, in bytes.
 const MAX_MESSAGE: usize = 4 * 1024;
 
+/// Where a compiled artifact is.
+#[derive(Debug, Clone, Copy)]
+pub enum ArtifactBytes<'a> {
+    /// A page-aligned mapping that stays valid and unmodified as long as the execution runs: the
+    /// code runs in place, nothing is copied (a sandbox's mapping of the sealed memfd).
+    InPlace(NonNull<[u8]>),
+    /// Bytes that are copied into fresh code memory first.
+    Copy(&'a [u8]),
+}
+
 /// Deserializes `artifact`, instantiates it and calls `handler` with `job.request`, under the
 /// job's memory, fuel and epoch limits. The caller arranges for the engine's epoch to pass
 /// `epoch_deadline` when the wall-clock deadline is reached.
@@ -23,25 +34,39 @@ const MAX_MESSAGE: usize = 4 * 1024;
 /// # Safety
 /// `artifact` must be the output of [`super::compile::compile`] by an engine with the same
 /// fingerprint as `prep.engine`, unmodified since (Wasmtime's contract for `deserialize`: the
-/// bytes are trusted native code).
+/// bytes are trusted native code); an `InPlace` region must stay mapped and unmodified until this
+/// function returns.
 pub unsafe fn execute(
     prep: &Prepared,
     rt: &tokio::runtime::Runtime,
-    artifact: &[u8],
+    artifact: ArtifactBytes<'_>,
     job: &ExecuteJob,
     bridge: Box<dyn HostBridge>,
     epoch_deadline: u64,
 ) -> (Result<ExecuteResponse, Failure>, ExecStats) {
     let start = Instant::now();
     let mut stats = ExecStats::default();
-    // SAFETY: the caller guarantees `artifact` was produced by our compiler for this engine
-    // configuration and has not been modified (see this function's contract).
-    let component = match unsafe { Component::deserialize(&prep.engine, artifact) } {
+    let loaded = match artifact {
+        // SAFETY: the caller guarantees the region holds our compiler's output for this engine
+        // configuration and stays mapped and unmodified while the component lives (it is
+        // dropped before this function returns).
+        ArtifactBytes::InPlace(region) => unsafe { Component::deserialize_raw(&prep.engine, region) }.or_else(|_| {
+            // The kernel may refuse to make a memfd mapping executable (vm.memfd_noexec): copy.
+            // SAFETY: as above; the same bytes, copied.
+            unsafe { Component::deserialize(&prep.engine, region.as_ref()) }
+        }),
+        // SAFETY: the caller guarantees the bytes are our compiler's output for this engine
+        // configuration, unmodified.
+        ArtifactBytes::Copy(bytes) => unsafe { Component::deserialize(&prep.engine, bytes) },
+    };
+    let component = match loaded {
         Ok(c) => c,
         Err(e) => {
             return (Err(Failure::Internal { message: message(&e, "loading the compiled artifact") }), stats);
         }
     };
+    stats.phases_us.load_us = micros_since(start);
+    let mark = Instant::now();
     let pre = match prep.linker.instantiate_pre(&component).and_then(RunnerPre::new) {
         Ok(pre) => pre,
         Err(e) => {
@@ -55,9 +80,15 @@ pub unsafe fn execute(
     store.set_epoch_deadline(epoch_deadline);
     store.epoch_deadline_trap();
 
+    stats.phases_us.link_us = micros_since(mark);
+    let mark = Instant::now();
     let result = rt.block_on(async {
         let runner = pre.instantiate_async(&mut store).await?;
-        runner.call_handler(&mut store, &job.request).await
+        stats.phases_us.instantiate_us = micros_since(mark);
+        let called = Instant::now();
+        let response = runner.call_handler(&mut store, &job.request).await;
+        stats.phases_us.call_us = micros_since(called);
+        response
     });
 
     if fuel_set {

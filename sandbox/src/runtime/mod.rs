@@ -8,3 +8,4 @@ pub mod guest;
 pub mod host;
 pub mod limiter;
 pub mod output;
+pub mod warm;

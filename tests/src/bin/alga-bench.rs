@@ -10,8 +10,13 @@
 //!   (engine set-up included) per sandbox instead of the fork server;
 //! - naive: a fresh `alga-runner exec` process per request that compiles the component each time.
 //!
-//! Build everything in release first: `cargo build --release -p alga-runner -p alga-tests`, then
-//! `target/release/alga-bench [--quick]`. Pin it for stable figures (`taskset -c 0,1`).
+//! Build everything in release first: `cargo build --release -p alga-runner -p alga-tests --bins`,
+//! then `target/release/alga-bench [--quick]`. Pin it for stable figures (`taskset -c 0,1`).
+//!
+//! Other modes, for the performance notes: `--breakdown` (hot path alone, and the cost of
+//! creating and hardening a sandbox with and without each namespace), `--hot-path`, `--ping`
+//! (the IPC hand-over alone), `--deserialize` (artifact loading in this process),
+//! `--cgroup-ops` (cgroup file operations).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,12 +24,14 @@ use std::time::{Duration, Instant};
 use alga_runner::core::Core;
 use alga_runner::executor;
 use alga_runner::forkserver;
+use alga_runner::sandbox::Sandbox;
 use alga_runner::settings::Settings;
 use alga_sandbox::runtime::{compile, engine, guest::Prepared, host::BridgeError, host::HostBridge};
 use alga_shared::bindings::RunnerPre;
 use alga_shared::capability::CapabilitySet;
 use alga_shared::limits::Limits;
 use alga_shared::protocol::{ExecuteJob, HostCall, HostReply, LogLevel};
+use alga_shared::protocol::{NamespaceSet, SandboxMode};
 use alga_tests::{fixture, fixture_bytes, host_context, request, runner_bin};
 
 struct Figures {
@@ -162,6 +169,148 @@ fn hardened(name: &str, pool: usize, n: usize, concurrency: usize) -> Figures {
     Figures { name: name.into(), concurrency, latencies, wall }
 }
 
+/// Creating and hardening one sandbox (what the pool does off the request path), with the given
+/// namespaces.
+fn spawn_cost(name: &str, ns: alga_shared::protocol::NamespaceSet, n: usize) -> Figures {
+    let cache = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(cache.path().to_path_buf());
+    settings.pool_size = 0;
+    settings.plan.namespaces = ns;
+    let cgroups = Core::detect_cgroups(&settings);
+    let process = forkserver::Process::start_with(&runner_bin()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let core = rt.block_on(Core::start(process, cgroups, settings)).unwrap();
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    let mut steps: Vec<[u32; 6]> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let sb = rt.block_on(Sandbox::create(&core, SandboxMode::Execute)).unwrap();
+        latencies.push(t.elapsed());
+        steps.push(sb.layers.step_us);
+        sb.kill(&core);
+        rt.block_on(async { sb.reap(&core) });
+    }
+    let wall = start.elapsed();
+    rt.block_on(core.shutdown());
+    let median = |i: usize| {
+        let mut v: Vec<u32> = steps.iter().map(|s| s[i]).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "{name}: inside the sandbox (median µs): hygiene {}, namespaces {}, credentials {}, landlock {}, seccomp {}, warm-up {}",
+        median(0),
+        median(1),
+        median(2),
+        median(3),
+        median(4),
+        median(5)
+    );
+    Figures { name: name.into(), concurrency: 1, latencies, wall }
+}
+
+/// The hot path alone: handing a job to an already hardened sandbox and getting the result
+/// (sandboxes are created beforehand, in batches, outside the measurement).
+fn hot_path(n: usize) -> Figures {
+    let (rt, core, _cache) = core(0);
+    let artifact = rt.block_on(executor::artifact_for(&core, &fixture_bytes("echo"))).unwrap();
+    // Measured inside a task on the runtime, as a request handler would run.
+    let (latencies, phases, in_sandbox) = rt.block_on({
+        let core = core.clone();
+        async move {
+            tokio::spawn(async move {
+                let host = host_context(CapabilitySet::defaults());
+                let (mut latencies, mut phases, mut in_sandbox) = (Vec::new(), Vec::new(), Vec::new());
+                while latencies.len() < n {
+                    let mut batch = Vec::new();
+                    for _ in 0..50.min(n - latencies.len()) {
+                        batch.push(Sandbox::create(&core, SandboxMode::Execute).await.unwrap());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    for sb in batch {
+                        let job = ExecuteJob {
+                            request: request("/bench"),
+                            limits: Limits::default(),
+                            capabilities: CapabilitySet::defaults(),
+                            artifact_len: artifact.len,
+                        };
+                        let t = Instant::now();
+                        let r = executor::run(&core, sb, &artifact, job, &host).await;
+                        latencies.push(t.elapsed());
+                        assert_eq!(r.outcome, alga_shared::outcome::Outcome::Completed);
+                        in_sandbox.push(r.sandbox_us);
+                        phases.push(r.phases_us);
+                    }
+                }
+                (latencies, phases, in_sandbox)
+            })
+            .await
+            .unwrap()
+        }
+    });
+    let mut in_sandbox = in_sandbox;
+    in_sandbox.sort();
+    let median = |f: fn(&alga_shared::protocol::Phases) -> u64| {
+        let mut v: Vec<u64> = phases.iter().map(f).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "hot path: median {} µs inside the sandbox: load {} µs, link {} µs, instantiate {} µs, call {} µs",
+        in_sandbox[n / 2],
+        median(|p| p.load_us),
+        median(|p| p.link_us),
+        median(|p| p.instantiate_us),
+        median(|p| p.call_us)
+    );
+    let busy = latencies.iter().sum();
+    rt.block_on(core.shutdown());
+    Figures { name: "hot path only (sandbox already hardened)".into(), concurrency: 1, latencies, wall: busy }
+}
+
+/// The IPC hand-over alone: a hardened sandbox given a test probe that answers at once.
+fn ping(n: usize) -> Figures {
+    let cache = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(cache.path().to_path_buf());
+    settings.pool_size = 0;
+    settings.plan.test_probes = true;
+    let cgroups = Core::detect_cgroups(&settings);
+    let process = forkserver::Process::start_with(&runner_bin()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let core = rt.block_on(Core::start(process, cgroups, settings)).unwrap();
+    let latencies = rt.block_on({
+        let core = core.clone();
+        async move {
+            tokio::spawn(async move {
+                let host = host_context(CapabilitySet::defaults());
+                let mut lat = Vec::with_capacity(n);
+                while lat.len() < n {
+                    let mut batch = Vec::new();
+                    for _ in 0..50.min(n - lat.len()) {
+                        batch.push(Sandbox::create(&core, SandboxMode::Execute).await.unwrap());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    for sb in batch {
+                        let probe = alga_shared::protocol::ProbeAction::FloodLogs { count: 0 };
+                        let t = Instant::now();
+                        let r =
+                            executor::drive(&core, sb, executor::Work::Probe(probe, Limits::default()), &host).await;
+                        lat.push(t.elapsed());
+                        assert_eq!(r.outcome, alga_shared::outcome::Outcome::Completed);
+                    }
+                }
+                lat
+            })
+            .await
+            .unwrap()
+        }
+    });
+    rt.block_on(core.shutdown());
+    let wall = latencies.iter().sum();
+    Figures { name: "IPC hand-over (probe answering at once)".into(), concurrency: 1, latencies, wall }
+}
+
 /// The exec model: every sandbox comes from a freshly exec'd `alga-runner` (its start-up, engine
 /// and linker included), instead of a fork from the long-lived fork server.
 fn exec_per_sandbox(n: usize) -> Figures {
@@ -221,6 +370,107 @@ fn naive(n: usize) -> Figures {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--deserialize") {
+        let prep = Prepared::new(engine::engine().unwrap()).unwrap();
+        let (artifact, _) = compile::compile(&prep, &fixture_bytes("echo")).unwrap();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let rounds: u32 = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(100);
+            for _ in 0..rounds {
+                // SAFETY: just compiled by this engine configuration.
+                let c = unsafe { wasmtime::component::Component::deserialize(&prep.engine, &artifact) }.unwrap();
+                std::hint::black_box(c);
+            }
+            let t2 = Instant::now();
+            // SAFETY: as above.
+            let c = unsafe { wasmtime::component::Component::deserialize(&prep.engine, &artifact) }.unwrap();
+            for _ in 0..100 {
+                std::hint::black_box(prep.linker.instantiate_pre(&c).unwrap());
+            }
+            let pre_each = t2.elapsed() / 100;
+            let memfd = alga_runner::artifacts::sealed_memfd("bench", &artifact).unwrap();
+            let map = alga_sandbox::sys::Mapping::new(std::os::fd::AsFd::as_fd(&memfd), artifact.len()).unwrap();
+            let t3 = Instant::now();
+            for _ in 0..rounds {
+                // SAFETY: the mapping holds this engine's artifact and outlives the component.
+                let c = unsafe { wasmtime::component::Component::deserialize_raw(&prep.engine, map.raw()) }.unwrap();
+                std::hint::black_box(c);
+            }
+            println!(
+                "in-process: deserialize {} KiB: {:?} each (in place: {:?}); instantiate_pre: {:?} each",
+                artifact.len() / 1024,
+                (t2 - t) / rounds,
+                t3.elapsed() / rounds,
+                pre_each
+            );
+        }
+        return;
+    }
+    if std::env::args().any(|a| a == "--cgroup-ops") {
+        let (rt, core, _cache) = core(0);
+        let slot = core.cgroups.acquire().unwrap().expect("cgroups in use");
+        let t = Instant::now();
+        for i in 0..1000u64 {
+            core.cgroups.set_memory(&slot, (256 + (i % 2)) << 20).unwrap();
+        }
+        let set = t.elapsed() / 1000;
+        let t = Instant::now();
+        for _ in 0..1000 {
+            std::hint::black_box(core.cgroups.oom_kills(&slot));
+        }
+        let oom = t.elapsed() / 1000;
+        let t = Instant::now();
+        for _ in 0..1000 {
+            std::hint::black_box(core.cgroups.pids(&slot));
+        }
+        let pids_read = t.elapsed() / 1000;
+        // Attaching: move a sleeping child between two slots, one hierarchy at a time.
+        let other = core.cgroups.acquire().unwrap().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let pid = child.id().to_string();
+        for (i, (a, b)) in slot.procs_files().iter().zip(other.procs_files().iter()).enumerate() {
+            let t = Instant::now();
+            for _ in 0..200 {
+                std::fs::write(a, &pid).unwrap();
+                std::fs::write(b, &pid).unwrap();
+            }
+            println!("attach to hierarchy {i} ({}): {:?}", a.display(), t.elapsed() / 400);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        println!("cgroup set_memory {set:?}, oom_kills {oom:?}, pids {pids_read:?}");
+        core.cgroups.release(other);
+        core.cgroups.release(slot);
+        rt.block_on(core.shutdown());
+        return;
+    }
+    if std::env::args().any(|a| a == "--ping") {
+        let mut f = ping(if quick { 100 } else { 1000 });
+        println!("{}", f.row());
+        return;
+    }
+    if std::env::args().any(|a| a == "--hot-path") {
+        let mut f = hot_path(if quick { 200 } else { 2000 });
+        println!("{}", f.row());
+        return;
+    }
+    if std::env::args().any(|a| a == "--breakdown") {
+        let n = if quick { 100 } else { 500 };
+        let mut rows = vec![
+            hot_path(n),
+            spawn_cost("create + harden, all namespaces", NamespaceSet::ALL, n),
+            spawn_cost("create + harden, no net namespace", NamespaceSet { net: false, ..NamespaceSet::ALL }, n),
+            spawn_cost("create + harden, no user namespace", NamespaceSet { user: false, ..NamespaceSet::ALL }, n),
+            spawn_cost("create + harden, no mount namespace", NamespaceSet { mount: false, ..NamespaceSet::ALL }, n),
+            spawn_cost("create + harden, no namespaces", NamespaceSet::default(), n),
+        ];
+        println!("| step | concurrency | count | p50 ms | p99 ms | per second |");
+        println!("|---|---|---|---|---|---|");
+        for r in &mut rows {
+            println!("{}", r.row());
+        }
+        return;
+    }
     let n = if quick { 400 } else { 4_000 };
     let mut rows = Vec::new();
     for c in [1, 4] {
