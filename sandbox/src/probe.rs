@@ -147,7 +147,10 @@ pub fn run(action: &ProbeAction, end: &mut SandboxEnd) -> i32 {
     let body = format!("returned {ret} errno {}", if ret < 0 { errno() } else { 0 });
     let response = ExecuteResponse { status: 200, headers: vec![], body: Some(body.into_bytes()) };
     match end.done(response, ExecStats::default()) {
-        Ok(()) => 0,
+        Ok(()) => {
+            end.wait_closed();
+            0
+        }
         Err(_) => 1,
     }
 }

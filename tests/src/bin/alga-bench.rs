@@ -311,6 +311,36 @@ fn ping(n: usize) -> Figures {
     Figures { name: "IPC hand-over (probe answering at once)".into(), concurrency: 1, latencies, wall }
 }
 
+/// Memory of idle pooled sandboxes (hardened and warmed, waiting for a job) and of the fork
+/// server, from `/proc/<pid>/smaps_rollup`.
+fn idle_memory() {
+    let (rt, core, _cache) = core(4);
+    while core.pool.stats().ready < 4 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let field = |pid: u32, name: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().trim_end_matches(" kB").trim().parse().ok()))
+            .unwrap_or(0)
+    };
+    let show = |what: &str, pid: u32| {
+        println!(
+            "{what}: Rss {} kB, Pss {} kB, Private_Dirty {} kB (pid {pid})",
+            field(pid, "Rss:"),
+            field(pid, "Pss:"),
+            field(pid, "Private_Dirty:")
+        )
+    };
+    show("fork server", core.fork.pid());
+    for pid in alga_tests::children_of(core.fork.pid()) {
+        show("idle pooled sandbox", pid);
+    }
+    rt.block_on(core.shutdown());
+}
+
 /// The exec model: every sandbox comes from a freshly exec'd `alga-runner` (its start-up, engine
 /// and linker included), instead of a fork from the long-lived fork server.
 fn exec_per_sandbox(n: usize) -> Figures {
@@ -442,6 +472,10 @@ fn main() {
         core.cgroups.release(other);
         core.cgroups.release(slot);
         rt.block_on(core.shutdown());
+        return;
+    }
+    if std::env::args().any(|a| a == "--idle-memory") {
+        idle_memory();
         return;
     }
     if std::env::args().any(|a| a == "--ping") {
