@@ -1,0 +1,89 @@
+//! The registry: extensions, versions, bundles, installs and the execution log, behind one trait
+//! ([`RegistryStore`]) so a shared backend could replace the embedded one ([`SledRegistry`])
+//! without touching callers; and the blob store for the bundles themselves.
+
+pub mod blobs;
+pub mod model;
+mod sled_store;
+
+pub use blobs::BlobStore;
+pub use model::*;
+pub use sled_store::SledRegistry;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database")]
+    Db(#[from] sled::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("database transaction: {0}")]
+    Transaction(String),
+    #[error(
+        "the database was written by a newer alga-runner (schema {found}); this build reads schema {SCHEMA_VERSION}"
+    )]
+    NewerSchema { found: u8 },
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Stored; the extension record was created if it did not exist.
+    Created { extension: ExtensionRecord, version: VersionRecord },
+    /// The same name, version and content hash were already published.
+    AlreadyPublished { extension: ExtensionRecord, version: VersionRecord },
+    /// The name and version exist with another content hash.
+    VersionConflict { existing_hash: String },
+    /// The name belongs to another publisher.
+    NameTaken { publisher: String },
+}
+
+/// Filters of the execution log.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionQuery {
+    pub extension_id: Option<String>,
+    pub outcome: Option<String>,
+    /// Opaque cursor from a previous page.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// Storage of the registry. Every write returns only once it is durable (survives `kill -9`),
+/// except `record_execution`, which is made durable by the next `flush` (group commit).
+pub trait RegistryStore: Send + Sync + std::fmt::Debug {
+    /// By registry id or manifest name.
+    fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError>;
+    /// In name order, after the name `after`.
+    fn extensions(&self, after: Option<&str>, limit: usize) -> Result<Vec<ExtensionRecord>, StoreError>;
+    /// Every version, newest (highest semver) first.
+    fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError>;
+    fn version(&self, extension_id: &str, version: &str) -> Result<Option<VersionRecord>, StoreError>;
+    fn version_by_id(&self, extension_id: &str, version_id: &str) -> Result<Option<VersionRecord>, StoreError>;
+    fn bundle(&self, content_hash: &str) -> Result<Option<BundleRecord>, StoreError>;
+    fn bundles(&self) -> Result<Vec<BundleRecord>, StoreError>;
+    /// Stores a new version (and its extension on first publish) atomically.
+    fn publish(
+        &self,
+        extension: ExtensionRecord,
+        version: VersionRecord,
+        bundle: BundleRecord,
+    ) -> Result<PublishOutcome, StoreError>;
+    fn put_version(&self, version: &VersionRecord) -> Result<(), StoreError>;
+    fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError>;
+
+    fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
+    fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError>;
+    fn put_install(&self, install: &InstallRecord) -> Result<(), StoreError>;
+    fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
+
+    fn record_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError>;
+    /// Newest first; returns the page and the cursor of the next one.
+    fn executions(
+        &self,
+        tenant: &str,
+        query: &ExecutionQuery,
+    ) -> Result<(Vec<ExecutionRecord>, Option<String>), StoreError>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,395 @@
+//! The embedded registry on sled: one database directory, one tree per record kind
+//! (06-data.md), byte-ordered keys so range scans give the listed order.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Db, Transactional, Tree};
+
+use super::model::*;
+use super::{ExecutionQuery, PublishOutcome, RegistryStore, StoreError};
+
+const SEP: u8 = 0;
+
+#[derive(Debug, Clone)]
+pub struct SledRegistry {
+    db: Db,
+    extensions: Tree,
+    by_name: Tree,
+    versions: Tree,
+    bundles: Tree,
+    installs: Tree,
+    executions: Tree,
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(SEP);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn prefix(first: &str) -> Vec<u8> {
+    let mut k = first.as_bytes().to_vec();
+    k.push(SEP);
+    k
+}
+
+fn get<T: for<'de> serde::Deserialize<'de>>(tree: &Tree, k: impl AsRef<[u8]>) -> Result<Option<T>, StoreError> {
+    match tree.get(k)? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn scan<T: for<'de> serde::Deserialize<'de>>(tree: &Tree, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+    tree.scan_prefix(prefix).map(|kv| Ok(decode(&kv?.1)?)).collect()
+}
+
+enum Abort {
+    Outcome(PublishOutcome),
+    Decode(DecodeError),
+}
+
+fn tx_decode<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> Result<T, ConflictableTransactionError<Abort>> {
+    decode(bytes).map_err(|e| ConflictableTransactionError::Abort(Abort::Decode(e)))
+}
+
+impl SledRegistry {
+    /// Opens (or creates) the database at `path`. A database written by a newer alga-runner is
+    /// refused.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema")? {
+            Some(v) if v.first().copied().unwrap_or(0) > SCHEMA_VERSION => {
+                return Err(StoreError::NewerSchema { found: v[0] });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert("schema", vec![SCHEMA_VERSION])?;
+                db.flush()?;
+            }
+        }
+        Ok(SledRegistry {
+            extensions: db.open_tree("extension_registry")?,
+            by_name: db.open_tree("extension_by_name")?,
+            versions: db.open_tree("extension_version")?,
+            bundles: db.open_tree("extension_bundle")?,
+            installs: db.open_tree("tenant_extension_install")?,
+            executions: db.open_tree("extension_execution_log")?,
+            db,
+        })
+    }
+
+    fn durable<T>(&self, value: T) -> Result<T, StoreError> {
+        self.db.flush()?;
+        Ok(value)
+    }
+}
+
+fn semver_order(a: &VersionRecord, b: &VersionRecord) -> std::cmp::Ordering {
+    match (semver::Version::parse(&a.version), semver::Version::parse(&b.version)) {
+        (Ok(x), Ok(y)) => y.cmp(&x),
+        _ => b.version.cmp(&a.version),
+    }
+}
+
+impl RegistryStore for SledRegistry {
+    fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError> {
+        if let Some(e) = get(&self.extensions, id_or_name)? {
+            return Ok(Some(e));
+        }
+        match self.by_name.get(id_or_name)? {
+            Some(id) => get(&self.extensions, id),
+            None => Ok(None),
+        }
+    }
+
+    fn extensions(&self, after: Option<&str>, limit: usize) -> Result<Vec<ExtensionRecord>, StoreError> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for kv in self.by_name.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let (_, id) = kv?;
+            if let Some(e) = get(&self.extensions, id)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError> {
+        let mut v: Vec<VersionRecord> = scan(&self.versions, &prefix(extension_id))?;
+        v.sort_by(semver_order);
+        Ok(v)
+    }
+
+    fn version(&self, extension_id: &str, version: &str) -> Result<Option<VersionRecord>, StoreError> {
+        get(&self.versions, key(&[extension_id.as_bytes(), version.as_bytes()]))
+    }
+
+    fn version_by_id(&self, extension_id: &str, version_id: &str) -> Result<Option<VersionRecord>, StoreError> {
+        Ok(self.versions(extension_id)?.into_iter().find(|v| v.version_id == version_id))
+    }
+
+    fn bundle(&self, content_hash: &str) -> Result<Option<BundleRecord>, StoreError> {
+        get(&self.bundles, content_hash)
+    }
+
+    fn bundles(&self) -> Result<Vec<BundleRecord>, StoreError> {
+        scan(&self.bundles, b"")
+    }
+
+    fn publish(
+        &self,
+        extension: ExtensionRecord,
+        version: VersionRecord,
+        bundle: BundleRecord,
+    ) -> Result<PublishOutcome, StoreError> {
+        let result = (&self.by_name, &self.extensions, &self.versions, &self.bundles).transaction(
+            |(by_name, exts, vers, bundles)| {
+                let abort = |a| Err(ConflictableTransactionError::Abort(a));
+                let ext: ExtensionRecord = match by_name.get(extension.name.as_bytes())? {
+                    Some(id) => match exts.get(&id)? {
+                        Some(bytes) => tx_decode(&bytes)?,
+                        None => return abort(Abort::Decode(DecodeError::Corrupt("dangling name index".into()))),
+                    },
+                    None => {
+                        by_name.insert(extension.name.as_bytes(), extension.id.as_bytes())?;
+                        exts.insert(extension.id.as_bytes(), encode(&extension))?;
+                        extension.clone()
+                    }
+                };
+                if ext.publisher != extension.publisher {
+                    return abort(Abort::Outcome(PublishOutcome::NameTaken { publisher: ext.publisher }));
+                }
+                let vkey = key(&[ext.id.as_bytes(), version.version.as_bytes()]);
+                if let Some(bytes) = vers.get(&vkey)? {
+                    let existing: VersionRecord = tx_decode(&bytes)?;
+                    return abort(Abort::Outcome(if existing.content_hash == version.content_hash {
+                        PublishOutcome::AlreadyPublished { extension: ext, version: existing }
+                    } else {
+                        PublishOutcome::VersionConflict { existing_hash: existing.content_hash }
+                    }));
+                }
+                let version = VersionRecord { extension_id: ext.id.clone(), ..version.clone() };
+                let bundle = BundleRecord { extension_id: ext.id.clone(), ..bundle.clone() };
+                vers.insert(vkey, encode(&version))?;
+                bundles.insert(bundle.content_hash.as_bytes(), encode(&bundle))?;
+                Ok(PublishOutcome::Created { extension: ext, version })
+            },
+        );
+        match result {
+            Ok(outcome) => self.durable(outcome),
+            Err(TransactionError::Abort(Abort::Outcome(o))) => Ok(o),
+            Err(TransactionError::Abort(Abort::Decode(e))) => Err(e.into()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    fn put_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
+        self.versions.insert(key(&[version.extension_id.as_bytes(), version.version.as_bytes()]), encode(version))?;
+        self.durable(())
+    }
+
+    fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError> {
+        self.bundles.insert(bundle.content_hash.as_bytes(), encode(bundle))?;
+        self.durable(())
+    }
+
+    fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
+        get(&self.installs, key(&[tenant.as_bytes(), extension_id.as_bytes()]))
+    }
+
+    fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError> {
+        scan(&self.installs, &prefix(tenant))
+    }
+
+    fn put_install(&self, install: &InstallRecord) -> Result<(), StoreError> {
+        self.installs.insert(key(&[install.tenant.as_bytes(), install.extension_id.as_bytes()]), encode(install))?;
+        self.durable(())
+    }
+
+    fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
+        let old = self.installs.remove(key(&[tenant.as_bytes(), extension_id.as_bytes()]))?;
+        let old = old.map(|v| decode(&v)).transpose()?;
+        self.durable(old)
+    }
+
+    fn record_execution(&self, r: &ExecutionRecord) -> Result<(), StoreError> {
+        let newest_first = (u64::MAX - r.created_at).to_be_bytes();
+        let k = key(&[r.tenant.as_bytes(), &newest_first, r.execution_id.as_bytes()]);
+        self.executions.insert(k, encode(r))?;
+        Ok(())
+    }
+
+    fn executions(
+        &self,
+        tenant: &str,
+        q: &ExecutionQuery,
+    ) -> Result<(Vec<ExecutionRecord>, Option<String>), StoreError> {
+        let p = prefix(tenant);
+        let start = match q.after.as_deref().and_then(|c| hex::decode(c).ok()) {
+            Some(suffix) => {
+                let mut k = p.clone();
+                k.extend(suffix);
+                Bound::Excluded(k)
+            }
+            None => Bound::Included(p.clone()),
+        };
+        let mut out = Vec::new();
+        let mut last_key = None;
+        for kv in self.executions.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, v) = kv?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let r: ExecutionRecord = decode(&v)?;
+            if q.extension_id.as_ref().is_some_and(|e| e != &r.extension_id)
+                || q.outcome.as_ref().is_some_and(|o| o != &r.outcome)
+            {
+                continue;
+            }
+            out.push(r);
+            last_key = Some(k);
+            if out.len() >= q.limit {
+                break;
+            }
+        }
+        let cursor = if out.len() >= q.limit { last_key.map(|k| hex::encode(&k[p.len()..])) } else { None };
+        Ok((out, cursor))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.durable(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(name: &str, publisher: &str) -> ExtensionRecord {
+        ExtensionRecord { id: new_id(), name: name.into(), publisher: publisher.into(), created_at: now_ms() }
+    }
+
+    fn version(v: &str, hash: &str) -> VersionRecord {
+        VersionRecord {
+            extension_id: String::new(),
+            version: v.into(),
+            version_id: new_id(),
+            runtime: "wasm32-wasi@1".into(),
+            capabilities: vec![],
+            endpoints: vec![],
+            events: vec![],
+            egress: vec![],
+            ui: None,
+            entry: "dist/main.wasm".into(),
+            content_hash: hash.into(),
+            state: VersionState::Active,
+            created_at: now_ms(),
+        }
+    }
+
+    fn bundle(hash: &str) -> BundleRecord {
+        BundleRecord {
+            content_hash: hash.into(),
+            extension_id: String::new(),
+            version_id: String::new(),
+            size: 1,
+            signature: String::new(),
+            signer_key_id: "K".into(),
+            trusted_comment: String::new(),
+            verified_at: 0,
+            component_sha256: None,
+            artifacts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn publish_is_idempotent_and_detects_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SledRegistry::open(dir.path()).unwrap();
+        let e = ext("com.example.a", "P");
+        let first = r.publish(e.clone(), version("1.0.0", "h1"), bundle("h1")).unwrap();
+        let PublishOutcome::Created { extension, .. } = first else { panic!("{first:?}") };
+        assert!(matches!(
+            r.publish(ext("com.example.a", "P"), version("1.0.0", "h1"), bundle("h1")).unwrap(),
+            PublishOutcome::AlreadyPublished { .. }
+        ));
+        assert!(matches!(
+            r.publish(ext("com.example.a", "P"), version("1.0.0", "h2"), bundle("h2")).unwrap(),
+            PublishOutcome::VersionConflict { .. }
+        ));
+        assert!(matches!(
+            r.publish(ext("com.example.a", "Q"), version("2.0.0", "h3"), bundle("h3")).unwrap(),
+            PublishOutcome::NameTaken { .. }
+        ));
+        r.publish(ext("com.example.a", "P"), version("1.10.0", "h4"), bundle("h4")).unwrap();
+        r.publish(ext("com.example.a", "P"), version("1.2.0", "h5"), bundle("h5")).unwrap();
+        let versions: Vec<String> = r.versions(&extension.id).unwrap().into_iter().map(|v| v.version).collect();
+        assert_eq!(versions, ["1.10.0", "1.2.0", "1.0.0"], "newest semver first");
+        assert_eq!(r.extension("com.example.a").unwrap().unwrap().id, extension.id, "by name");
+        assert_eq!(r.extension(&extension.id).unwrap().unwrap().name, "com.example.a", "by id");
+        assert!(r.bundle("h2").unwrap().is_none(), "a conflicting bundle is not stored");
+    }
+
+    #[test]
+    fn executions_page_newest_first_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SledRegistry::open(dir.path()).unwrap();
+        for i in 0..5u64 {
+            for tenant in ["t1", "t2"] {
+                r.record_execution(&ExecutionRecord {
+                    execution_id: new_id(),
+                    request_id: format!("r{i}"),
+                    tenant: tenant.into(),
+                    extension_id: "e".into(),
+                    install_id: "i".into(),
+                    version_id: "v".into(),
+                    content_hash: "h".into(),
+                    method: "GET".into(),
+                    path: "/".into(),
+                    status: 200,
+                    outcome: "completed".into(),
+                    error: None,
+                    detail: None,
+                    duration_ms: 1.0,
+                    memory_peak_bytes: 0,
+                    fuel: 0,
+                    egress_bytes: 0,
+                    host_calls: 0,
+                    logs: vec![],
+                    created_at: 1000 + i,
+                })
+                .unwrap();
+            }
+        }
+        let q = ExecutionQuery { limit: 3, ..Default::default() };
+        let (page, cursor) = r.executions("t1", &q).unwrap();
+        assert_eq!(page.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>(), ["r4", "r3", "r2"]);
+        let (rest, end) = r.executions("t1", &ExecutionQuery { after: cursor, ..q }).unwrap();
+        assert_eq!(rest.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>(), ["r1", "r0"]);
+        assert!(end.is_none());
+        assert!(rest.iter().all(|e| e.tenant == "t1"));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta").unwrap().insert("schema", vec![SCHEMA_VERSION + 1]).unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(SledRegistry::open(dir.path()), Err(StoreError::NewerSchema { .. })));
+    }
+}
