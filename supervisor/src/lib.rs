@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod broker;
 pub mod cgroups;
 pub mod cli;
+pub mod config;
 pub mod core;
 pub mod executor;
 pub mod forkserver;

@@ -1,0 +1,474 @@
+//! The service's configuration (07-operations.md): a TOML file, then environment overrides
+//! (`ALGA_RUNNER_<SECTION>__<KEY>`, the direct names below, and the Alga seed's names), then
+//! validation that names every bad field at once. Every field carries its default and unit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port` (default `127.0.0.1:8080`; env `ALGA_RUNNER_LISTEN`,
+    /// `PORT` sets the port only).
+    pub listen: String,
+    /// Public base URL of this runner, used in UI links (default empty; env `RUNNER_PUBLIC_BASE`).
+    pub public_base: String,
+    /// Running executions may finish for this long at shutdown, in milliseconds (default 10 000).
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:8080".into(), public_base: String::new(), shutdown_grace_ms: 10_000 }
+    }
+}
+
+/// `[auth]` — each token optional to configure, required once configured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Token of the host application (`/v1/execute`, `/api/ext/...`, `/v1/events`) (default
+    /// none; env `ALGA_RUNNER_SERVICE_TOKEN`).
+    pub service_token: Option<String>,
+    /// File holding the service token, e.g. a systemd credential (default none).
+    pub service_token_file: Option<PathBuf>,
+    /// Token of operators (registry, installs, executions) (default none; env
+    /// `ALGA_RUNNER_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// File holding the admin token (default none).
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Where everything the service writes lives: database, bundles, compiled artifacts (default
+    /// `/var/lib/alga-runner`; env `ALGA_RUNNER_STATE_DIR`).
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: PathBuf::from("/var/lib/alga-runner") }
+    }
+}
+
+/// `[trust]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// The trust bundle: a file path, or inline keys (a value with a newline or starting with
+    /// `RW`) (default empty: no key, nothing verifies; env `SIGNING_TRUST_BUNDLE`).
+    pub bundle: String,
+}
+
+/// `[sandbox]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Ready sandboxes kept warm (default: 2 × CPUs).
+    pub pool_size: Option<usize>,
+    /// User id sandboxes run as when the service runs as root (default 65534).
+    pub uid: u32,
+    /// Group id sandboxes run as when the service runs as root (default 65534).
+    pub gid: u32,
+    /// `best_effort` or `required` (refuse sandboxes without full Landlock) (default `best_effort`).
+    pub landlock: String,
+    /// `enforce` or `log` (policy development only) (default `enforce`).
+    pub seccomp: String,
+    /// Memory added to an execution's limit for its cgroup, in MiB (default 128).
+    pub memory_overhead_mb: u64,
+    /// Tasks per sandbox cgroup (default 8).
+    pub pids_max: u64,
+    /// CPU quota per sandbox, percent of one CPU; 0 = unlimited (default 100).
+    pub cpu_percent: u32,
+    /// Memory of a compile sandbox, in MiB (default 2 048).
+    pub compile_memory_mb: u64,
+    /// Deadline of one compilation, in milliseconds (default 120 000).
+    pub compile_timeout_ms: u64,
+    /// Largest IPC frame, in MiB (default 16, at most 64).
+    pub max_frame_mb: u32,
+    /// Use cgroups when the host offers them (default true).
+    pub cgroups: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            pool_size: None,
+            uid: 65534,
+            gid: 65534,
+            landlock: "best_effort".into(),
+            seccomp: "enforce".into(),
+            memory_overhead_mb: 128,
+            pids_max: 8,
+            cpu_percent: 100,
+            compile_memory_mb: 2048,
+            compile_timeout_ms: 120_000,
+            max_frame_mb: 16,
+            cgroups: true,
+        }
+    }
+}
+
+/// `[limits]` — per execution; an install or a caller may lower them, never raise them above
+/// the maxima.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Default wall-clock deadline, in milliseconds (default 5 000).
+    pub default_timeout_ms: u64,
+    /// Largest deadline, in milliseconds (default 60 000).
+    pub max_timeout_ms: u64,
+    /// Default memory, in MiB (default 256).
+    pub default_memory_mb: u64,
+    /// Largest memory, in MiB (default 4 096).
+    pub max_memory_mb: u64,
+    /// Default fuel, in Wasmtime fuel units (default 100 000 000 000).
+    pub default_fuel: u64,
+    /// Largest fuel (default 18 446 744 073 709 551 615).
+    pub max_fuel: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            default_timeout_ms: 5_000,
+            max_timeout_ms: 60_000,
+            default_memory_mb: 256,
+            max_memory_mb: 4_096,
+            default_fuel: 100_000_000_000,
+            max_fuel: u64::MAX,
+        }
+    }
+}
+
+/// `[bundles]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BundlesConfig {
+    /// Largest `bundle.tar.zst`, in MiB (default 64).
+    pub max_compressed_mb: u64,
+    /// Largest decompressed contents, in MiB (default 256).
+    pub max_uncompressed_mb: u64,
+}
+
+impl Default for BundlesConfig {
+    fn default() -> Self {
+        BundlesConfig { max_compressed_mb: 64, max_uncompressed_mb: 256 }
+    }
+}
+
+/// `[egress]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Hosts extensions may reach at all (default empty: none; env `EXT_EGRESS_ALLOWLIST`,
+    /// comma-separated).
+    pub allowlist: Vec<String>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Deadline of a gateway request, in milliseconds (default 30 000; env
+    /// `EXT_GATEWAY_TIMEOUT_MS`).
+    pub timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { timeout_ms: 30_000 }
+    }
+}
+
+/// `[execute]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecuteConfig {
+    /// Largest `/v1/execute` request body, in MiB (default 16).
+    pub max_request_mb: u64,
+    /// Completed executions kept for `x-idempotency-key` replays (default 10 000).
+    pub idempotency_entries: usize,
+    /// How long an idempotent result is kept, in seconds (default 600).
+    pub idempotency_ttl_s: u64,
+}
+
+impl Default for ExecuteConfig {
+    fn default() -> Self {
+        ExecuteConfig { max_request_mb: 16, idempotency_entries: 10_000, idempotency_ttl_s: 600 }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub state: StateConfig,
+    pub trust: TrustConfig,
+    pub sandbox: SandboxConfig,
+    pub limits: LimitsConfig,
+    pub bundles: BundlesConfig,
+    pub egress: EgressConfig,
+    pub gateway: GatewayConfig,
+    pub execute: ExecuteConfig,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+const SECTIONS: &[&str] =
+    &["server", "auth", "state", "trust", "sandbox", "limits", "bundles", "egress", "gateway", "execute"];
+
+/// Environment variables that name a field directly (with or without a config file).
+const DIRECT: &[(&str, &str, &str)] = &[
+    ("ALGA_RUNNER_LISTEN", "server", "listen"),
+    ("ALGA_RUNNER_STATE_DIR", "state", "dir"),
+    ("ALGA_RUNNER_SERVICE_TOKEN", "auth", "service_token"),
+    ("ALGA_RUNNER_ADMIN_TOKEN", "auth", "admin_token"),
+    ("RUNNER_PUBLIC_BASE", "server", "public_base"),
+    ("SIGNING_TRUST_BUNDLE", "trust", "bundle"),
+    ("EXT_EGRESS_ALLOWLIST", "egress", "allowlist"),
+    ("EXT_GATEWAY_TIMEOUT_MS", "gateway", "timeout_ms"),
+];
+
+/// A value from the environment, typed like the field's default: numbers and booleans parse as
+/// such, `allowlist` splits on commas.
+fn env_value(section: &str, key: &str, raw: &str) -> Value {
+    if section == "egress" && key == "allowlist" {
+        return Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
+        );
+    }
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let as_int = || raw.trim().parse::<i64>().map(Value::Integer).unwrap_or_else(|_| Value::String(raw.into()));
+    match defaults.get(section).and_then(|s| s.get(key)) {
+        Some(serde_json::Value::Number(_)) => as_int(),
+        Some(serde_json::Value::Bool(_)) => {
+            raw.trim().parse::<bool>().map(Value::Boolean).unwrap_or_else(|_| Value::String(raw.into()))
+        }
+        _ if key == "pool_size" => as_int(),
+        _ => Value::String(raw.into()),
+    }
+}
+
+fn set(table: &mut Table, section: &str, key: &str, value: Value) {
+    let entry = table.entry(section.to_string()).or_insert_with(|| Value::Table(Table::new()));
+    if let Value::Table(t) = entry {
+        t.insert(key.to_string(), value);
+    }
+}
+
+impl Config {
+    /// Reads the file (when given), applies the environment, validates. `env` is the process
+    /// environment (a parameter so tests need not touch the real one).
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+                text.parse::<Table>().map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?
+            }
+            None => Table::new(),
+        };
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix("ALGA_RUNNER_")
+                && let Some((section, key)) = rest.split_once("__")
+            {
+                let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+                let v = env_value(&section, &key, value);
+                set(&mut table, &section, &key, v);
+            }
+        }
+        for (name, section, key) in DIRECT {
+            if let Some((_, value)) = env.iter().find(|(n, _)| n == name) {
+                set(&mut table, section, key, env_value(section, key, value));
+            }
+        }
+        if let Some((_, port)) = env.iter().find(|(n, _)| n == "PORT") {
+            let listen = table
+                .get("server")
+                .and_then(|s| s.get("listen"))
+                .and_then(Value::as_str)
+                .unwrap_or("127.0.0.1:8080")
+                .to_string();
+            let host = listen.rsplit_once(':').map_or(listen.as_str(), |(h, _)| h).to_string();
+            set(&mut table, "server", "listen", Value::String(format!("{host}:{port}")));
+        }
+        let config = Self::from_table(table)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Deserialises, reporting every unknown or mistyped field (not just the first).
+    fn from_table(table: Table) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        for (section, value) in &table {
+            if !SECTIONS.contains(&section.as_str()) {
+                errors.push(format!("[{section}]: unknown section (known: {})", SECTIONS.join(", ")));
+                continue;
+            }
+            let Value::Table(fields) = value else {
+                errors.push(format!("{section}: must be a table ([{section}])"));
+                continue;
+            };
+            for (key, v) in fields {
+                let mut one = Table::new();
+                let mut inner = Table::new();
+                inner.insert(key.clone(), v.clone());
+                one.insert(section.clone(), Value::Table(inner));
+                if let Err(e) = Value::Table(one).try_into::<Config>() {
+                    let message = e.message().to_string();
+                    errors.push(format!("{section}.{key}: {message}"));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Value::Table(table).try_into::<Config>().map_err(|e| ConfigErrors(vec![e.message().to_string()]))
+    }
+
+    /// Checks values against each other and their ranges.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut e = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            e.push(format!("server.listen: `{}` is not an address like 127.0.0.1:8080", self.server.listen));
+        }
+        if !matches!(self.sandbox.landlock.as_str(), "best_effort" | "required") {
+            e.push(format!("sandbox.landlock: `{}` must be best_effort or required", self.sandbox.landlock));
+        }
+        if !matches!(self.sandbox.seccomp.as_str(), "enforce" | "log") {
+            e.push(format!("sandbox.seccomp: `{}` must be enforce or log", self.sandbox.seccomp));
+        }
+        if self.sandbox.max_frame_mb == 0 || self.sandbox.max_frame_mb > 64 {
+            e.push("sandbox.max_frame_mb: must be 1 to 64".into());
+        }
+        let l = &self.limits;
+        for (name, default, max) in [
+            ("timeout_ms", l.default_timeout_ms, l.max_timeout_ms),
+            ("memory_mb", l.default_memory_mb, l.max_memory_mb),
+            ("fuel", l.default_fuel, l.max_fuel),
+        ] {
+            if default == 0 {
+                e.push(format!("limits.default_{name}: must be above 0"));
+            }
+            if default > max {
+                e.push(format!("limits.default_{name}: {default} is above limits.max_{name} ({max})"));
+            }
+        }
+        if self.bundles.max_compressed_mb == 0 || self.bundles.max_uncompressed_mb == 0 {
+            e.push("bundles: the size limits must be above 0".into());
+        }
+        for (i, entry) in self.egress.allowlist.iter().enumerate() {
+            if let Some(problem) = alga_shared::manifest::egress_problem(entry) {
+                e.push(format!("egress.allowlist[{i}]: `{entry}` {problem}"));
+            }
+        }
+        for (name, file) in
+            [("service_token_file", &self.auth.service_token_file), ("admin_token_file", &self.auth.admin_token_file)]
+        {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                e.push(format!("auth.{name}: {} does not exist", f.display()));
+            }
+        }
+        if self.gateway.timeout_ms == 0 {
+            e.push("gateway.timeout_ms: must be above 0".into());
+        }
+        if e.is_empty() { Ok(()) } else { Err(ConfigErrors(e)) }
+    }
+
+    /// The service token: inline, or read from its file (trailing whitespace trimmed).
+    pub fn service_token(&self) -> std::io::Result<Option<String>> {
+        token(&self.auth.service_token, &self.auth.service_token_file)
+    }
+
+    pub fn admin_token(&self) -> std::io::Result<Option<String>> {
+        token(&self.auth.admin_token, &self.auth.admin_token_file)
+    }
+}
+
+fn token(inline: &Option<String>, file: &Option<PathBuf>) -> std::io::Result<Option<String>> {
+    if let Some(t) = inline.as_ref().filter(|t| !t.is_empty()) {
+        return Ok(Some(t.clone()));
+    }
+    match file {
+        Some(f) => Ok(Some(std::fs::read_to_string(f)?.trim_end().to_string()).filter(|t| !t.is_empty())),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "[server]\nlisten = \"0.0.0.0:9000\"\n[limits]\ndefault_timeout_ms = 1000\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            &env(&[
+                ("ALGA_RUNNER_LIMITS__DEFAULT_TIMEOUT_MS", "2000"),
+                ("ALGA_RUNNER_STATE_DIR", "/srv/runner"),
+                ("EXT_EGRESS_ALLOWLIST", "api.example.com, *.example.org"),
+                ("SIGNING_TRUST_BUNDLE", "/etc/trust.pub"),
+                ("PORT", "9100"),
+                ("ALGA_RUNNER_SANDBOX__CGROUPS", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9100");
+        assert_eq!(c.limits.default_timeout_ms, 2000);
+        assert_eq!(c.state.dir, PathBuf::from("/srv/runner"));
+        assert_eq!(c.egress.allowlist, vec!["api.example.com", "*.example.org"]);
+        assert_eq!(c.trust.bundle, "/etc/trust.pub");
+        assert!(!c.sandbox.cgroups);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"nowhere\"\nport = 3\n[limits]\ndefault_timeout_ms = \"soon\"\n[nonsense]\nx = 1\n",
+        )
+        .unwrap();
+        let errors = Config::load(Some(&file), &[]).unwrap_err().0;
+        let text = errors.join("\n");
+        assert!(text.contains("server.port"), "{text}");
+        assert!(text.contains("limits.default_timeout_ms"), "{text}");
+        assert!(text.contains("[nonsense]"), "{text}");
+
+        let errors =
+            Config::load(None, &env(&[("ALGA_RUNNER_LISTEN", "nowhere"), ("ALGA_RUNNER_SANDBOX__LANDLOCK", "maybe")]))
+                .unwrap_err()
+                .0
+                .join("\n");
+        assert!(errors.contains("server.listen") && errors.contains("sandbox.landlock"), "{errors}");
+    }
+}
