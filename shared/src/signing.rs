@@ -152,25 +152,40 @@ pub fn verify_bytes(trust: &TrustBundle, bytes: &[u8], signature: &str) -> Resul
     Ok(Verified { key_id, publisher_scope: trusted.publisher.clone(), trusted_comment })
 }
 
+/// What a signature must agree with: the bundle's manifest identity and content hash.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub publisher: &'a str,
+    pub content_hash: &'a str,
+}
+
+impl<'a> Identity<'a> {
+    pub fn of(manifest: &'a Manifest, content_hash: &'a str) -> Self {
+        Identity { name: &manifest.name, version: &manifest.version, publisher: &manifest.publisher, content_hash }
+    }
+}
+
 /// Step two, once the manifest is known: the key's publisher scope, and the identity in the
 /// trusted comment when it is an `alga-bundle` comment.
-pub fn check_identity(verified: &Verified, manifest: &Manifest, content_hash: &str) -> Result<(), SignatureError> {
+pub fn check_identity(verified: &Verified, id: Identity<'_>) -> Result<(), SignatureError> {
     if let Some(scope) = &verified.publisher_scope
-        && scope != &manifest.publisher
+        && scope != id.publisher
     {
         return Err(SignatureError::PublisherScope {
             key_id: verified.key_id.clone(),
             scope: scope.clone(),
-            publisher: manifest.publisher.clone(),
+            publisher: id.publisher.to_string(),
         });
     }
     if let Some(fields) = verified.trusted_comment.strip_prefix(COMMENT_PREFIX) {
         for pair in fields.split_whitespace() {
             let Some((field, signed)) = pair.split_once('=') else { continue };
             let (field, actual): (&'static str, &str) = match field {
-                "name" => ("name", &manifest.name),
-                "version" => ("version", &manifest.version),
-                "content_hash" => ("content_hash", content_hash),
+                "name" => ("name", id.name),
+                "version" => ("version", id.version),
+                "content_hash" => ("content_hash", id.content_hash),
                 _ => continue,
             };
             if signed != actual {
@@ -203,14 +218,17 @@ mod tests {
         let sig = sign(&kp, bytes, &trusted_comment(&manifest(), &hash));
         let v = verify_bytes(&trust, bytes, &sig).unwrap();
         assert_eq!(v.publisher_scope.as_deref(), Some("Example"));
-        check_identity(&v, &manifest(), &hash).unwrap();
+        check_identity(&v, Identity::of(&manifest(), &hash)).unwrap();
 
         let mut m = manifest();
         m.version = "9.9.9".into();
-        assert!(matches!(check_identity(&v, &m, &hash), Err(SignatureError::Comment { field: "version", .. })));
+        assert!(matches!(
+            check_identity(&v, Identity::of(&m, &hash)),
+            Err(SignatureError::Comment { field: "version", .. })
+        ));
         m = manifest();
         m.publisher = "Mallory".into();
-        let e = check_identity(&v, &m, &hash).unwrap_err();
+        let e = check_identity(&v, Identity::of(&m, &hash)).unwrap_err();
         assert!(e.is_untrusted(), "{e}");
     }
 

@@ -10,9 +10,11 @@ pub mod config;
 pub mod core;
 pub mod executor;
 pub mod forkserver;
+pub mod http;
 pub mod pool;
 pub mod registry;
 pub mod sandbox;
+pub mod service;
 pub mod settings;
 
 /// An error and its sources on one line: `outer: inner: root`.

@@ -11,10 +11,22 @@ fn main() -> ExitCode {
     alga_runner::forkserver::run_if_requested(&args);
 
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let default_format = if matches!(cli.command, Command::Serve(_)) { LogFormat::Json } else { LogFormat::Text };
+    init_logging(cli.log_format.unwrap_or(default_format), matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
+        Command::Serve(args) => cli::serve::run(args),
         Command::Exec(args) => cli::exec::run(*args),
         Command::Doctor(args) => cli::doctor::run(args),
+        Command::Keygen(args) => cli::bundle::keygen(args),
+        Command::Pack(args) => cli::bundle::pack(args),
+        Command::Sign(args) => cli::bundle::sign(args),
+        Command::Verify(args) => cli::bundle::verify(args),
+        Command::Inspect(args) => cli::bundle::inspect(args),
+        Command::Publish(args) => cli::client::publish(args),
+        Command::Install(args) => cli::client::install(*args),
+        Command::Uninstall(args) => cli::client::uninstall(args),
+        Command::List(args) => cli::client::list(args),
+        Command::Executions(args) => cli::client::executions(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -25,8 +37,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ALGA_RUNNER_LOG").unwrap_or_else(|_| "warn".into());
+fn init_logging(format: LogFormat, service: bool) {
+    let default = if service { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALGA_RUNNER_LOG").unwrap_or_else(|_| default.into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

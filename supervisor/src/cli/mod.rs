@@ -1,7 +1,10 @@
 //! The command-line interface (clap): one binary, one subcommand per task.
 
+pub mod bundle;
+pub mod client;
 pub mod doctor;
 pub mod exec;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -9,9 +12,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "alga-runner", version, about)]
 pub struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    /// Log format on stderr [default: json for serve, text otherwise].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -24,13 +27,37 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service (HTTP API, registry, sandboxes).
+    Serve(serve::ServeArgs),
     /// Run one execution of a component in a real hardened sandbox and print the result as JSON.
     Exec(Box<exec::ExecArgs>),
     /// Report which hardening layers this host supports and what a missing one means.
     Doctor(doctor::DoctorArgs),
+    /// Create a minisign key pair for signing bundles.
+    Keygen(bundle::KeygenArgs),
+    /// Pack a directory into a reproducible bundle.tar.zst.
+    Pack(bundle::PackArgs),
+    /// Sign a bundle (writes BUNDLE.minisig, binding name, version and content hash).
+    Sign(bundle::SignArgs),
+    /// Verify a bundle's signature against a trust bundle.
+    Verify(bundle::VerifyArgs),
+    /// Show a bundle's manifest, hash, files and signature.
+    Inspect(bundle::InspectArgs),
+    /// Publish a signed bundle to a running supervisor.
+    Publish(client::PublishArgs),
+    /// Install (or upgrade) an extension for a tenant.
+    Install(Box<client::InstallArgs>),
+    /// Uninstall an extension for a tenant.
+    Uninstall(client::UninstallArgs),
+    /// List the registry's extensions, or a tenant's installs.
+    List(client::ListArgs),
+    /// Show (or follow) a tenant's execution log.
+    Executions(client::ExecutionsArgs),
 }
 
 /// Exit code for usage errors (also what clap uses).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for infrastructure errors.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for an invalid configuration (EX_CONFIG); systemd does not restart on it.
+pub const EXIT_CONFIG: u8 = 78;

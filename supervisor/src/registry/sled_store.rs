@@ -52,7 +52,7 @@ fn scan<T: for<'de> serde::Deserialize<'de>>(tree: &Tree, prefix: &[u8]) -> Resu
 }
 
 enum Abort {
-    Outcome(PublishOutcome),
+    Outcome(Box<PublishOutcome>),
     Decode(DecodeError),
 }
 
@@ -169,16 +169,16 @@ impl RegistryStore for SledRegistry {
                     }
                 };
                 if ext.publisher != extension.publisher {
-                    return abort(Abort::Outcome(PublishOutcome::NameTaken { publisher: ext.publisher }));
+                    return abort(Abort::Outcome(Box::new(PublishOutcome::NameTaken { publisher: ext.publisher })));
                 }
                 let vkey = key(&[ext.id.as_bytes(), version.version.as_bytes()]);
                 if let Some(bytes) = vers.get(&vkey)? {
                     let existing: VersionRecord = tx_decode(&bytes)?;
-                    return abort(Abort::Outcome(if existing.content_hash == version.content_hash {
+                    return abort(Abort::Outcome(Box::new(if existing.content_hash == version.content_hash {
                         PublishOutcome::AlreadyPublished { extension: ext, version: existing }
                     } else {
                         PublishOutcome::VersionConflict { existing_hash: existing.content_hash }
-                    }));
+                    })));
                 }
                 let version = VersionRecord { extension_id: ext.id.clone(), ..version.clone() };
                 let bundle = BundleRecord { extension_id: ext.id.clone(), ..bundle.clone() };
@@ -189,7 +189,7 @@ impl RegistryStore for SledRegistry {
         );
         match result {
             Ok(outcome) => self.durable(outcome),
-            Err(TransactionError::Abort(Abort::Outcome(o))) => Ok(o),
+            Err(TransactionError::Abort(Abort::Outcome(o))) => Ok(*o),
             Err(TransactionError::Abort(Abort::Decode(e))) => Err(e.into()),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }

@@ -1,0 +1,281 @@
+//! The commands that talk to a running supervisor with the admin token: `publish`, `install`,
+//! `uninstall`, `list`, `executions`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+use super::{EXIT_FAILURE, EXIT_USAGE};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Remote {
+    /// The supervisor [default: $ALGA_RUNNER_URL, else http://127.0.0.1:8080].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// File holding the admin token [default: $ALGA_RUNNER_ADMIN_TOKEN].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// The bundle to publish.
+    pub bundle: PathBuf,
+    /// Its signature [default: BUNDLE.minisig].
+    #[arg(long, value_name = "FILE")]
+    pub sig: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// The extension (registry id or manifest name).
+    pub extension: String,
+    #[arg(long)]
+    pub tenant: String,
+    /// The version to install (e.g. 1.2.0).
+    #[arg(long)]
+    pub version: String,
+    /// A capability to grant (repeatable); must be one the manifest requests.
+    #[arg(long = "grant", value_name = "CAP")]
+    pub grants: Vec<String>,
+    /// An install config entry, `key=value` (repeatable).
+    #[arg(long = "config", value_name = "K=V")]
+    pub config: Vec<String>,
+    /// An egress allowlist entry for this install (repeatable).
+    #[arg(long = "egress", value_name = "HOST")]
+    pub egress: Vec<String>,
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Install disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    pub extension: String,
+    #[arg(long)]
+    pub tenant: String,
+    /// Delete the install's storage and secrets now rather than after the grace period.
+    #[arg(long)]
+    pub purge: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// List this tenant's installs (without it: the extensions in the registry).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecutionsArgs {
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub extension: Option<String>,
+    /// Only this outcome (completed, timeout, ...).
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Keep printing new executions as they are recorded.
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(remote: &Remote) -> anyhow::Result<Self> {
+        let base = remote
+            .url
+            .clone()
+            .or_else(|| std::env::var("ALGA_RUNNER_URL").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_string();
+        let token = match &remote.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading --token-file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("ALGA_RUNNER_ADMIN_TOKEN").ok(),
+        };
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(300)).build();
+        Ok(Client { base, token, agent })
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let mut r = self.agent.request(method, &format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.set("authorization", &format!("Bearer {t}"));
+        }
+        r
+    }
+
+    /// Sends and returns (status, JSON body); HTTP errors are answers too.
+    fn send(&self, r: Result<ureq::Response, ureq::Error>) -> anyhow::Result<(u16, Value)> {
+        let response = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => bail!("cannot reach the supervisor at {}: {e}", self.base),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+}
+
+/// Prints an answer; returns the exit code.
+fn report(status: u16, body: &Value) -> u8 {
+    if (200..300).contains(&status) {
+        if !body.is_null() && body != &Value::String(String::new()) {
+            println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+        }
+        0
+    } else {
+        let code = body.get("code").and_then(Value::as_str).unwrap_or("error");
+        let detail = body.get("detail").and_then(Value::as_str).unwrap_or("");
+        eprintln!("error: {status} {code}: {detail}");
+        if let Some(errors) = body.get("errors").and_then(Value::as_array) {
+            for e in errors {
+                eprintln!("  - {}: {}", e["path"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("?"));
+            }
+        }
+        EXIT_FAILURE
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub fn publish(args: PublishArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.remote)?;
+    let bytes = std::fs::read(&args.bundle).with_context(|| format!("reading {}", args.bundle.display()))?;
+    let sig_file = args.sig.unwrap_or_else(|| {
+        let mut p = args.bundle.as_os_str().to_owned();
+        p.push(".minisig");
+        PathBuf::from(p)
+    });
+    let sig = std::fs::read(&sig_file).with_context(|| {
+        format!("reading the signature {} (sign the bundle first: alga-runner sign)", sig_file.display())
+    })?;
+    eprintln!("uploading {} ({} bytes); the runner verifies and compiles it...", args.bundle.display(), bytes.len());
+    let r = client
+        .request("POST", "/v1/bundles")
+        .set("content-type", "application/octet-stream")
+        .set("x-alga-signature", &STANDARD.encode(&sig))
+        .send_bytes(&bytes);
+    let (status, body) = client.send(r)?;
+    Ok(report(status, &body))
+}
+
+pub fn install(args: InstallArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.remote)?;
+    let mut config = serde_json::Map::new();
+    for c in &args.config {
+        let Some((k, v)) = c.split_once('=') else {
+            eprintln!("error: --config {c:?}: expected key=value");
+            return Ok(EXIT_USAGE);
+        };
+        config.insert(k.to_string(), json!(v));
+    }
+    let mut body = json!({
+        "version": args.version,
+        "granted_capabilities": args.grants,
+        "config": config,
+        "enabled": !args.disabled,
+        "limits": { "timeout_ms": args.timeout_ms, "memory_mb": args.memory_mb, "fuel": args.fuel },
+    });
+    if !args.egress.is_empty() {
+        body["egress_allowlist"] = json!(args.egress);
+    }
+    let path = format!("/v1/tenants/{}/installs/{}", enc(&args.tenant), enc(&args.extension));
+    let (status, body) = client.send(client.request("PUT", &path).send_json(body))?;
+    Ok(report(status, &body))
+}
+
+pub fn uninstall(args: UninstallArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.remote)?;
+    let mut path = format!("/v1/tenants/{}/installs/{}", enc(&args.tenant), enc(&args.extension));
+    if args.purge {
+        path.push_str("?purge=true");
+    }
+    let (status, body) = client.send(client.request("DELETE", &path).call())?;
+    Ok(report(status, &body))
+}
+
+pub fn list(args: ListArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.remote)?;
+    let path = match &args.tenant {
+        Some(t) => format!("/v1/tenants/{}/installs", enc(t)),
+        None => "/v1/extensions".to_string(),
+    };
+    let (status, body) = client.send(client.request("GET", &path).call())?;
+    Ok(report(status, &body))
+}
+
+pub fn executions(args: ExecutionsArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.remote)?;
+    let mut query = format!("limit={}", args.limit);
+    if let Some(e) = &args.extension {
+        query.push_str(&format!("&extension={}", enc(e)));
+    }
+    if let Some(s) = &args.status {
+        query.push_str(&format!("&status={}", enc(s)));
+    }
+    let path = format!("/v1/tenants/{}/executions?{query}", enc(&args.tenant));
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let (status, body) = client.send(client.request("GET", &path).call())?;
+        if !(200..300).contains(&status) {
+            return Ok(report(status, &body));
+        }
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        // Oldest first, like a log.
+        for item in items.iter().rev() {
+            let id = item["execution_id"].as_str().unwrap_or_default().to_string();
+            if seen.insert(id) {
+                println!("{}", serde_json::to_string(item).unwrap_or_default());
+            }
+        }
+        if !args.follow {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,274 @@
+//! `alga-runner serve`: the HTTP service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use alga_shared::signing::TrustBundle;
+use anyhow::Context;
+use serde_json::json;
+
+use super::EXIT_CONFIG;
+use crate::config::Config;
+use crate::core::Core;
+use crate::forkserver;
+use crate::registry::{BlobStore, RegistryStore, SledRegistry, StoreError, VersionState};
+use crate::sandbox::Sandbox;
+use crate::service::Service;
+use crate::settings::Settings;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file [default: $ALGA_RUNNER_CONFIG; none: defaults and environment].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Development mode: a temporary state directory, loopback only, generated tokens and a
+    /// generated signing key (printed once).
+    #[arg(long)]
+    pub dev: bool,
+    /// Allow listening on a non-loopback address without tokens (development only).
+    #[arg(long)]
+    pub insecure_dev: bool,
+}
+
+fn random_hex() -> String {
+    hex::encode(alga_sandbox::sys::random_seed())
+}
+
+/// What `--dev` generated, printed once.
+struct DevSetup {
+    state_dir: PathBuf,
+    service_token: String,
+    admin_token: String,
+    key_file: PathBuf,
+    pub_file: PathBuf,
+    public_key: String,
+}
+
+fn dev_setup(env: &mut Vec<(String, String)>) -> anyhow::Result<DevSetup> {
+    let state_dir = std::env::temp_dir().join(format!("alga-runner-dev-{}", std::process::id()));
+    std::fs::create_dir_all(state_dir.join("keys"))?;
+    let kp = minisign::KeyPair::generate_unencrypted_keypair()?;
+    let key_file = state_dir.join("keys/dev-signing.key");
+    let pub_file = state_dir.join("keys/dev-signing.pub");
+    std::fs::write(&key_file, kp.sk.to_box(Some("alga-runner --dev signing key"))?.into_string())?;
+    std::fs::write(&pub_file, kp.pk.to_box()?.into_string())?;
+    let public_key = kp.pk.to_base64();
+    let setup = DevSetup {
+        state_dir: state_dir.clone(),
+        service_token: random_hex(),
+        admin_token: random_hex(),
+        key_file,
+        pub_file,
+        public_key: public_key.clone(),
+    };
+    // The dev key is trusted in addition to any configured keys.
+    let mut trust = String::from("# alga-runner --dev\n");
+    if let Some((_, existing)) = env.iter().find(|(k, _)| k == "SIGNING_TRUST_BUNDLE").filter(|(_, v)| !v.is_empty()) {
+        if existing.contains('\n') || existing.trim_start().starts_with("RW") {
+            trust.push_str(existing);
+        } else {
+            trust.push_str(&std::fs::read_to_string(existing).with_context(|| format!("reading {existing}"))?);
+        }
+        trust.push('\n');
+    }
+    trust.push_str(&public_key);
+    trust.push('\n');
+    env.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "SIGNING_TRUST_BUNDLE" | "ALGA_RUNNER_STATE_DIR" | "ALGA_RUNNER_SERVICE_TOKEN" | "ALGA_RUNNER_ADMIN_TOKEN"
+        )
+    });
+    env.push(("SIGNING_TRUST_BUNDLE".into(), trust));
+    env.push(("ALGA_RUNNER_STATE_DIR".into(), state_dir.display().to_string()));
+    env.push(("ALGA_RUNNER_SERVICE_TOKEN".into(), setup.service_token.clone()));
+    env.push(("ALGA_RUNNER_ADMIN_TOKEN".into(), setup.admin_token.clone()));
+    Ok(setup)
+}
+
+/// The sandbox settings a configuration asks for.
+pub fn settings_of(config: &Config) -> Settings {
+    let mut s = Settings::new(config.state.dir.join("cache"));
+    let sb = &config.sandbox;
+    if let Some(n) = sb.pool_size {
+        s.pool_size = n;
+    }
+    s.plan.uid = sb.uid;
+    s.plan.gid = sb.gid;
+    s.plan.landlock = if sb.landlock == "required" {
+        alga_shared::protocol::Requirement::Required
+    } else {
+        alga_shared::protocol::Requirement::BestEffort
+    };
+    s.plan.seccomp_log_only = sb.seccomp == "log";
+    s.plan.max_frame = sb.max_frame_mb << 20;
+    s.runtime_overhead_bytes = sb.memory_overhead_mb << 20;
+    s.pids_max = sb.pids_max;
+    s.cpu_percent = (sb.cpu_percent > 0).then_some(sb.cpu_percent);
+    s.compile_memory_bytes = sb.compile_memory_mb << 20;
+    s.compile_timeout = std::time::Duration::from_millis(sb.compile_timeout_ms);
+    s.cgroups = sb.cgroups;
+    s.ceilings = alga_shared::limits::LimitCeilings {
+        max_timeout_ms: config.limits.max_timeout_ms,
+        max_memory_bytes: config.limits.max_memory_mb << 20,
+        max_fuel: config.limits.max_fuel,
+    };
+    s
+}
+
+/// Makes the database and the blob store agree: a blob without a record is removed; a record
+/// without its blob marks the version unavailable.
+fn reconcile(registry: &dyn RegistryStore, blobs: &BlobStore) -> Result<(), StoreError> {
+    let records = registry.bundles()?;
+    let known: std::collections::HashSet<&str> = records.iter().map(|r| r.content_hash.as_str()).collect();
+    for blob in blobs.list().unwrap_or_default() {
+        if !known.contains(blob.as_str()) {
+            tracing::warn!(content_hash = %blob, "removing a stored bundle no record refers to");
+            let _ = blobs.remove(&blob);
+        }
+    }
+    for r in &records {
+        if !blobs.exists(&r.content_hash)
+            && let Some(mut v) = registry.version_by_id(&r.extension_id, &r.version_id)?
+            && v.state != VersionState::Unavailable
+        {
+            tracing::error!(content_hash = %r.content_hash, version = %v.version, "bundle missing from the blob store; version marked unavailable");
+            v.state = VersionState::Unavailable;
+            registry.put_version(&v)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    let dev = if args.dev { Some(dev_setup(&mut env)?) } else { None };
+    let file = args.config.or_else(|| std::env::var_os("ALGA_RUNNER_CONFIG").map(PathBuf::from));
+    let config = match Config::load(file.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let listen: SocketAddr = config.server.listen.parse().context("server.listen")?;
+    if dev.is_some() && !listen.ip().is_loopback() {
+        eprintln!("invalid configuration: --dev listens on loopback only, not {listen}");
+        return Ok(EXIT_CONFIG);
+    }
+    let tokens_missing = config.service_token()?.is_none() || config.admin_token()?.is_none();
+    if tokens_missing && !listen.ip().is_loopback() {
+        if !args.insecure_dev {
+            eprintln!(
+                "invalid configuration: refusing to listen on {listen} without both a service and an admin token \
+                 (set ALGA_RUNNER_SERVICE_TOKEN and ALGA_RUNNER_ADMIN_TOKEN, or auth.* in the config file); \
+                 --insecure-dev overrides this for development"
+            );
+            return Ok(EXIT_CONFIG);
+        }
+        eprintln!(
+            "WARNING: --insecure-dev: listening on {listen} WITHOUT authentication. Never do this in production."
+        );
+    }
+
+    let state = &config.state.dir;
+    std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
+    let registry = match SledRegistry::open(&state.join("db")) {
+        Ok(r) => r,
+        Err(e @ StoreError::NewerSchema { .. }) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_CONFIG);
+        }
+        Err(e) => return Err(e).context("opening the database"),
+    };
+    let blobs = BlobStore::open(state.join("bundles").join("sha256"))?;
+    reconcile(&registry, &blobs).context("checking the database against the blob store")?;
+    let trust = if config.trust.bundle.is_empty() {
+        TrustBundle::default()
+    } else {
+        match TrustBundle::load(&config.trust.bundle) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("invalid configuration: trust.bundle: {e}");
+                return Ok(EXIT_CONFIG);
+            }
+        }
+    };
+
+    let settings = settings_of(&config);
+    let cgroups = Core::detect_cgroups(&settings);
+    // The fork server starts now, from the main thread, before any runtime thread exists.
+    let process = forkserver::Process::start().context("starting the fork server")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("alga-core")
+        .enable_all()
+        .build()
+        .context("starting the execution runtime")?;
+    let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
+    let registry: Arc<dyn RegistryStore> = Arc::new(registry);
+    let service = Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust)?);
+    service.start_flusher();
+
+    // The sandbox self-test: a real sandbox, every layer, before the service says it is ready.
+    let layers = rt
+        .block_on(async {
+            let sandbox = Sandbox::create(&core, alga_shared::protocol::SandboxMode::Execute).await?;
+            let layers = sandbox.layers.clone();
+            sandbox.kill(&core);
+            sandbox.reap(&core);
+            Ok::<_, crate::sandbox::SpawnError>(layers)
+        })
+        .map_err(|e| anyhow::anyhow!("the sandbox self-test failed: {}", crate::error_chain(&e)))?;
+    let mut report = serde_json::Map::new();
+    for (name, l) in layers.layers() {
+        report.insert(name.into(), json!({ "level": l.level, "detail": l.detail }));
+    }
+    report.insert("landlock_abi".into(), json!(layers.landlock_abi));
+    *service.self_test.lock().unwrap_or_else(|p| p.into_inner()) = Some(serde_json::Value::Object(report));
+    service.self_test_ok.store(true, Ordering::Relaxed);
+
+    // SIGHUP reloads the trust bundle.
+    {
+        let svc = service.clone();
+        rt.spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                if let Err(e) = svc.reload_trust() {
+                    tracing::error!(error = %e, "reloading the trust bundle on SIGHUP failed; keeping the previous one");
+                }
+            }
+        });
+    }
+
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let bound = listener.local_addr()?;
+    if let Some(d) = &dev {
+        println!("alga-runner --dev: DEVELOPMENT MODE (not for production)");
+        println!("  listening on     http://{bound}");
+        println!("  state directory  {} (temporary)", d.state_dir.display());
+        println!("  service token    {}", d.service_token);
+        println!("  admin token      {}", d.admin_token);
+        println!("  signing key      {} (unencrypted), public {}", d.key_file.display(), d.pub_file.display());
+        println!("  trusted key      {}", d.public_key);
+        println!("  sign a bundle:   alga-runner sign bundle.tar.zst --key {}", d.key_file.display());
+    }
+    tracing::info!(listen = %bound, "serving");
+    let grace = std::time::Duration::from_millis(config.server.shutdown_grace_ms);
+    let served = actix_web::rt::System::new().block_on(crate::http::serve(service.clone(), listener, grace));
+
+    // Stopped (SIGTERM/SIGINT): running requests had their grace period; now stop every sandbox,
+    // remove every cgroup, and make the last records durable.
+    service.shutting_down.store(true, Ordering::Relaxed);
+    rt.block_on(core.shutdown());
+    if let Err(e) = registry.flush() {
+        tracing::error!(error = %crate::error_chain(&e), "final flush failed");
+    }
+    if let Some(d) = &dev {
+        let _ = std::fs::remove_dir_all(&d.state_dir);
+    }
+    served.context("the HTTP server failed")?;
+    Ok(0)
+}

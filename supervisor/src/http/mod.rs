@@ -1,0 +1,138 @@
+//! The HTTP layer (actix-web): each route authenticates, parses and validates into a typed
+//! command, hands it to the service, and maps the answer. Errors are problem+json
+//! ([`problem::Problem`]); every response carries `x-request-id`.
+
+pub mod problem;
+mod routes;
+
+use std::sync::Arc;
+
+use actix_web::dev::{Service as _, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{App, HttpMessage, HttpRequest, HttpServer, web};
+use futures_util::StreamExt;
+
+use crate::service::Service;
+use problem::Problem;
+
+/// The request id of a request: the caller's `x-request-id` when valid, else a new one.
+#[derive(Debug, Clone)]
+pub struct RequestId {
+    pub id: String,
+    /// True when the caller sent it.
+    pub from_caller: bool,
+}
+
+/// A request id a caller may choose: 1..128 of `[A-Za-z0-9._:-]`.
+pub fn valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+pub fn request_id(req: &HttpRequest) -> RequestId {
+    req.extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(|| RequestId { id: new_request_id(), from_caller: false })
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks `Authorization: Bearer <token>` when `token` is configured.
+pub fn authorize(req: &HttpRequest, token: &Option<String>, which: &str) -> Result<(), Problem> {
+    let Some(expected) = token else { return Ok(()) };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(Problem::unauthorized(format!("the bearer token is not the {which} token"))),
+        None => Err(Problem::unauthorized(format!("this route needs `Authorization: Bearer <{which} token>`"))),
+    }
+}
+
+/// Reads a request body up to `limit` bytes (413 past it), streaming, without trusting
+/// `Content-Length`.
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: u64) -> Result<Vec<u8>, Problem> {
+    if let Some(len) =
+        req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(Problem::too_large(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Problem::bad_request("invalid_body", format!("reading the body: {e}")))?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(Problem::too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Runs the HTTP server until it is told to stop (SIGTERM, SIGINT); in-flight requests get
+/// `grace` to finish.
+pub async fn serve(
+    service: Arc<Service>,
+    listener: std::net::TcpListener,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let data = web::Data::from(service);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+    HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                Problem::bad_request("invalid_query", format!("the query string is not valid: {e}")).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                Problem::bad_request("invalid_path", format!("the path is not valid: {e}")).into()
+            }))
+            .wrap_fn(|req, srv| {
+                let rid = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| valid_request_id(v))
+                    .map(|v| RequestId { id: v.to_string(), from_caller: true })
+                    .unwrap_or_else(|| RequestId { id: new_request_id(), from_caller: false });
+                req.extensions_mut().insert(rid.clone());
+                let fut = srv.call(req);
+                async move {
+                    let mut res: ServiceResponse = fut.await?;
+                    let name = HeaderName::from_static("x-request-id");
+                    if !res.headers().contains_key(&name)
+                        && let Ok(v) = HeaderValue::from_str(&rid.id)
+                    {
+                        res.headers_mut().insert(name, v);
+                    }
+                    Ok(res)
+                }
+            })
+            .configure(routes::configure)
+            .default_service(web::to(|req: HttpRequest| async move {
+                Err::<actix_web::HttpResponse, Problem>(Problem::not_found(
+                    "route_not_found",
+                    format!("no route {} {}", req.method(), req.path()),
+                ))
+            }))
+    })
+    .workers(workers)
+    .shutdown_timeout(grace.as_secs().max(1))
+    .listen(listener)?
+    .run()
+    .await
+}

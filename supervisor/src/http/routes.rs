@@ -1,0 +1,220 @@
+//! The routes (02-http-api.md). Thin: authenticate, parse, call the service, map.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::json;
+
+use super::problem::Problem;
+use super::{authorize, read_body, request_id};
+use crate::service::{Service, execute, installs, publish, reads};
+
+type Svc = web::Data<Service>;
+type Query = web::Query<HashMap<String, String>>;
+
+/// Body limit of small JSON requests (installs), in bytes.
+const SMALL_BODY: u64 = 256 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/v1/execute", web::post().to(execute_route))
+        .route("/v1/bundles", web::post().to(publish_route))
+        .route("/v1/extensions", web::get().to(list_extensions))
+        .route("/v1/extensions/{id}", web::get().to(get_extension))
+        .route("/v1/extensions/{id}/versions", web::get().to(list_versions))
+        .route("/v1/extensions/{id}/versions/{version}", web::delete().to(yank_version))
+        .route("/v1/tenants/{tenant}/installs", web::get().to(list_installs))
+        .route("/v1/tenants/{tenant}/installs/{extension}", web::put().to(put_install))
+        .route("/v1/tenants/{tenant}/installs/{extension}", web::get().to(get_install))
+        .route("/v1/tenants/{tenant}/installs/{extension}", web::delete().to(delete_install))
+        .route("/v1/tenants/{tenant}/executions", web::get().to(list_executions))
+        .route("/v1/admin/reload", web::post().to(reload));
+}
+
+fn admin(req: &HttpRequest, svc: &Service) -> Result<(), Problem> {
+    authorize(req, &svc.admin_token, "admin")
+}
+
+fn header(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// Ready when storage answers, the trust bundle is loaded, the sandbox self-test passed and the
+/// warm pool has a sandbox; the body lists every hardening layer's level.
+async fn readyz(svc: Svc) -> HttpResponse {
+    let storage = svc.registry.extensions(None, 1).is_ok();
+    let self_test = svc.self_test_ok.load(Ordering::Relaxed);
+    let pool = svc.core.pool.stats();
+    let pool_ok = pool.target == 0 || pool.ready > 0;
+    let shutting_down = svc.shutting_down.load(Ordering::Relaxed);
+    let ready = storage && self_test && pool_ok && !shutting_down && svc.core.fork.is_alive();
+    let layers = svc.self_test.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or(json!(null));
+    let body = json!({
+        "ready": ready,
+        "checks": {
+            "storage": storage,
+            "trust": { "loaded": true, "keys": svc.trust().bundle.keys().len() },
+            "self_test": self_test,
+            "fork_server": svc.core.fork.is_alive(),
+            "pool": { "ready": pool.ready, "target": pool.target, "hits": pool.hits, "misses": pool.misses },
+            "shutting_down": shutting_down,
+        },
+        "layers": layers,
+        "cgroup": svc.core.cgroups.version().map_or("none".to_string(), |v| v.to_string()),
+    });
+    if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+async fn execute_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
+    authorize(&req, &svc.service_token, "service")?;
+    let content_type = header(&req, "content-type").unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        return Err(Problem::new(415, "unsupported_media_type", "the body must be JSON")
+            .detail(format!("content-type `{content_type}`; send application/json")));
+    }
+    let body = read_body(&req, payload, svc.config.execute.max_request_mb << 20).await?;
+    let envelope = execute::parse_envelope(&body)?;
+    let rid = request_id(&req);
+    let cmd = envelope.into_command(
+        rid.from_caller.then_some(rid.id),
+        (header(&req, "x-alga-tenant"), header(&req, "x-alga-extension")),
+        header(&req, "x-idempotency-key"),
+    )?;
+    let request_id = cmd.request_id.clone();
+    let response = execute::execute(&svc.into_inner(), cmd).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("x-request-id", request_id))
+        .insert_header(("cache-control", "no-store"))
+        .json(response))
+}
+
+async fn publish_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let signature = match header(&req, "x-alga-signature") {
+        Some(b64) => {
+            let bytes = STANDARD.decode(b64.trim()).map_err(|e| {
+                Problem::new(401, "signature_invalid", "the bundle's signature is not valid")
+                    .detail(format!("x-alga-signature is not base64 of a .minisig file: {e}"))
+            })?;
+            String::from_utf8(bytes).map_err(|_| {
+                Problem::new(401, "signature_invalid", "the bundle's signature is not valid")
+                    .detail("x-alga-signature does not decode to a .minisig text file")
+            })?
+        }
+        None => {
+            return Err(Problem::new(401, "signature_invalid", "the bundle is not signed")
+                .detail("send the base64 of the bundle's .minisig file in the x-alga-signature header"));
+        }
+    };
+    let body = read_body(&req, payload, svc.config.bundles.max_compressed_mb << 20).await?;
+    let (created, published) = publish::publish(&svc.into_inner(), body, signature).await?;
+    let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
+    Ok(response.json(published))
+}
+
+fn limit(q: &Query) -> Result<Option<usize>, Problem> {
+    q.get("limit")
+        .map(|l| {
+            l.parse::<usize>()
+                .map_err(|_| Problem::bad_request("invalid_query", format!("limit `{l}` is not a number")))
+        })
+        .transpose()
+}
+
+async fn list_extensions(req: HttpRequest, svc: Svc, q: Query) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    Ok(HttpResponse::Ok().json(reads::extensions(&svc, q.get("cursor").map(String::as_str), limit(&q)?)?))
+}
+
+async fn get_extension(req: HttpRequest, svc: Svc, id: web::Path<String>) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    Ok(HttpResponse::Ok().json(reads::extension(&svc, &id)?))
+}
+
+async fn list_versions(req: HttpRequest, svc: Svc, id: web::Path<String>, q: Query) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    Ok(HttpResponse::Ok().json(reads::versions(&svc, &id, q.get("cursor").map(String::as_str), limit(&q)?)?))
+}
+
+async fn yank_version(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let (id, version) = path.into_inner();
+    Ok(HttpResponse::Ok().json(reads::yank(&svc, &id, &version)?))
+}
+
+async fn list_installs(req: HttpRequest, svc: Svc, tenant: web::Path<String>) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    Ok(HttpResponse::Ok().json(json!({ "items": installs::list(&svc, &tenant)? })))
+}
+
+async fn put_install(
+    req: HttpRequest,
+    payload: web::Payload,
+    svc: Svc,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let (tenant, extension) = path.into_inner();
+    let body = read_body(&req, payload, SMALL_BODY).await?;
+    let request: installs::InstallRequest = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        } else {
+            Problem::new(422, "invalid_install", "the install request is not valid").detail(e.to_string())
+        }
+    })?;
+    let (created, view) = installs::put(&svc.into_inner(), &tenant, &extension, request).await?;
+    let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
+    Ok(response.json(view))
+}
+
+async fn get_install(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let (tenant, extension) = path.into_inner();
+    Ok(HttpResponse::Ok().json(installs::get(&svc, &tenant, &extension)?))
+}
+
+async fn delete_install(
+    req: HttpRequest,
+    svc: Svc,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let (tenant, extension) = path.into_inner();
+    installs::delete(&svc, &tenant, &extension)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn list_executions(
+    req: HttpRequest,
+    svc: Svc,
+    tenant: web::Path<String>,
+    q: Query,
+) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let page = reads::executions(
+        &svc,
+        &tenant,
+        q.get("extension").map(String::as_str),
+        q.get("status").map(String::as_str),
+        q.get("cursor").cloned(),
+        limit(&q)?,
+    )?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+async fn reload(req: HttpRequest, svc: Svc) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let keys = svc.reload_trust().map_err(|e| {
+        Problem::new(422, "invalid_trust_bundle", "the trust bundle cannot be loaded").detail(e.to_string())
+    })?;
+    Ok(HttpResponse::Ok().json(json!({ "keys": keys })))
+}

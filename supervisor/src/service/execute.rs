@@ -1,0 +1,451 @@
+//! `POST /v1/execute` (envelope mode, wire-compatible with the Alga gateway): resolve the tenant's
+//! install, check capabilities and limits, run in a sandbox, answer with the envelope, record the
+//! execution.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use alga_shared::bindings::{ContextData, ExecuteRequest, HttpHeader, HttpRequest};
+use alga_shared::bundle::normalize_hash;
+use alga_shared::capability::{Capability, CapabilitySet};
+use alga_shared::limits::LimitRequest;
+use alga_shared::outcome::Outcome;
+use alga_shared::protocol::ExecuteJob;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Service;
+use super::installs::valid_tenant;
+use super::loader::LoadError;
+use crate::broker::{HostContext, UserInfo};
+use crate::executor::{self, Report};
+use crate::http::problem::Problem;
+use crate::registry::{ExecutionRecord, new_id, now_ms};
+
+/// Request headers that reach the guest; `authorization` and `cookie` never do.
+pub const INBOUND_HEADERS: &[&str] =
+    &["accept", "accept-encoding", "content-type", "user-agent", "x-request-id", "x-idempotency-key"];
+
+/// Hop-by-hop headers, never passed on.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Log lines kept in an execution record.
+const RECORD_LOG_LINES: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct Envelope {
+    pub context: EnvelopeContext,
+    pub http: EnvelopeHttp,
+    #[serde(default)]
+    pub limits: Option<LimitRequest>,
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    #[serde(default)]
+    pub user: Option<EnvelopeUser>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EnvelopeContext {
+    #[serde(default)]
+    pub request_id: Option<String>,
+    pub tenant_id: String,
+    pub extension_id: String,
+    #[serde(default)]
+    pub install_id: Option<String>,
+    #[serde(default)]
+    pub version_id: Option<String>,
+    pub content_hash: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EnvelopeHttp {
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body_b64: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct EnvelopeUser {
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub user_email: String,
+    #[serde(default)]
+    pub user_name: String,
+    #[serde(default)]
+    pub user_type: String,
+    #[serde(default, alias = "company_name")]
+    pub client_name: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub additional_fields: Option<BTreeMap<String, String>>,
+}
+
+/// A validated execution request.
+#[derive(Debug)]
+pub struct ExecuteCommand {
+    pub request_id: String,
+    pub tenant: String,
+    pub extension: String,
+    pub install_id: Option<String>,
+    pub version_id: Option<String>,
+    pub content_hash: String,
+    pub method: String,
+    /// `path` plus the query string.
+    pub url: String,
+    pub path: String,
+    pub headers: Vec<HttpHeader>,
+    pub body: Option<Vec<u8>>,
+    pub config: BTreeMap<String, String>,
+    pub limits: LimitRequest,
+    pub providers: Option<Vec<String>>,
+    pub user: Option<UserInfo>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer of `/v1/execute` for every request that reached policy or execution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvelopeResponse {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body_b64: Option<String>,
+    pub error: Option<String>,
+}
+
+impl EnvelopeResponse {
+    fn error(status: u16, error: impl Into<String>) -> Self {
+        EnvelopeResponse { status, headers: BTreeMap::new(), body_b64: None, error: Some(error.into()) }
+    }
+}
+
+fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Envelope {
+    /// Validates the envelope against the request's headers. `routing` are the `x-alga-tenant`
+    /// and `x-alga-extension` headers, which must agree with the body when present.
+    /// `request_id` is the caller's valid `x-request-id`, if any; without one, a valid
+    /// `context.request_id` is used, else a new one.
+    pub fn into_command(
+        self,
+        request_id: Option<String>,
+        routing: (Option<String>, Option<String>),
+        idempotency_key: Option<String>,
+    ) -> Result<ExecuteCommand, Problem> {
+        let c = self.context;
+        if let Some(t) = routing.0.filter(|t| t != &c.tenant_id) {
+            return Err(Problem::bad_request(
+                "routing_mismatch",
+                format!("x-alga-tenant `{t}` does not match context.tenant_id `{}`", c.tenant_id),
+            ));
+        }
+        if let Some(e) = routing.1.filter(|e| e != &c.extension_id) {
+            return Err(Problem::bad_request(
+                "routing_mismatch",
+                format!("x-alga-extension `{e}` does not match context.extension_id `{}`", c.extension_id),
+            ));
+        }
+        let invalid = |m: String| Problem::new(422, "invalid_request", "the envelope is not valid").detail(m);
+        if !valid_tenant(&c.tenant_id) {
+            return Err(invalid("context.tenant_id must be 1 to 128 of A-Z a-z 0-9 . _ : -".into()));
+        }
+        if c.extension_id.is_empty() || c.extension_id.len() > 256 {
+            return Err(invalid("context.extension_id must be 1 to 256 characters".into()));
+        }
+        let content_hash = normalize_hash(&c.content_hash).ok_or_else(|| {
+            invalid("context.content_hash must be sha256: followed by 64 lowercase hex digits".into())
+        })?;
+        let method = self.http.method.trim().to_ascii_uppercase();
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid(format!("http.method `{}` is not an HTTP method", self.http.method)));
+        }
+        if !self.http.path.starts_with('/') {
+            return Err(invalid("http.path must start with `/`".into()));
+        }
+        let body = match self.http.body_b64 {
+            Some(b) => {
+                Some(STANDARD.decode(b.as_bytes()).map_err(|e| invalid(format!("http.body_b64 is not base64: {e}")))?)
+            }
+            None => None,
+        };
+        let mut url = self.http.path.clone();
+        if !self.http.query.is_empty() {
+            let q: Vec<String> = self
+                .http
+                .query
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
+                .collect();
+            url.push('?');
+            url.push_str(&q.join("&"));
+        }
+        let mut headers: Vec<HttpHeader> = self
+            .http
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .filter(|(k, _)| INBOUND_HEADERS.contains(&k.as_str()))
+            .map(|(name, v)| HttpHeader { name, value: v.clone() })
+            .collect();
+        headers.push(HttpHeader { name: "x-alga-tenant".into(), value: c.tenant_id.clone() });
+        headers.push(HttpHeader { name: "x-alga-extension".into(), value: c.extension_id.clone() });
+        let user = self.user.map(|u| UserInfo {
+            user_id: u.user_id,
+            user_email: u.user_email,
+            user_name: u.user_name,
+            user_type: u.user_type,
+            client_name: u.client_name,
+            client_id: u.client_id,
+            additional_fields: u.additional_fields.unwrap_or_default().into_iter().collect(),
+        });
+        Ok(ExecuteCommand {
+            request_id: request_id
+                .or(c.request_id.filter(|r| crate::http::valid_request_id(r)))
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            tenant: c.tenant_id,
+            extension: c.extension_id,
+            install_id: c.install_id,
+            version_id: c.version_id,
+            content_hash,
+            method,
+            url,
+            path: self.http.path,
+            headers,
+            body,
+            config: c.config,
+            limits: self.limits.unwrap_or_default(),
+            providers: self.providers,
+            user,
+            idempotency_key,
+        })
+    }
+}
+
+/// Runs the command. `Err` only for failures of the runner itself; everything else (not
+/// installed, denied, guest errors) is an envelope.
+pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<EnvelopeResponse, Problem> {
+    let not_installed = || Ok(EnvelopeResponse::error(404, "not_installed"));
+    let Some(ext) = svc.registry.extension(&cmd.extension)? else { return not_installed() };
+    let Some(install) = svc.registry.install(&cmd.tenant, &ext.id)? else { return not_installed() };
+    if !install.enabled
+        || install.content_hash != cmd.content_hash
+        || cmd.install_id.as_ref().is_some_and(|i| i != &install.install_id)
+        || cmd.version_id.as_ref().is_some_and(|v| v != &install.version_id)
+    {
+        return not_installed();
+    }
+    let Some(version) = svc.registry.version_by_id(&ext.id, &install.version_id)? else { return not_installed() };
+
+    // Effective capabilities: manifest ∩ grants (∩ providers) ∪ defaults. Asking for a capability
+    // that is unknown or not granted is refused.
+    let manifest_caps = CapabilitySet::parse(version.capabilities.iter().map(String::as_str)).unwrap_or_default();
+    let grants = CapabilitySet::parse(install.granted_capabilities.iter().map(String::as_str)).unwrap_or_default();
+    let providers = match &cmd.providers {
+        Some(list) => {
+            let mut set = CapabilitySet::new();
+            for name in list {
+                match name.parse::<Capability>() {
+                    Ok(cap)
+                        if (manifest_caps.contains(cap) && grants.contains(cap))
+                            || Capability::DEFAULTS.contains(&cap) =>
+                    {
+                        set.insert(cap)
+                    }
+                    _ => return Ok(EnvelopeResponse::error(403, "capability_denied")),
+                }
+            }
+            Some(set)
+        }
+        None => None,
+    };
+    let capabilities = CapabilitySet::effective(&manifest_caps, &grants, providers.as_ref());
+
+    if let Some(key) = &cmd.idempotency_key
+        && let Some(cached) = svc.idempotency.lock().unwrap_or_else(|p| p.into_inner()).get(&cmd.tenant, &ext.id, key)
+        && let Ok(response) = serde_json::from_value::<EnvelopeResponse>(cached)
+    {
+        return Ok(response);
+    }
+
+    let loaded = match svc.loader.load(svc, &ext, &version).await {
+        Ok(l) => l,
+        Err(LoadError::Verification(detail)) => {
+            tracing::warn!(extension = %ext.name, version = %version.version, %detail, "bundle failed verification at load");
+            return Ok(EnvelopeResponse::error(502, "bundle_verification_failed"));
+        }
+        Err(LoadError::Internal(detail)) => return Err(Problem::internal(detail)),
+    };
+
+    let limits = svc.default_limits().resolve(&install.limits, &cmd.limits, &svc.ceilings());
+    let mut config = cmd.config.clone();
+    config.extend(install.config.clone());
+    let host = HostContext {
+        request_id: Some(cmd.request_id.clone()),
+        tenant_id: cmd.tenant.clone(),
+        extension_id: ext.id.clone(),
+        install_id: Some(install.install_id.clone()),
+        version_id: Some(install.version_id.clone()),
+        user: cmd.user.clone(),
+        config,
+        capabilities: capabilities.clone(),
+        storage: svc.storage.clone(),
+    };
+    let request = ExecuteRequest {
+        context: ContextData {
+            request_id: Some(cmd.request_id.clone()),
+            tenant_id: cmd.tenant.clone(),
+            extension_id: ext.id.clone(),
+            install_id: Some(install.install_id.clone()),
+            version_id: Some(install.version_id.clone()),
+        },
+        http: HttpRequest {
+            method: cmd.method.clone(),
+            url: cmd.url.clone(),
+            headers: cmd.headers.clone(),
+            body: cmd.body.clone(),
+        },
+    };
+    let job = ExecuteJob { request, limits, capabilities, artifact_len: loaded.artifact.len };
+    let core = svc.core.clone();
+    let artifact = loaded.artifact.clone();
+    let report = svc.on_core(async move { executor::execute(&core, &artifact, job, &host).await }).await?;
+
+    let response = envelope_of(&report);
+    record(svc, &cmd, &ext.id, &install.install_id, &install.version_id, &report, &response);
+    if report.outcome == Outcome::Completed
+        && let Some(key) = &cmd.idempotency_key
+        && let Ok(value) = serde_json::to_value(&response)
+    {
+        svc.idempotency.lock().unwrap_or_else(|p| p.into_inner()).put(&cmd.tenant, &ext.id, key, value);
+    }
+    Ok(response)
+}
+
+/// The envelope of a finished execution (02-http-api.md, outcome table).
+pub fn envelope_of(report: &Report) -> EnvelopeResponse {
+    match (&report.response, report.outcome.envelope_error()) {
+        (Some(r), None) if (100..=599).contains(&r.status) => {
+            let mut headers = BTreeMap::new();
+            for h in &r.headers {
+                let name = h.name.to_ascii_lowercase();
+                if HOP_BY_HOP.contains(&name.as_str()) {
+                    continue;
+                }
+                headers
+                    .entry(name)
+                    .and_modify(|v: &mut String| {
+                        v.push_str(", ");
+                        v.push_str(&h.value);
+                    })
+                    .or_insert_with(|| h.value.clone());
+            }
+            EnvelopeResponse {
+                status: r.status,
+                headers,
+                body_b64: r.body.as_ref().map(|b| STANDARD.encode(b)),
+                error: None,
+            }
+        }
+        (Some(_), None) => EnvelopeResponse::error(502, "invalid_guest_response"),
+        (_, Some((status, error))) => EnvelopeResponse::error(status, error),
+        (None, None) => EnvelopeResponse::error(500, "execute_failed: no response"),
+    }
+}
+
+fn record(
+    svc: &Arc<Service>,
+    cmd: &ExecuteCommand,
+    extension_id: &str,
+    install_id: &str,
+    version_id: &str,
+    report: &Report,
+    response: &EnvelopeResponse,
+) {
+    let mut logs: Vec<String> = report.logs.iter().map(|l| format!("[{}] {}", l.level.as_str(), l.message)).collect();
+    if logs.len() > RECORD_LOG_LINES {
+        logs.drain(..logs.len() - RECORD_LOG_LINES);
+    }
+    if report.logs_dropped > 0 {
+        logs.push(format!("[alga-runner] {} more log lines dropped (limit reached)", report.logs_dropped));
+    }
+    let r = ExecutionRecord {
+        execution_id: new_id(),
+        request_id: cmd.request_id.clone(),
+        tenant: cmd.tenant.clone(),
+        extension_id: extension_id.to_string(),
+        install_id: install_id.to_string(),
+        version_id: version_id.to_string(),
+        content_hash: cmd.content_hash.clone(),
+        method: cmd.method.clone(),
+        path: cmd.path.clone(),
+        status: response.status,
+        outcome: report.outcome.label().to_string(),
+        error: response.error.clone(),
+        detail: report.detail.clone(),
+        duration_ms: report.duration.as_secs_f64() * 1e3,
+        memory_peak_bytes: report.memory_peak_bytes,
+        fuel: report.fuel_consumed,
+        egress_bytes: 0,
+        host_calls: report.host_calls,
+        logs,
+        created_at: now_ms(),
+    };
+    tracing::info!(
+        request_id = %r.request_id,
+        tenant = %r.tenant,
+        extension = %r.extension_id,
+        install = %r.install_id,
+        version = %r.version_id,
+        content_hash = %r.content_hash,
+        status = r.status,
+        outcome = %r.outcome,
+        duration_ms = r.duration_ms,
+        fuel = r.fuel,
+        memory_peak_bytes = r.memory_peak_bytes,
+        host_calls = r.host_calls,
+        "execution finished"
+    );
+    for line in &report.logs {
+        tracing::info!(target: "alga_runner::guest", request_id = %r.request_id, level = line.level.as_str(), "{}", line.message);
+    }
+    if let Err(e) = svc.registry.record_execution(&r) {
+        tracing::error!(error = %crate::error_chain(&e), "recording an execution failed");
+    }
+    svc.flusher.notify_one();
+}
+
+/// Parses the request body of `/v1/execute`.
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope, Problem> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    serde_json::from_value(value)
+        .map_err(|e| Problem::new(422, "invalid_request", "the envelope is not valid").detail(e.to_string()))
+}

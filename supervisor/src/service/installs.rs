@@ -1,0 +1,211 @@
+//! Installs: a tenant's chosen version of an extension, with its grants, config, egress and
+//! limits. Installing re-verifies the bundle against the current trust bundle (03-bundles.md,
+//! "Where verification happens", step 2).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use alga_shared::bundle;
+use alga_shared::capability::{Capability, CapabilitySet};
+use alga_shared::limits::LimitRequest;
+use alga_shared::manifest::{FieldError, egress_problem};
+use alga_shared::signing::{self, Identity};
+use serde::{Deserialize, Serialize};
+
+use super::Service;
+use super::publish::signature_problem;
+use crate::http::problem::Problem;
+use crate::registry::{ExtensionRecord, InstallRecord, VersionRecord, VersionState, new_id, now_ms};
+
+/// The body of `PUT /v1/tenants/{tenant}/installs/{extension}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallRequest {
+    /// A version (`1.2.0`) or a version id.
+    pub version: String,
+    #[serde(default)]
+    pub granted_capabilities: Vec<String>,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub egress_allowlist: Option<Vec<String>>,
+    #[serde(default)]
+    pub limits: Option<LimitRequest>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// An install as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallView {
+    #[serde(flatten)]
+    pub record: InstallRecord,
+    pub extension_name: String,
+}
+
+/// A tenant id: 1..128 of `[A-Za-z0-9._:-]`.
+pub fn valid_tenant(t: &str) -> bool {
+    (1..=128).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+pub fn check_tenant(t: &str) -> Result<(), Problem> {
+    if valid_tenant(t) {
+        Ok(())
+    } else {
+        Err(Problem::bad_request("invalid_tenant", format!("tenant `{t}` must be 1 to 128 of A-Z a-z 0-9 . _ : -")))
+    }
+}
+
+pub fn find_extension(svc: &Service, id_or_name: &str) -> Result<ExtensionRecord, Problem> {
+    svc.registry.extension(id_or_name)?.ok_or_else(|| {
+        Problem::not_found("extension_not_found", format!("no extension `{id_or_name}` in the registry"))
+    })
+}
+
+fn find_version(svc: &Service, ext: &ExtensionRecord, wanted: &str) -> Result<VersionRecord, Problem> {
+    if let Some(v) = svc.registry.version(&ext.id, wanted)? {
+        return Ok(v);
+    }
+    svc.registry
+        .version_by_id(&ext.id, wanted)?
+        .ok_or_else(|| Problem::not_found("version_not_found", format!("{} has no version `{wanted}`", ext.name)))
+}
+
+/// Creates or updates an install. Returns whether it was created.
+pub async fn put(
+    svc: &Arc<Service>,
+    tenant: &str,
+    extension: &str,
+    req: InstallRequest,
+) -> Result<(bool, InstallView), Problem> {
+    check_tenant(tenant)?;
+    let ext = find_extension(svc, extension)?;
+    let version = find_version(svc, &ext, &req.version)?;
+    match version.state {
+        VersionState::Active => {}
+        VersionState::Yanked => {
+            return Err(Problem::new(409, "version_yanked", "this version was yanked")
+                .detail(format!("{} {} takes no new installs; install a newer version", ext.name, version.version)));
+        }
+        VersionState::Unavailable => {
+            return Err(Problem::new(409, "version_unavailable", "this version's bundle is missing").detail(format!(
+                "the bundle of {} {} is not in the blob store; publish it again",
+                ext.name, version.version
+            )));
+        }
+    }
+
+    let mut errors = Vec::new();
+    let manifest_caps = CapabilitySet::parse(version.capabilities.iter().map(String::as_str)).unwrap_or_default();
+    let mut granted = Vec::new();
+    for (i, name) in req.granted_capabilities.iter().enumerate() {
+        match name.parse::<Capability>() {
+            Ok(cap) if manifest_caps.contains(cap) => granted.push(cap.name().to_string()),
+            Ok(cap) => errors.push(FieldError {
+                path: format!("$.granted_capabilities[{i}]"),
+                message: format!("{cap} is not requested by the manifest of {} {}", ext.name, version.version),
+            }),
+            Err(e) => errors.push(FieldError { path: format!("$.granted_capabilities[{i}]"), message: e.to_string() }),
+        }
+    }
+    for (i, entry) in req.egress_allowlist.iter().flatten().enumerate() {
+        if let Some(problem) = egress_problem(entry) {
+            errors
+                .push(FieldError { path: format!("$.egress_allowlist[{i}]"), message: format!("`{entry}` {problem}") });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::new(422, "invalid_install", "the install request is not valid")
+            .detail(format!("{} problem(s)", errors.len()))
+            .errors(errors));
+    }
+
+    reverify(svc, &ext, &version).await?;
+
+    let tenant = tenant.to_string();
+    let svc2 = svc.clone();
+    let ext2 = ext.clone();
+    let (created, record) = svc
+        .blocking(move || -> Result<(bool, InstallRecord), Problem> {
+            let now = now_ms();
+            let existing = svc2.registry.install(&tenant, &ext2.id)?;
+            let record = InstallRecord {
+                tenant,
+                extension_id: ext2.id.clone(),
+                install_id: existing.as_ref().map_or_else(new_id, |e| e.install_id.clone()),
+                version_id: version.version_id.clone(),
+                version: version.version.clone(),
+                content_hash: version.content_hash.clone(),
+                granted_capabilities: granted,
+                config: req.config,
+                egress_allowlist: req.egress_allowlist,
+                limits: req.limits.unwrap_or_default(),
+                enabled: req.enabled.unwrap_or(true),
+                created_at: existing.as_ref().map_or(now, |e| e.created_at),
+                updated_at: now,
+            };
+            svc2.registry.put_install(&record)?;
+            Ok((existing.is_none(), record))
+        })
+        .await??;
+    tracing::info!(tenant = %record.tenant, extension = %ext.name, version = %record.version, install = %record.install_id, "install saved");
+    Ok((created, InstallView { record, extension_name: ext.name }))
+}
+
+/// Verifies the stored bundle again against the current trust bundle.
+async fn reverify(svc: &Arc<Service>, ext: &ExtensionRecord, version: &VersionRecord) -> Result<(), Problem> {
+    let svc2 = svc.clone();
+    let hash = version.content_hash.clone();
+    let (record, bytes) = svc
+        .blocking(move || -> Result<_, Problem> {
+            let record = svc2
+                .registry
+                .bundle(&hash)?
+                .ok_or_else(|| Problem::internal(format!("no bundle record for {hash}")))?;
+            let bytes = svc2.blobs.get(&hash).map_err(|e| Problem::internal(e.to_string()))?;
+            Ok((record, bytes))
+        })
+        .await??;
+    if bundle::content_hash(&bytes) != version.content_hash {
+        return Err(Problem::new(502, "bundle_verification_failed", "the stored bundle no longer matches its hash"));
+    }
+    let trust = svc.trust();
+    let verified =
+        signing::verify_bytes(&trust.bundle, &bytes, &record.signature).map_err(|e| signature_problem(&e))?;
+    let id = Identity {
+        name: &ext.name,
+        version: &version.version,
+        publisher: &ext.publisher,
+        content_hash: &version.content_hash,
+    };
+    signing::check_identity(&verified, id).map_err(|e| signature_problem(&e))
+}
+
+pub fn get(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {
+    check_tenant(tenant)?;
+    let ext = find_extension(svc, extension)?;
+    let record = svc.registry.install(tenant, &ext.id)?.ok_or_else(|| {
+        Problem::not_found("not_installed", format!("{} is not installed for tenant {tenant}", ext.name))
+    })?;
+    Ok(InstallView { record, extension_name: ext.name })
+}
+
+pub fn list(svc: &Service, tenant: &str) -> Result<Vec<InstallView>, Problem> {
+    check_tenant(tenant)?;
+    let mut out = Vec::new();
+    for record in svc.registry.installs(tenant)? {
+        let name = svc.registry.extension(&record.extension_id)?.map(|e| e.name).unwrap_or_default();
+        out.push(InstallView { record, extension_name: name });
+    }
+    Ok(out)
+}
+
+pub fn delete(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {
+    check_tenant(tenant)?;
+    let ext = find_extension(svc, extension)?;
+    let record = svc.registry.delete_install(tenant, &ext.id)?.ok_or_else(|| {
+        Problem::not_found("not_installed", format!("{} is not installed for tenant {tenant}", ext.name))
+    })?;
+    tracing::info!(tenant, extension = %ext.name, install = %record.install_id, "uninstalled");
+    Ok(InstallView { record, extension_name: ext.name })
+}

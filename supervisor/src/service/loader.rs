@@ -1,0 +1,101 @@
+//! The execution cache: a bundle enters it (first use after start, after a trust reload) only
+//! after its stored bytes are hashed again and its signature verified again against the current
+//! trust bundle; its compiled artifact's own SHA-256 is checked before use (03-bundles.md,
+//! "Where verification happens", step 3).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use alga_shared::bundle;
+use alga_shared::signing::{self, Identity};
+
+use super::Service;
+use crate::artifacts::{Artifact, ArtifactError};
+use crate::executor;
+use crate::registry::{BundleRecord, ExtensionRecord, VersionRecord};
+
+/// A bundle ready to execute.
+#[derive(Debug)]
+pub struct Loaded {
+    pub content_hash: String,
+    /// The trust generation it was verified under.
+    pub generation: u64,
+    pub artifact: Arc<Artifact>,
+}
+
+/// Why a bundle could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bundle failed verification (hash, signature, revoked key): 502
+    /// `bundle_verification_failed`.
+    #[error("{0}")]
+    Verification(String),
+    /// The runner failed (disk, compile sandbox).
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Loader {
+    cache: Mutex<HashMap<String, Arc<Loaded>>>,
+}
+
+impl Loader {
+    fn cached(&self, content_hash: &str, generation: u64) -> Option<Arc<Loaded>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(content_hash).filter(|l| l.generation == generation).cloned()
+    }
+
+    /// The loaded bundle, verifying and compiling it first if needed.
+    pub async fn load(
+        &self,
+        svc: &Arc<Service>,
+        ext: &ExtensionRecord,
+        version: &VersionRecord,
+    ) -> Result<Arc<Loaded>, LoadError> {
+        let trust = svc.trust();
+        if let Some(l) = self.cached(&version.content_hash, trust.generation) {
+            return Ok(l);
+        }
+        let hash = version.content_hash.clone();
+        let (record, bytes) = {
+            let svc = svc.clone();
+            let hash = hash.clone();
+            svc.clone()
+                .blocking(move || -> Result<(BundleRecord, Vec<u8>), LoadError> {
+                    let record = svc
+                        .registry
+                        .bundle(&hash)
+                        .map_err(|e| LoadError::Internal(crate::error_chain(&e)))?
+                        .ok_or_else(|| LoadError::Verification(format!("no bundle record for {hash}")))?;
+                    let bytes = svc.blobs.get(&hash).map_err(|e| LoadError::Verification(e.to_string()))?;
+                    Ok((record, bytes))
+                })
+                .await
+                .map_err(|p| LoadError::Internal(p.to_string()))??
+        };
+        if bundle::content_hash(&bytes) != hash {
+            return Err(LoadError::Verification(format!("the stored bytes of {hash} no longer match their hash")));
+        }
+        let verified = signing::verify_bytes(&trust.bundle, &bytes, &record.signature)
+            .map_err(|e| LoadError::Verification(e.to_string()))?;
+        let identity =
+            Identity { name: &ext.name, version: &version.version, publisher: &ext.publisher, content_hash: &hash };
+        signing::check_identity(&verified, identity).map_err(|e| LoadError::Verification(e.to_string()))?;
+        let opened = bundle::open(&bytes, &svc.archive_limits()).map_err(|e| LoadError::Verification(e.to_string()))?;
+        let wasm =
+            opened.component().ok_or_else(|| LoadError::Verification(format!("{hash} has no component")))?.to_vec();
+        let core = svc.core.clone();
+        let artifact = svc
+            .on_core(async move { executor::artifact_for(&core, &wasm).await })
+            .await
+            .map_err(|p| LoadError::Internal(p.to_string()))?
+            .map_err(|e| match e {
+                ArtifactError::Invalid(m) => LoadError::Verification(format!("the component no longer compiles: {m}")),
+                ArtifactError::Failed(m) => LoadError::Internal(m),
+            })?;
+        let loaded = Arc::new(Loaded { content_hash: hash.clone(), generation: trust.generation, artifact });
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, loaded.clone());
+        Ok(loaded)
+    }
+}

@@ -1,0 +1,157 @@
+//! The service: registry, trust, and the execution core, with one module per command the HTTP
+//! layer hands over (publish, installs, execute, reads). Handlers parse and validate; the work
+//! happens here.
+
+pub mod execute;
+pub mod idempotency;
+pub mod installs;
+pub mod loader;
+pub mod publish;
+pub mod reads;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use alga_shared::bundle::ArchiveLimits;
+use alga_shared::limits::{LimitCeilings, Limits, MIB};
+use alga_shared::signing::{TrustBundle, TrustError};
+
+use crate::broker::{KvStore, MemoryKv};
+use crate::config::Config;
+use crate::core::Core;
+use crate::http::problem::Problem;
+use crate::registry::{BlobStore, RegistryStore};
+
+/// The trust bundle in force, and a generation that changes on every reload (so bundles in the
+/// execution cache are verified again).
+#[derive(Debug)]
+pub struct Trust {
+    pub bundle: TrustBundle,
+    pub generation: u64,
+}
+
+pub struct Service {
+    pub config: Config,
+    pub core: Arc<Core>,
+    pub registry: Arc<dyn RegistryStore>,
+    pub blobs: BlobStore,
+    trust: RwLock<Arc<Trust>>,
+    trust_generation: AtomicU64,
+    pub loader: loader::Loader,
+    pub idempotency: Mutex<idempotency::Cache>,
+    pub storage: Arc<dyn KvStore>,
+    pub service_token: Option<String>,
+    pub admin_token: Option<String>,
+    /// Set once the sandbox self-test passed.
+    pub self_test_ok: AtomicBool,
+    pub self_test: Mutex<Option<serde_json::Value>>,
+    pub shutting_down: AtomicBool,
+    /// Wakes the group-commit flusher (execution records).
+    pub flusher: tokio::sync::Notify,
+}
+
+impl Service {
+    pub fn new(
+        config: Config,
+        core: Arc<Core>,
+        registry: Arc<dyn RegistryStore>,
+        blobs: BlobStore,
+        trust: TrustBundle,
+    ) -> std::io::Result<Self> {
+        let service_token = config.service_token()?;
+        let admin_token = config.admin_token()?;
+        let idempotency = idempotency::Cache::new(config.execute.idempotency_entries, config.execute.idempotency_ttl_s);
+        Ok(Service {
+            core,
+            registry,
+            blobs,
+            trust: RwLock::new(Arc::new(Trust { bundle: trust, generation: 0 })),
+            trust_generation: AtomicU64::new(0),
+            loader: loader::Loader::default(),
+            idempotency: Mutex::new(idempotency),
+            storage: Arc::new(MemoryKv::default()),
+            service_token,
+            admin_token,
+            self_test_ok: AtomicBool::new(false),
+            self_test: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
+            flusher: tokio::sync::Notify::new(),
+            config,
+        })
+    }
+
+    /// Starts the group commit of execution records: after a record is written the flusher
+    /// waits a few milliseconds, so records of concurrent executions share one fsync.
+    pub fn start_flusher(self: &Arc<Self>) {
+        let svc = Arc::downgrade(self);
+        self.core.handle.spawn(async move {
+            loop {
+                let Some(s) = svc.upgrade() else { return };
+                s.flusher.notified().await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                let s2 = s.clone();
+                let flushed = s.core.handle.spawn_blocking(move || s2.registry.flush()).await;
+                if let Ok(Err(e)) = flushed {
+                    tracing::error!(error = %crate::error_chain(&e), "flushing execution records failed");
+                }
+            }
+        });
+    }
+
+    pub fn trust(&self) -> Arc<Trust> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads the trust bundle again (SIGHUP, `POST /v1/admin/reload`). A key that is gone is
+    /// revoked: bundles it signed fail at their next load and install.
+    pub fn reload_trust(&self) -> Result<usize, TrustError> {
+        let bundle = TrustBundle::load(&self.config.trust.bundle)?;
+        let keys = bundle.keys().len();
+        let generation = self.trust_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Trust { bundle, generation });
+        tracing::info!(keys, generation, "trust bundle reloaded");
+        Ok(keys)
+    }
+
+    pub fn archive_limits(&self) -> ArchiveLimits {
+        ArchiveLimits {
+            max_compressed: self.config.bundles.max_compressed_mb * MIB,
+            max_uncompressed: self.config.bundles.max_uncompressed_mb * MIB,
+            ..ArchiveLimits::default()
+        }
+    }
+
+    /// The limits an execution starts from, before install and caller values.
+    pub fn default_limits(&self) -> Limits {
+        let l = &self.config.limits;
+        Limits {
+            timeout_ms: l.default_timeout_ms,
+            memory_bytes: l.default_memory_mb * MIB,
+            fuel: l.default_fuel,
+            ..Limits::default()
+        }
+    }
+
+    pub fn ceilings(&self) -> LimitCeilings {
+        let l = &self.config.limits;
+        LimitCeilings {
+            max_timeout_ms: l.max_timeout_ms,
+            max_memory_bytes: l.max_memory_mb * MIB,
+            max_fuel: l.max_fuel,
+        }
+    }
+
+    /// Runs blocking work (database, files) off the async threads.
+    pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
+        self.core.handle.spawn_blocking(f).await.map_err(|e| Problem::internal(format!("background task failed: {e}")))
+    }
+
+    /// Runs a future on the execution core's runtime (where sandboxes' sockets live), from any
+    /// other runtime (the HTTP workers).
+    pub async fn on_core<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, Problem> {
+        self.core.handle.spawn(f).await.map_err(|e| Problem::internal(format!("execution task failed: {e}")))
+    }
+}

@@ -1,0 +1,185 @@
+//! Publishing a bundle (`POST /v1/bundles`): signature over the exact bytes first, then archive
+//! safety and the manifest, then the signature's identity, then compilation in a sandbox; only
+//! then is anything stored (blob, then the registry records in one transaction).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use alga_shared::bundle::{self, BundleError};
+use alga_shared::signing::{self, Identity, SignatureError};
+use serde::Serialize;
+
+use super::Service;
+use crate::artifacts::{ArtifactError, sha256_hex};
+use crate::executor;
+use crate::http::problem::Problem;
+use crate::registry::{BundleRecord, ExtensionRecord, PublishOutcome, VersionRecord, VersionState, new_id, now_ms};
+
+/// What `POST /v1/bundles` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub extension_id: String,
+    pub name: String,
+    pub version: String,
+    pub content_hash: String,
+    pub size_bytes: u64,
+    pub signer_key_id: String,
+}
+
+pub fn signature_problem(e: &SignatureError) -> Problem {
+    if e.is_untrusted() {
+        Problem::new(403, "signer_untrusted", "the bundle is not signed by a trusted key").detail(e.to_string())
+    } else {
+        Problem::new(401, "signature_invalid", "the bundle's signature is not valid").detail(e.to_string())
+    }
+}
+
+pub fn bundle_problem(e: BundleError) -> Problem {
+    match e {
+        BundleError::TooLarge { max, .. } => Problem::too_large(max),
+        BundleError::Invalid(detail) => {
+            Problem::new(400, "invalid_bundle", "the bundle archive is not acceptable").detail(detail)
+        }
+        BundleError::Manifest(errors) => Problem::new(422, "invalid_manifest", "the bundle's manifest is not valid")
+            .detail(format!("{} problem(s) in manifest.json", errors.0.len()))
+            .errors(errors.0),
+    }
+}
+
+/// Publishes `bytes` signed by `signature` (the `.minisig` text). Returns whether it was new.
+pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> Result<(bool, Published), Problem> {
+    let trust = svc.trust();
+    let verified = signing::verify_bytes(&trust.bundle, &bytes, &signature).map_err(|e| signature_problem(&e))?;
+    let limits = svc.archive_limits();
+    let (bytes, opened) = svc
+        .blocking(move || {
+            let opened = bundle::open(&bytes, &limits);
+            (bytes, opened)
+        })
+        .await?;
+    let opened = opened.map_err(bundle_problem)?;
+    let manifest = &opened.manifest;
+    signing::check_identity(&verified, Identity::of(manifest, &opened.content_hash))
+        .map_err(|e| signature_problem(&e))?;
+
+    let published = |extension_id: String| Published {
+        extension_id,
+        name: manifest.name.clone(),
+        version: manifest.version.clone(),
+        content_hash: opened.content_hash.clone(),
+        size_bytes: opened.size,
+        signer_key_id: verified.key_id.clone(),
+    };
+
+    // Answer a re-upload or a conflict before doing any work.
+    if let Some(ext) = svc.registry.extension(&manifest.name)?
+        && let Some(existing) = svc.registry.version(&ext.id, &manifest.version)?
+    {
+        if existing.content_hash == opened.content_hash {
+            return Ok((false, published(ext.id)));
+        }
+        return Err(version_conflict(&manifest.name, &manifest.version, &existing.content_hash));
+    }
+
+    // Compile now, in a sandbox: a component that does not compile or is of another world is
+    // refused before anything is stored.
+    let mut artifacts = BTreeMap::new();
+    let component_sha256 = match opened.component() {
+        Some(wasm) => {
+            let wasm = wasm.to_vec();
+            let core = svc.core.clone();
+            let sha = sha256_hex(&wasm);
+            let artifact =
+                svc.on_core(async move { executor::artifact_for(&core, &wasm).await }).await?.map_err(|e| match e {
+                    ArtifactError::Invalid(m) => {
+                        Problem::new(400, "invalid_bundle", "the bundle's component is not acceptable")
+                            .detail(format!("{}: {m}", manifest.entry))
+                    }
+                    ArtifactError::Failed(m) => Problem::internal(format!("compiling the component: {m}")),
+                })?;
+            artifacts.insert(svc.core.fork.fingerprint().to_string(), artifact.sha256.clone());
+            Some(sha)
+        }
+        None => None,
+    };
+    if !opened.ignored_precompiled().is_empty() {
+        tracing::info!(
+            bundle = %opened.content_hash,
+            files = ?opened.ignored_precompiled(),
+            "precompiled code in the bundle is ignored: the runner compiles components itself"
+        );
+    }
+
+    let now = now_ms();
+    let extension = ExtensionRecord {
+        id: new_id(),
+        name: manifest.name.clone(),
+        publisher: manifest.publisher.clone(),
+        created_at: now,
+    };
+    let version_id = new_id();
+    let version = VersionRecord {
+        extension_id: String::new(),
+        version: manifest.version.clone(),
+        version_id: version_id.clone(),
+        runtime: manifest.runtime.clone(),
+        capabilities: manifest.capabilities.names().into_iter().map(String::from).collect(),
+        endpoints: manifest.endpoints.clone(),
+        events: manifest.events.clone(),
+        egress: manifest.egress.clone(),
+        ui: manifest.ui.clone(),
+        entry: manifest.entry.clone(),
+        content_hash: opened.content_hash.clone(),
+        state: VersionState::Active,
+        created_at: now,
+    };
+    let record = BundleRecord {
+        content_hash: opened.content_hash.clone(),
+        extension_id: String::new(),
+        version_id,
+        size: opened.size,
+        signature,
+        signer_key_id: verified.key_id.clone(),
+        trusted_comment: verified.trusted_comment.clone(),
+        verified_at: now,
+        component_sha256,
+        artifacts,
+    };
+
+    let hash = opened.content_hash.clone();
+    let outcome = {
+        let svc = svc.clone();
+        svc.clone()
+            .blocking(move || -> Result<PublishOutcome, Problem> {
+                svc.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
+                let outcome = svc.registry.publish(extension, version, record)?;
+                if !matches!(outcome, PublishOutcome::Created { .. } | PublishOutcome::AlreadyPublished { .. }) {
+                    // Lost a race or refused: no record points at the blob.
+                    if svc.registry.bundle(&hash)?.is_none() {
+                        let _ = svc.blobs.remove(&hash);
+                    }
+                }
+                Ok(outcome)
+            })
+            .await??
+    };
+    match outcome {
+        PublishOutcome::Created { extension, version } => {
+            tracing::info!(extension = %extension.name, version = %version.version, content_hash = %version.content_hash, signer = %verified.key_id, "bundle published");
+            Ok((true, published(extension.id)))
+        }
+        PublishOutcome::AlreadyPublished { extension, .. } => Ok((false, published(extension.id))),
+        PublishOutcome::VersionConflict { existing_hash } => {
+            Err(version_conflict(&manifest.name, &manifest.version, &existing_hash))
+        }
+        PublishOutcome::NameTaken { publisher } => {
+            Err(Problem::new(409, "name_taken", "the extension name belongs to another publisher")
+                .detail(format!("`{}` is registered by publisher `{publisher}`", manifest.name)))
+        }
+    }
+}
+
+fn version_conflict(name: &str, version: &str, existing: &str) -> Problem {
+    Problem::new(409, "version_conflict", "this name and version were published with other contents")
+        .detail(format!("{name} {version} is already published as {existing}; publish a new version number"))
+}

@@ -1,0 +1,90 @@
+//! Registry reads, yanking, and the execution log.
+
+use serde::Serialize;
+
+use super::Service;
+use super::installs::{check_tenant, find_extension};
+use crate::http::problem::Problem;
+use crate::registry::{ExecutionQuery, ExecutionRecord, ExtensionRecord, VersionRecord, VersionState};
+
+/// A page of results with the cursor of the next one.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+const MAX_PAGE: usize = 500;
+
+fn page_size(limit: Option<usize>) -> usize {
+    limit.unwrap_or(100).clamp(1, MAX_PAGE)
+}
+
+/// An extension with its versions.
+#[derive(Debug, Serialize)]
+pub struct ExtensionView {
+    #[serde(flatten)]
+    pub extension: ExtensionRecord,
+    pub versions: Vec<VersionRecord>,
+}
+
+pub fn extensions(svc: &Service, cursor: Option<&str>, limit: Option<usize>) -> Result<Page<ExtensionRecord>, Problem> {
+    let limit = page_size(limit);
+    let items = svc.registry.extensions(cursor, limit)?;
+    let next_cursor = (items.len() == limit).then(|| items.last().map(|e| e.name.clone())).flatten();
+    Ok(Page { items, next_cursor })
+}
+
+pub fn extension(svc: &Service, id_or_name: &str) -> Result<ExtensionView, Problem> {
+    let extension = find_extension(svc, id_or_name)?;
+    let versions = svc.registry.versions(&extension.id)?;
+    Ok(ExtensionView { extension, versions })
+}
+
+pub fn versions(
+    svc: &Service,
+    id_or_name: &str,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Page<VersionRecord>, Problem> {
+    let extension = find_extension(svc, id_or_name)?;
+    let all = svc.registry.versions(&extension.id)?;
+    let start = cursor.and_then(|c| all.iter().position(|v| v.version == c).map(|p| p + 1)).unwrap_or(0);
+    let limit = page_size(limit);
+    let items: Vec<VersionRecord> = all.into_iter().skip(start).take(limit).collect();
+    let next_cursor = (items.len() == limit).then(|| items.last().map(|v| v.version.clone())).flatten();
+    Ok(Page { items, next_cursor })
+}
+
+/// Yanks a version: no new installs; existing installs keep running until upgraded.
+pub fn yank(svc: &Service, id_or_name: &str, version: &str) -> Result<VersionRecord, Problem> {
+    let extension = find_extension(svc, id_or_name)?;
+    let mut v = svc.registry.version(&extension.id, version)?.ok_or_else(|| {
+        Problem::not_found("version_not_found", format!("{} has no version `{version}`", extension.name))
+    })?;
+    if v.state != VersionState::Yanked {
+        v.state = VersionState::Yanked;
+        svc.registry.put_version(&v)?;
+        tracing::info!(extension = %extension.name, version, "version yanked");
+    }
+    Ok(v)
+}
+
+pub fn executions(
+    svc: &Service,
+    tenant: &str,
+    extension: Option<&str>,
+    status: Option<&str>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+) -> Result<Page<ExecutionRecord>, Problem> {
+    check_tenant(tenant)?;
+    let extension_id = match extension {
+        Some(e) => Some(find_extension(svc, e)?.id),
+        None => None,
+    };
+    let query =
+        ExecutionQuery { extension_id, outcome: status.map(str::to_string), after: cursor, limit: page_size(limit) };
+    let (items, next_cursor) = svc.registry.executions(tenant, &query)?;
+    Ok(Page { items, next_cursor })
+}
