@@ -301,6 +301,9 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
                         c.err(format!("{path}.path"), problem);
                     }
                     let handler = c.string(e, "handler", &format!("{path}.handler"), true).unwrap_or_default();
+                    if e.get("handler").is_some_and(Value::is_string) && handler.trim().is_empty() {
+                        c.err(format!("{path}.handler"), "must not be empty");
+                    }
                     if !seen.insert((method.clone(), p.clone())) {
                         c.err(&path, format!("duplicate endpoint {method} {p}"));
                     }
@@ -327,6 +330,9 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
                     c.err(format!("{path}.topic"), "must not be empty");
                 }
                 let handler = c.string(e, "handler", &format!("{path}.handler"), true).unwrap_or_default();
+                if e.get("handler").is_some_and(Value::is_string) && handler.trim().is_empty() {
+                    c.err(format!("{path}.handler"), "must not be empty");
+                }
                 events.push(EventSubscription { topic, handler });
             }
         }

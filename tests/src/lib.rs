@@ -2,6 +2,8 @@
 //! harness that drives the real execution core (with the real binary as its fork server) from
 //! the test process, and named skips.
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -76,7 +76,8 @@ fn read_password(file: &Option<PathBuf>, prompt: &str) -> anyhow::Result<String>
                 std::fs::read_to_string(f).with_context(|| format!("reading --password-file {}", f.display()))?;
             Ok(text.lines().next().unwrap_or("").to_string())
         }
-        None => rpassword::prompt_password(prompt).context("reading the password from the terminal"),
+        None => rpassword::prompt_password(prompt)
+            .context("reading a password from the terminal (without one, pass --password-file FILE)"),
     }
 }
 
@@ -99,7 +100,7 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<u8> {
         }
     }
     let kp = if args.unencrypted {
-        KeyPair::generate_unencrypted_keypair()?
+        unencrypted_keypair()?
     } else {
         let password = read_password(&args.password_file, "Password for the new secret key: ")?;
         if args.password_file.is_none() {
@@ -156,6 +157,17 @@ pub fn pack(args: PackArgs) -> anyhow::Result<u8> {
     println!("content_hash: {}", bundle::content_hash(&packed.bytes));
     println!("files: {}, bytes: {}", packed.files, packed.bytes.len());
     Ok(0)
+}
+
+/// A key pair whose secret key is stored unencrypted, in the form `minisign -W` writes: the
+/// checksum filled in and the KDF algorithm zero. (`KeyPair::generate_unencrypted_keypair` leaves
+/// the checksum empty, so nothing can load what it writes.)
+pub fn unencrypted_keypair() -> anyhow::Result<KeyPair> {
+    // An empty password computes the checksum and skips the encryption.
+    let KeyPair { pk, sk } = KeyPair::generate_encrypted_keypair(Some(String::new()))?;
+    let mut bytes = sk.to_bytes();
+    bytes[2..4].copy_from_slice(&[0, 0]);
+    Ok(KeyPair { pk, sk: SecretKey::from_bytes(&bytes)? })
 }
 
 fn load_secret_key(path: &Path, password_file: &Option<PathBuf>) -> anyhow::Result<SecretKey> {
@@ -237,10 +249,12 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
             "trusted_comment": s.trusted_comment().ok(),
         })
     });
+    let mut manifest = serde_json::to_value(&opened.manifest)?;
+    manifest["capabilities"] = json!(opened.manifest.capabilities.names());
     let out = json!({
         "content_hash": opened.content_hash,
         "size_bytes": opened.size,
-        "manifest": opened.manifest,
+        "manifest": manifest,
         "files": files,
         "signature": signature,
         "ignored_precompiled": opened.ignored_precompiled(),

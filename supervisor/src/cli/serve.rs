@@ -49,7 +49,7 @@ struct DevSetup {
 fn dev_setup(env: &mut Vec<(String, String)>) -> anyhow::Result<DevSetup> {
     let state_dir = std::env::temp_dir().join(format!("alga-runner-dev-{}", std::process::id()));
     std::fs::create_dir_all(state_dir.join("keys"))?;
-    let kp = minisign::KeyPair::generate_unencrypted_keypair()?;
+    let kp = super::bundle::unencrypted_keypair()?;
     let key_file = state_dir.join("keys/dev-signing.key");
     let pub_file = state_dir.join("keys/dev-signing.pub");
     std::fs::write(&key_file, kp.sk.to_box(Some("alga-runner --dev signing key"))?.into_string())?;

@@ -136,3 +136,10 @@ pub async fn serve(
     .run()
     .await
 }
+
+/// Names where in a JSON body a field was wrong: `$.context: missing field `tenant_id``.
+pub fn json_error_detail(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let at = if path == "." { "$".to_string() } else { format!("$.{path}") };
+    format!("{at}: {}", e.inner())
+}

@@ -164,12 +164,11 @@ async fn put_install(
     admin(&req, &svc)?;
     let (tenant, extension) = path.into_inner();
     let body = read_body(&req, payload, SMALL_BODY).await?;
-    let request: installs::InstallRequest = serde_json::from_slice(&body).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-        } else {
-            Problem::new(422, "invalid_install", "the install request is not valid").detail(e.to_string())
-        }
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let request: installs::InstallRequest = serde_path_to_error::deserialize(value).map_err(|e| {
+        Problem::new(422, "invalid_install", "the install request is not valid")
+            .detail(crate::http::json_error_detail(&e))
     })?;
     let (created, view) = installs::put(&svc.into_inner(), &tenant, &extension, request).await?;
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };

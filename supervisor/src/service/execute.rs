@@ -339,7 +339,9 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
     let report = svc.on_core(async move { executor::execute(&core, &artifact, job, &host).await }).await?;
 
     let response = envelope_of(&report);
-    record(svc, &cmd, &ext.id, &install.install_id, &install.version_id, &report, &response);
+    if record(svc, &cmd, &ext.id, &install.install_id, &install.version_id, &report, &response) {
+        svc.commit.durable().await;
+    }
     if report.outcome == Outcome::Completed
         && let Some(key) = &cmd.idempotency_key
         && let Ok(value) = serde_json::to_value(&response)
@@ -380,6 +382,7 @@ pub fn envelope_of(report: &Report) -> EnvelopeResponse {
     }
 }
 
+/// Writes the execution record (and logs it); true when it is in the database.
 fn record(
     svc: &Arc<Service>,
     cmd: &ExecuteCommand,
@@ -388,7 +391,7 @@ fn record(
     version_id: &str,
     report: &Report,
     response: &EnvelopeResponse,
-) {
+) -> bool {
     let mut logs: Vec<String> = report.logs.iter().map(|l| format!("[{}] {}", l.level.as_str(), l.message)).collect();
     if logs.len() > RECORD_LOG_LINES {
         logs.drain(..logs.len() - RECORD_LOG_LINES);
@@ -436,16 +439,20 @@ fn record(
     for line in &report.logs {
         tracing::info!(target: "alga_runner::guest", request_id = %r.request_id, level = line.level.as_str(), "{}", line.message);
     }
-    if let Err(e) = svc.registry.record_execution(&r) {
-        tracing::error!(error = %crate::error_chain(&e), "recording an execution failed");
+    match svc.registry.record_execution(&r) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %crate::error_chain(&e), "recording an execution failed");
+            false
+        }
     }
-    svc.flusher.notify_one();
 }
 
 /// Parses the request body of `/v1/execute`.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, Problem> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
-    serde_json::from_value(value)
-        .map_err(|e| Problem::new(422, "invalid_request", "the envelope is not valid").detail(e.to_string()))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        Problem::new(422, "invalid_request", "the envelope is not valid").detail(crate::http::json_error_detail(&e))
+    })
 }

@@ -2,6 +2,7 @@
 //! layer hands over (publish, installs, execute, reads). Handlers parse and validate; the work
 //! happens here.
 
+pub mod commit;
 pub mod execute;
 pub mod idempotency;
 pub mod installs;
@@ -46,8 +47,8 @@ pub struct Service {
     pub self_test_ok: AtomicBool,
     pub self_test: Mutex<Option<serde_json::Value>>,
     pub shutting_down: AtomicBool,
-    /// Wakes the group-commit flusher (execution records).
-    pub flusher: tokio::sync::Notify,
+    /// Makes execution records durable before their answer, one flush per group.
+    pub commit: Arc<commit::GroupCommit>,
 }
 
 impl Service {
@@ -75,27 +76,15 @@ impl Service {
             self_test_ok: AtomicBool::new(false),
             self_test: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
-            flusher: tokio::sync::Notify::new(),
+            commit: Arc::new(commit::GroupCommit::default()),
             config,
         })
     }
 
-    /// Starts the group commit of execution records: after a record is written the flusher
-    /// waits a few milliseconds, so records of concurrent executions share one fsync.
+    /// Starts the group-commit flusher (execution records).
     pub fn start_flusher(self: &Arc<Self>) {
-        let svc = Arc::downgrade(self);
-        self.core.handle.spawn(async move {
-            loop {
-                let Some(s) = svc.upgrade() else { return };
-                s.flusher.notified().await;
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                let s2 = s.clone();
-                let flushed = s.core.handle.spawn_blocking(move || s2.registry.flush()).await;
-                if let Ok(Err(e)) = flushed {
-                    tracing::error!(error = %crate::error_chain(&e), "flushing execution records failed");
-                }
-            }
-        });
+        let registry = Arc::downgrade(&self.registry);
+        self.core.handle.spawn(self.commit.clone().run(registry, self.core.handle.clone()));
     }
 
     pub fn trust(&self) -> Arc<Trust> {

@@ -1,0 +1,321 @@
+//! The registry and `/v1/execute` over HTTP, against the real `alga-runner serve`: publish →
+//! install → execute, tokens, envelopes, idempotency, yank, uninstall, trust reloads.
+
+use alga_tests::fixture_bytes;
+use alga_tests::server::{ADMIN_TOKEN, SERVICE_TOKEN, Server, Signer, envelope, manifest, pack};
+use serde_json::{Value, json};
+
+const TENANT: &str = "tenant-a";
+
+/// Publishes the echo fixture as `name` `version`; returns (content hash, publish answer body).
+fn publish_echo(server: &Server, signer: &Signer, name: &str, version: &str, caps: &[&str]) -> (String, Value) {
+    let bytes = pack(&manifest(name, version, caps), &fixture_bytes("echo"));
+    let answer = server.publish(&bytes, &signer.sign(&bytes, name, version));
+    assert_eq!(answer.status, 201, "publish: {}", String::from_utf8_lossy(&answer.body));
+    let body = answer.json();
+    (body["content_hash"].as_str().unwrap().to_string(), body)
+}
+
+#[test]
+fn publish_install_execute_round_trip() {
+    let signer = Signer::new();
+    let server = Server::start(&signer);
+
+    // Publish: 201 with the documented body; the same bytes again: 200, same body.
+    let bytes = pack(&manifest("com.example.echo", "1.0.0", &["storage.kv"]), &fixture_bytes("echo"));
+    let sig = signer.sign(&bytes, "com.example.echo", "1.0.0");
+    let first = server.publish(&bytes, &sig);
+    assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    let published = first.json();
+    for field in ["extension_id", "name", "version", "content_hash", "size_bytes", "signer_key_id"] {
+        assert!(!published[field].is_null(), "publish answer lacks {field}: {published}");
+    }
+    assert_eq!(published["signer_key_id"], signer.key_id.as_str());
+    assert_eq!(published["size_bytes"], bytes.len());
+    let hash = published["content_hash"].as_str().unwrap().to_string();
+    assert_eq!(hash, alga_shared::bundle::content_hash(&bytes));
+    let again = server.publish(&bytes, &sig);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json(), published);
+    assert_eq!(server.blob_files(), vec![hash.trim_start_matches("sha256:").to_string()]);
+
+    // Reads, by registry id and by name.
+    let id = published["extension_id"].as_str().unwrap();
+    for key in [id, "com.example.echo"] {
+        let ext = server.admin_get(&format!("/v1/extensions/{key}"));
+        assert_eq!(ext.status, 200, "GET /v1/extensions/{key}");
+        assert_eq!(ext.json()["name"], "com.example.echo");
+        let versions = server.admin_get(&format!("/v1/extensions/{key}/versions")).json();
+        assert_eq!(versions["items"][0]["version"], "1.0.0");
+        assert_eq!(versions["items"][0]["content_hash"], hash.as_str());
+    }
+    assert_eq!(server.admin_get("/v1/extensions/com.example.nothing").code(), "extension_not_found");
+
+    // The same version with other contents: 409.
+    let other = pack(&manifest("com.example.echo", "1.0.0", &[]), &fixture_bytes("echo"));
+    let conflict = server.publish(&other, &signer.sign(&other, "com.example.echo", "1.0.0"));
+    assert_eq!((conflict.status, conflict.code().as_str()), (409, "version_conflict"));
+
+    // Install: grants must be a subset of the manifest's capabilities.
+    let denied = server.install(
+        TENANT,
+        "com.example.echo",
+        &json!({"version": "1.0.0", "granted_capabilities": ["http.fetch"]}),
+    );
+    assert_eq!(denied.status, 422, "{}", String::from_utf8_lossy(&denied.body));
+    let installed = server.install(TENANT, id, &json!({"version": "1.0.0", "granted_capabilities": ["storage.kv"]}));
+    assert_eq!(installed.status, 201, "{}", String::from_utf8_lossy(&installed.body));
+    let install = installed.json();
+    assert_eq!(install["content_hash"], hash.as_str());
+    assert!(install["install_id"].is_string());
+    let listed = server.admin_get(&format!("/v1/tenants/{TENANT}/installs")).json();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+
+    // Execute: the guest's answer in the envelope; the request id comes back.
+    let mut env = envelope(TENANT, "com.example.echo", &hash, "/items/7");
+    env["http"]["query"] = json!({"q": "1"});
+    env["http"]["body_b64"] = json!("aGk=");
+    let answer = server.request(
+        "POST",
+        "/v1/execute",
+        Some(SERVICE_TOKEN),
+        &[("content-type", "application/json"), ("x-request-id", "req-round-trip-1")],
+        Some(&serde_json::to_vec(&env).unwrap()),
+    );
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.header("x-request-id"), Some("req-round-trip-1"));
+    let result = answer.json();
+    assert_eq!(result["status"], 200, "{result}");
+    assert!(result["error"].is_null());
+    assert_eq!(result["headers"]["x-ext-echo"], "1");
+    let echoed: Value = serde_json::from_slice(&answer.envelope_body()).unwrap();
+    assert_eq!(echoed["tenant"], TENANT);
+    assert_eq!(echoed["url"], "/items/7?q=1");
+    assert_eq!(echoed["body_hex"], "6869");
+
+    // One execution record, with its figures.
+    let log = server.admin_get(&format!("/v1/tenants/{TENANT}/executions")).json();
+    let records = log["items"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{log}");
+    let r = &records[0];
+    assert_eq!(r["request_id"], "req-round-trip-1");
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["content_hash"], hash.as_str());
+    assert!(r["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["memory_peak_bytes"].as_u64().unwrap() > 0);
+
+    // A content hash other than the installed one, another tenant, a disabled install: not installed.
+    let other_hash = format!("sha256:{}", "0".repeat(64));
+    for env in
+        [envelope(TENANT, "com.example.echo", &other_hash, "/"), envelope("tenant-b", "com.example.echo", &hash, "/")]
+    {
+        let r = server.execute(&env).json();
+        assert_eq!((r["status"].as_u64(), r["error"].as_str()), (Some(404), Some("not_installed")), "{r}");
+    }
+
+    // A capability the caller provides but the install was not granted: denied.
+    let mut env = envelope(TENANT, "com.example.echo", &hash, "/");
+    env["providers"] = json!(["http.fetch"]);
+    let r = server.execute(&env).json();
+    assert_eq!((r["status"].as_u64(), r["error"].as_str()), (Some(403), Some("capability_denied")), "{r}");
+
+    // Idempotency: the same key answers the stored response and runs nothing.
+    let before =
+        server.admin_get(&format!("/v1/tenants/{TENANT}/executions")).json()["items"].as_array().unwrap().len();
+    let body = serde_json::to_vec(&envelope(TENANT, "com.example.echo", &hash, "/once")).unwrap();
+    let headers = [("content-type", "application/json"), ("x-idempotency-key", "k1")];
+    let a = server.request("POST", "/v1/execute", Some(SERVICE_TOKEN), &headers, Some(&body));
+    let b = server.request("POST", "/v1/execute", Some(SERVICE_TOKEN), &headers, Some(&body));
+    assert_eq!(a.json(), b.json());
+    let after = server.admin_get(&format!("/v1/tenants/{TENANT}/executions")).json()["items"].as_array().unwrap().len();
+    assert_eq!(after, before + 1, "an idempotent replay must not execute again");
+
+    // Yank: no new installs; the existing install keeps running.
+    let yank = server.request("DELETE", "/v1/extensions/com.example.echo/versions/1.0.0", Some(ADMIN_TOKEN), &[], None);
+    assert!(yank.status == 200 || yank.status == 204, "yank: {}", yank.status);
+    let refused = server.install("tenant-c", "com.example.echo", &json!({"version": "1.0.0"}));
+    assert_eq!((refused.status, refused.code().as_str()), (409, "version_yanked"));
+    assert_eq!(server.execute(&envelope(TENANT, "com.example.echo", &hash, "/")).json()["status"], 200);
+
+    // Uninstall: gone, and executions answer not_installed.
+    let gone = server.request(
+        "DELETE",
+        &format!("/v1/tenants/{TENANT}/installs/com.example.echo"),
+        Some(ADMIN_TOKEN),
+        &[],
+        None,
+    );
+    assert!(gone.status == 200 || gone.status == 204, "uninstall: {}", gone.status);
+    assert_eq!(server.admin_get(&format!("/v1/tenants/{TENANT}/installs/com.example.echo")).status, 404);
+    let r = server.execute(&envelope(TENANT, "com.example.echo", &hash, "/")).json();
+    assert_eq!(r["error"], "not_installed");
+}
+
+#[test]
+fn tokens_envelopes_and_routing_headers() {
+    let signer = Signer::new();
+    let server = Server::start(&signer);
+    let (hash, _) = publish_echo(&server, &signer, "com.example.tokens", "1.0.0", &[]);
+    assert_eq!(server.install(TENANT, "com.example.tokens", &json!({"version": "1.0.0"})).status, 201);
+    let good = serde_json::to_vec(&envelope(TENANT, "com.example.tokens", &hash, "/")).unwrap();
+    let ct = [("content-type", "application/json")];
+
+    // Missing, wrong and crossed tokens: 401 problem+json, and nothing runs.
+    for token in [None, Some("wrong"), Some(ADMIN_TOKEN)] {
+        let a = server.request("POST", "/v1/execute", token, &ct, Some(&good));
+        assert_eq!((a.status, a.code().as_str()), (401, "unauthorized"), "execute with {token:?}");
+        assert_eq!(a.header("content-type"), Some("application/problem+json"));
+        assert!(a.header("x-request-id").is_some());
+    }
+    for token in [None, Some("wrong"), Some(SERVICE_TOKEN)] {
+        let a = server.request("GET", "/v1/extensions", token, &[], None);
+        assert_eq!((a.status, a.code().as_str()), (401, "unauthorized"), "registry read with {token:?}");
+        let p = server.request("POST", "/v1/bundles", token, &[], Some(b"x"));
+        assert_eq!(p.status, 401);
+    }
+    // The bearer scheme is required; a token as a bare header value is not accepted.
+    let a = server.request("POST", "/v1/execute", None, &[("authorization", SERVICE_TOKEN)], Some(&good));
+    assert_eq!(a.status, 401);
+    assert_eq!(server.admin_get(&format!("/v1/tenants/{TENANT}/executions")).json()["items"], json!([]));
+
+    // Malformed envelopes: not JSON (400), missing or wrong fields (422, naming the field).
+    let bad_json = server.request("POST", "/v1/execute", Some(SERVICE_TOKEN), &ct, Some(b"{not json"));
+    assert_eq!((bad_json.status, bad_json.code().as_str()), (400, "invalid_json"));
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"http": {"method": "GET", "path": "/"}}), "context"),
+        (
+            json!({"context": {"extension_id": "x", "content_hash": hash}, "http": {"method": "GET", "path": "/"}}),
+            "tenant_id",
+        ),
+        (
+            json!({"context": {"tenant_id": "bad tenant!", "extension_id": "x", "content_hash": hash}, "http": {"method": "GET", "path": "/"}}),
+            "tenant_id",
+        ),
+        (
+            json!({"context": {"tenant_id": "t", "extension_id": "x", "content_hash": "md5:abc"}, "http": {"method": "GET", "path": "/"}}),
+            "content_hash",
+        ),
+        (
+            json!({"context": {"tenant_id": "t", "extension_id": "x", "content_hash": hash}, "http": {"method": "GET", "path": "no-slash"}}),
+            "path",
+        ),
+        (
+            json!({"context": {"tenant_id": "t", "extension_id": "x", "content_hash": hash}, "http": {"method": "GET", "path": "/", "body_b64": "***"}}),
+            "body_b64",
+        ),
+        (
+            json!({"context": {"tenant_id": "t", "extension_id": "x", "content_hash": hash}, "http": {"method": 7, "path": "/"}}),
+            "method",
+        ),
+    ];
+    for (body, field) in cases {
+        let a =
+            server.request("POST", "/v1/execute", Some(SERVICE_TOKEN), &ct, Some(&serde_json::to_vec(&body).unwrap()));
+        assert_eq!(a.status, 422, "{body}: {}", String::from_utf8_lossy(&a.body));
+        let problem = a.json();
+        assert_eq!(problem["code"], "invalid_request");
+        assert!(problem["detail"].as_str().unwrap_or("").contains(field), "detail should name {field}: {problem}");
+    }
+
+    // Routing headers must agree with the body.
+    let mismatch = server.request(
+        "POST",
+        "/v1/execute",
+        Some(SERVICE_TOKEN),
+        &[("content-type", "application/json"), ("x-alga-tenant", "someone-else")],
+        Some(&good),
+    );
+    assert_eq!((mismatch.status, mismatch.code().as_str()), (400, "routing_mismatch"));
+    let mismatch = server.request(
+        "POST",
+        "/v1/execute",
+        Some(SERVICE_TOKEN),
+        &[("content-type", "application/json"), ("x-alga-tenant", TENANT), ("x-alga-extension", "com.example.other")],
+        Some(&good),
+    );
+    assert_eq!((mismatch.status, mismatch.code().as_str()), (400, "routing_mismatch"));
+    let matching = server.request(
+        "POST",
+        "/v1/execute",
+        Some(SERVICE_TOKEN),
+        &[("content-type", "application/json"), ("x-alga-tenant", TENANT), ("x-alga-extension", "com.example.tokens")],
+        Some(&good),
+    );
+    assert_eq!(matching.json()["status"], 200);
+
+    // An envelope over the body limit: 413.
+    let big = vec![b' '; 17 << 20];
+    let a = server.request("POST", "/v1/execute", Some(SERVICE_TOKEN), &ct, Some(&big));
+    assert_eq!((a.status, a.code().as_str()), (413, "payload_too_large"));
+
+    // Health and readiness: open, with every hardening layer listed.
+    assert_eq!(server.request("GET", "/healthz", None, &[], None).status, 200);
+    let ready = server.request("GET", "/readyz", None, &[], None);
+    assert_eq!(ready.status, 200, "{}", String::from_utf8_lossy(&ready.body));
+    let ready = ready.json();
+    for layer in ["namespaces", "seccomp", "landlock", "cgroup"] {
+        assert!(ready.to_string().contains(layer), "readyz lacks {layer}: {ready}");
+    }
+}
+
+#[test]
+fn trust_reload_revokes_and_restores_a_key() {
+    let signer = Signer::new();
+    let mut server = Server::start(&signer);
+    let (hash, _) = publish_echo(&server, &signer, "com.example.revoke", "1.0.0", &[]);
+    assert_eq!(server.install(TENANT, "com.example.revoke", &json!({"version": "1.0.0"})).status, 201);
+    let env = envelope(TENANT, "com.example.revoke", &hash, "/");
+    assert_eq!(server.execute(&env).json()["status"], 200);
+
+    // Revoke the key (an empty trust bundle is valid) and reload over HTTP: the bundle in the
+    // execution cache is verified again and refused.
+    server.write_trust(&[]);
+    let reload = server.request("POST", "/v1/admin/reload", Some(ADMIN_TOKEN), &[], None);
+    assert_eq!(reload.status, 200, "{}", String::from_utf8_lossy(&reload.body));
+    let r = server.execute(&env).json();
+    assert_eq!((r["status"].as_u64(), r["error"].as_str()), (Some(502), Some("bundle_verification_failed")), "{r}");
+    // New installs of it are refused too.
+    let a = server.install("tenant-new", "com.example.revoke", &json!({"version": "1.0.0"}));
+    assert_eq!((a.status, a.code().as_str()), (403, "signer_untrusted"), "{}", String::from_utf8_lossy(&a.body));
+
+    // Trust it again, by SIGHUP this time.
+    server.write_trust(&[signer.public()]);
+    // SAFETY: kill(2) with the pid of our own child and a valid signal has no memory effects.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    alga_tests::server::wait_until("the SIGHUP reload restores the key", || {
+        server.execute(&env).json()["status"] == 200
+    });
+
+    // A bundle changed on disk behind the runner's back is refused at load (after a restart the
+    // execution cache is empty, so the bundle is read, hashed and verified again).
+    let blob = server.state_dir().join("bundles/sha256").join(hash.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    server.restart();
+    let r = server.execute(&env).json();
+    assert_eq!((r["status"].as_u64(), r["error"].as_str()), (Some(502), Some("bundle_verification_failed")), "{r}");
+}
+
+#[test]
+fn a_publisher_scoped_key_signs_only_its_publisher() {
+    let signer = Signer::new();
+    let options = alga_tests::server::Options {
+        trust_lines: vec![format!("{} publisher=Other Corp", signer.public())],
+        ..Default::default()
+    };
+    let server = Server::start_with(options);
+    let bytes = pack(&manifest("com.example.scoped", "1.0.0", &[]), &fixture_bytes("echo"));
+    let a = server.publish(&bytes, &signer.sign(&bytes, "com.example.scoped", "1.0.0"));
+    assert_eq!((a.status, a.code().as_str()), (403, "signer_untrusted"), "{}", String::from_utf8_lossy(&a.body));
+    assert!(server.blob_files().is_empty());
+    assert!(server.all_versions().is_empty());
+
+    let mut m = manifest("com.example.scoped", "1.0.0", &[]);
+    m["publisher"] = json!("Other Corp");
+    let bytes = pack(&m, &fixture_bytes("echo"));
+    let a = server.publish(&bytes, &signer.sign(&bytes, "com.example.scoped", "1.0.0"));
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+}
