@@ -190,6 +190,15 @@ pub fn install_signal_handler(signal: libc::c_int, handler: extern "C" fn(libc::
     Ok(())
 }
 
+/// Whether the other end of a connected socket has gone (closed or shut down), without waiting.
+pub fn peer_closed(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, a zero timeout; poll only writes `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Exits the process immediately, without running destructors or `atexit` handlers (which
 /// belong to the fork server's state the sandbox inherited).
 pub fn exit_now(code: libc::c_int) -> ! {

@@ -305,21 +305,28 @@ impl Config {
             let host = listen.rsplit_once(':').map_or(listen.as_str(), |(h, _)| h).to_string();
             set(&mut table, "server", "listen", Value::String(format!("{host}:{port}")));
         }
-        let config = Self::from_table(table)?;
-        config.validate()?;
-        Ok(config)
+        // Mistyped fields are reported and left out, so the values of every other field are
+        // still checked: one run names every problem.
+        let (config, mut errors) = Self::from_table(table)?;
+        if let Err(ConfigErrors(more)) = config.validate() {
+            errors.extend(more);
+        }
+        if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
     }
 
-    /// Deserialises, reporting every unknown or mistyped field (not just the first).
-    fn from_table(table: Table) -> Result<Config, ConfigErrors> {
+    /// Deserialises what is well typed, and lists every unknown or mistyped field.
+    fn from_table(mut table: Table) -> Result<(Config, Vec<String>), ConfigErrors> {
         let mut errors = Vec::new();
+        let mut bad: Vec<(String, Option<String>)> = Vec::new();
         for (section, value) in &table {
             if !SECTIONS.contains(&section.as_str()) {
                 errors.push(format!("[{section}]: unknown section (known: {})", SECTIONS.join(", ")));
+                bad.push((section.clone(), None));
                 continue;
             }
             let Value::Table(fields) = value else {
                 errors.push(format!("{section}: must be a table ([{section}])"));
+                bad.push((section.clone(), None));
                 continue;
             };
             for (key, v) in fields {
@@ -330,13 +337,25 @@ impl Config {
                 if let Err(e) = Value::Table(one).try_into::<Config>() {
                     let message = e.message().to_string();
                     errors.push(format!("{section}.{key}: {message}"));
+                    bad.push((section.clone(), Some(key.clone())));
                 }
             }
         }
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+        for (section, key) in bad {
+            match key {
+                None => {
+                    table.remove(&section);
+                }
+                Some(key) => {
+                    if let Some(Value::Table(fields)) = table.get_mut(&section) {
+                        fields.remove(&key);
+                    }
+                }
+            }
         }
-        Value::Table(table).try_into::<Config>().map_err(|e| ConfigErrors(vec![e.message().to_string()]))
+        let config =
+            Value::Table(table).try_into::<Config>().map_err(|e| ConfigErrors(vec![e.message().to_string()]))?;
+        Ok((config, errors))
     }
 
     /// Checks values against each other and their ranges.

@@ -202,7 +202,7 @@ impl Server {
         cmd.args(["serve", "--log-format", "json"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
+            .env("ALGA_RUNNER_LOG", "info")
             .env("ALGA_RUNNER_LISTEN", "127.0.0.1:0")
             .env("ALGA_RUNNER_STATE_DIR", self.state_dir())
             .env("ALGA_RUNNER_SERVICE_TOKEN", SERVICE_TOKEN)
@@ -443,8 +443,13 @@ pub fn cgroup_dirs_of(pid: u32) -> Vec<PathBuf> {
 }
 
 /// Waits (up to 20 s) for `done`, or panics naming `what`.
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_within(what, Duration::from_secs(20), done)
+}
+
+/// Waits up to `limit` for `done`, or panics naming `what`.
+pub fn wait_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(25));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use alga_tests::fixture_bytes;
 use alga_tests::server::{
-    ADMIN_TOKEN, Server, Signer, alive, cgroup_dirs_of, descendants, envelope, manifest, pack, wait_until,
+    ADMIN_TOKEN, Server, Signer, alive, cgroup_dirs_of, descendants, envelope, manifest, pack, wait_until, wait_within,
 };
 use serde_json::json;
 
@@ -136,7 +136,8 @@ fn kill_9_during_executions_then_restart() {
             let (url, hash) = (url.clone(), hash.clone());
             std::thread::spawn(move || {
                 let mut env = envelope(TENANT, "com.example.sleepy", &hash, "/");
-                env["http"]["query"] = json!({"ms": "5000"});
+                env["http"]["query"] = json!({"ms": "30000"});
+                env["limits"] = json!({"timeout_ms": 40000});
                 let _ = ureq::post(&format!("{url}/v1/execute"))
                     .set("authorization", &format!("Bearer {}", alga_tests::server::SERVICE_TOKEN))
                     .send_json(env);
@@ -151,7 +152,10 @@ fn kill_9_during_executions_then_restart() {
     for r in runners {
         r.join().unwrap();
     }
-    wait_until("every sandbox of the killed supervisor is gone", || tree.iter().all(|p| !alive(*p)));
+    // They die with it, not at their own deadline (30 s away).
+    wait_within("every sandbox of the killed supervisor is gone", Duration::from_secs(3), || {
+        tree.iter().all(|p| !alive(*p))
+    });
 
     server.restart();
     assert!(

@@ -24,9 +24,10 @@ mod namespaces;
 mod seccomp;
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
+use crate::sys;
 use alga_policies::BpfProgram;
 use alga_shared::protocol::{HardeningReport, LayerStatus, Level, NamespaceSet, Requirement, SandboxPlan};
 
@@ -79,7 +80,7 @@ pub fn harden(ipc: OwnedFd, input: &Input<'_>) -> Result<Hardened, HardenError> 
         source,
         ipc: None,
     })?;
-    match harden_rest(input, hygiene, micros(start)) {
+    match harden_rest(input, hygiene, micros(start), ipc.as_fd()) {
         Ok(report) => Ok(Hardened { ipc, report }),
         Err((layer, source)) => Err(HardenError { layer, source, ipc: Some(ipc) }),
     }
@@ -93,6 +94,7 @@ fn harden_rest(
     input: &Input<'_>,
     hygiene: LayerStatus,
     hygiene_us: u32,
+    ipc: BorrowedFd<'_>,
 ) -> Result<HardeningReport, (&'static str, io::Error)> {
     let at = |layer: &'static str| move |e: io::Error| (layer, e);
     let mut step_us = [hygiene_us, 0, 0, 0, 0, 0];
@@ -114,6 +116,13 @@ fn harden_rest(
     lap(1);
 
     let credentials = credentials::apply(input.uid, input.gid, input.privileged).map_err(at("credentials"))?;
+    // Changing the effective uid or gid clears the parent-death signal: arm it again, then make
+    // sure the supervisor did not die before it was armed (its end of the IPC socket would be
+    // closed). Without this a sandbox outlives a killed supervisor until its own deadline.
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).map_err(at("credentials"))?;
+    if sys::peer_closed(ipc) {
+        return Err(("credentials", io::Error::other("the supervisor is gone")));
+    }
     lap(2);
 
     let (landlock, landlock_abi) = landlock::apply().map_err(at("landlock"))?;

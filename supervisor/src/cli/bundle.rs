@@ -67,6 +67,9 @@ pub struct VerifyArgs {
 pub struct InspectArgs {
     /// The bundle to inspect.
     pub bundle: PathBuf,
+    /// Print only the content hash (`sha256:...`), for scripts.
+    #[arg(long)]
+    pub hash: bool,
 }
 
 fn read_password(file: &Option<PathBuf>, prompt: &str) -> anyhow::Result<String> {
@@ -172,7 +175,15 @@ pub fn unencrypted_keypair() -> anyhow::Result<KeyPair> {
 
 fn load_secret_key(path: &Path, password_file: &Option<PathBuf>) -> anyhow::Result<SecretKey> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading --key {}", path.display()))?;
-    // An unencrypted key opens with an empty password; otherwise ask for it.
+    // An unencrypted key in minisign's own format (`minisign -G -W`): KDF algorithm zero and no
+    // checksum to check.
+    if let Some(encoded) = text.lines().nth(1)
+        && let Ok(bytes) = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim())
+        && bytes.get(2..4) == Some(&[0, 0])
+    {
+        return SecretKey::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()));
+    }
+    // A key protected by an empty password opens without asking; otherwise ask for it.
     if let Ok(sk) = SecretKey::from_box(SecretKeyBox::from_string(&text)?, Some(String::new())) {
         return Ok(sk);
     }
@@ -240,6 +251,10 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_FAILURE);
         }
     };
+    if args.hash {
+        println!("{}", opened.content_hash);
+        return Ok(0);
+    }
     let files: Vec<_> = opened.files.iter().map(|(p, d)| json!({ "path": p, "bytes": d.len() })).collect();
     let sig_file = sig_path(&args.bundle);
     let signature = std::fs::read_to_string(&sig_file).ok().and_then(|s| SignatureBox::from_string(&s).ok()).map(|s| {

@@ -36,6 +36,7 @@ pub struct PublishArgs {
 pub struct InstallArgs {
     /// The extension (registry id or manifest name).
     pub extension: String,
+    /// The tenant to install it for.
     #[arg(long)]
     pub tenant: String,
     /// The version to install (e.g. 1.2.0).
@@ -50,10 +51,13 @@ pub struct InstallArgs {
     /// An egress allowlist entry for this install (repeatable).
     #[arg(long = "egress", value_name = "HOST")]
     pub egress: Vec<String>,
+    /// The install's deadline per execution, in milliseconds (capped by the operator's maximum).
     #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// The install's memory per execution, in MiB (capped by the operator's maximum).
     #[arg(long)]
     pub memory_mb: Option<u64>,
+    /// The install's fuel per execution (capped by the operator's maximum).
     #[arg(long)]
     pub fuel: Option<u64>,
     /// Install disabled.
@@ -65,7 +69,9 @@ pub struct InstallArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UninstallArgs {
+    /// The extension (registry id or manifest name).
     pub extension: String,
+    /// The tenant to uninstall it for.
     #[arg(long)]
     pub tenant: String,
     /// Delete the install's storage and secrets now rather than after the grace period.
@@ -86,8 +92,10 @@ pub struct ListArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ExecutionsArgs {
+    /// The tenant whose executions to show.
     #[arg(long)]
     pub tenant: String,
+    /// Only this extension (registry id or manifest name).
     #[arg(long)]
     pub extension: Option<String>,
     /// Only this outcome (completed, timeout, ...).

@@ -48,12 +48,14 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Ready when storage answers, the trust bundle is loaded, the sandbox self-test passed and the
-/// warm pool has a sandbox; the body lists every hardening layer's level.
+/// warm pool has filled (it has a ready sandbox, or has already handed one out: a pool drained by
+/// traffic refills in the background and executions meanwhile get fresh sandboxes, so that is no
+/// reason to leave a load balancer's rotation); the body lists every hardening layer's level.
 async fn readyz(svc: Svc) -> HttpResponse {
     let storage = svc.registry.extensions(None, 1).is_ok();
     let self_test = svc.self_test_ok.load(Ordering::Relaxed);
     let pool = svc.core.pool.stats();
-    let pool_ok = pool.target == 0 || pool.ready > 0;
+    let pool_ok = pool.target == 0 || pool.ready > 0 || pool.hits > 0;
     let shutting_down = svc.shutting_down.load(Ordering::Relaxed);
     let ready = storage && self_test && pool_ok && !shutting_down && svc.core.fork.is_alive();
     let layers = svc.self_test.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or(json!(null));
