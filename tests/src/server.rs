@@ -200,6 +200,7 @@ impl Server {
         let log = std::fs::File::create(&self.log).unwrap();
         let mut cmd = Command::new(crate::runner_bin());
         cmd.args(["serve", "--log-format", "json"])
+            .current_dir(self.dir.path())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("ALGA_RUNNER_LOG", "info")

@@ -130,6 +130,18 @@ fn publish_install_execute_round_trip() {
     let after = server.admin_get(&format!("/v1/tenants/{TENANT}/executions")).json()["items"].as_array().unwrap().len();
     assert_eq!(after, before + 1, "an idempotent replay must not execute again");
 
+    // Pages: `limit` and the opaque `next_cursor`; a cursor the API never gave out is refused.
+    let first = server.admin_get(&format!("/v1/tenants/{TENANT}/executions?limit=1")).json();
+    assert_eq!(first["items"].as_array().unwrap().len(), 1);
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_string();
+    let second = server.admin_get(&format!("/v1/tenants/{TENANT}/executions?limit=1&cursor={cursor}")).json();
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_ne!(first["items"][0]["execution_id"], second["items"][0]["execution_id"]);
+    for bad in ["/v1/tenants/tenant-a/executions?cursor=zz", "/v1/extensions/com.example.echo/versions?cursor=9.9.9"] {
+        let a = server.admin_get(bad);
+        assert_eq!((a.status, a.code().as_str()), (400, "invalid_cursor"), "{bad}");
+    }
+
     // Yank: no new installs; the existing install keeps running.
     let yank = server.request("DELETE", "/v1/extensions/com.example.echo/versions/1.0.0", Some(ADMIN_TOKEN), &[], None);
     assert!(yank.status == 200 || yank.status == 204, "yank: {}", yank.status);
@@ -149,6 +161,50 @@ fn publish_install_execute_round_trip() {
     assert_eq!(server.admin_get(&format!("/v1/tenants/{TENANT}/installs/com.example.echo")).status, 404);
     let r = server.execute(&envelope(TENANT, "com.example.echo", &hash, "/")).json();
     assert_eq!(r["error"], "not_installed");
+
+    // Everything the service wrote is under its state directory (its working directory holds
+    // only what the test put there).
+    let mut names = alga_tests::server::list_names(server.dir.path());
+    names.retain(|n| !n.starts_with("serve-") && n != "trust.pub");
+    assert_eq!(names, ["state"], "files outside the state directory");
+}
+
+#[test]
+fn limits_are_capped_by_the_install_and_the_operator() {
+    let signer = Signer::new();
+    let options = alga_tests::server::Options {
+        trust_lines: vec![signer.public()],
+        env: vec![
+            ("ALGA_RUNNER_LIMITS__MAX_TIMEOUT_MS".into(), "1000".into()),
+            ("ALGA_RUNNER_LIMITS__DEFAULT_TIMEOUT_MS".into(), "1000".into()),
+        ],
+    };
+    let server = Server::start_with(options);
+    let bytes = pack(&manifest("com.example.sleepy", "1.0.0", &[]), &fixture_bytes("sleeper"));
+    assert_eq!(server.publish(&bytes, &signer.sign(&bytes, "com.example.sleepy", "1.0.0")).status, 201);
+    let hash = alga_shared::bundle::content_hash(&bytes);
+    let run = |tenant: &str, sleep_ms: u64, timeout_ms: u64| -> Value {
+        let mut env = envelope(tenant, "com.example.sleepy", &hash, "/");
+        env["http"]["query"] = json!({"ms": sleep_ms.to_string()});
+        env["limits"] = json!({"timeout_ms": timeout_ms});
+        server.execute(&env).json()
+    };
+    let outcome = |v: &Value| (v["status"].as_u64().unwrap(), v["error"].as_str().map(String::from));
+
+    // The install's limit wins over a caller asking for more.
+    let a = server.install("slow", "com.example.sleepy", &json!({"version": "1.0.0", "limits": {"timeout_ms": 200}}));
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(outcome(&run("slow", 600, 5000)), (504, Some("timeout".into())));
+    assert_eq!(outcome(&run("slow", 20, 5000)), (200, None));
+    // A caller may lower it.
+    assert_eq!(outcome(&run("slow", 150, 100)), (504, Some("timeout".into())));
+
+    // Without an install limit, the operator's maximum caps the caller.
+    assert_eq!(server.install("free", "com.example.sleepy", &json!({"version": "1.0.0"})).status, 201);
+    assert_eq!(outcome(&run("free", 1500, 5000)), (504, Some("timeout".into())));
+    assert_eq!(outcome(&run("free", 300, 5000)), (200, None));
+    let log = server.admin_get("/v1/tenants/free/executions").json();
+    assert_eq!(log["items"][1]["outcome"], "timeout", "{log}");
 }
 
 #[test]

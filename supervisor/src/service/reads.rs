@@ -49,7 +49,10 @@ pub fn versions(
 ) -> Result<Page<VersionRecord>, Problem> {
     let extension = find_extension(svc, id_or_name)?;
     let all = svc.registry.versions(&extension.id)?;
-    let start = cursor.and_then(|c| all.iter().position(|v| v.version == c).map(|p| p + 1)).unwrap_or(0);
+    let start = match cursor {
+        Some(c) => all.iter().position(|v| v.version == c).map(|p| p + 1).ok_or_else(|| invalid_cursor(c))?,
+        None => 0,
+    };
     let limit = page_size(limit);
     let items: Vec<VersionRecord> = all.into_iter().skip(start).take(limit).collect();
     let next_cursor = (items.len() == limit).then(|| items.last().map(|v| v.version.clone())).flatten();
@@ -79,6 +82,11 @@ pub fn executions(
     limit: Option<usize>,
 ) -> Result<Page<ExecutionRecord>, Problem> {
     check_tenant(tenant)?;
+    if let Some(c) = &cursor
+        && (c.is_empty() || hex::decode(c).is_err())
+    {
+        return Err(invalid_cursor(c));
+    }
     let extension_id = match extension {
         Some(e) => Some(find_extension(svc, e)?.id),
         None => None,
@@ -87,4 +95,11 @@ pub fn executions(
         ExecutionQuery { extension_id, outcome: status.map(str::to_string), after: cursor, limit: page_size(limit) };
     let (items, next_cursor) = svc.registry.executions(tenant, &query)?;
     Ok(Page { items, next_cursor })
+}
+
+fn invalid_cursor(cursor: &str) -> Problem {
+    Problem::bad_request(
+        "invalid_cursor",
+        format!("cursor `{cursor}` is not one this API gave out; pass the `next_cursor` of the previous page"),
+    )
 }
