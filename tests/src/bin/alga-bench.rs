@@ -16,7 +16,8 @@
 //! Other modes, for the performance notes: `--breakdown` (hot path alone, and the cost of
 //! creating and hardening a sandbox with and without each namespace), `--hot-path`, `--ping`
 //! (the IPC hand-over alone), `--deserialize` (artifact loading in this process),
-//! `--cgroup-ops` (cgroup file operations).
+//! `--cgroup-ops` (cgroup file operations), `--http` (`POST /v1/execute` end to end against the
+//! real `alga-runner serve`: HTTP, envelope, registry lookups, the execution record made durable).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +70,63 @@ impl HostBridge for NullBridge {
     fn log(&mut self, _: LogLevel, _: String) -> Result<(), BridgeError> {
         Ok(())
     }
+}
+
+/// `POST /v1/execute` against the real service: the echo fixture published, installed, then
+/// executed by `concurrency` keep-alive clients.
+fn http(n: usize) -> Vec<Figures> {
+    use alga_tests::server::{Options, Server, Signer, envelope, manifest, pack};
+    let signer = Signer::new();
+    let server = Server::start_with(Options {
+        trust_lines: vec![signer.public()],
+        env: vec![("ALGA_RUNNER_SANDBOX__POOL_SIZE".into(), "8".into())],
+    });
+    let bytes = pack(&manifest("com.example.bench", "1.0.0", &[]), &fixture_bytes("echo"));
+    assert_eq!(server.publish(&bytes, &signer.sign(&bytes, "com.example.bench", "1.0.0")).status, 201);
+    let installed = server.install("bench", "com.example.bench", &serde_json::json!({"version": "1.0.0"}));
+    assert_eq!(installed.status, 201);
+    let hash = alga_shared::bundle::content_hash(&bytes);
+    let body = serde_json::to_vec(&envelope("bench", "com.example.bench", &hash, "/bench")).unwrap();
+    let url = format!("{}/v1/execute", server.url);
+    let mut rows = Vec::new();
+    for concurrency in [1, 4] {
+        // Warm up: the bundle enters the execution cache, the pool fills.
+        for _ in 0..20 {
+            server.execute(&serde_json::from_slice(&body).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let start = Instant::now();
+        let threads: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (url, body) = (url.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new().build();
+                    let mut lat = Vec::new();
+                    for _ in 0..n / concurrency {
+                        let t = Instant::now();
+                        let r = agent
+                            .post(&url)
+                            .set("authorization", &format!("Bearer {}", alga_tests::server::SERVICE_TOKEN))
+                            .set("content-type", "application/json")
+                            .send_bytes(&body)
+                            .unwrap();
+                        let text = r.into_string().unwrap();
+                        assert!(text.starts_with("{\"status\":200"), "{text}");
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let latencies = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        rows.push(Figures {
+            name: "HTTP /v1/execute, warm pool".into(),
+            concurrency,
+            latencies,
+            wall: start.elapsed(),
+        });
+    }
+    rows
 }
 
 /// In-process lower bound: one engine, one component, one `InstancePre`; per call a new store,
@@ -472,6 +530,15 @@ fn main() {
         core.cgroups.release(other);
         core.cgroups.release(slot);
         rt.block_on(core.shutdown());
+        return;
+    }
+    if std::env::args().any(|a| a == "--http") {
+        let n = if quick { 400 } else { 4_000 };
+        println!("| path | concurrency | executions | p50 ms | p99 ms | executions/s |");
+        println!("|---|---|---|---|---|---|");
+        for mut r in http(n) {
+            println!("{}", r.row());
+        }
         return;
     }
     if std::env::args().any(|a| a == "--idle-memory") {
