@@ -122,7 +122,11 @@ pub fn open(bytes: &[u8], limits: &ArchiveLimits) -> Result<Bundle, BundleError>
     } else {
         (limits.max_uncompressed, "decompressed contents over the size limit")
     };
-    let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|e| invalid(format!("not a zstd stream: {e}")))?;
+    let mut decoder =
+        zstd::stream::read::Decoder::new(bytes).map_err(|e| invalid(format!("not a zstd stream: {e}")))?;
+    // A frame may ask for a window of up to 2 GiB; 32 MiB covers every standard level (level 19
+    // uses 8 MiB) and bounds what a tiny hostile frame can make us allocate.
+    decoder.window_log_max(25).map_err(|e| invalid(format!("zstd decoder: {e}")))?;
     let mut archive = tar::Archive::new(Bounded { inner: decoder, read: 0, limit, why });
     let entries = archive.entries().map_err(|e| invalid(format!("not a tar archive: {e}")))?;
 

@@ -133,17 +133,34 @@ impl ArtifactCache {
 /// Writes `bytes` to `path` through a temporary file that is fsynced and renamed, so a reader
 /// never sees a partial file; the directory is fsynced too.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let stem = format!(".{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let (tmp, mut f) = create_unique(dir, &stem)?;
+    let written = (|| {
         f.write_all(bytes)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
+    written
+}
+
+/// Creates `<dir>/<stem>-<pid>-<n>` exclusively (`O_EXCL`): a temporary file no other writer,
+/// in this process or another, shares.
+pub fn create_unique(dir: &Path, stem: &str) -> io::Result<(PathBuf, fs::File)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{stem}-{}-{n}", std::process::id()));
+        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -198,11 +198,18 @@ pub struct ExecuteConfig {
     pub idempotency_entries: usize,
     /// How long an idempotent result is kept, in seconds (default 600).
     pub idempotency_ttl_s: u64,
+    /// Memory the kept results may take, in MiB (default 64).
+    pub idempotency_max_mb: u64,
 }
 
 impl Default for ExecuteConfig {
     fn default() -> Self {
-        ExecuteConfig { max_request_mb: 16, idempotency_entries: 10_000, idempotency_ttl_s: 600 }
+        ExecuteConfig {
+            max_request_mb: 16,
+            idempotency_entries: 10_000,
+            idempotency_ttl_s: 600,
+            idempotency_max_mb: 64,
+        }
     }
 }
 

@@ -148,6 +148,9 @@ fn publish_install_execute_round_trip() {
     let refused = server.install("tenant-c", "com.example.echo", &json!({"version": "1.0.0"}));
     assert_eq!((refused.status, refused.code().as_str()), (409, "version_yanked"));
     assert_eq!(server.execute(&envelope(TENANT, "com.example.echo", &hash, "/")).json()["status"], 200);
+    // ... and may still change its settings.
+    let changed = server.install(TENANT, "com.example.echo", &json!({"version": "1.0.0", "config": {"mode": "b"}}));
+    assert_eq!(changed.status, 200, "{}", String::from_utf8_lossy(&changed.body));
 
     // Uninstall: gone, and executions answer not_installed.
     let gone = server.request(
@@ -374,4 +377,70 @@ fn a_publisher_scoped_key_signs_only_its_publisher() {
     let bytes = pack(&m, &fixture_bytes("echo"));
     let a = server.publish(&bytes, &signer.sign(&bytes, "com.example.scoped", "1.0.0"));
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+}
+
+#[test]
+fn concurrent_publishes_of_one_bundle_store_it_once() {
+    let signer = Signer::new();
+    let server = Server::start(&signer);
+    let bytes = pack(&manifest("com.example.race", "1.0.0", &[]), &fixture_bytes("echo"));
+    let sig = signer.sign(&bytes, "com.example.race", "1.0.0");
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| server.publish(&bytes, &sig).status)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 201 || *s == 200), "{statuses:?}");
+    let hash = alga_shared::bundle::content_hash(&bytes);
+    let hex = hash.trim_start_matches("sha256:");
+    assert_eq!(server.blob_files(), [hex], "one blob, no temporary file left");
+    let stored = std::fs::read(server.state_dir().join("bundles/sha256").join(hex)).unwrap();
+    assert_eq!(stored, bytes, "the stored copy is whole");
+}
+
+#[test]
+fn stored_copies_are_checked_at_load_and_restored_by_a_reupload() {
+    let signer = Signer::new();
+    let mut server = Server::start(&signer);
+    let (hash, _) = publish_echo(&server, &signer, "com.example.stored", "1.0.0", &[]);
+    let other = pack(&manifest("com.example.other", "1.0.0", &[]), &fixture_bytes("sleeper"));
+    assert_eq!(server.publish(&other, &signer.sign(&other, "com.example.other", "1.0.0")).status, 201);
+    assert_eq!(server.install(TENANT, "com.example.stored", &json!({"version": "1.0.0"})).status, 201);
+    let env = envelope(TENANT, "com.example.stored", &hash, "/");
+    assert_eq!(server.execute(&env).json()["status"], 200);
+
+    // Compiled code swapped in the cache (with its neighbouring hash file, so the cache's own
+    // check passes): refused, because it is not the code compiled at publish.
+    let cache = server.state_dir().join("cache");
+    let dir_of = |wasm: &[u8]| cache.join(alga_runner::artifacts::sha256_hex(wasm));
+    let (mine, theirs) = (dir_of(&fixture_bytes("echo")), dir_of(&fixture_bytes("sleeper")));
+    server.kill9();
+    for name in alga_tests::server::list_names(&theirs) {
+        std::fs::copy(theirs.join(&name), mine.join(&name)).unwrap();
+    }
+    server.restart();
+    let r = server.execute(&env).json();
+    assert_eq!((r["status"].as_u64(), r["error"].as_str()), (Some(502), Some("bundle_verification_failed")), "{r}");
+
+    // Without any cache, the component is compiled again, to the same code.
+    server.kill9();
+    std::fs::remove_dir_all(&cache).unwrap();
+    server.restart();
+    assert_eq!(server.execute(&env).json()["status"], 200);
+
+    // The stored bundle lost: the version is unavailable (installs say how to repair it), and
+    // uploading the same bytes again restores it.
+    server.kill9();
+    std::fs::remove_file(server.state_dir().join("bundles/sha256").join(hash.trim_start_matches("sha256:"))).unwrap();
+    server.restart();
+    let versions = server.admin_get("/v1/extensions/com.example.stored/versions").json();
+    assert_eq!(versions["items"][0]["state"], "unavailable", "{versions}");
+    let a = server.install("tenant-b", "com.example.stored", &json!({"version": "1.0.0"}));
+    assert_eq!((a.status, a.code().as_str()), (409, "version_unavailable"));
+    let bytes = pack(&manifest("com.example.stored", "1.0.0", &[]), &fixture_bytes("echo"));
+    let again = server.publish(&bytes, &signer.sign(&bytes, "com.example.stored", "1.0.0"));
+    assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));
+    assert_eq!(server.admin_get("/v1/extensions/com.example.stored/versions").json()["items"][0]["state"], "active");
+    assert_eq!(server.install("tenant-b", "com.example.stored", &json!({"version": "1.0.0"})).status, 201);
+    assert_eq!(server.execute(&env).json()["status"], 200);
 }

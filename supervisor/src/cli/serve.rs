@@ -47,12 +47,19 @@ struct DevSetup {
 }
 
 fn dev_setup(env: &mut Vec<(String, String)>) -> anyhow::Result<DevSetup> {
-    let state_dir = std::env::temp_dir().join(format!("alga-runner-dev-{}", std::process::id()));
-    std::fs::create_dir_all(state_dir.join("keys"))?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    // A new directory only this user can enter (never one somebody else prepared).
+    let state_dir = std::env::temp_dir().join(format!("alga-runner-dev-{}-{}", std::process::id(), &random_hex()[..8]));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::DirBuilder::new().mode(0o700).create(state_dir.join("keys"))?;
     let kp = super::bundle::unencrypted_keypair()?;
     let key_file = state_dir.join("keys/dev-signing.key");
     let pub_file = state_dir.join("keys/dev-signing.pub");
-    std::fs::write(&key_file, kp.sk.to_box(Some("alga-runner --dev signing key"))?.into_string())?;
+    let mut key = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file)?;
+    std::io::Write::write_all(&mut key, kp.sk.to_box(Some("alga-runner --dev signing key"))?.into_string().as_bytes())?;
     std::fs::write(&pub_file, kp.pk.to_box()?.into_string())?;
     let public_key = kp.pk.to_base64();
     let setup = DevSetup {

@@ -39,9 +39,9 @@ impl BlobStore {
         if target.is_file() {
             return Ok(());
         }
-        let tmp = self.dir.join(format!(".tmp-{}-{}", hex_of(content_hash), std::process::id()));
+        // A name no concurrent writer (of the same bundle, too) shares, created exclusively.
+        let (tmp, mut f) = crate::artifacts::create_unique(&self.dir, &format!(".tmp-{}", hex_of(content_hash)))?;
         let written = (|| {
-            let mut f = fs::File::create(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))?;

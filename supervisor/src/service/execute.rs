@@ -262,7 +262,11 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
     {
         return not_installed();
     }
-    let Some(version) = svc.registry.version_by_id(&ext.id, &install.version_id)? else { return not_installed() };
+    // By version string (one key), then checked against the install's version id.
+    let Some(version) = svc.registry.version(&ext.id, &install.version)?.filter(|v| v.version_id == install.version_id)
+    else {
+        return not_installed();
+    };
 
     // Effective capabilities: manifest ∩ grants (∩ providers) ∪ defaults. Asking for a capability
     // that is unknown or not granted is refused.

@@ -81,8 +81,12 @@ pub async fn put(
     check_tenant(tenant)?;
     let ext = find_extension(svc, extension)?;
     let version = find_version(svc, &ext, &req.version)?;
+    let current = svc.registry.install(tenant, &ext.id)?;
+    let staying = current.as_ref().is_some_and(|c| c.version_id == version.version_id);
     match version.state {
         VersionState::Active => {}
+        // An install already on a yanked version keeps it (and may change its settings).
+        VersionState::Yanked if staying => {}
         VersionState::Yanked => {
             return Err(Problem::new(409, "version_yanked", "this version was yanked")
                 .detail(format!("{} {} takes no new installs; install a newer version", ext.name, version.version)));
@@ -154,31 +158,32 @@ pub async fn put(
 
 /// Verifies the stored bundle again against the current trust bundle.
 async fn reverify(svc: &Arc<Service>, ext: &ExtensionRecord, version: &VersionRecord) -> Result<(), Problem> {
-    let svc2 = svc.clone();
-    let hash = version.content_hash.clone();
-    let (record, bytes) = svc
-        .blocking(move || -> Result<_, Problem> {
-            let record = svc2
-                .registry
-                .bundle(&hash)?
-                .ok_or_else(|| Problem::internal(format!("no bundle record for {hash}")))?;
-            let bytes = svc2.blobs.get(&hash).map_err(|e| Problem::internal(e.to_string()))?;
-            Ok((record, bytes))
-        })
-        .await??;
-    if bundle::content_hash(&bytes) != version.content_hash {
-        return Err(Problem::new(502, "bundle_verification_failed", "the stored bundle no longer matches its hash"));
-    }
+    let (svc2, ext, version) = (svc.clone(), ext.clone(), version.clone());
     let trust = svc.trust();
-    let verified =
-        signing::verify_bytes(&trust.bundle, &bytes, &record.signature).map_err(|e| signature_problem(&e))?;
-    let id = Identity {
-        name: &ext.name,
-        version: &version.version,
-        publisher: &ext.publisher,
-        content_hash: &version.content_hash,
-    };
-    signing::check_identity(&verified, id).map_err(|e| signature_problem(&e))
+    // Reading and hashing the bundle is blocking work: off the async workers.
+    svc.blocking(move || -> Result<(), Problem> {
+        let hash = &version.content_hash;
+        let record =
+            svc2.registry.bundle(hash)?.ok_or_else(|| Problem::internal(format!("no bundle record for {hash}")))?;
+        let bytes = svc2.blobs.get(hash).map_err(|e| {
+            Problem::new(409, "version_unavailable", "this version's bundle is missing").detail(format!(
+                "the bundle of {} {} cannot be read ({e}); publish it again to restore it",
+                ext.name, version.version
+            ))
+        })?;
+        if bundle::content_hash(&bytes) != *hash {
+            return Err(Problem::new(
+                502,
+                "bundle_verification_failed",
+                "the stored bundle no longer matches its hash",
+            ));
+        }
+        let verified =
+            signing::verify_bytes(&trust.bundle, &bytes, &record.signature).map_err(|e| signature_problem(&e))?;
+        let id = Identity { name: &ext.name, version: &version.version, publisher: &ext.publisher, content_hash: hash };
+        signing::check_identity(&verified, id).map_err(|e| signature_problem(&e))
+    })
+    .await?
 }
 
 pub fn get(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use alga_shared::bundle;
-use alga_shared::signing::{self, Identity};
+use alga_shared::signing::{self, Identity, TrustBundle};
 
 use super::Service;
 use crate::artifacts::{Artifact, ArtifactError};
@@ -58,33 +58,14 @@ impl Loader {
             return Ok(l);
         }
         let hash = version.content_hash.clone();
-        let (record, bytes) = {
-            let svc = svc.clone();
-            let hash = hash.clone();
+        // Reading, hashing, verifying and unpacking a bundle is blocking work: off the async workers.
+        let (record, wasm) = {
+            let (svc, ext, version, trust) = (svc.clone(), ext.clone(), version.clone(), trust.clone());
             svc.clone()
-                .blocking(move || -> Result<(BundleRecord, Vec<u8>), LoadError> {
-                    let record = svc
-                        .registry
-                        .bundle(&hash)
-                        .map_err(|e| LoadError::Internal(crate::error_chain(&e)))?
-                        .ok_or_else(|| LoadError::Verification(format!("no bundle record for {hash}")))?;
-                    let bytes = svc.blobs.get(&hash).map_err(|e| LoadError::Verification(e.to_string()))?;
-                    Ok((record, bytes))
-                })
+                .blocking(move || verify_and_extract(&svc, &ext, &version, &trust.bundle))
                 .await
                 .map_err(|p| LoadError::Internal(p.to_string()))??
         };
-        if bundle::content_hash(&bytes) != hash {
-            return Err(LoadError::Verification(format!("the stored bytes of {hash} no longer match their hash")));
-        }
-        let verified = signing::verify_bytes(&trust.bundle, &bytes, &record.signature)
-            .map_err(|e| LoadError::Verification(e.to_string()))?;
-        let identity =
-            Identity { name: &ext.name, version: &version.version, publisher: &ext.publisher, content_hash: &hash };
-        signing::check_identity(&verified, identity).map_err(|e| LoadError::Verification(e.to_string()))?;
-        let opened = bundle::open(&bytes, &svc.archive_limits()).map_err(|e| LoadError::Verification(e.to_string()))?;
-        let wasm =
-            opened.component().ok_or_else(|| LoadError::Verification(format!("{hash} has no component")))?.to_vec();
         let core = svc.core.clone();
         let artifact = svc
             .on_core(async move { executor::artifact_for(&core, &wasm).await })
@@ -94,8 +75,46 @@ impl Loader {
                 ArtifactError::Invalid(m) => LoadError::Verification(format!("the component no longer compiles: {m}")),
                 ArtifactError::Failed(m) => LoadError::Internal(m),
             })?;
+        // The compiled code must be the code compiled at publish (compilation is deterministic;
+        // the cache's own check only proves the file matches its neighbouring hash file).
+        if let Some(expected) = record.artifacts.get(svc.core.fork.fingerprint())
+            && *expected != artifact.sha256
+        {
+            return Err(LoadError::Verification(format!(
+                "the compiled code of {hash} is not the code compiled at publish (sha256 {} instead of {expected})",
+                artifact.sha256
+            )));
+        }
         let loaded = Arc::new(Loaded { content_hash: hash.clone(), generation: trust.generation, artifact });
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, loaded.clone());
         Ok(loaded)
     }
+}
+
+/// Reads a stored bundle, checks its bytes against its hash and its signature against the trust
+/// bundle in force, and returns its record and its component.
+fn verify_and_extract(
+    svc: &Service,
+    ext: &ExtensionRecord,
+    version: &VersionRecord,
+    trust: &TrustBundle,
+) -> Result<(BundleRecord, Vec<u8>), LoadError> {
+    let hash = &version.content_hash;
+    let record = svc
+        .registry
+        .bundle(hash)
+        .map_err(|e| LoadError::Internal(crate::error_chain(&e)))?
+        .ok_or_else(|| LoadError::Verification(format!("no bundle record for {hash}")))?;
+    let bytes = svc.blobs.get(hash).map_err(|e| LoadError::Verification(e.to_string()))?;
+    if bundle::content_hash(&bytes) != *hash {
+        return Err(LoadError::Verification(format!("the stored bytes of {hash} no longer match their hash")));
+    }
+    let verified =
+        signing::verify_bytes(trust, &bytes, &record.signature).map_err(|e| LoadError::Verification(e.to_string()))?;
+    let identity =
+        Identity { name: &ext.name, version: &version.version, publisher: &ext.publisher, content_hash: hash };
+    signing::check_identity(&verified, identity).map_err(|e| LoadError::Verification(e.to_string()))?;
+    let opened = bundle::open(&bytes, &svc.archive_limits()).map_err(|e| LoadError::Verification(e.to_string()))?;
+    let wasm = opened.component().ok_or_else(|| LoadError::Verification(format!("{hash} has no component")))?.to_vec();
+    Ok((record, wasm))
 }

@@ -61,7 +61,11 @@ impl Service {
     ) -> std::io::Result<Self> {
         let service_token = config.service_token()?;
         let admin_token = config.admin_token()?;
-        let idempotency = idempotency::Cache::new(config.execute.idempotency_entries, config.execute.idempotency_ttl_s);
+        let idempotency = idempotency::Cache::new(
+            config.execute.idempotency_entries,
+            (config.execute.idempotency_max_mb << 20) as usize,
+            config.execute.idempotency_ttl_s,
+        );
         Ok(Service {
             core,
             registry,
@@ -94,10 +98,14 @@ impl Service {
     /// Loads the trust bundle again (SIGHUP, `POST /v1/admin/reload`). A key that is gone is
     /// revoked: bundles it signed fail at their next load and install.
     pub fn reload_trust(&self) -> Result<usize, TrustError> {
+        // Read and swap under the lock: of two concurrent reloads (SIGHUP and the admin route),
+        // the one that read the file last is the one in force.
+        let mut trust = self.trust.write().unwrap_or_else(|p| p.into_inner());
         let bundle = TrustBundle::load(&self.config.trust.bundle)?;
         let keys = bundle.keys().len();
         let generation = self.trust_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Trust { bundle, generation });
+        *trust = Arc::new(Trust { bundle, generation });
+        drop(trust);
         tracing::info!(keys, generation, "trust bundle reloaded");
         Ok(keys)
     }

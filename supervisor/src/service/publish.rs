@@ -49,15 +49,16 @@ pub fn bundle_problem(e: BundleError) -> Problem {
 /// Publishes `bytes` signed by `signature` (the `.minisig` text). Returns whether it was new.
 pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> Result<(bool, Published), Problem> {
     let trust = svc.trust();
-    let verified = signing::verify_bytes(&trust.bundle, &bytes, &signature).map_err(|e| signature_problem(&e))?;
     let limits = svc.archive_limits();
-    let (bytes, opened) = svc
-        .blocking(move || {
-            let opened = bundle::open(&bytes, &limits);
-            (bytes, opened)
+    // Verifying (hashing the whole upload) and unpacking are blocking work: off the async workers.
+    let sig = signature.clone();
+    let (bytes, verified, opened) = svc
+        .blocking(move || -> Result<_, Problem> {
+            let verified = signing::verify_bytes(&trust.bundle, &bytes, &sig).map_err(|e| signature_problem(&e))?;
+            let opened = bundle::open(&bytes, &limits).map_err(bundle_problem)?;
+            Ok((bytes, verified, opened))
         })
-        .await?;
-    let opened = opened.map_err(bundle_problem)?;
+        .await??;
     let manifest = &opened.manifest;
     signing::check_identity(&verified, Identity::of(manifest, &opened.content_hash))
         .map_err(|e| signature_problem(&e))?;
@@ -72,13 +73,21 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     };
 
     // Answer a re-upload or a conflict before doing any work.
-    if let Some(ext) = svc.registry.extension(&manifest.name)?
-        && let Some(existing) = svc.registry.version(&ext.id, &manifest.version)?
-    {
-        if existing.content_hash == opened.content_hash {
+    if let Some(ext) = svc.registry.extension(&manifest.name)? {
+        if ext.publisher != manifest.publisher {
+            return Err(name_taken(&manifest.name, &ext.publisher));
+        }
+        if let Some(existing) = svc.registry.version(&ext.id, &manifest.version)? {
+            if existing.content_hash != opened.content_hash {
+                return Err(version_conflict(&manifest.name, &manifest.version, &existing.content_hash));
+            }
+            // The same bytes again: if the stored copy went missing, this upload restores it.
+            if existing.state == VersionState::Unavailable || !svc.blobs.exists(&existing.content_hash) {
+                let svc2 = svc.clone();
+                svc.blocking(move || restore(&svc2, existing, &bytes)).await??;
+            }
             return Ok((false, published(ext.id)));
         }
-        return Err(version_conflict(&manifest.name, &manifest.version, &existing.content_hash));
     }
 
     // Compile now, in a sandbox: a component that does not compile or is of another world is
@@ -152,7 +161,15 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
         svc.clone()
             .blocking(move || -> Result<PublishOutcome, Problem> {
                 svc.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
-                let outcome = svc.registry.publish(extension, version, record)?;
+                let outcome = match svc.registry.publish(extension, version, record) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        if svc.registry.bundle(&hash).ok().flatten().is_none() {
+                            let _ = svc.blobs.remove(&hash);
+                        }
+                        return Err(e.into());
+                    }
+                };
                 if !matches!(outcome, PublishOutcome::Created { .. } | PublishOutcome::AlreadyPublished { .. }) {
                     // Lost a race or refused: no record points at the blob.
                     if svc.registry.bundle(&hash)?.is_none() {
@@ -172,11 +189,24 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
         PublishOutcome::VersionConflict { existing_hash } => {
             Err(version_conflict(&manifest.name, &manifest.version, &existing_hash))
         }
-        PublishOutcome::NameTaken { publisher } => {
-            Err(Problem::new(409, "name_taken", "the extension name belongs to another publisher")
-                .detail(format!("`{}` is registered by publisher `{publisher}`", manifest.name)))
-        }
+        PublishOutcome::NameTaken { publisher } => Err(name_taken(&manifest.name, &publisher)),
     }
+}
+
+/// Puts back the stored copy of a version whose bundle went missing, and makes it available.
+fn restore(svc: &Service, mut version: VersionRecord, bytes: &[u8]) -> Result<(), Problem> {
+    svc.blobs.put(&version.content_hash, bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
+    if version.state == VersionState::Unavailable {
+        version.state = VersionState::Active;
+        svc.registry.put_version(&version)?;
+    }
+    tracing::warn!(content_hash = %version.content_hash, version = %version.version, "a missing bundle was restored by its re-upload");
+    Ok(())
+}
+
+fn name_taken(name: &str, publisher: &str) -> Problem {
+    Problem::new(409, "name_taken", "the extension name belongs to another publisher")
+        .detail(format!("`{name}` is registered by publisher `{publisher}`"))
 }
 
 fn version_conflict(name: &str, version: &str, existing: &str) -> Problem {
