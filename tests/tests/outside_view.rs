@@ -22,6 +22,12 @@ fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
 fn a_running_sandbox_is_locked_down() {
     let h = Harness::new();
     let artifact = h.artifact("spin");
+    // The compile sandbox is hardened too: let it go before looking for the execution's sandbox.
+    let settle = Instant::now() + Duration::from_secs(5);
+    while !children_of(h.core.fork.pid()).is_empty() {
+        assert!(Instant::now() < settle, "the compile sandbox did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let limits = Limits { timeout_ms: 4_000, memory_bytes: 64 * MIB, ..Limits::default() };
     let job = ExecuteJob {
         request: request("/"),

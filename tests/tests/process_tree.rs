@@ -39,7 +39,13 @@ fn sandboxes_are_descendants_and_die_with_the_supervisor() {
     wait_for("a running sandbox under the fork server", Duration::from_secs(10), || {
         for fs in children_of(supervisor_pid) {
             for sb in children_of(fs) {
+                // Hardened, and still there a second later: the spinning guest's sandbox, not
+                // the compile sandbox that ran before it (hardened too, but gone once done).
                 if std::fs::read_to_string(format!("/proc/{sb}/status")).is_ok_and(|s| s.contains("Seccomp:\t2")) {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if !alive(sb) {
+                        continue;
+                    }
                     fork_server = fs;
                     sandbox = sb;
                     return true;
@@ -54,7 +60,9 @@ fn sandboxes_are_descendants_and_die_with_the_supervisor() {
     supervisor.kill().unwrap();
     supervisor.wait().unwrap();
     wait_for("the fork server to die", Duration::from_secs(5), || !alive(fork_server));
-    wait_for("the sandbox to die", Duration::from_secs(5), || !alive(sandbox));
+    // Promptly, not at its own deadline (a uid change clears the parent-death signal; the sandbox
+    // arms it again after dropping its credentials).
+    wait_for("the sandbox to die", Duration::from_secs(2), || !alive(sandbox));
 
     // The next supervisor sweeps the cgroup the dead one left behind.
     if let Some(path) = cgroup.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string())) {

@@ -307,6 +307,12 @@ fn tokens_envelopes_and_routing_headers() {
     let a = server.request("POST", "/v1/execute", Some(SERVICE_TOKEN), &ct, Some(&big));
     assert_eq!((a.status, a.code().as_str()), (413, "payload_too_large"));
 
+    // A known path with a method it does not take: 405 naming the ones it does; an unknown path: 404.
+    let a = server.request("GET", "/v1/execute", Some(SERVICE_TOKEN), &[], None);
+    assert_eq!((a.status, a.code().as_str(), a.header("allow")), (405, "method_not_allowed", Some("POST")));
+    let a = server.request("GET", "/v1/nothing", Some(SERVICE_TOKEN), &[], None);
+    assert_eq!((a.status, a.code().as_str()), (404, "route_not_found"));
+
     // Health and readiness: open, with every hardening layer listed.
     assert_eq!(server.request("GET", "/healthz", None, &[], None).status, 200);
     let ready = server.request("GET", "/readyz", None, &[], None);

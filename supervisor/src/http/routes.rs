@@ -19,20 +19,39 @@ type Query = web::Query<HashMap<String, String>>;
 const SMALL_BODY: u64 = 256 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/v1/execute", web::post().to(execute_route))
-        .route("/v1/bundles", web::post().to(publish_route))
-        .route("/v1/extensions", web::get().to(list_extensions))
-        .route("/v1/extensions/{id}", web::get().to(get_extension))
-        .route("/v1/extensions/{id}/versions", web::get().to(list_versions))
-        .route("/v1/extensions/{id}/versions/{version}", web::delete().to(yank_version))
-        .route("/v1/tenants/{tenant}/installs", web::get().to(list_installs))
-        .route("/v1/tenants/{tenant}/installs/{extension}", web::put().to(put_install))
-        .route("/v1/tenants/{tenant}/installs/{extension}", web::get().to(get_install))
-        .route("/v1/tenants/{tenant}/installs/{extension}", web::delete().to(delete_install))
-        .route("/v1/tenants/{tenant}/executions", web::get().to(list_executions))
-        .route("/v1/admin/reload", web::post().to(reload));
+    cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(readyz)))
+        .service(resource("/v1/execute", "POST").route(web::post().to(execute_route)))
+        .service(resource("/v1/bundles", "POST").route(web::post().to(publish_route)))
+        .service(resource("/v1/extensions", "GET").route(web::get().to(list_extensions)))
+        .service(resource("/v1/extensions/{id}", "GET").route(web::get().to(get_extension)))
+        .service(resource("/v1/extensions/{id}/versions", "GET").route(web::get().to(list_versions)))
+        .service(resource("/v1/extensions/{id}/versions/{version}", "DELETE").route(web::delete().to(yank_version)))
+        .service(resource("/v1/tenants/{tenant}/installs", "GET").route(web::get().to(list_installs)))
+        .service(
+            resource("/v1/tenants/{tenant}/installs/{extension}", "GET, PUT, DELETE")
+                .route(web::put().to(put_install))
+                .route(web::get().to(get_install))
+                .route(web::delete().to(delete_install)),
+        )
+        .service(resource("/v1/tenants/{tenant}/executions", "GET").route(web::get().to(list_executions)))
+        .service(resource("/v1/admin/reload", "POST").route(web::post().to(reload)));
+}
+
+/// A resource that answers 405 (with `Allow`) to methods it has no route for.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        let problem = Problem::new(405, "method_not_allowed", "method not allowed").detail(format!(
+            "{} {} is not a route; this path takes {allow}",
+            req.method(),
+            req.path()
+        ));
+        let mut response = actix_web::ResponseError::error_response(&problem);
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, actix_web::http::header::HeaderValue::from_static(allow));
+        response
+    }))
 }
 
 fn admin(req: &HttpRequest, svc: &Service) -> Result<(), Problem> {

@@ -175,24 +175,24 @@ impl Envelope {
         }
         let invalid = |m: String| Problem::new(422, "invalid_request", "the envelope is not valid").detail(m);
         if !valid_tenant(&c.tenant_id) {
-            return Err(invalid("context.tenant_id must be 1 to 128 of A-Z a-z 0-9 . _ : -".into()));
+            return Err(invalid("$.context.tenant_id: must be 1 to 128 of A-Z a-z 0-9 . _ : -".into()));
         }
         if c.extension_id.is_empty() || c.extension_id.len() > 256 {
-            return Err(invalid("context.extension_id must be 1 to 256 characters".into()));
+            return Err(invalid("$.context.extension_id: must be 1 to 256 characters".into()));
         }
         let content_hash = normalize_hash(&c.content_hash).ok_or_else(|| {
-            invalid("context.content_hash must be sha256: followed by 64 lowercase hex digits".into())
+            invalid("$.context.content_hash: must be sha256: followed by 64 lowercase hex digits".into())
         })?;
         let method = self.http.method.trim().to_ascii_uppercase();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(invalid(format!("http.method `{}` is not an HTTP method", self.http.method)));
+            return Err(invalid(format!("$.http.method: `{}` is not an HTTP method", self.http.method)));
         }
         if !self.http.path.starts_with('/') {
-            return Err(invalid("http.path must start with `/`".into()));
+            return Err(invalid("$.http.path: must start with `/`".into()));
         }
         let body = match self.http.body_b64 {
             Some(b) => {
-                Some(STANDARD.decode(b.as_bytes()).map_err(|e| invalid(format!("http.body_b64 is not base64: {e}")))?)
+                Some(STANDARD.decode(b.as_bytes()).map_err(|e| invalid(format!("$.http.body_b64: not base64: {e}")))?)
             }
             None => None,
         };
