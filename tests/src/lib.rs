@@ -72,6 +72,20 @@ macro_rules! skip_unless {
     };
 }
 
+/// Starts the real execution core (the real binary as its fork server, an artifact cache in a
+/// temporary directory) with the settings `adjust` makes; returns its runtime, the core and the
+/// cache directory (removed when dropped).
+pub fn start_core(adjust: impl FnOnce(&mut Settings)) -> (tokio::runtime::Runtime, Arc<Core>, tempfile::TempDir) {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::new(cache.path().to_path_buf());
+    adjust(&mut settings);
+    let cgroups = Core::detect_cgroups(&settings);
+    let process = forkserver::Process::start_with(&runner_bin()).expect("starting the fork server");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let core = rt.block_on(Core::start(process, cgroups, settings)).expect("starting the core");
+    (rt, core, cache)
+}
+
 /// The real execution core, driven from this test process. Its fork server is the real
 /// `alga-runner` binary; sandboxes are real processes with every hardening layer.
 pub struct Harness {
@@ -88,15 +102,11 @@ impl Harness {
 
     /// A core whose settings `adjust` changes first (the pool is off unless it turns it on).
     pub fn with(adjust: impl FnOnce(&mut Settings)) -> Self {
-        let cache = tempfile::tempdir().expect("temp dir");
-        let mut settings = Settings::new(cache.path().to_path_buf());
-        settings.pool_size = 0;
-        settings.plan.test_probes = true;
-        adjust(&mut settings);
-        let cgroups = Core::detect_cgroups(&settings);
-        let process = forkserver::Process::start_with(&runner_bin()).expect("starting the fork server");
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let core = rt.block_on(Core::start(process, cgroups, settings)).expect("starting the core");
+        let (rt, core, cache) = start_core(|settings| {
+            settings.pool_size = 0;
+            settings.plan.test_probes = true;
+            adjust(settings);
+        });
         Harness { rt, core, _cache: cache }
     }
 

@@ -155,7 +155,8 @@ struct InstallData {
     bytes: u64,
 }
 
-/// An in-memory backend (not durable: the sled backend replaces it in the service).
+/// An in-memory backend. Not durable: the service uses it for now, so guest storage does not
+/// survive a restart yet (docs/service.md, "Not yet").
 #[derive(Debug, Default)]
 pub struct MemoryKv {
     data: Mutex<HashMap<Scope, InstallData>>,

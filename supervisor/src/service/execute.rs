@@ -308,7 +308,7 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
         Err(LoadError::Internal(detail)) => return Err(Problem::internal(detail)),
     };
 
-    let limits = svc.default_limits().resolve(&install.limits, &cmd.limits, &svc.ceilings());
+    let limits = svc.default_limits().resolve(&install.limits, &cmd.limits, &svc.core.settings.ceilings);
     let mut config = cmd.config.clone();
     config.extend(install.config.clone());
     let host = HostContext {

@@ -10,11 +10,11 @@ pub mod loader;
 pub mod publish;
 pub mod reads;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
 use alga_shared::bundle::ArchiveLimits;
-use alga_shared::limits::{LimitCeilings, Limits, MIB};
+use alga_shared::limits::{Limits, MIB};
 use alga_shared::signing::{TrustBundle, TrustError};
 
 use crate::broker::{KvStore, MemoryKv};
@@ -37,7 +37,6 @@ pub struct Service {
     pub registry: Arc<dyn RegistryStore>,
     pub blobs: BlobStore,
     trust: RwLock<Arc<Trust>>,
-    trust_generation: AtomicU64,
     pub loader: loader::Loader,
     pub idempotency: Mutex<idempotency::Cache>,
     pub storage: Arc<dyn KvStore>,
@@ -71,7 +70,6 @@ impl Service {
             registry,
             blobs,
             trust: RwLock::new(Arc::new(Trust { bundle: trust, generation: 0 })),
-            trust_generation: AtomicU64::new(0),
             loader: loader::Loader::default(),
             idempotency: Mutex::new(idempotency),
             storage: Arc::new(MemoryKv::default()),
@@ -103,7 +101,7 @@ impl Service {
         let mut trust = self.trust.write().unwrap_or_else(|p| p.into_inner());
         let bundle = TrustBundle::load(&self.config.trust.bundle)?;
         let keys = bundle.keys().len();
-        let generation = self.trust_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = trust.generation + 1;
         *trust = Arc::new(Trust { bundle, generation });
         drop(trust);
         tracing::info!(keys, generation, "trust bundle reloaded");
@@ -126,15 +124,6 @@ impl Service {
             memory_bytes: l.default_memory_mb * MIB,
             fuel: l.default_fuel,
             ..Limits::default()
-        }
-    }
-
-    pub fn ceilings(&self) -> LimitCeilings {
-        let l = &self.config.limits;
-        LimitCeilings {
-            max_timeout_ms: l.max_timeout_ms,
-            max_memory_bytes: l.max_memory_mb * MIB,
-            max_fuel: l.max_fuel,
         }
     }
 

@@ -171,14 +171,7 @@ fn in_process(n: usize, concurrency: usize) -> Figures {
 }
 
 fn core(pool: usize) -> (tokio::runtime::Runtime, Arc<Core>, tempfile::TempDir) {
-    let cache = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(cache.path().to_path_buf());
-    settings.pool_size = pool;
-    let cgroups = Core::detect_cgroups(&settings);
-    let process = forkserver::Process::start_with(&runner_bin()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let core = rt.block_on(Core::start(process, cgroups, settings)).unwrap();
-    (rt, core, cache)
+    alga_tests::start_core(|s| s.pool_size = pool)
 }
 
 fn hardened(name: &str, pool: usize, n: usize, concurrency: usize) -> Figures {
@@ -230,14 +223,10 @@ fn hardened(name: &str, pool: usize, n: usize, concurrency: usize) -> Figures {
 /// Creating and hardening one sandbox (what the pool does off the request path), with the given
 /// namespaces.
 fn spawn_cost(name: &str, ns: alga_shared::protocol::NamespaceSet, n: usize) -> Figures {
-    let cache = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(cache.path().to_path_buf());
-    settings.pool_size = 0;
-    settings.plan.namespaces = ns;
-    let cgroups = Core::detect_cgroups(&settings);
-    let process = forkserver::Process::start_with(&runner_bin()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let core = rt.block_on(Core::start(process, cgroups, settings)).unwrap();
+    let (rt, core, _cache) = alga_tests::start_core(|s| {
+        s.pool_size = 0;
+        s.plan.namespaces = ns;
+    });
     let start = Instant::now();
     let mut latencies = Vec::with_capacity(n);
     let mut steps: Vec<[u32; 6]> = Vec::with_capacity(n);
@@ -329,14 +318,10 @@ fn hot_path(n: usize) -> Figures {
 
 /// The IPC hand-over alone: a hardened sandbox given a test probe that answers at once.
 fn ping(n: usize) -> Figures {
-    let cache = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(cache.path().to_path_buf());
-    settings.pool_size = 0;
-    settings.plan.test_probes = true;
-    let cgroups = Core::detect_cgroups(&settings);
-    let process = forkserver::Process::start_with(&runner_bin()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let core = rt.block_on(Core::start(process, cgroups, settings)).unwrap();
+    let (rt, core, _cache) = alga_tests::start_core(|s| {
+        s.pool_size = 0;
+        s.plan.test_probes = true;
+    });
     let latencies = rt.block_on({
         let core = core.clone();
         async move {
