@@ -26,6 +26,8 @@ fn main() {
         "random",
         "sleeper",
         "wrong-world",
+        "hostapi",
+        "wasi-http",
     ] {
         println!("cargo:rerun-if-changed={}", guests.join(dir).display());
     }

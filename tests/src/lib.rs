@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use alga_runner::artifacts::Artifact;
-use alga_runner::broker::{HostContext, MemoryKv};
+use alga_runner::broker::{HostContext, HostEnv};
 use alga_runner::core::Core;
 use alga_runner::executor::{self, Report};
 use alga_runner::forkserver;
@@ -170,7 +170,7 @@ pub fn host_context(capabilities: CapabilitySet) -> HostContext {
         user: None,
         config: Default::default(),
         capabilities,
-        storage: Arc::new(MemoryKv::default()),
+        env: Arc::new(HostEnv::local().expect("a temporary storage database")),
     }
 }
 

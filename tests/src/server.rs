@@ -456,3 +456,116 @@ pub fn wait_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// A published, installed extension.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub name: String,
+    pub extension_id: String,
+    pub content_hash: String,
+}
+
+/// Publishes `component` with `manifest` (signed by `signer`) and installs it for `tenant` with
+/// the install body `install` (its `version` is filled in).
+pub fn deploy(
+    server: &Server,
+    signer: &Signer,
+    manifest: &Value,
+    component: &[u8],
+    tenant: &str,
+    install: Value,
+) -> Deployed {
+    let name = manifest["name"].as_str().expect("manifest name").to_string();
+    let version = manifest["version"].as_str().expect("manifest version").to_string();
+    let bytes = pack(manifest, component);
+    let published = server.publish(&bytes, &signer.sign(&bytes, &name, &version));
+    assert!(matches!(published.status, 200 | 201), "publish {name}: {}", String::from_utf8_lossy(&published.body));
+    let p = published.json();
+    let deployed = Deployed {
+        name,
+        extension_id: p["extension_id"].as_str().unwrap().to_string(),
+        content_hash: p["content_hash"].as_str().unwrap().to_string(),
+    };
+    install_for(server, &deployed, &version, tenant, install);
+    deployed
+}
+
+/// Installs an already published extension for another tenant.
+pub fn install_for(server: &Server, d: &Deployed, version: &str, tenant: &str, mut install: Value) {
+    install["version"] = json!(version);
+    let answer = server.install(tenant, &d.name, &install);
+    assert!(matches!(answer.status, 200 | 201), "install {}: {}", d.name, String::from_utf8_lossy(&answer.body));
+}
+
+impl Server {
+    /// `/v1/execute` for `tenant` with a method, a path (with query) and an optional body;
+    /// returns the envelope answer.
+    pub fn call(&self, tenant: &str, d: &Deployed, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Answer {
+        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        let query: serde_json::Map<String, Value> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_string(), json!(percent_decode(v)))
+            })
+            .collect();
+        let mut env = envelope(tenant, &d.extension_id, &d.content_hash, path);
+        env["http"]["method"] = json!(method);
+        env["http"]["query"] = Value::Object(query);
+        if let Some(b) = body {
+            env["http"]["body_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(b));
+        }
+        self.execute(&env)
+    }
+
+    /// Like [`Server::call`], returning the guest's JSON report (asserting the envelope is 200).
+    pub fn report(&self, tenant: &str, d: &Deployed, path_and_query: &str, body: Option<&[u8]>) -> Value {
+        let answer = self.call(tenant, d, if body.is_some() { "POST" } else { "GET" }, path_and_query, body);
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        let env = answer.json();
+        assert_eq!(env["status"], 200, "envelope for {path_and_query}: {env}\nserver log:\n{}", self.log_text());
+        serde_json::from_slice(&answer.envelope_body()).unwrap_or_else(|e| {
+            panic!("guest report not JSON ({e}): {}", String::from_utf8_lossy(&answer.envelope_body()))
+        })
+    }
+}
+
+/// `%XX` decoding, for query strings written in tests.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A manifest for the `hostapi` fixture with `capabilities`, endpoints for every path.
+pub fn hostapi_manifest(name: &str, capabilities: &[&str]) -> Value {
+    json!({
+        "name": name,
+        "publisher": "Example Inc",
+        "version": "1.0.0",
+        "runtime": "wasm-js@1",
+        "capabilities": capabilities,
+        "api": { "endpoints": [
+            { "method": "GET", "path": "/", "handler": "h" },
+            { "method": "GET", "path": "/items/:id", "handler": "h" },
+            { "method": "POST", "path": "/items", "handler": "h" },
+            { "method": "GET", "path": "/headers", "handler": "h" },
+            { "method": "GET", "path": "/redirect-away", "handler": "h" }
+        ] },
+        "ui": { "type": "iframe", "entry": "index.html" }
+    })
+}

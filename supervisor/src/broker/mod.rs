@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod context;
+pub mod sled_kv;
 pub mod storage;
 pub mod user;
 
@@ -13,8 +14,48 @@ use std::sync::Arc;
 use alga_shared::capability::CapabilitySet;
 use alga_shared::protocol::{HostCall, HostReply};
 
-pub use storage::{KvStore, MemoryKv};
+pub use sled_kv::SledKv;
+pub use storage::KvStore;
 pub use user::UserInfo;
+
+use crate::service::commit::GroupCommit;
+
+/// What the broker needs beyond one execution: the backends, shared by every execution.
+#[derive(Clone)]
+pub struct HostEnv {
+    pub storage: Arc<dyn KvStore>,
+    /// Makes storage writes durable before the guest hears of them, one flush for many
+    /// concurrent writers; `None` flushes the store directly.
+    pub commit: Option<Arc<GroupCommit>>,
+}
+
+impl std::fmt::Debug for HostEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostEnv").field("storage", &self.storage).finish_non_exhaustive()
+    }
+}
+
+impl HostEnv {
+    /// An environment for one-off local runs (`exec`, tests of the core): storage on a private
+    /// temporary database.
+    pub fn local() -> Result<Self, storage::KvError> {
+        Ok(HostEnv { storage: Arc::new(SledKv::temporary()?), commit: None })
+    }
+
+    /// Waits until every write made so far is on disk.
+    pub async fn durable(&self) -> Result<(), String> {
+        match &self.commit {
+            Some(c) => c.durable().await.map_err(|e| e.to_string()),
+            None => {
+                let store = self.storage.clone();
+                tokio::task::spawn_blocking(move || store.flush())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
 
 /// Everything the broker knows about one execution.
 #[derive(Debug, Clone)]
@@ -29,7 +70,7 @@ pub struct HostContext {
     pub config: BTreeMap<String, String>,
     /// The effective capabilities of this execution.
     pub capabilities: CapabilitySet,
-    pub storage: Arc<dyn KvStore>,
+    pub env: Arc<HostEnv>,
 }
 
 impl HostContext {
@@ -54,8 +95,8 @@ pub async fn handle(ctx: &HostContext, call: HostCall) -> HostReply {
         HostCall::ConfigGet { key } => config::get(ctx, &key),
         HostCall::ConfigList => config::list(ctx),
         HostCall::StorageGet { namespace, key } => storage::get(ctx, &namespace, &key),
-        HostCall::StoragePut { entry } => storage::put(ctx, entry),
-        HostCall::StorageDelete { namespace, key } => storage::delete(ctx, &namespace, &key),
+        HostCall::StoragePut { entry } => storage::put(ctx, entry).await,
+        HostCall::StorageDelete { namespace, key } => storage::delete(ctx, &namespace, &key).await,
         HostCall::StorageListEntries { namespace, cursor } => storage::list(ctx, &namespace, cursor.as_deref()),
         // Accepted and dropped until the metrics exporter exists.
         HostCall::MetricsCounterAdd { .. } | HostCall::MetricsHistogramObserve { .. } => HostReply::Unit,
@@ -94,7 +135,7 @@ pub(crate) mod tests {
             user: None,
             config: BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
             capabilities: caps.iter().copied().collect(),
-            storage: Arc::new(MemoryKv::default()),
+            env: Arc::new(HostEnv::local().unwrap()),
         }
     }
 

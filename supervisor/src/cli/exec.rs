@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::artifacts::ArtifactError;
-use crate::broker::{HostContext, MemoryKv};
+use crate::broker::{HostContext, HostEnv};
 use crate::core::Core;
 use crate::executor::{self, Report};
 use crate::forkserver;
@@ -201,7 +201,7 @@ async fn execute(core: &Arc<Core>, args: &ExecArgs, p: Parsed) -> anyhow::Result
         user: None,
         config: p.config,
         capabilities: capabilities.clone(),
-        storage: Arc::new(MemoryKv::default()),
+        env: Arc::new(HostEnv::local().context("opening a temporary storage database")?),
     };
     let job = ExecuteJob { request, limits, capabilities, artifact_len: artifact.len };
     let report = executor::execute(core, &artifact, job, &host).await;

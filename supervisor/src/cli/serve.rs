@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::EXIT_CONFIG;
+use crate::broker::SledKv;
 use crate::config::Config;
 use crate::core::Core;
 use crate::forkserver;
@@ -215,8 +216,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .build()
         .context("starting the execution runtime")?;
     let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
+    let storage = Arc::new(SledKv::new(registry.open_tree("kv").context("opening the storage tree")?));
     let registry: Arc<dyn RegistryStore> = Arc::new(registry);
-    let service = Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust)?);
+    let service = Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust, storage)?);
     service.start_flusher();
 
     // The sandbox self-test: a real sandbox, every layer, before the service says it is ready.

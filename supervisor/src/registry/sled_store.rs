@@ -87,6 +87,12 @@ impl SledRegistry {
         })
     }
 
+    /// Another tree of the same database (the guests' storage lives beside the registry, so one
+    /// flush makes both durable).
+    pub fn open_tree(&self, name: &str) -> Result<Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     fn durable<T>(&self, value: T) -> Result<T, StoreError> {
         self.db.flush()?;
         Ok(value)

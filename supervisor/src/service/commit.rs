@@ -11,25 +11,29 @@ use crate::registry::RegistryStore;
 pub struct GroupCommit {
     /// Writes announced so far (a write is counted after it is in the database).
     written: AtomicU64,
-    /// The highest write number a finished flush covers.
-    flushed: watch::Sender<u64>,
+    /// The highest write number a finished flush covers, and that flush's error, if it failed.
+    flushed: watch::Sender<(u64, Option<Arc<str>>)>,
     kick: Notify,
 }
 
 impl Default for GroupCommit {
     fn default() -> Self {
-        GroupCommit { written: AtomicU64::new(0), flushed: watch::Sender::new(0), kick: Notify::new() }
+        GroupCommit { written: AtomicU64::new(0), flushed: watch::Sender::new((0, None)), kick: Notify::new() }
     }
 }
 
 impl GroupCommit {
-    /// Waits until a write already made to the database is on disk.
-    pub async fn durable(&self) {
+    /// Waits until a write already made to the database is on disk; `Err` when the flush that
+    /// covered it failed.
+    pub async fn durable(&self) -> Result<(), Arc<str>> {
         let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
         let mut rx = self.flushed.subscribe();
         self.kick.notify_one();
         // The sender lives as long as `self`; an error cannot happen while we borrow it.
-        let _ = rx.wait_for(|&done| done >= mine).await;
+        match rx.wait_for(|(done, _)| *done >= mine).await {
+            Ok(state) => state.1.clone().map_or(Ok(()), Err),
+            Err(_) => Err("the flusher stopped".into()),
+        }
     }
 
     /// The flusher: one flush per wake-up, covering every write announced before it started.
@@ -39,14 +43,24 @@ impl GroupCommit {
             self.kick.notified().await;
             let covered = self.written.load(Ordering::SeqCst);
             let Some(store) = registry.upgrade() else { return };
-            match rt.spawn_blocking(move || store.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %crate::error_chain(&e), "flushing the database failed"),
-                Err(e) => tracing::error!(error = %e, "the flush task failed"),
-            }
-            // Writers are released even when the flush failed (the error is logged): an
-            // execution's answer must not hang on its log record.
-            self.flushed.send_modify(|done| *done = (*done).max(covered));
+            let error: Option<Arc<str>> = match rt.spawn_blocking(move || store.flush()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => {
+                    let e = crate::error_chain(&e);
+                    tracing::error!(error = %e, "flushing the database failed");
+                    Some(e.into())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the flush task failed");
+                    Some(e.to_string().into())
+                }
+            };
+            // Writers are released even when the flush failed, with the error: each decides
+            // (an execution's answer does not hang on its log record; a storage write fails).
+            self.flushed.send_modify(|(done, last)| {
+                *done = (*done).max(covered);
+                *last = error;
+            });
         }
     }
 }

@@ -320,7 +320,7 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
         user: cmd.user.clone(),
         config,
         capabilities: capabilities.clone(),
-        storage: svc.storage.clone(),
+        env: svc.host_env.clone(),
     };
     let request = ExecuteRequest {
         context: ContextData {
@@ -344,7 +344,8 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
 
     let response = envelope_of(&report);
     if record(svc, &cmd, &ext.id, &install.install_id, &install.version_id, &report, &response) {
-        svc.commit.durable().await;
+        // A failed flush is logged by the flusher; the caller still gets its answer.
+        let _ = svc.commit.durable().await;
     }
     if report.outcome == Outcome::Completed
         && let Some(key) = &cmd.idempotency_key

@@ -205,12 +205,22 @@ pub fn list(svc: &Service, tenant: &str) -> Result<Vec<InstallView>, Problem> {
     Ok(out)
 }
 
+/// Uninstalls, and purges what belonged to the install: its storage. The install record goes
+/// first (durably), so a crash in between leaves only unreachable data under an install id that
+/// is never reused, never an install whose data vanished.
 pub fn delete(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {
     check_tenant(tenant)?;
     let ext = find_extension(svc, extension)?;
     let record = svc.registry.delete_install(tenant, &ext.id)?.ok_or_else(|| {
         Problem::not_found("not_installed", format!("{} is not installed for tenant {tenant}", ext.name))
     })?;
-    tracing::info!(tenant, extension = %ext.name, install = %record.install_id, "uninstalled");
+    let scope = crate::broker::storage::Scope { tenant: tenant.to_string(), install: record.install_id.clone() };
+    let storage = &svc.host_env.storage;
+    let purged = storage.purge(&scope).and_then(|n| storage.flush().map(|()| n)).map_err(|e| {
+        Problem::internal(format!(
+            "uninstalled, but purging the install's storage failed (its data is unreachable but still on disk): {e}"
+        ))
+    })?;
+    tracing::info!(tenant, extension = %ext.name, install = %record.install_id, storage_records = purged, "uninstalled and purged");
     Ok(InstallView { record, extension_name: ext.name })
 }

@@ -17,7 +17,7 @@ use alga_shared::bundle::ArchiveLimits;
 use alga_shared::limits::{Limits, MIB};
 use alga_shared::signing::{TrustBundle, TrustError};
 
-use crate::broker::{KvStore, MemoryKv};
+use crate::broker::{HostEnv, KvStore};
 use crate::config::Config;
 use crate::core::Core;
 use crate::http::problem::Problem;
@@ -39,7 +39,8 @@ pub struct Service {
     trust: RwLock<Arc<Trust>>,
     pub loader: loader::Loader,
     pub idempotency: Mutex<idempotency::Cache>,
-    pub storage: Arc<dyn KvStore>,
+    /// The host-API backends every execution's broker uses.
+    pub host_env: Arc<HostEnv>,
     pub service_token: Option<String>,
     pub admin_token: Option<String>,
     /// Set once the sandbox self-test passed.
@@ -57,6 +58,7 @@ impl Service {
         registry: Arc<dyn RegistryStore>,
         blobs: BlobStore,
         trust: TrustBundle,
+        storage: Arc<dyn KvStore>,
     ) -> std::io::Result<Self> {
         let service_token = config.service_token()?;
         let admin_token = config.admin_token()?;
@@ -65,20 +67,21 @@ impl Service {
             (config.execute.idempotency_max_mb << 20) as usize,
             config.execute.idempotency_ttl_s,
         );
+        let commit = Arc::new(commit::GroupCommit::default());
         Ok(Service {
+            host_env: Arc::new(HostEnv { storage, commit: Some(commit.clone()) }),
             core,
             registry,
             blobs,
             trust: RwLock::new(Arc::new(Trust { bundle: trust, generation: 0 })),
             loader: loader::Loader::default(),
             idempotency: Mutex::new(idempotency),
-            storage: Arc::new(MemoryKv::default()),
             service_token,
             admin_token,
             self_test_ok: AtomicBool::new(false),
             self_test: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
-            commit: Arc::new(commit::GroupCommit::default()),
+            commit,
             config,
         })
     }
