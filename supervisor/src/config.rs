@@ -165,12 +165,22 @@ impl Default for BundlesConfig {
 }
 
 /// `[egress]`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EgressConfig {
     /// Hosts extensions may reach at all (default empty: none; env `EXT_EGRESS_ALLOWLIST`,
     /// comma-separated).
     pub allowlist: Vec<String>,
+    /// Largest `http.fetch` request body, in KiB (default 1024).
+    pub max_request_kb: u64,
+    /// Largest `http.fetch` response body, in KiB (default 10240); larger is a `transport` error.
+    pub max_response_kb: u64,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig { allowlist: Vec::new(), max_request_kb: 1024, max_response_kb: 10 * 1024 }
+    }
 }
 
 /// `[gateway]`

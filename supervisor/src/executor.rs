@@ -147,13 +147,14 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
     sandbox.limit_memory(core, limits.memory_bytes + core.settings.runtime_overhead_bytes);
 
     let start = Instant::now();
-    let deadline = start + Duration::from_millis(limits.timeout_ms) + core.settings.kill_grace;
+    let time_up = start + Duration::from_millis(limits.timeout_ms);
+    let deadline = time_up + core.settings.kill_grace;
     let sent = match work {
         Work::Execute(job, artifact) => sandbox.end.execute(*job, artifact.fd()).await,
         Work::Probe(action, _) => sandbox.end.probe(action).await,
     };
     let end = match sent {
-        Ok(()) => message_loop(&sandbox, host, &limits, deadline, &mut report).await,
+        Ok(()) => message_loop(&sandbox, host, &limits, (time_up, deadline), &mut report).await,
         Err(FrameError::Closed | FrameError::Io(_)) => End::Died,
         Err(e) => End::Violation(format!("sending the job: {e}")),
     };
@@ -206,9 +207,12 @@ async fn message_loop(
     sandbox: &Sandbox,
     host: &HostContext,
     limits: &Limits,
-    deadline: Instant,
+    (time_up, deadline): (Instant, Instant),
     report: &mut Report,
 ) -> End {
+    // Host calls that wait (the network) end when the guest's time is up; the supervisor's own
+    // deadline adds the kill grace.
+    let time_up = tokio::time::Instant::from_std(time_up);
     let deadline = tokio::time::Instant::from_std(deadline);
     let mut next_call: u32 = 0;
     let mut over_budget = false;
@@ -244,7 +248,7 @@ async fn message_loop(
                     }
                 } else {
                     tokio::select! {
-                        r = broker::handle(host, call) => r,
+                        r = broker::handle(host, call, time_up) => r,
                         _ = sleep_until(deadline) => return End::Deadline,
                     }
                 };

@@ -3,6 +3,7 @@
 //! the test process, and named skips.
 
 pub mod server;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -170,6 +171,8 @@ pub fn host_context(capabilities: CapabilitySet) -> HostContext {
         user: None,
         config: Default::default(),
         capabilities,
+        egress: Default::default(),
+        egress_bytes: Default::default(),
         env: Arc::new(HostEnv::local().expect("a temporary storage database")),
     }
 }

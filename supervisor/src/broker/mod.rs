@@ -4,12 +4,15 @@
 
 pub mod config;
 pub mod context;
+pub mod egress;
+pub mod fetch;
 pub mod sled_kv;
 pub mod storage;
 pub mod user;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use alga_shared::capability::CapabilitySet;
 use alga_shared::protocol::{HostCall, HostReply};
@@ -27,6 +30,8 @@ pub struct HostEnv {
     /// Makes storage writes durable before the guest hears of them, one flush for many
     /// concurrent writers; `None` flushes the store directly.
     pub commit: Option<Arc<GroupCommit>>,
+    /// The operator's side of `http.fetch`.
+    pub fetch: fetch::FetchSettings,
 }
 
 impl std::fmt::Debug for HostEnv {
@@ -39,7 +44,7 @@ impl HostEnv {
     /// An environment for one-off local runs (`exec`, tests of the core): storage on a private
     /// temporary database.
     pub fn local() -> Result<Self, storage::KvError> {
-        Ok(HostEnv { storage: Arc::new(SledKv::temporary()?), commit: None })
+        Ok(HostEnv { storage: Arc::new(SledKv::temporary()?), commit: None, fetch: fetch::FetchSettings::deny_all() })
     }
 
     /// Waits until every write made so far is on disk.
@@ -70,7 +75,19 @@ pub struct HostContext {
     pub config: BTreeMap<String, String>,
     /// The effective capabilities of this execution.
     pub capabilities: CapabilitySet,
+    /// The manifest's and the install's egress lists (the operator's is in `env`).
+    pub egress: Egress,
+    /// Bytes sent and received by `http.fetch` in this execution.
+    pub egress_bytes: Arc<AtomicU64>,
     pub env: Arc<HostEnv>,
+}
+
+/// The egress lists an execution brings: the manifest's `egress` and the install's
+/// `egress_allowlist` (`None`: no install-level restriction).
+#[derive(Debug, Clone, Default)]
+pub struct Egress {
+    pub manifest: Vec<egress::Rule>,
+    pub install: Option<Vec<egress::Rule>>,
 }
 
 impl HostContext {
@@ -83,8 +100,9 @@ impl HostContext {
     }
 }
 
-/// Performs one host call.
-pub async fn handle(ctx: &HostContext, call: HostCall) -> HostReply {
+/// Performs one host call. `deadline` is when the execution's time is up: calls that wait on
+/// the network end by then.
+pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::Instant) -> HostReply {
     if !ctx.capabilities.contains(call.capability()) {
         return call.deny_reply();
     }
@@ -98,12 +116,12 @@ pub async fn handle(ctx: &HostContext, call: HostCall) -> HostReply {
         HostCall::StoragePut { entry } => storage::put(ctx, entry).await,
         HostCall::StorageDelete { namespace, key } => storage::delete(ctx, &namespace, &key).await,
         HostCall::StorageListEntries { namespace, cursor } => storage::list(ctx, &namespace, cursor.as_deref()),
+        HostCall::HttpFetch { request } => fetch::fetch(ctx, request, deadline).await,
         // Accepted and dropped until the metrics exporter exists.
         HostCall::MetricsCounterAdd { .. } | HostCall::MetricsHistogramObserve { .. } => HostReply::Unit,
         // Not provided by this runner yet: the interface's deny value.
         other @ (HostCall::SecretsGet { .. }
         | HostCall::SecretsListKeys
-        | HostCall::HttpFetch { .. }
         | HostCall::UiProxyCallRoute { .. }
         | HostCall::SchedulerList
         | HostCall::SchedulerGet { .. }
@@ -135,16 +153,22 @@ pub(crate) mod tests {
             user: None,
             config: BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
             capabilities: caps.iter().copied().collect(),
+            egress: Egress::default(),
+            egress_bytes: Default::default(),
             env: Arc::new(HostEnv::local().unwrap()),
         }
+    }
+
+    fn later() -> tokio::time::Instant {
+        tokio::time::Instant::now() + std::time::Duration::from_secs(5)
     }
 
     #[tokio::test]
     async fn a_call_without_its_capability_gets_the_deny_value() {
         let c = ctx(&[]);
-        let reply = handle(&c, HostCall::StorageGet { namespace: "n".into(), key: "k".into() }).await;
+        let reply = handle(&c, HostCall::StorageGet { namespace: "n".into(), key: "k".into() }, later()).await;
         assert_eq!(reply, HostReply::StorageEntry(Err(StorageError::Denied)));
-        let reply = handle(&c, HostCall::ContextGet).await;
+        let reply = handle(&c, HostCall::ContextGet, later()).await;
         match reply {
             HostReply::Context(d) => {
                 assert_eq!(d.tenant_id, "", "denied context is empty, not a trap")
@@ -161,9 +185,10 @@ pub(crate) mod tests {
             HostCall::HttpFetch {
                 request: HttpRequest { method: "GET".into(), url: "http://x".into(), headers: vec![], body: None },
             },
+            later(),
         )
         .await;
         assert_eq!(reply, HostReply::Http(Err(HttpError::NotAllowed)));
-        assert_eq!(handle(&c, HostCall::SecretsListKeys).await, HostReply::SecretKeys(vec![]));
+        assert_eq!(handle(&c, HostCall::SecretsListKeys, later()).await, HostReply::SecretKeys(vec![]));
     }
 }

@@ -201,6 +201,8 @@ async fn execute(core: &Arc<Core>, args: &ExecArgs, p: Parsed) -> anyhow::Result
         user: None,
         config: p.config,
         capabilities: capabilities.clone(),
+        egress: Default::default(),
+        egress_bytes: Default::default(),
         env: Arc::new(HostEnv::local().context("opening a temporary storage database")?),
     };
     let job = ExecuteJob { request, limits, capabilities, artifact_len: artifact.len };

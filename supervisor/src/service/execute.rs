@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use alga_shared::bindings::{ContextData, ExecuteRequest, HttpHeader, HttpRequest};
 use alga_shared::bundle::normalize_hash;
@@ -19,7 +20,8 @@ use serde_json::Value;
 use super::Service;
 use super::installs::valid_tenant;
 use super::loader::LoadError;
-use crate::broker::{HostContext, UserInfo};
+use crate::broker::egress::Rule;
+use crate::broker::{Egress, HostContext, UserInfo};
 use crate::executor::{self, Report};
 use crate::http::problem::Problem;
 use crate::registry::{ExecutionRecord, new_id, now_ms};
@@ -311,6 +313,12 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
     let limits = svc.default_limits().resolve(&install.limits, &cmd.limits, &svc.core.settings.ceilings);
     let mut config = cmd.config.clone();
     config.extend(install.config.clone());
+    // Both lists were validated when stored; an entry that no longer parses allows nothing.
+    let egress = Egress {
+        manifest: Rule::parse_list(&version.egress).unwrap_or_default(),
+        install: install.egress_allowlist.as_ref().map(|l| Rule::parse_list(l).unwrap_or_default()),
+    };
+    let egress_bytes = Arc::new(AtomicU64::new(0));
     let host = HostContext {
         request_id: Some(cmd.request_id.clone()),
         tenant_id: cmd.tenant.clone(),
@@ -320,6 +328,8 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
         user: cmd.user.clone(),
         config,
         capabilities: capabilities.clone(),
+        egress,
+        egress_bytes: egress_bytes.clone(),
         env: svc.host_env.clone(),
     };
     let request = ExecuteRequest {
@@ -343,7 +353,8 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
     let report = svc.on_core(async move { executor::execute(&core, &artifact, job, &host).await }).await?;
 
     let response = envelope_of(&report);
-    if record(svc, &cmd, &ext.id, &install.install_id, &install.version_id, &report, &response) {
+    let egress_bytes = egress_bytes.load(Ordering::Relaxed);
+    if record(svc, &cmd, &ext.id, &install.install_id, &install.version_id, &report, &response, egress_bytes) {
         // A failed flush is logged by the flusher; the caller still gets its answer.
         let _ = svc.commit.durable().await;
     }
@@ -396,6 +407,7 @@ fn record(
     version_id: &str,
     report: &Report,
     response: &EnvelopeResponse,
+    egress_bytes: u64,
 ) -> bool {
     let mut logs: Vec<String> = report.logs.iter().map(|l| format!("[{}] {}", l.level.as_str(), l.message)).collect();
     if logs.len() > RECORD_LOG_LINES {
@@ -421,7 +433,7 @@ fn record(
         duration_ms: report.duration.as_secs_f64() * 1e3,
         memory_peak_bytes: report.memory_peak_bytes,
         fuel: report.fuel_consumed,
-        egress_bytes: 0,
+        egress_bytes,
         host_calls: report.host_calls,
         logs,
         created_at: now_ms(),

@@ -17,6 +17,8 @@ use alga_shared::bundle::ArchiveLimits;
 use alga_shared::limits::{Limits, MIB};
 use alga_shared::signing::{TrustBundle, TrustError};
 
+use crate::broker::egress::Rule;
+use crate::broker::fetch::FetchSettings;
 use crate::broker::{HostEnv, KvStore};
 use crate::config::Config;
 use crate::core::Core;
@@ -68,8 +70,15 @@ impl Service {
             config.execute.idempotency_ttl_s,
         );
         let commit = Arc::new(commit::GroupCommit::default());
+        // The configuration was validated at load: every operator entry parses.
+        let operator = Rule::parse_list(&config.egress.allowlist).map_err(std::io::Error::other)?;
+        let fetch = FetchSettings::new(
+            operator,
+            (config.egress.max_request_kb << 10) as usize,
+            (config.egress.max_response_kb << 10) as usize,
+        );
         Ok(Service {
-            host_env: Arc::new(HostEnv { storage, commit: Some(commit.clone()) }),
+            host_env: Arc::new(HostEnv { storage, commit: Some(commit.clone()), fetch }),
             core,
             registry,
             blobs,

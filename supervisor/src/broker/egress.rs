@@ -1,0 +1,370 @@
+//! The egress policy of `http.fetch` (04-host-api.md): which (host, port, address) a guest may
+//! reach. Deny by default. The effective allowlist is the intersection of three lists — the
+//! operator's (`EXT_EGRESS_ALLOWLIST`), the manifest's `egress` and the install's
+//! `egress_allowlist` — so a destination must match an entry of every list. The entry syntax is
+//! the same in all three: `host`, `*.domain`, `host:port`, an IP, `IP:port`, `[v6]:port`, or a
+//! CIDR. An entry without a port allows the scheme's default port (80/443) only.
+//!
+//! SSRF: after DNS resolution, loopback, private, link-local, multicast, unspecified (and the
+//! other non-public ranges below) are refused unless every list names that address or a CIDR
+//! holding it explicitly — a host name entry never opens an internal address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// What an entry matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// A host name, lower-case, without a trailing dot.
+    Host(String),
+    /// `*.domain`: any name below `domain` (not `domain` itself).
+    Below(String),
+    Ip(IpAddr),
+    Cidr(IpAddr, u8),
+}
+
+/// One allowlist entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    target: Target,
+    port: Option<u16>,
+}
+
+/// A list that failed to parse: which entry and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("egress entry `{entry}`: {reason}")]
+pub struct RuleError {
+    pub entry: String,
+    pub reason: &'static str,
+}
+
+fn normalize_host(h: &str) -> String {
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl Rule {
+    pub fn parse(entry: &str) -> Result<Rule, RuleError> {
+        let bad = |reason| Err(RuleError { entry: entry.to_string(), reason });
+        let e = entry.trim();
+        if e.is_empty() || e.contains("://") || e.chars().any(char::is_whitespace) {
+            return bad("must be a host, `*.domain`, `host:port`, an IP, `IP:port`, `[v6]:port` or a CIDR");
+        }
+        if let Some((ip, prefix)) = e.split_once('/') {
+            let Ok(ip) = ip.parse::<IpAddr>() else { return bad("a CIDR must be an IP address, `/`, and a prefix") };
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            return match prefix.parse::<u8>() {
+                Ok(p) if p <= max => Ok(Rule { target: Target::Cidr(ip, p), port: None }),
+                _ => bad("the CIDR prefix length is out of range"),
+            };
+        }
+        if let Ok(ip) = e.parse::<IpAddr>() {
+            return Ok(Rule { target: Target::Ip(ip), port: None });
+        }
+        if let Some(rest) = e.strip_prefix('[') {
+            let Some((ip, port)) = rest.split_once("]:") else {
+                return bad("write an IPv6 with a port as `[v6]:port`");
+            };
+            let (Ok(ip), Ok(port)) = (ip.parse::<Ipv6Addr>(), port.parse::<u16>()) else {
+                return bad("write an IPv6 with a port as `[v6]:port`");
+            };
+            return Ok(Rule { target: Target::Ip(IpAddr::V6(ip)), port: Some(port) });
+        }
+        let (host, port) = match e.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => (h, Some(p)),
+                _ => return bad("the port must be a number from 1 to 65535"),
+            },
+            None => (e, None),
+        };
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return Ok(Rule { target: Target::Ip(IpAddr::V4(ip)), port });
+        }
+        let (below, name) = match host.strip_prefix("*.") {
+            Some(domain) => (true, domain),
+            None => (false, host),
+        };
+        let valid_label = |l: &str| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let name = normalize_host(name);
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+            return bad("not a valid host name");
+        }
+        let target = if below { Target::Below(name) } else { Target::Host(name) };
+        Ok(Rule { target, port })
+    }
+
+    /// Parses a whole list, naming the first bad entry.
+    pub fn parse_list<S: AsRef<str>>(entries: &[S]) -> Result<Vec<Rule>, RuleError> {
+        entries.iter().map(|e| Rule::parse(e.as_ref())).collect()
+    }
+
+    fn port_ok(&self, port: u16, default_port: u16) -> bool {
+        self.port.unwrap_or(default_port) == port
+    }
+
+    /// Whether the entry names `addr` by address (an IP or a CIDR): the only kind of entry that
+    /// may open a non-public address.
+    fn names_address(&self, addr: IpAddr) -> bool {
+        match self.target {
+            Target::Ip(ip) => canonical(ip) == canonical(addr),
+            Target::Cidr(net, prefix) => in_cidr(canonical(addr), canonical(net), prefix),
+            Target::Host(_) | Target::Below(_) => false,
+        }
+    }
+
+    /// Whether this entry allows connecting to `addr` for the URL host `host` and `port`.
+    fn allows(&self, host: &Destination, addr: IpAddr) -> bool {
+        if !self.port_ok(host.port, host.default_port) {
+            return false;
+        }
+        match &self.target {
+            Target::Host(name) => host.name.as_deref() == Some(name.as_str()),
+            Target::Below(domain) => host.name.as_deref().is_some_and(|n| {
+                n.len() > domain.len() + 1
+                    && n.ends_with(domain.as_str())
+                    && n.as_bytes()[n.len() - domain.len() - 1] == b'.'
+            }),
+            Target::Ip(_) | Target::Cidr(..) => self.names_address(addr),
+        }
+    }
+}
+
+/// What a URL asks to reach.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The host name (lower-case), or `None` when the URL names an IP literal.
+    pub name: Option<String>,
+    pub port: u16,
+    /// 80 for http, 443 for https.
+    pub default_port: u16,
+}
+
+impl Destination {
+    pub fn new(host: &url::Host<&str>, port: u16, default_port: u16) -> Self {
+        let name = match host {
+            url::Host::Domain(d) => Some(normalize_host(d)),
+            url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
+        };
+        Destination { name, port, default_port }
+    }
+}
+
+/// The three lists of an execution. `None` for the install: no install-level restriction.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub operator: Vec<Rule>,
+    pub manifest: Vec<Rule>,
+    pub install: Option<Vec<Rule>>,
+}
+
+/// Why an address was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No entry of some list matches.
+    NotListed,
+    /// A non-public address that not every list names explicitly.
+    InternalAddress,
+}
+
+impl Policy {
+    fn lists(&self) -> impl Iterator<Item = &[Rule]> {
+        [self.operator.as_slice(), self.manifest.as_slice()].into_iter().chain(self.install.as_deref())
+    }
+
+    /// Whether any entry could match the destination before resolution (a cheap early refusal
+    /// that saves a DNS lookup for a host nobody listed).
+    pub fn may_allow(&self, dest: &Destination) -> bool {
+        self.lists().all(|list| {
+            list.iter().any(|r| {
+                r.port_ok(dest.port, dest.default_port)
+                    && match (&r.target, &dest.name) {
+                        (Target::Host(_) | Target::Below(_), Some(_)) => {
+                            r.allows(dest, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                        }
+                        (Target::Host(_) | Target::Below(_), None) => false,
+                        (Target::Ip(_) | Target::Cidr(..), _) => true,
+                    }
+            })
+        })
+    }
+
+    /// Decides one resolved address.
+    pub fn check(&self, dest: &Destination, addr: IpAddr) -> Result<(), Refusal> {
+        if !self.lists().all(|list| list.iter().any(|r| r.allows(dest, addr))) {
+            return Err(Refusal::NotListed);
+        }
+        if !is_public(addr)
+            && !self
+                .lists()
+                .all(|list| list.iter().any(|r| r.port_ok(dest.port, dest.default_port) && r.names_address(addr)))
+        {
+            return Err(Refusal::InternalAddress);
+        }
+        Ok(())
+    }
+}
+
+/// An IPv4-mapped IPv6 address is its IPv4 address (`::ffff:127.0.0.1` is loopback).
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_cidr(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether `addr` is a public unicast address. Everything else — loopback, private (RFC 1918,
+/// unique local), link-local, multicast, unspecified, broadcast, shared (CGNAT), documentation,
+/// benchmarking and reserved ranges — is internal.
+pub fn is_public(addr: IpAddr) -> bool {
+    match canonical(addr) {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_multicast()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (18..20).contains(&o[1]))
+                || o[0] >= 240)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0064 && s[1] == 0xff9b))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(name: Option<&str>, port: u16) -> Destination {
+        Destination { name: name.map(str::to_string), port, default_port: 443 }
+    }
+
+    fn policy(all: &[&str]) -> Policy {
+        let list = Rule::parse_list(all).unwrap();
+        Policy { operator: list.clone(), manifest: list.clone(), install: Some(list) }
+    }
+
+    const PUBLIC: IpAddr = IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34));
+
+    #[test]
+    fn entry_syntax() {
+        for ok in [
+            "api.example.com",
+            "*.example.org",
+            "api.example.com:8443",
+            "10.1.2.3",
+            "10.1.2.3:80",
+            "[::1]:8080",
+            "::1",
+            "10.0.0.0/8",
+            "fd00::/8",
+        ] {
+            assert!(Rule::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "http://x.com",
+            "x.com:0",
+            "x.com:99999",
+            "10.0.0.0/33",
+            "[::1]",
+            "bad host",
+            "a..b",
+            "*.",
+            "x.com:abc",
+        ] {
+            assert!(Rule::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_ports_and_wildcards() {
+        let p = policy(&["api.example.com", "*.example.org", "svc.example.net:8443"]);
+        assert_eq!(p.check(&dest(Some("api.example.com"), 443), PUBLIC), Ok(()));
+        assert_eq!(p.check(&dest(Some("api.example.com"), 8443), PUBLIC), Err(Refusal::NotListed), "default port only");
+        assert_eq!(p.check(&dest(Some("a.b.example.org"), 443), PUBLIC), Ok(()));
+        assert_eq!(p.check(&dest(Some("example.org"), 443), PUBLIC), Err(Refusal::NotListed), "the apex is not below");
+        assert_eq!(p.check(&dest(Some("evilexample.org"), 443), PUBLIC), Err(Refusal::NotListed));
+        assert_eq!(p.check(&dest(Some("svc.example.net"), 8443), PUBLIC), Ok(()));
+        assert_eq!(p.check(&dest(Some("other.com"), 443), PUBLIC), Err(Refusal::NotListed));
+    }
+
+    #[test]
+    fn the_lists_intersect_and_empty_allows_nothing() {
+        let mut p = policy(&["api.example.com", "other.example.com"]);
+        p.install = Some(Rule::parse_list(&["api.example.com"]).unwrap());
+        assert_eq!(p.check(&dest(Some("other.example.com"), 443), PUBLIC), Err(Refusal::NotListed));
+        assert_eq!(p.check(&dest(Some("api.example.com"), 443), PUBLIC), Ok(()));
+        p.install = None;
+        assert_eq!(p.check(&dest(Some("other.example.com"), 443), PUBLIC), Ok(()), "no install restriction");
+        p.operator.clear();
+        assert_eq!(
+            p.check(&dest(Some("api.example.com"), 443), PUBLIC),
+            Err(Refusal::NotListed),
+            "empty operator list"
+        );
+    }
+
+    #[test]
+    fn internal_addresses_need_an_explicit_address_entry() {
+        let by_name = policy(&["internal.example.com"]);
+        for addr in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "fd12::1",
+            "::ffff:127.0.0.1",
+            "100.64.0.1",
+        ] {
+            let a: IpAddr = addr.parse().unwrap();
+            assert_eq!(
+                by_name.check(&dest(Some("internal.example.com"), 443), a),
+                Err(Refusal::InternalAddress),
+                "{addr}"
+            );
+        }
+        let loopback = policy(&["127.0.0.1:8080"]);
+        assert_eq!(loopback.check(&dest(None, 8080), "127.0.0.1".parse().unwrap()), Ok(()));
+        assert_eq!(loopback.check(&dest(None, 8081), "127.0.0.1".parse().unwrap()), Err(Refusal::NotListed));
+        assert_eq!(loopback.check(&dest(None, 8080), "127.0.0.2".parse().unwrap()), Err(Refusal::NotListed));
+        let cidr = policy(&["10.0.0.0/8"]);
+        assert_eq!(cidr.check(&dest(None, 443), "10.9.9.9".parse().unwrap()), Ok(()));
+        assert_eq!(cidr.check(&dest(None, 443), "11.0.0.1".parse().unwrap()), Err(Refusal::NotListed));
+        // A host name plus a CIDR naming its internal address: allowed.
+        let mixed = policy(&["db.internal", "10.0.0.0/8"]);
+        assert_eq!(mixed.check(&dest(Some("db.internal"), 443), "10.0.0.5".parse().unwrap()), Ok(()));
+    }
+}
