@@ -1,6 +1,5 @@
 //! alga-runner's supervisor: creates hardened single-use sandboxes through a fork server, runs
-//! executions on them, answers their host calls, and exposes it all through the CLI (and, later,
-//! HTTP).
+//! executions on them, answers their host calls, and exposes it all through the CLI and HTTP.
 
 pub mod artifacts;
 pub mod broker;
@@ -14,6 +13,7 @@ pub mod http;
 pub mod pool;
 pub mod registry;
 pub mod sandbox;
+pub mod secrets;
 pub mod service;
 pub mod settings;
 

@@ -171,6 +171,7 @@ pub fn host_context(capabilities: CapabilitySet) -> HostContext {
         user: None,
         config: Default::default(),
         capabilities,
+        secrets: Default::default(),
         egress: Default::default(),
         egress_bytes: Default::default(),
         env: Arc::new(HostEnv::local().expect("a temporary storage database")),

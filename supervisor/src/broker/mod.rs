@@ -6,6 +6,8 @@ pub mod config;
 pub mod context;
 pub mod egress;
 pub mod fetch;
+pub mod forward;
+pub mod secrets;
 pub mod sled_kv;
 pub mod storage;
 pub mod user;
@@ -71,6 +73,8 @@ pub struct HostContext {
     pub install_id: Option<String>,
     pub version_id: Option<String>,
     pub user: Option<UserInfo>,
+    /// The install's secrets overlaid by the envelope's (values never print).
+    pub secrets: crate::secrets::SecretMap,
     /// The install's configuration (what `config` and nothing else may read).
     pub config: BTreeMap<String, String>,
     /// The effective capabilities of this execution.
@@ -117,12 +121,12 @@ pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::In
         HostCall::StorageDelete { namespace, key } => storage::delete(ctx, &namespace, &key).await,
         HostCall::StorageListEntries { namespace, cursor } => storage::list(ctx, &namespace, cursor.as_deref()),
         HostCall::HttpFetch { request } => fetch::fetch(ctx, request, deadline).await,
+        HostCall::SecretsGet { key } => secrets::get(ctx, &key),
+        HostCall::SecretsListKeys => secrets::list_keys(ctx),
         // Accepted and dropped until the metrics exporter exists.
         HostCall::MetricsCounterAdd { .. } | HostCall::MetricsHistogramObserve { .. } => HostReply::Unit,
         // Not provided by this runner yet: the interface's deny value.
-        other @ (HostCall::SecretsGet { .. }
-        | HostCall::SecretsListKeys
-        | HostCall::UiProxyCallRoute { .. }
+        other @ (HostCall::UiProxyCallRoute { .. }
         | HostCall::SchedulerList
         | HostCall::SchedulerGet { .. }
         | HostCall::SchedulerCreate { .. }
@@ -153,6 +157,7 @@ pub(crate) mod tests {
             user: None,
             config: BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
             capabilities: caps.iter().copied().collect(),
+            secrets: Default::default(),
             egress: Egress::default(),
             egress_bytes: Default::default(),
             env: Arc::new(HostEnv::local().unwrap()),

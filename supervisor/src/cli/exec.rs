@@ -201,6 +201,7 @@ async fn execute(core: &Arc<Core>, args: &ExecArgs, p: Parsed) -> anyhow::Result
         user: None,
         config: p.config,
         capabilities: capabilities.clone(),
+        secrets: Default::default(),
         egress: Default::default(),
         egress_bytes: Default::default(),
         env: Arc::new(HostEnv::local().context("opening a temporary storage database")?),

@@ -16,6 +16,7 @@ use crate::core::Core;
 use crate::forkserver;
 use crate::registry::{BlobStore, RegistryStore, SledRegistry, StoreError, VersionState};
 use crate::sandbox::Sandbox;
+use crate::secrets::{NodeKey, SecretStore};
 use crate::service::Service;
 use crate::settings::Settings;
 
@@ -217,8 +218,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .context("starting the execution runtime")?;
     let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
     let storage = Arc::new(SledKv::new(registry.open_tree("kv").context("opening the storage tree")?));
+    let node_key = match NodeKey::load_or_create(&state.join("node.key")) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let secrets =
+        SecretStore::new(registry.open_tree("install_secrets").context("opening the secrets tree")?, node_key);
     let registry: Arc<dyn RegistryStore> = Arc::new(registry);
-    let service = Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust, storage)?);
+    let service =
+        Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust, storage, secrets)?);
     service.start_flusher();
 
     // The sandbox self-test: a real sandbox, every layer, before the service says it is ready.

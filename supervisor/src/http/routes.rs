@@ -34,6 +34,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_install))
                 .route(web::delete().to(delete_install)),
         )
+        .service(
+            resource("/v1/tenants/{tenant}/installs/{extension}/secrets", "GET, PUT")
+                .route(web::put().to(put_secrets))
+                .route(web::get().to(get_secrets)),
+        )
         .service(resource("/v1/tenants/{tenant}/executions", "GET").route(web::get().to(list_executions)))
         .service(resource("/v1/admin/reload", "POST").route(web::post().to(reload)));
 }
@@ -211,6 +216,29 @@ async fn delete_install(
     let (tenant, extension) = path.into_inner();
     installs::delete(&svc, &tenant, &extension)?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+async fn put_secrets(
+    req: HttpRequest,
+    payload: web::Payload,
+    svc: Svc,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let (tenant, extension) = path.into_inner();
+    let body = read_body(&req, payload, SMALL_BODY * 64).await?;
+    let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&body).map_err(|_| {
+        Problem::new(422, "invalid_secrets", "the secrets are not valid")
+            .detail("the body must be a JSON object whose values are all strings")
+    })?;
+    let keys = installs::put_secrets(&svc, &tenant, &extension, crate::secrets::SecretMap(map))?;
+    Ok(HttpResponse::Ok().json(json!({ "keys": keys })))
+}
+
+async fn get_secrets(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    let (tenant, extension) = path.into_inner();
+    Ok(HttpResponse::Ok().json(json!({ "keys": installs::secret_keys(&svc, &tenant, &extension)? })))
 }
 
 async fn list_executions(

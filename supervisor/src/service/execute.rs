@@ -20,11 +20,13 @@ use serde_json::Value;
 use super::Service;
 use super::installs::valid_tenant;
 use super::loader::LoadError;
+use super::secret_envelope::SecretEnvelope;
 use crate::broker::egress::Rule;
 use crate::broker::{Egress, HostContext, UserInfo};
 use crate::executor::{self, Report};
 use crate::http::problem::Problem;
-use crate::registry::{ExecutionRecord, new_id, now_ms};
+use crate::registry::{ExecutionRecord, InstallRecord, new_id, now_ms};
+use crate::secrets::SecretMap;
 
 /// Request headers that reach the guest; `authorization` and `cookie` never do.
 pub const INBOUND_HEADERS: &[&str] =
@@ -55,6 +57,8 @@ pub struct Envelope {
     pub providers: Option<Vec<String>>,
     #[serde(default)]
     pub user: Option<EnvelopeUser>,
+    #[serde(default)]
+    pub secret_envelope: Option<SecretEnvelope>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +125,8 @@ pub struct ExecuteCommand {
     pub limits: LimitRequest,
     pub providers: Option<Vec<String>>,
     pub user: Option<UserInfo>,
+    /// The envelope's secrets, opened (values never print).
+    pub secrets: SecretMap,
     pub idempotency_key: Option<String>,
 }
 
@@ -228,7 +234,12 @@ impl Envelope {
             client_id: u.client_id,
             additional_fields: u.additional_fields.unwrap_or_default().into_iter().collect(),
         });
+        let secrets = match &self.secret_envelope {
+            Some(e) => e.open(now_ms())?,
+            None => SecretMap::default(),
+        };
         Ok(ExecuteCommand {
+            secrets,
             request_id: request_id
                 .or(c.request_id.filter(|r| crate::http::valid_request_id(r)))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -319,6 +330,13 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
         install: install.egress_allowlist.as_ref().map(|l| Rule::parse_list(l).unwrap_or_default()),
     };
     let egress_bytes = Arc::new(AtomicU64::new(0));
+    let mut secrets = SecretMap::default();
+    if capabilities.contains(Capability::SecretsGet) {
+        secrets = svc.secrets.get(&cmd.tenant, &install.install_id).map_err(|e| {
+            Problem::internal(format!("reading the install's secrets failed: {}", crate::error_chain(&e)))
+        })?;
+        secrets.0.extend(cmd.secrets.0.clone());
+    }
     let host = HostContext {
         request_id: Some(cmd.request_id.clone()),
         tenant_id: cmd.tenant.clone(),
@@ -328,6 +346,7 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
         user: cmd.user.clone(),
         config,
         capabilities: capabilities.clone(),
+        secrets,
         egress,
         egress_bytes: egress_bytes.clone(),
         env: svc.host_env.clone(),
@@ -354,7 +373,7 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
 
     let response = envelope_of(&report);
     let egress_bytes = egress_bytes.load(Ordering::Relaxed);
-    if record(svc, &cmd, &ext.id, &install.install_id, &install.version_id, &report, &response, egress_bytes) {
+    if record(svc, &cmd, &install, &report, &response, egress_bytes) {
         // A failed flush is logged by the flusher; the caller still gets its answer.
         let _ = svc.commit.durable().await;
     }
@@ -402,9 +421,7 @@ pub fn envelope_of(report: &Report) -> EnvelopeResponse {
 fn record(
     svc: &Arc<Service>,
     cmd: &ExecuteCommand,
-    extension_id: &str,
-    install_id: &str,
-    version_id: &str,
+    install: &InstallRecord,
     report: &Report,
     response: &EnvelopeResponse,
     egress_bytes: u64,
@@ -420,9 +437,9 @@ fn record(
         execution_id: new_id(),
         request_id: cmd.request_id.clone(),
         tenant: cmd.tenant.clone(),
-        extension_id: extension_id.to_string(),
-        install_id: install_id.to_string(),
-        version_id: version_id.to_string(),
+        extension_id: install.extension_id.clone(),
+        install_id: install.install_id.clone(),
+        version_id: install.version_id.clone(),
         content_hash: cmd.content_hash.clone(),
         method: cmd.method.clone(),
         path: cmd.path.clone(),

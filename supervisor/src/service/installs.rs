@@ -16,6 +16,7 @@ use super::Service;
 use super::publish::signature_problem;
 use crate::http::problem::Problem;
 use crate::registry::{ExtensionRecord, InstallRecord, VersionRecord, VersionState, new_id, now_ms};
+use crate::secrets::SecretMap;
 
 /// The body of `PUT /v1/tenants/{tenant}/installs/{extension}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -205,7 +206,45 @@ pub fn list(svc: &Service, tenant: &str) -> Result<Vec<InstallView>, Problem> {
     Ok(out)
 }
 
-/// Uninstalls, and purges what belonged to the install: its storage. The install record goes
+/// Replaces the install's secrets (write-only: the answer names the keys, never a value).
+pub fn put_secrets(svc: &Service, tenant: &str, extension: &str, map: SecretMap) -> Result<Vec<String>, Problem> {
+    let view = get(svc, tenant, extension)?;
+    let mut errors = Vec::new();
+    for (k, v) in &map.0 {
+        if k.is_empty() || k.len() > 256 || k.chars().any(char::is_control) {
+            errors.push(FieldError {
+                path: format!("$.{k}"),
+                message: "a key is 1 to 256 characters, no control characters".into(),
+            });
+        }
+        if v.len() > 64 * 1024 {
+            errors.push(FieldError { path: format!("$.{k}"), message: "a value is at most 64 KiB".into() });
+        }
+    }
+    if map.0.len() > 256 {
+        errors.push(FieldError { path: "$".into(), message: format!("{} keys; at most 256", map.0.len()) });
+    }
+    if !errors.is_empty() {
+        return Err(Problem::new(422, "invalid_secrets", "the secrets are not valid").errors(errors));
+    }
+    svc.secrets
+        .put(tenant, &view.record.install_id, &map)
+        .map_err(|e| Problem::internal(format!("storing the secrets failed: {}", crate::error_chain(&e))))?;
+    tracing::info!(tenant, extension = %view.extension_name, install = %view.record.install_id, keys = ?map, "install secrets replaced");
+    Ok(map.0.into_keys().collect())
+}
+
+/// The names of the install's secrets.
+pub fn secret_keys(svc: &Service, tenant: &str, extension: &str) -> Result<Vec<String>, Problem> {
+    let view = get(svc, tenant, extension)?;
+    let map = svc
+        .secrets
+        .get(tenant, &view.record.install_id)
+        .map_err(|e| Problem::internal(format!("reading the secrets failed: {}", crate::error_chain(&e))))?;
+    Ok(map.0.into_keys().collect())
+}
+
+/// Uninstalls, and purges what belonged to the install: its secrets and storage. The install record goes
 /// first (durably), so a crash in between leaves only unreachable data under an install id that
 /// is never reused, never an install whose data vanished.
 pub fn delete(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {
@@ -213,6 +252,9 @@ pub fn delete(svc: &Service, tenant: &str, extension: &str) -> Result<InstallVie
     let ext = find_extension(svc, extension)?;
     let record = svc.registry.delete_install(tenant, &ext.id)?.ok_or_else(|| {
         Problem::not_found("not_installed", format!("{} is not installed for tenant {tenant}", ext.name))
+    })?;
+    svc.secrets.delete(tenant, &record.install_id).map_err(|e| {
+        Problem::internal(format!("uninstalled, but deleting the install's secrets failed: {}", crate::error_chain(&e)))
     })?;
     let scope = crate::broker::storage::Scope { tenant: tenant.to_string(), install: record.install_id.clone() };
     let storage = &svc.host_env.storage;

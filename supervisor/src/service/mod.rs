@@ -9,6 +9,7 @@ pub mod installs;
 pub mod loader;
 pub mod publish;
 pub mod reads;
+pub mod secret_envelope;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,6 +42,8 @@ pub struct Service {
     trust: RwLock<Arc<Trust>>,
     pub loader: loader::Loader,
     pub idempotency: Mutex<idempotency::Cache>,
+    /// Install secrets, sealed with the node key.
+    pub secrets: crate::secrets::SecretStore,
     /// The host-API backends every execution's broker uses.
     pub host_env: Arc<HostEnv>,
     pub service_token: Option<String>,
@@ -61,6 +64,7 @@ impl Service {
         blobs: BlobStore,
         trust: TrustBundle,
         storage: Arc<dyn KvStore>,
+        secrets: crate::secrets::SecretStore,
     ) -> std::io::Result<Self> {
         let service_token = config.service_token()?;
         let admin_token = config.admin_token()?;
@@ -78,6 +82,7 @@ impl Service {
             (config.egress.max_response_kb << 10) as usize,
         );
         Ok(Service {
+            secrets,
             host_env: Arc::new(HostEnv { storage, commit: Some(commit.clone()), fetch }),
             core,
             registry,

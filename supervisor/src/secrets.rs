@@ -1,0 +1,210 @@
+//! Install secrets, encrypted at rest with the node key (06-data.md `install_secrets`):
+//! XChaCha20-Poly1305 with a random 24-byte nonce per write, the tenant and install id as
+//! associated data (a sealed map copied under another install does not open). The node key is a
+//! 32-byte file, mode 0600, generated at first start, or a systemd credential
+//! (`LoadCredential=node-key:...`, read from `$CREDENTIALS_DIRECTORY/node-key`).
+//!
+//! Plaintext values never reach a log: [`SecretMap`] prints its key names only.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+/// Layout version of a sealed record.
+const SEALED_SCHEMA: u8 = 1;
+const NONCE_LEN: usize = 24;
+/// The credential name systemd exposes under `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_NAME: &str = "node-key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("node key {path}: {detail}")]
+    Key { path: PathBuf, detail: String },
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("the stored secrets of install {0} do not open with this node key (wrong key, or tampered)")]
+    Open(String),
+    #[error("sealing secrets failed")]
+    Seal,
+}
+
+/// A secret map whose values never print.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretMap(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()?;
+        f.write_str(" (values redacted)")
+    }
+}
+
+/// The node's secret key.
+pub struct NodeKey {
+    cipher: XChaCha20Poly1305,
+    /// Where it came from, for the operator.
+    pub source: PathBuf,
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKey").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl NodeKey {
+    /// The systemd credential when there is one, else `file`, created (0600, 32 random bytes)
+    /// when missing. A key file readable by others is refused.
+    pub fn load_or_create(file: &Path) -> Result<NodeKey, SecretsError> {
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let path = Path::new(&dir).join(CREDENTIAL_NAME);
+            if path.exists() {
+                return NodeKey::read(&path, false);
+            }
+        }
+        if !file.exists() {
+            let err = |detail: String| SecretsError::Key { path: file.to_path_buf(), detail };
+            let key = alga_sandbox::sys::random_seed();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(file)
+                .map_err(|e| err(format!("creating: {e}")))?;
+            f.write_all(&key).and_then(|()| f.sync_all()).map_err(|e| err(format!("writing: {e}")))?;
+            tracing::info!(path = %file.display(), "generated the node key (keep it: without it stored secrets cannot be read)");
+        }
+        NodeKey::read(file, true)
+    }
+
+    fn read(path: &Path, check_mode: bool) -> Result<NodeKey, SecretsError> {
+        let err = |detail: String| SecretsError::Key { path: path.to_path_buf(), detail };
+        if check_mode {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(err(format!("mode {:o} lets others read it; chmod 600 it", mode & 0o777)));
+            }
+        }
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| err(format!("must hold exactly 32 bytes, holds {}", bytes.len())))?;
+        Ok(NodeKey { cipher: XChaCha20Poly1305::new(&key.into()), source: path.to_path_buf() })
+    }
+
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        let seed = alga_sandbox::sys::random_seed();
+        let nonce = XNonce::from_slice(&seed[..NONCE_LEN]);
+        let ct = self.cipher.encrypt(nonce, Payload { msg: plaintext, aad }).map_err(|_| SecretsError::Seal)?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+        out.push(SEALED_SCHEMA);
+        out.extend_from_slice(&seed[..NONCE_LEN]);
+        out.extend(ct);
+        Ok(out)
+    }
+
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        match sealed.split_first() {
+            Some((&SEALED_SCHEMA, rest)) if rest.len() > NONCE_LEN => {
+                let (nonce, ct) = rest.split_at(NONCE_LEN);
+                self.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The `install_secrets` tree: one sealed map per (tenant, install).
+#[derive(Debug)]
+pub struct SecretStore {
+    tree: sled::Tree,
+    key: NodeKey,
+}
+
+fn record_key(tenant: &str, install_id: &str) -> Vec<u8> {
+    let mut k = tenant.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(install_id.as_bytes());
+    k
+}
+
+impl SecretStore {
+    pub fn new(tree: sled::Tree, key: NodeKey) -> Self {
+        SecretStore { tree, key }
+    }
+
+    /// Replaces the install's secrets, durably.
+    pub fn put(&self, tenant: &str, install_id: &str, map: &SecretMap) -> Result<(), SecretsError> {
+        let k = record_key(tenant, install_id);
+        let json = serde_json::to_vec(&map.0).map_err(|_| SecretsError::Seal)?;
+        let sealed = self.key.seal(&k, &json)?;
+        self.tree.insert(k, sealed)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    pub fn get(&self, tenant: &str, install_id: &str) -> Result<SecretMap, SecretsError> {
+        let k = record_key(tenant, install_id);
+        let Some(sealed) = self.tree.get(&k)? else { return Ok(SecretMap::default()) };
+        let plain = self.key.open(&k, &sealed).ok_or_else(|| SecretsError::Open(install_id.to_string()))?;
+        serde_json::from_slice(&plain).map(SecretMap).map_err(|_| SecretsError::Open(install_id.to_string()))
+    }
+
+    /// Removes the install's secrets (uninstall), durably.
+    pub fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
+        self.tree.remove(record_key(tenant, install_id))?;
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> SecretStore {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        SecretStore::new(
+            db.open_tree("install_secrets").unwrap(),
+            NodeKey::load_or_create(&dir.join("node.key")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn sealed_at_rest_and_bound_to_the_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let map = SecretMap(BTreeMap::from([("api_key".to_string(), "PLAINTEXT-VALUE".to_string())]));
+        s.put("t1", "i1", &map).unwrap();
+        assert_eq!(s.get("t1", "i1").unwrap(), map);
+        assert_eq!(s.get("t2", "i1").unwrap(), SecretMap::default(), "another tenant has none");
+        let raw = s.tree.get(record_key("t1", "i1")).unwrap().unwrap();
+        assert!(!raw.windows(15).any(|w| w == b"PLAINTEXT-VALUE"), "encrypted at rest");
+        // Copied under another tenant, the sealed map does not open.
+        s.tree.insert(record_key("t2", "i1"), raw).unwrap();
+        assert!(matches!(s.get("t2", "i1"), Err(SecretsError::Open(_))));
+        assert_eq!(format!("{map:?}"), "{\"api_key\"} (values redacted)");
+        s.delete("t1", "i1").unwrap();
+        assert_eq!(s.get("t1", "i1").unwrap(), SecretMap::default());
+    }
+
+    #[test]
+    fn the_key_file_is_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let a = NodeKey::load_or_create(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let sealed = a.seal(b"aad", b"x").unwrap();
+        let b = NodeKey::load_or_create(&path).unwrap();
+        assert_eq!(b.open(b"aad", &sealed).as_deref(), Some(&b"x"[..]), "the same key after a restart");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(NodeKey::load_or_create(&path), Err(SecretsError::Key { .. })));
+    }
+}
