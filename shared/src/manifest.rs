@@ -193,27 +193,10 @@ fn endpoint_path_problem(path: &str) -> Option<&'static str> {
     None
 }
 
-/// Checks the shape of an egress entry: a host, `*.domain`, `host:port`, an IP, `IP:port`,
-/// `[v6]:port` or a CIDR.
+/// Checks an egress entry: a host, `*.domain`, `host:port`, an IP, `IP:port`, `[v6]:port` or a
+/// CIDR — the one parser of [`crate::egress::Rule`], so what validates is what is enforced.
 pub fn egress_problem(entry: &str) -> Option<&'static str> {
-    if entry.is_empty() || entry.chars().any(char::is_whitespace) {
-        return Some("must be non-empty and without whitespace");
-    }
-    if entry.contains("://") {
-        return Some("must be a host (`api.example.com`), not a URL");
-    }
-    if let Some((ip, prefix)) = entry.split_once('/') {
-        let max = match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(_)) => 32,
-            Ok(std::net::IpAddr::V6(_)) => 128,
-            Err(_) => return Some("a CIDR must be an IP address, `/`, and a prefix length"),
-        };
-        return match prefix.parse::<u8>() {
-            Ok(p) if p <= max => None,
-            _ => Some("the CIDR prefix length is out of range"),
-        };
-    }
-    None
+    crate::egress::Rule::parse(entry).err().map(|e| e.reason)
 }
 
 /// A relative path inside the bundle: no leading `/`, no `..`, no empty or hidden segment.

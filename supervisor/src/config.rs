@@ -198,6 +198,21 @@ impl Default for GatewayConfig {
     }
 }
 
+/// `[host_api]` — the host application's internal API, where the host-forwarded interfaces
+/// (ui-proxy, scheduler, invoicing, clients, services) go. Unset: they answer their deny values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostApiConfig {
+    /// e.g. `https://psa.example.com` (default none).
+    pub base_url: Option<String>,
+    /// Sent as `x-runner-auth` (default none; required with `base_url`).
+    pub token: Option<String>,
+    /// File holding the token, e.g. a systemd credential (default none).
+    pub token_file: Option<PathBuf>,
+    /// Base of `ui-proxy` routes when not `base_url` (default none; env `UI_PROXY_BASE_URL`).
+    pub ui_proxy_base_url: Option<String>,
+}
+
 /// `[execute]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -237,6 +252,7 @@ pub struct Config {
     pub egress: EgressConfig,
     pub gateway: GatewayConfig,
     pub execute: ExecuteConfig,
+    pub host_api: HostApiConfig,
 }
 
 /// Every problem found in a configuration.
@@ -245,7 +261,7 @@ pub struct Config {
 pub struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[&str] =
-    &["server", "auth", "state", "trust", "sandbox", "limits", "bundles", "egress", "gateway", "execute"];
+    &["server", "auth", "state", "trust", "sandbox", "limits", "bundles", "egress", "gateway", "execute", "host_api"];
 
 /// Environment variables that name a field directly (with or without a config file).
 const DIRECT: &[(&str, &str, &str)] = &[
@@ -257,6 +273,7 @@ const DIRECT: &[(&str, &str, &str)] = &[
     ("SIGNING_TRUST_BUNDLE", "trust", "bundle"),
     ("EXT_EGRESS_ALLOWLIST", "egress", "allowlist"),
     ("EXT_GATEWAY_TIMEOUT_MS", "gateway", "timeout_ms"),
+    ("UI_PROXY_BASE_URL", "host_api", "ui_proxy_base_url"),
 ];
 
 /// A value from the environment, typed like the field's default: numbers and booleans parse as
@@ -420,6 +437,18 @@ impl Config {
                 e.push(format!("auth.{name}: {} does not exist", f.display()));
             }
         }
+        for (name, value) in
+            [("base_url", &self.host_api.base_url), ("ui_proxy_base_url", &self.host_api.ui_proxy_base_url)]
+        {
+            if let Some(v) = value
+                && !url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            {
+                e.push(format!("host_api.{name}: `{v}` is not an http(s) URL"));
+            }
+        }
+        if self.host_api.base_url.is_some() && self.host_api.token.is_none() && self.host_api.token_file.is_none() {
+            e.push("host_api.token: required with host_api.base_url (or host_api.token_file)".into());
+        }
         if self.gateway.timeout_ms == 0 {
             e.push("gateway.timeout_ms: must be above 0".into());
         }
@@ -433,6 +462,11 @@ impl Config {
 
     pub fn admin_token(&self) -> std::io::Result<Option<String>> {
         token(&self.auth.admin_token, &self.auth.admin_token_file)
+    }
+
+    /// The host API token: inline, or read from its file.
+    pub fn host_api_token(&self) -> std::io::Result<Option<String>> {
+        token(&self.host_api.token, &self.host_api.token_file)
     }
 }
 

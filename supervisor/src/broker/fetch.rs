@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_rustls::rustls;
 
 use super::HostContext;
-use super::egress::{Destination, Policy, Refusal, Rule};
+use alga_shared::egress::{Destination, Policy, Refusal, Rule};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus the ones the
 /// runner sets itself.
@@ -42,7 +42,7 @@ pub struct FetchSettings {
     pub operator: Vec<Rule>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
-    tls: Arc<rustls::ClientConfig>,
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for FetchSettings {
@@ -78,7 +78,7 @@ impl FetchSettings {
 }
 
 /// Why a fetch failed, for the log; the guest sees only the `http-error` case.
-struct Failed(HttpError, String);
+pub struct Failed(pub HttpError, pub String);
 
 fn fail<T>(kind: HttpError, why: impl Into<String>) -> Result<T, Failed> {
     Err(Failed(kind, why.into()))
@@ -108,9 +108,9 @@ async fn perform(ctx: &HostContext, policy: &Policy, request: HttpRequest) -> Re
     let settings = &ctx.env.fetch;
     let url =
         url::Url::parse(&request.url).or_else(|e| fail(HttpError::InvalidUrl, format!("`{}`: {e}", request.url)))?;
-    let (tls, default_port) = match url.scheme() {
-        "http" => (false, 80),
-        "https" => (true, 443),
+    let default_port = match url.scheme() {
+        "http" => 80,
+        "https" => 443,
         other => return fail(HttpError::InvalidUrl, format!("scheme `{other}` (only http and https)")),
     };
     if !url.username().is_empty() || url.password().is_some() {
@@ -128,7 +128,11 @@ async fn perform(ctx: &HostContext, policy: &Policy, request: HttpRequest) -> Re
         );
     }
 
-    let dest = Destination::new(&host, port, default_port);
+    let name = match &host {
+        url::Host::Domain(d) => Some(*d),
+        url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
+    };
+    let dest = Destination::new(name, port, default_port);
     if !policy.may_allow(&dest) {
         return fail(HttpError::NotAllowed, format!("{host}:{port} is not in the egress allowlist"));
     }
@@ -158,9 +162,51 @@ async fn perform(ctx: &HostContext, policy: &Policy, request: HttpRequest) -> Re
         return fail(HttpError::NotAllowed, why);
     }
 
-    let stream = connect(&vetted).await?;
+    let outcome = send(&settings.tls, &url, &vetted, method, &request.headers, body, settings.max_response_bytes).await;
+    let sent = outcome.sent;
+    ctx.egress_bytes.fetch_add(sent + outcome.received, Ordering::Relaxed);
+    outcome.result.map(|(status, headers, body)| HttpResponse { status, headers, body: Some(body) })
+}
+
+/// What one exchange did: its result and the bytes that crossed (counted even on failure).
+pub struct Sent {
+    pub result: Result<(u16, Vec<HttpHeader>, Vec<u8>), Failed>,
+    pub sent: u64,
+    pub received: u64,
+}
+
+/// Sends one request for `url` to one of `addrs` (already vetted by the caller) and reads the
+/// answer, at most `max_response` body bytes. Hop-by-hop headers are dropped both ways; the
+/// `Host` header is the URL's authority.
+pub async fn send(
+    tls: &Arc<rustls::ClientConfig>,
+    url: &url::Url,
+    addrs: &[SocketAddr],
+    method: hyper::Method,
+    headers: &[HttpHeader],
+    body: Vec<u8>,
+    max_response: usize,
+) -> Sent {
+    let mut counts = (0u64, 0u64);
+    let result = send_counted(tls, url, addrs, method, headers, body, max_response, &mut counts).await;
+    Sent { result, sent: counts.0, received: counts.1 }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_counted(
+    tls_config: &Arc<rustls::ClientConfig>,
+    url: &url::Url,
+    addrs: &[SocketAddr],
+    method: hyper::Method,
+    headers: &[HttpHeader],
+    body: Vec<u8>,
+    max_response: usize,
+    counts: &mut (u64, u64),
+) -> Result<(u16, Vec<HttpHeader>, Vec<u8>), Failed> {
+    let Some(host) = url.host() else { return fail(HttpError::InvalidUrl, "no host") };
+    let stream = connect(addrs).await?;
     let authority = match url.port() {
-        Some(p) => format!("{}:{p}", host),
+        Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
     let target = match url.query() {
@@ -168,8 +214,8 @@ async fn perform(ctx: &HostContext, policy: &Policy, request: HttpRequest) -> Re
         None => url.path().to_string(),
     };
     let mut builder = hyper::Request::builder().method(method).uri(target).header(hyper::header::HOST, &authority);
-    let mut sent = (body.len() + authority.len()) as u64;
-    for h in &request.headers {
+    counts.0 += (body.len() + authority.len()) as u64;
+    for h in headers {
         let name = h.name.to_ascii_lowercase();
         if HOP_BY_HOP.contains(&name.as_str()) || name == "host" || name == "content-length" {
             continue;
@@ -177,28 +223,25 @@ async fn perform(ctx: &HostContext, policy: &Policy, request: HttpRequest) -> Re
         if let (Ok(n), Ok(v)) =
             (hyper::header::HeaderName::from_bytes(name.as_bytes()), hyper::header::HeaderValue::from_str(&h.value))
         {
-            sent += (name.len() + h.value.len()) as u64;
+            counts.0 += (name.len() + h.value.len()) as u64;
             builder = builder.header(n, v);
         }
     }
     let req = builder.body(Full::new(Bytes::from(body))).or_else(|e| fail(HttpError::InvalidUrl, e.to_string()))?;
-    ctx.egress_bytes.fetch_add(sent, Ordering::Relaxed);
-
-    let response = if tls {
+    if url.scheme() == "https" {
         let name = match &host {
             url::Host::Domain(d) => rustls::pki_types::ServerName::try_from(d.to_string())
                 .or_else(|e| fail(HttpError::InvalidUrl, e.to_string()))?,
             url::Host::Ipv4(a) => rustls::pki_types::ServerName::IpAddress(IpAddr::V4(*a).into()),
             url::Host::Ipv6(a) => rustls::pki_types::ServerName::IpAddress(IpAddr::V6(*a).into()),
         };
-        let connector = tokio_rustls::TlsConnector::from(settings.tls.clone());
+        let connector = tokio_rustls::TlsConnector::from(tls_config.clone());
         let stream =
             connector.connect(name, stream).await.or_else(|e| fail(HttpError::Transport, format!("TLS: {e}")))?;
-        exchange(stream, req, settings.max_response_bytes, ctx).await?
+        exchange(stream, req, max_response, &mut counts.1).await
     } else {
-        exchange(stream, req, settings.max_response_bytes, ctx).await?
-    };
-    Ok(response)
+        exchange(stream, req, max_response, &mut counts.1).await
+    }
 }
 
 async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, Failed> {
@@ -217,8 +260,8 @@ async fn exchange<S>(
     stream: S,
     req: hyper::Request<Full<Bytes>>,
     max: usize,
-    ctx: &HostContext,
-) -> Result<HttpResponse, Failed>
+    received: &mut u64,
+) -> Result<(u16, Vec<HttpHeader>, Vec<u8>), Failed>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -244,7 +287,7 @@ where
                 return fail(HttpError::Transport, format!("response body over {max} bytes"));
             }
             data.extend_from_slice(chunk);
-            ctx.egress_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            *received += chunk.len() as u64;
         }
     }
     drop(driver);
@@ -258,7 +301,7 @@ where
             value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
         });
     }
-    Ok(HttpResponse { status: parts.status.as_u16(), headers, body: Some(data) })
+    Ok((parts.status.as_u16(), headers, data))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -4,9 +4,9 @@
 
 pub mod config;
 pub mod context;
-pub mod egress;
 pub mod fetch;
 pub mod forward;
+pub mod host_api;
 pub mod secrets;
 pub mod sled_kv;
 pub mod storage;
@@ -34,6 +34,8 @@ pub struct HostEnv {
     pub commit: Option<Arc<GroupCommit>>,
     /// The operator's side of `http.fetch`.
     pub fetch: fetch::FetchSettings,
+    /// The host application's internal API (`None`: the host-forwarded interfaces deny).
+    pub host_api: Option<host_api::HostApi>,
 }
 
 impl std::fmt::Debug for HostEnv {
@@ -46,7 +48,12 @@ impl HostEnv {
     /// An environment for one-off local runs (`exec`, tests of the core): storage on a private
     /// temporary database.
     pub fn local() -> Result<Self, storage::KvError> {
-        Ok(HostEnv { storage: Arc::new(SledKv::temporary()?), commit: None, fetch: fetch::FetchSettings::deny_all() })
+        Ok(HostEnv {
+            storage: Arc::new(SledKv::temporary()?),
+            commit: None,
+            fetch: fetch::FetchSettings::deny_all(),
+            host_api: None,
+        })
     }
 
     /// Waits until every write made so far is on disk.
@@ -90,8 +97,8 @@ pub struct HostContext {
 /// `egress_allowlist` (`None`: no install-level restriction).
 #[derive(Debug, Clone, Default)]
 pub struct Egress {
-    pub manifest: Vec<egress::Rule>,
-    pub install: Option<Vec<egress::Rule>>,
+    pub manifest: Vec<alga_shared::egress::Rule>,
+    pub install: Option<Vec<alga_shared::egress::Rule>>,
 }
 
 impl HostContext {
@@ -125,8 +132,7 @@ pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::In
         HostCall::SecretsListKeys => secrets::list_keys(ctx),
         // Accepted and dropped until the metrics exporter exists.
         HostCall::MetricsCounterAdd { .. } | HostCall::MetricsHistogramObserve { .. } => HostReply::Unit,
-        // Not provided by this runner yet: the interface's deny value.
-        other @ (HostCall::UiProxyCallRoute { .. }
+        forwarded @ (HostCall::UiProxyCallRoute { .. }
         | HostCall::SchedulerList
         | HostCall::SchedulerGet { .. }
         | HostCall::SchedulerCreate { .. }
@@ -137,7 +143,7 @@ pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::In
         | HostCall::ClientsList { .. }
         | HostCall::ClientsGet { .. }
         | HostCall::ServicesList { .. }
-        | HostCall::ServicesGet { .. }) => other.deny_reply(),
+        | HostCall::ServicesGet { .. }) => host_api::call(ctx, forwarded, deadline).await,
     }
 }
 
@@ -183,7 +189,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn interfaces_not_provided_yet_deny() {
+    async fn without_an_egress_list_fetch_is_not_allowed() {
         let c = ctx(&Capability::ALL);
         let reply = handle(
             &c,

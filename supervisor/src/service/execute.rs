@@ -21,12 +21,12 @@ use super::Service;
 use super::installs::valid_tenant;
 use super::loader::LoadError;
 use super::secret_envelope::SecretEnvelope;
-use crate::broker::egress::Rule;
 use crate::broker::{Egress, HostContext, UserInfo};
 use crate::executor::{self, Report};
 use crate::http::problem::Problem;
 use crate::registry::{ExecutionRecord, InstallRecord, new_id, now_ms};
 use crate::secrets::SecretMap;
+use alga_shared::egress::Rule;
 
 /// Request headers that reach the guest; `authorization` and `cookie` never do.
 pub const INBOUND_HEADERS: &[&str] =

@@ -18,13 +18,14 @@ use alga_shared::bundle::ArchiveLimits;
 use alga_shared::limits::{Limits, MIB};
 use alga_shared::signing::{TrustBundle, TrustError};
 
-use crate::broker::egress::Rule;
 use crate::broker::fetch::FetchSettings;
+use crate::broker::host_api::HostApi;
 use crate::broker::{HostEnv, KvStore};
 use crate::config::Config;
 use crate::core::Core;
 use crate::http::problem::Problem;
 use crate::registry::{BlobStore, RegistryStore};
+use alga_shared::egress::Rule;
 
 /// The trust bundle in force, and a generation that changes on every reload (so bundles in the
 /// execution cache are verified again).
@@ -81,9 +82,19 @@ impl Service {
             (config.egress.max_request_kb << 10) as usize,
             (config.egress.max_response_kb << 10) as usize,
         );
+        let host_api = match (&config.host_api.base_url, config.host_api_token()?) {
+            (Some(base), Some(token)) => Some(HostApi {
+                base_url: base.clone(),
+                ui_proxy_base_url: config.host_api.ui_proxy_base_url.clone().unwrap_or_else(|| base.clone()),
+                token,
+                max_response_bytes: (config.egress.max_response_kb << 10) as usize,
+                tls: fetch.tls.clone(),
+            }),
+            _ => None,
+        };
         Ok(Service {
             secrets,
-            host_env: Arc::new(HostEnv { storage, commit: Some(commit.clone()), fetch }),
+            host_env: Arc::new(HostEnv { storage, commit: Some(commit.clone()), fetch, host_api }),
             core,
             registry,
             blobs,

@@ -140,12 +140,9 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn new(host: &url::Host<&str>, port: u16, default_port: u16) -> Self {
-        let name = match host {
-            url::Host::Domain(d) => Some(normalize_host(d)),
-            url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
-        };
-        Destination { name, port, default_port }
+    /// `name`: the URL's host name, or `None` when it is an IP literal.
+    pub fn new(name: Option<&str>, port: u16, default_port: u16) -> Self {
+        Destination { name: name.map(normalize_host), port, default_port }
     }
 }
 
