@@ -198,6 +198,22 @@ impl Default for GatewayConfig {
     }
 }
 
+/// `[executions]` — the execution log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionsConfig {
+    /// Records older than this many days are removed (default 30).
+    pub retention_days: u64,
+    /// At most this many records per tenant; the oldest go first (default 10 000).
+    pub max_per_tenant: u64,
+}
+
+impl Default for ExecutionsConfig {
+    fn default() -> Self {
+        ExecutionsConfig { retention_days: 30, max_per_tenant: 10_000 }
+    }
+}
+
 /// `[host_api]` — the host application's internal API, where the host-forwarded interfaces
 /// (ui-proxy, scheduler, invoicing, clients, services) go. Unset: they answer their deny values.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -253,6 +269,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub execute: ExecuteConfig,
     pub host_api: HostApiConfig,
+    pub executions: ExecutionsConfig,
 }
 
 /// Every problem found in a configuration.
@@ -260,8 +277,20 @@ pub struct Config {
 #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
-const SECTIONS: &[&str] =
-    &["server", "auth", "state", "trust", "sandbox", "limits", "bundles", "egress", "gateway", "execute", "host_api"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "auth",
+    "state",
+    "trust",
+    "sandbox",
+    "limits",
+    "bundles",
+    "egress",
+    "gateway",
+    "execute",
+    "host_api",
+    "executions",
+];
 
 /// Environment variables that name a field directly (with or without a config file).
 const DIRECT: &[(&str, &str, &str)] = &[
@@ -448,6 +477,9 @@ impl Config {
         }
         if self.host_api.base_url.is_some() && self.host_api.token.is_none() && self.host_api.token_file.is_none() {
             e.push("host_api.token: required with host_api.base_url (or host_api.token_file)".into());
+        }
+        if self.executions.retention_days == 0 || self.executions.max_per_tenant == 0 {
+            e.push("executions: retention_days and max_per_tenant must be above 0".into());
         }
         if self.gateway.timeout_ms == 0 {
             e.push("gateway.timeout_ms: must be above 0".into());

@@ -10,6 +10,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
+use crate::registry::ExecutionRecord;
+use crate::registry::chain::ChainHead;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Remote {
@@ -106,6 +108,14 @@ pub struct ExecutionsArgs {
     /// Keep printing new executions as they are recorded.
     #[arg(long)]
     pub follow: bool,
+    /// Check the tenant's hash chain instead of listing: recompute every record's hash and
+    /// compare with the next record and the chain head. Exit 0 when intact, 1 when not.
+    #[arg(long, conflicts_with = "follow")]
+    pub verify: bool,
+    /// With --verify: read the database in this state directory directly (the service must be
+    /// stopped), instead of asking the running supervisor.
+    #[arg(long, requires = "verify")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -257,7 +267,63 @@ pub fn list(args: ListArgs) -> anyhow::Result<u8> {
     Ok(report(status, &body))
 }
 
+/// `executions --verify`: the records and the head come from the running supervisor (or the
+/// database itself); the hashes are recomputed here, over each record's stored encoding.
+fn verify_chain(args: &ExecutionsArgs) -> anyhow::Result<u8> {
+    let (head, records) = match &args.state_dir {
+        Some(dir) => {
+            let db = crate::registry::SledRegistry::open(&dir.join("db"))
+                .with_context(|| format!("opening the database in {} (is the service stopped?)", dir.display()))?;
+            use crate::registry::RegistryStore;
+            (db.chain_head(&args.tenant)?, db.executions_oldest_first(&args.tenant)?)
+        }
+        None => {
+            let client = Client::new(&args.remote)?;
+            let tenant = enc(&args.tenant);
+            let (status, body) =
+                client.send(client.request("GET", &format!("/v1/tenants/{tenant}/executions/chain")).call())?;
+            if !(200..300).contains(&status) {
+                return Ok(report(status, &body));
+            }
+            let head: ChainHead = serde_json::from_value(body).context("the chain head")?;
+            let mut records: Vec<ExecutionRecord> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut path = format!("/v1/tenants/{tenant}/executions?limit=1000");
+                if let Some(c) = &cursor {
+                    path.push_str(&format!("&cursor={}", enc(c)));
+                }
+                let (status, body) = client.send(client.request("GET", &path).call())?;
+                if !(200..300).contains(&status) {
+                    return Ok(report(status, &body));
+                }
+                for item in body["items"].as_array().cloned().unwrap_or_default() {
+                    records.push(serde_json::from_value(item).context("an execution record")?);
+                }
+                cursor = body["next_cursor"].as_str().map(str::to_string);
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            records.reverse();
+            (head, records)
+        }
+    };
+    let report = crate::registry::chain::verify(&args.tenant, &head, records);
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    if report.intact() {
+        eprintln!("intact: {} record(s), head #{} {}", report.records, report.head_seq, report.head_hash);
+        Ok(0)
+    } else {
+        eprintln!("BROKEN: {} problem(s) in the execution chain of tenant {}", report.problems.len(), args.tenant);
+        Ok(EXIT_FAILURE)
+    }
+}
+
 pub fn executions(args: ExecutionsArgs) -> anyhow::Result<u8> {
+    if args.verify {
+        return verify_chain(&args);
+    }
     let client = Client::new(&args.remote)?;
     let mut query = format!("limit={}", args.limit);
     if let Some(e) = &args.extension {

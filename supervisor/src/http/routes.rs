@@ -40,6 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_secrets)),
         )
         .service(resource("/v1/tenants/{tenant}/executions", "GET").route(web::get().to(list_executions)))
+        .service(resource("/v1/tenants/{tenant}/executions/chain", "GET").route(web::get().to(execution_chain)))
         .service(resource("/v1/admin/reload", "POST").route(web::post().to(reload)));
 }
 
@@ -257,6 +258,14 @@ async fn list_executions(
         limit(&q)?,
     )?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// The head of the tenant's execution hash chain (`alga-runner executions --verify` checks the
+/// records against it).
+async fn execution_chain(req: HttpRequest, svc: Svc, tenant: web::Path<String>) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    installs::check_tenant(&tenant)?;
+    Ok(HttpResponse::Ok().json(svc.registry.chain_head(&tenant)?))
 }
 
 async fn reload(req: HttpRequest, svc: Svc) -> Result<HttpResponse, Problem> {

@@ -3,6 +3,7 @@
 //! without touching callers; and the blob store for the bundles themselves.
 
 pub mod blobs;
+pub mod chain;
 pub mod model;
 mod sled_store;
 
@@ -76,7 +77,22 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     fn put_install(&self, install: &InstallRecord) -> Result<(), StoreError>;
     fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
 
-    fn record_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError>;
+    /// Appends to the tenant's chain (filling `seq` and `prev_hash`) and applies retention;
+    /// returns the record as stored.
+    fn record_execution(
+        &self,
+        record: ExecutionRecord,
+        retention: &chain::Retention,
+    ) -> Result<ExecutionRecord, StoreError>;
+    /// Removes what retention no longer keeps, for every tenant (records age out without new
+    /// executions too). Returns how many went.
+    fn prune_executions(&self, retention: &chain::Retention) -> Result<u64, StoreError>;
+    /// The tenant's chain head (default when it has no records).
+    fn chain_head(&self, tenant: &str) -> Result<chain::ChainHead, StoreError>;
+    /// Every tenant with an execution log.
+    fn chain_tenants(&self) -> Result<Vec<String>, StoreError>;
+    /// Every record of the tenant, oldest first (verification).
+    fn executions_oldest_first(&self, tenant: &str) -> Result<Vec<ExecutionRecord>, StoreError>;
     /// Newest first; returns the page and the cursor of the next one.
     fn executions(
         &self,

@@ -116,6 +116,12 @@ pub struct ExecutionRecord {
     /// The last log lines (at most 100), `[level] message`.
     pub logs: Vec<String>,
     pub created_at: u64,
+    /// Position in the tenant's chain (1 for the first record).
+    #[serde(default)]
+    pub seq: u64,
+    /// SHA-256 of the tenant's previous record as stored ([`super::chain`]).
+    #[serde(default)]
+    pub prev_hash: String,
 }
 
 /// Milliseconds since the Unix epoch.

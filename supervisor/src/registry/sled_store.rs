@@ -3,10 +3,12 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 
+use super::chain::{ChainHead, Retention, hash_of_bytes};
 use super::model::*;
 use super::{ExecutionQuery, PublishOutcome, RegistryStore, StoreError};
 
@@ -21,6 +23,17 @@ pub struct SledRegistry {
     bundles: Tree,
     installs: Tree,
     executions: Tree,
+    /// The chain head of each tenant's execution log.
+    chains: Tree,
+    /// Appends to a chain are serialized (each needs the previous head).
+    chain_lock: Arc<Mutex<()>>,
+}
+
+/// Records pruned per append at most (the periodic sweep takes the rest).
+const PRUNE_PER_APPEND: usize = 16;
+
+fn execution_key(tenant: &str, seq: u64) -> Vec<u8> {
+    key(&[tenant.as_bytes(), &(u64::MAX - seq).to_be_bytes()])
 }
 
 fn key(parts: &[&[u8]]) -> Vec<u8> {
@@ -83,6 +96,8 @@ impl SledRegistry {
             bundles: db.open_tree("extension_bundle")?,
             installs: db.open_tree("tenant_extension_install")?,
             executions: db.open_tree("extension_execution_log")?,
+            chains: db.open_tree("extension_execution_chain")?,
+            chain_lock: Arc::new(Mutex::new(())),
             db,
         })
     }
@@ -91,6 +106,33 @@ impl SledRegistry {
     /// flush makes both durable).
     pub fn open_tree(&self, name: &str) -> Result<Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
+    }
+
+    /// Moves the oldest records retention no longer keeps into `batch` (at most `max`), and the
+    /// anchor past them. The newest record always stays, so the chain keeps its head.
+    fn prune_into(
+        &self,
+        tenant: &str,
+        head: &mut ChainHead,
+        retention: &Retention,
+        max: usize,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let cutoff = now_ms().saturating_sub(retention.max_age_ms);
+        let mut n = 0;
+        while n < max && head.len() > 1 {
+            let k = execution_key(tenant, head.first_seq);
+            let Some(bytes) = self.executions.get(&k)? else { break };
+            let oldest: ExecutionRecord = decode(&bytes)?;
+            if head.len() <= retention.max_records && oldest.created_at >= cutoff {
+                break;
+            }
+            head.anchor_hash = hash_of_bytes(&bytes);
+            head.first_seq += 1;
+            batch.remove(k);
+            n += 1;
+        }
+        Ok(())
     }
 
     fn durable<T>(&self, value: T) -> Result<T, StoreError> {
@@ -230,11 +272,62 @@ impl RegistryStore for SledRegistry {
         self.durable(old)
     }
 
-    fn record_execution(&self, r: &ExecutionRecord) -> Result<(), StoreError> {
-        let newest_first = (u64::MAX - r.created_at).to_be_bytes();
-        let k = key(&[r.tenant.as_bytes(), &newest_first, r.execution_id.as_bytes()]);
-        self.executions.insert(k, encode(r))?;
-        Ok(())
+    fn record_execution(&self, mut r: ExecutionRecord, retention: &Retention) -> Result<ExecutionRecord, StoreError> {
+        let _serial = self.chain_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut head: ChainHead = get(&self.chains, r.tenant.as_bytes())?.unwrap_or_default();
+        r.seq = head.next_seq;
+        r.prev_hash = head.head_hash.clone();
+        let bytes = encode(&r);
+        head.head_hash = hash_of_bytes(&bytes);
+        head.next_seq += 1;
+        let mut batch = sled::Batch::default();
+        batch.insert(execution_key(&r.tenant, r.seq), bytes);
+        self.prune_into(&r.tenant, &mut head, retention, PRUNE_PER_APPEND, &mut batch)?;
+        // The record and the head change together (one transaction over both trees).
+        (&self.executions, &self.chains)
+            .transaction(|(execs, chains)| {
+                execs.apply_batch(&batch)?;
+                chains.insert(r.tenant.as_bytes(), encode(&head))?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+        Ok(r)
+    }
+
+    fn prune_executions(&self, retention: &Retention) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        for tenant in self.chain_tenants()? {
+            let _serial = self.chain_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut head: ChainHead = get(&self.chains, tenant.as_bytes())?.unwrap_or_default();
+            let before = head.first_seq;
+            let mut batch = sled::Batch::default();
+            self.prune_into(&tenant, &mut head, retention, usize::MAX, &mut batch)?;
+            if head.first_seq != before {
+                pruned += head.first_seq - before;
+                (&self.executions, &self.chains)
+                    .transaction(|(execs, chains)| {
+                        execs.apply_batch(&batch)?;
+                        chains.insert(tenant.as_bytes(), encode(&head))?;
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+            }
+        }
+        Ok(pruned)
+    }
+
+    fn chain_head(&self, tenant: &str) -> Result<ChainHead, StoreError> {
+        Ok(get(&self.chains, tenant.as_bytes())?.unwrap_or_default())
+    }
+
+    fn chain_tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.chains.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k?).into_owned())).collect()
+    }
+
+    fn executions_oldest_first(&self, tenant: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let mut out: Vec<ExecutionRecord> = scan(&self.executions, &prefix(tenant))?;
+        out.reverse();
+        Ok(out)
     }
 
     fn executions(
@@ -354,29 +447,7 @@ mod tests {
         let r = SledRegistry::open(dir.path()).unwrap();
         for i in 0..5u64 {
             for tenant in ["t1", "t2"] {
-                r.record_execution(&ExecutionRecord {
-                    execution_id: new_id(),
-                    request_id: format!("r{i}"),
-                    tenant: tenant.into(),
-                    extension_id: "e".into(),
-                    install_id: "i".into(),
-                    version_id: "v".into(),
-                    content_hash: "h".into(),
-                    method: "GET".into(),
-                    path: "/".into(),
-                    status: 200,
-                    outcome: "completed".into(),
-                    error: None,
-                    detail: None,
-                    duration_ms: 1.0,
-                    memory_peak_bytes: 0,
-                    fuel: 0,
-                    egress_bytes: 0,
-                    host_calls: 0,
-                    logs: vec![],
-                    created_at: 1000 + i,
-                })
-                .unwrap();
+                r.record_execution(execution(tenant, i), &KEEP_ALL).unwrap();
             }
         }
         let q = ExecutionQuery { limit: 3, ..Default::default() };
@@ -386,6 +457,96 @@ mod tests {
         assert_eq!(rest.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>(), ["r1", "r0"]);
         assert!(end.is_none());
         assert!(rest.iter().all(|e| e.tenant == "t1"));
+    }
+
+    const KEEP_ALL: Retention = Retention { max_records: 1000, max_age_ms: u64::MAX };
+
+    fn execution(tenant: &str, i: u64) -> ExecutionRecord {
+        ExecutionRecord {
+            execution_id: new_id(),
+            request_id: format!("r{i}"),
+            tenant: tenant.into(),
+            extension_id: "e".into(),
+            install_id: "i".into(),
+            version_id: "v".into(),
+            content_hash: "h".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            outcome: "completed".into(),
+            error: None,
+            detail: None,
+            duration_ms: 1.0 / 3.0,
+            memory_peak_bytes: 0,
+            fuel: 0,
+            egress_bytes: 0,
+            host_calls: 0,
+            logs: vec![],
+            created_at: now_ms() - 10 + i,
+            seq: 0,
+            prev_hash: String::new(),
+        }
+    }
+
+    fn verify(r: &SledRegistry, tenant: &str) -> super::super::chain::ChainReport {
+        super::super::chain::verify(tenant, &r.chain_head(tenant).unwrap(), r.executions_oldest_first(tenant).unwrap())
+    }
+
+    #[test]
+    fn the_execution_log_is_a_hash_chain_that_detects_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SledRegistry::open(dir.path()).unwrap();
+        for i in 0..5 {
+            let stored = r.record_execution(execution("t1", i), &KEEP_ALL).unwrap();
+            assert_eq!(stored.seq, i + 1);
+        }
+        r.record_execution(execution("t2", 0), &KEEP_ALL).unwrap();
+        let report = verify(&r, "t1");
+        assert!(report.intact(), "{report:?}");
+        assert_eq!(report.records, 5);
+
+        // Retention keeps the newest 3; the anchor keeps the chain verifiable.
+        let three = Retention { max_records: 3, max_age_ms: u64::MAX };
+        assert_eq!(r.prune_executions(&three).unwrap(), 2);
+        let report = verify(&r, "t1");
+        assert!(report.intact() && report.records == 3 && report.first_seq == 3, "{report:?}");
+
+        // Edit a stored record (its status): the chain breaks right after it.
+        let k = execution_key("t1", 4);
+        let mut edited: ExecutionRecord = decode(&r.executions.get(&k).unwrap().unwrap()).unwrap();
+        edited.status = 500;
+        r.executions.insert(&k, encode(&edited)).unwrap();
+        let report = verify(&r, "t1");
+        assert!(report.problems.iter().any(|p| p.contains("record #5")), "{report:?}");
+
+        // Remove the newest record: the head no longer matches.
+        r.executions
+            .insert(
+                &k,
+                encode(&{
+                    edited.status = 200;
+                    edited
+                }),
+            )
+            .unwrap();
+        assert!(verify(&r, "t1").intact());
+        r.executions.remove(execution_key("t1", 5)).unwrap();
+        assert!(!verify(&r, "t1").intact());
+        assert!(verify(&r, "t2").intact(), "another tenant's chain is untouched");
+    }
+
+    #[test]
+    fn retention_by_age_on_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SledRegistry::open(dir.path()).unwrap();
+        let mut old = execution("t1", 0);
+        old.created_at = 1;
+        r.record_execution(old, &KEEP_ALL).unwrap();
+        let day = Retention { max_records: 1000, max_age_ms: 86_400_000 };
+        r.record_execution(execution("t1", 1), &day).unwrap();
+        let kept = r.executions_oldest_first("t1").unwrap();
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        assert!(verify(&r, "t1").intact());
     }
 
     #[test]

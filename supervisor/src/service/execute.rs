@@ -454,6 +454,8 @@ fn record(
         host_calls: report.host_calls,
         logs,
         created_at: now_ms(),
+        seq: 0,
+        prev_hash: String::new(),
     };
     tracing::info!(
         request_id = %r.request_id,
@@ -471,10 +473,21 @@ fn record(
         "execution finished"
     );
     for line in &report.logs {
-        tracing::info!(target: "alga_runner::guest", request_id = %r.request_id, level = line.level.as_str(), "{}", line.message);
+        tracing::info!(
+            target: "alga_runner::guest",
+            request_id = %r.request_id,
+            tenant = %r.tenant,
+            extension = %r.extension_id,
+            install = %r.install_id,
+            version = %r.version_id,
+            content_hash = %r.content_hash,
+            level = line.level.as_str(),
+            "{}",
+            line.message
+        );
     }
-    match svc.registry.record_execution(&r) {
-        Ok(()) => true,
+    match svc.registry.record_execution(r, &svc.retention()) {
+        Ok(_) => true,
         Err(e) => {
             tracing::error!(error = %crate::error_chain(&e), "recording an execution failed");
             false

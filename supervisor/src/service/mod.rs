@@ -24,6 +24,7 @@ use crate::broker::{HostEnv, KvStore};
 use crate::config::Config;
 use crate::core::Core;
 use crate::http::problem::Problem;
+use crate::registry::chain::Retention;
 use crate::registry::{BlobStore, RegistryStore};
 use alga_shared::egress::Rule;
 
@@ -111,10 +112,31 @@ impl Service {
         })
     }
 
-    /// Starts the group-commit flusher (execution records).
+    /// Starts the group-commit flusher (execution records, storage writes) and the sweep that
+    /// ages execution records out.
     pub fn start_flusher(self: &Arc<Self>) {
         let registry = Arc::downgrade(&self.registry);
         self.core.handle.spawn(self.commit.clone().run(registry, self.core.handle.clone()));
+        let (registry, retention) = (Arc::downgrade(&self.registry), self.retention());
+        self.core.handle.spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+            loop {
+                every.tick().await;
+                let Some(store) = registry.upgrade() else { return };
+                match tokio::task::spawn_blocking(move || store.prune_executions(&retention)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(records = n, "execution records aged out"),
+                    Ok(Err(e)) => tracing::error!(error = %crate::error_chain(&e), "pruning execution records failed"),
+                    Err(e) => tracing::error!(error = %e, "the pruning task failed"),
+                }
+            }
+        });
+    }
+
+    /// The execution log's retention.
+    pub fn retention(&self) -> Retention {
+        let e = &self.config.executions;
+        Retention { max_records: e.max_per_tenant, max_age_ms: e.retention_days.saturating_mul(86_400_000) }
     }
 
     pub fn trust(&self) -> Arc<Trust> {
