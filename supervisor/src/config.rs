@@ -190,11 +190,15 @@ pub struct GatewayConfig {
     /// Deadline of a gateway request, in milliseconds (default 30 000; env
     /// `EXT_GATEWAY_TIMEOUT_MS`).
     pub timeout_ms: u64,
+    /// Largest request body of `/api/ext/...`, in MiB (default 10).
+    pub max_body_mb: u64,
+    /// Origins that get CORS headers (default none: no CORS headers at all).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { timeout_ms: 30_000 }
+        GatewayConfig { timeout_ms: 30_000, max_body_mb: 10, cors_allowed_origins: Vec::new() }
     }
 }
 
@@ -211,6 +215,49 @@ pub struct ExecutionsConfig {
 impl Default for ExecutionsConfig {
     fn default() -> Self {
         ExecutionsConfig { retention_days: 30, max_per_tenant: 10_000 }
+    }
+}
+
+/// `[quotas]` — admission of executions. A rate of 0 or a cap of 0 means unlimited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Executions per second per tenant (token bucket; default 100).
+    pub tenant_rate_per_s: f64,
+    /// Burst size of the tenant's bucket (default 200).
+    pub tenant_burst: f64,
+    /// Executions per second per tenant and extension (default 50).
+    pub extension_rate_per_s: f64,
+    /// Burst size of the extension's bucket (default 100).
+    pub extension_burst: f64,
+    /// Executions running at once per tenant (default 16).
+    pub tenant_concurrency: u32,
+    /// Executions running at once per tenant and extension (default 8).
+    pub extension_concurrency: u32,
+    /// Executions running at once in this supervisor; more wait in the queue (default 64).
+    pub max_concurrent: u32,
+    /// How long an execution may wait for a slot before 503 `overloaded` (default 5000).
+    pub queue_timeout_ms: u64,
+    /// Length of a usage window, in seconds (default 3600).
+    pub usage_window_s: u64,
+    /// Invocations per tenant per usage window (default 0: unlimited).
+    pub tenant_invocations_per_window: u64,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        QuotasConfig {
+            tenant_rate_per_s: 100.0,
+            tenant_burst: 200.0,
+            extension_rate_per_s: 50.0,
+            extension_burst: 100.0,
+            tenant_concurrency: 16,
+            extension_concurrency: 8,
+            max_concurrent: 64,
+            queue_timeout_ms: 5_000,
+            usage_window_s: 3_600,
+            tenant_invocations_per_window: 0,
+        }
     }
 }
 
@@ -270,6 +317,7 @@ pub struct Config {
     pub execute: ExecuteConfig,
     pub host_api: HostApiConfig,
     pub executions: ExecutionsConfig,
+    pub quotas: QuotasConfig,
 }
 
 /// Every problem found in a configuration.
@@ -290,6 +338,7 @@ const SECTIONS: &[&str] = &[
     "execute",
     "host_api",
     "executions",
+    "quotas",
 ];
 
 /// Environment variables that name a field directly (with or without a config file).
@@ -306,20 +355,21 @@ const DIRECT: &[(&str, &str, &str)] = &[
 ];
 
 /// A value from the environment, typed like the field's default: numbers and booleans parse as
-/// such, `allowlist` splits on commas.
+/// such, lists (`allowlist`, `cors_allowed_origins`) split on commas.
 fn env_value(section: &str, key: &str, raw: &str) -> Value {
-    if section == "egress" && key == "allowlist" {
-        return Value::Array(
-            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
-        );
-    }
     let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
     let as_int = || raw.trim().parse::<i64>().map(Value::Integer).unwrap_or_else(|_| Value::String(raw.into()));
     match defaults.get(section).and_then(|s| s.get(key)) {
+        Some(serde_json::Value::Number(n)) if n.is_f64() => {
+            raw.trim().parse::<f64>().map(Value::Float).unwrap_or_else(|_| Value::String(raw.into()))
+        }
         Some(serde_json::Value::Number(_)) => as_int(),
         Some(serde_json::Value::Bool(_)) => {
             raw.trim().parse::<bool>().map(Value::Boolean).unwrap_or_else(|_| Value::String(raw.into()))
         }
+        Some(serde_json::Value::Array(_)) => Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
+        ),
         _ if key == "pool_size" => as_int(),
         _ => Value::String(raw.into()),
     }
@@ -480,6 +530,14 @@ impl Config {
         }
         if self.executions.retention_days == 0 || self.executions.max_per_tenant == 0 {
             e.push("executions: retention_days and max_per_tenant must be above 0".into());
+        }
+        let q = &self.quotas;
+        if q.tenant_rate_per_s < 0.0 || q.extension_rate_per_s < 0.0 || q.tenant_burst < 0.0 || q.extension_burst < 0.0
+        {
+            e.push("quotas: rates and bursts must not be negative".into());
+        }
+        if q.max_concurrent == 0 || q.usage_window_s == 0 {
+            e.push("quotas: max_concurrent and usage_window_s must be above 0".into());
         }
         if self.gateway.timeout_ms == 0 {
             e.push("gateway.timeout_ms: must be above 0".into());

@@ -19,11 +19,22 @@ pub struct Problem {
     /// Per-field errors (invalid manifests, invalid installs).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Seconds for a `retry-after` header (quota refusals).
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
     pub fn new(status: u16, code: &'static str, title: impl Into<String>) -> Self {
-        Problem { kind: "about:blank", title: title.into(), status, code, detail: None, errors: Vec::new() }
+        Problem {
+            kind: "about:blank",
+            title: title.into(),
+            status,
+            code,
+            detail: None,
+            errors: Vec::new(),
+            retry_after: None,
+        }
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -74,7 +85,12 @@ impl ResponseError for Problem {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).content_type("application/problem+json").json(self)
+        let mut r = HttpResponse::build(self.status_code());
+        r.content_type("application/problem+json");
+        if let Some(s) = self.retry_after {
+            r.insert_header(("retry-after", s.to_string()));
+        }
+        r.json(self)
     }
 }
 

@@ -10,7 +10,8 @@ use serde_json::json;
 
 use super::problem::Problem;
 use super::{authorize, read_body, request_id};
-use crate::service::{Service, execute, installs, publish, reads};
+use crate::service::gateway::{GatewayAnswer, GatewayRequest};
+use crate::service::{Service, execute, gateway, installs, publish, reads};
 
 type Svc = web::Data<Service>;
 type Query = web::Query<HashMap<String, String>>;
@@ -41,7 +42,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/v1/tenants/{tenant}/executions", "GET").route(web::get().to(list_executions)))
         .service(resource("/v1/tenants/{tenant}/executions/chain", "GET").route(web::get().to(execution_chain)))
-        .service(resource("/v1/admin/reload", "POST").route(web::post().to(reload)));
+        .service(resource("/v1/tenants/{tenant}/quotas", "GET").route(web::get().to(tenant_quotas)))
+        .service(resource("/v1/admin/reload", "POST").route(web::post().to(reload)))
+        .service(resource("/v1/events", "POST").route(web::post().to(events_route)))
+        .service(
+            web::resource(["/api/ext/{extension}", "/api/ext/{extension}/{path:.*}"])
+                .route(web::route().to(gateway_route)),
+        );
 }
 
 /// A resource that answers 405 (with `Allow`) to methods it has no route for.
@@ -266,6 +273,95 @@ async fn execution_chain(req: HttpRequest, svc: Svc, tenant: web::Path<String>) 
     admin(&req, &svc)?;
     installs::check_tenant(&tenant)?;
     Ok(HttpResponse::Ok().json(svc.registry.chain_head(&tenant)?))
+}
+
+async fn tenant_quotas(req: HttpRequest, svc: Svc, tenant: web::Path<String>) -> Result<HttpResponse, Problem> {
+    admin(&req, &svc)?;
+    Ok(HttpResponse::Ok().json(crate::service::usage::view(&svc, &tenant)?))
+}
+
+/// `ANY /api/ext/{extension}/{path...}`: the gateway. CORS headers only for configured origins.
+async fn gateway_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> HttpResponse {
+    let answer = gateway_answer(&req, payload, &svc).await;
+    let mut response = match answer {
+        Ok(GatewayAnswer::Options { allow }) => {
+            let mut r = HttpResponse::NoContent();
+            r.insert_header(("allow", allow.clone()));
+            if cors_origin(&req, &svc).is_some() {
+                r.insert_header(("access-control-allow-methods", allow));
+                r.insert_header(("access-control-allow-headers", "content-type, x-idempotency-key, x-request-id"));
+                r.insert_header(("access-control-max-age", "600"));
+            }
+            r.finish()
+        }
+        Ok(GatewayAnswer::Response { status, headers, body }) => {
+            let code =
+                actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
+            let mut r = HttpResponse::build(code);
+            for (name, value) in headers {
+                r.append_header((name, value));
+            }
+            r.body(body)
+        }
+        Err(problem) => actix_web::ResponseError::error_response(&problem),
+    };
+    if let Some(origin) = cors_origin(&req, &svc)
+        && let Ok(v) = actix_web::http::header::HeaderValue::from_str(&origin)
+    {
+        let h = response.headers_mut();
+        h.insert(actix_web::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(actix_web::http::header::VARY, actix_web::http::header::HeaderValue::from_static("origin"));
+    }
+    response
+}
+
+/// The request's `Origin` when it is one of `gateway.cors_allowed_origins`.
+fn cors_origin(req: &HttpRequest, svc: &Service) -> Option<String> {
+    let origin = header(req, "origin")?;
+    svc.config.gateway.cors_allowed_origins.iter().any(|o| o == &origin).then_some(origin)
+}
+
+async fn gateway_answer(req: &HttpRequest, payload: web::Payload, svc: &Svc) -> Result<GatewayAnswer, Problem> {
+    authorize(req, &svc.service_token, "service")?;
+    let tenant = header(req, "x-alga-tenant").ok_or_else(|| {
+        Problem::bad_request("missing_tenant", "the gateway needs the tenant in the `x-alga-tenant` header")
+    })?;
+    let extension = req.match_info().get("extension").unwrap_or_default().to_string();
+    let prefix_len = "/api/ext/".len() + req.uri().path()["/api/ext/".len()..].find('/').unwrap_or(extension.len());
+    let path = match &req.uri().path()[prefix_len..] {
+        "" => "/".to_string(),
+        p => p.to_string(),
+    };
+    let body = read_body(req, payload, svc.config.gateway.max_body_mb << 20).await?;
+    let headers = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_ascii_lowercase(), v.to_string())))
+        .collect();
+    let request = GatewayRequest {
+        request_id: request_id(req).id,
+        tenant,
+        extension,
+        method: req.method().as_str().to_ascii_uppercase(),
+        path,
+        query: req.uri().query().map(str::to_string),
+        headers,
+        body,
+        host: header(req, "host"),
+    };
+    gateway::handle(&svc.clone().into_inner(), request).await
+}
+
+async fn events_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
+    authorize(&req, &svc.service_token, "service")?;
+    let body = read_body(&req, payload, svc.config.execute.max_request_mb << 20).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let event: crate::service::events::EventRequest = serde_path_to_error::deserialize(value).map_err(|e| {
+        Problem::new(422, "invalid_event", "the event is not valid").detail(crate::http::json_error_detail(&e))
+    })?;
+    let ids = crate::service::events::publish(&svc.into_inner(), event, request_id(&req).id).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "execution_ids": ids })))
 }
 
 async fn reload(req: HttpRequest, svc: Svc) -> Result<HttpResponse, Problem> {

@@ -74,8 +74,23 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
 
     fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
     fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError>;
-    fn put_install(&self, install: &InstallRecord) -> Result<(), StoreError>;
+    /// Saves the install and replaces its event subscriptions, in one transaction.
+    fn put_install(&self, install: &InstallRecord, subscriptions: &[SubscriptionRecord]) -> Result<(), StoreError>;
+    /// Removes the install and its subscriptions, in one transaction.
     fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
+    /// The tenant's subscriptions to `topic`.
+    fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
+
+    /// Adds to the usage of (tenant, extension) in the window starting at `window_start` (Unix s).
+    fn add_usage(
+        &self,
+        tenant: &str,
+        extension_id: &str,
+        window_start: u64,
+        delta: &UsageRecord,
+    ) -> Result<(), StoreError>;
+    /// The tenant's usage windows since `since` (Unix s): (extension id, window start, usage).
+    fn usage(&self, tenant: &str, since: u64) -> Result<Vec<(String, u64, UsageRecord)>, StoreError>;
 
     /// Appends to the tenant's chain (filling `seq` and `prev_hash`) and applies retention;
     /// returns the record as stored.

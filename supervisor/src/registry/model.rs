@@ -89,6 +89,38 @@ pub struct InstallRecord {
     pub updated_at: u64,
 }
 
+/// An install's subscription to an event topic (from its version's manifest `events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    pub tenant: String,
+    pub topic: String,
+    pub install_id: String,
+    pub extension_id: String,
+    pub handler: String,
+}
+
+/// What executions of one extension used in one window (`extension_quota_usage`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub invocations: u64,
+    /// Wall-clock milliseconds the guest ran (an upper bound of its CPU time).
+    pub cpu_ms: u64,
+    /// Peak memory (MiB) × duration (ms), summed.
+    pub memory_mib_ms: u64,
+    pub fuel: u64,
+    pub egress_bytes: u64,
+}
+
+impl UsageRecord {
+    pub fn add(&mut self, other: &UsageRecord) {
+        self.invocations += other.invocations;
+        self.cpu_ms += other.cpu_ms;
+        self.memory_mib_ms += other.memory_mib_ms;
+        self.fuel += other.fuel;
+        self.egress_bytes += other.egress_bytes;
+    }
+}
+
 /// One execution, as the execution log keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
@@ -101,6 +133,12 @@ pub struct ExecutionRecord {
     pub content_hash: String,
     pub method: String,
     pub path: String,
+    /// The endpoint matched (gateway), or the event topic's handler (events).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// What started it: `envelope`, `gateway` or `event:<topic>`.
+    #[serde(default)]
+    pub trigger: String,
     /// The envelope status the caller got.
     pub status: u16,
     /// The outcome's label (`completed`, `timeout`, ...).

@@ -25,12 +25,18 @@ pub struct SledRegistry {
     executions: Tree,
     /// The chain head of each tenant's execution log.
     chains: Tree,
+    subscriptions: Tree,
+    usage: Tree,
     /// Appends to a chain are serialized (each needs the previous head).
     chain_lock: Arc<Mutex<()>>,
 }
 
 /// Records pruned per append at most (the periodic sweep takes the rest).
 const PRUNE_PER_APPEND: usize = 16;
+
+fn subscription_key(s: &SubscriptionRecord) -> Vec<u8> {
+    key(&[s.tenant.as_bytes(), s.topic.as_bytes(), s.install_id.as_bytes(), s.handler.as_bytes()])
+}
 
 fn execution_key(tenant: &str, seq: u64) -> Vec<u8> {
     key(&[tenant.as_bytes(), &(u64::MAX - seq).to_be_bytes()])
@@ -97,6 +103,8 @@ impl SledRegistry {
             installs: db.open_tree("tenant_extension_install")?,
             executions: db.open_tree("extension_execution_log")?,
             chains: db.open_tree("extension_execution_chain")?,
+            subscriptions: db.open_tree("extension_event_subscription")?,
+            usage: db.open_tree("extension_quota_usage")?,
             chain_lock: Arc::new(Mutex::new(())),
             db,
         })
@@ -106,6 +114,19 @@ impl SledRegistry {
     /// flush makes both durable).
     pub fn open_tree(&self, name: &str) -> Result<Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
+    }
+
+    /// Keys of the install's subscriptions (a scan; installs are rare admin operations).
+    fn subscription_keys(&self, tenant: &str, install_id: &str) -> Result<Vec<sled::IVec>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.subscriptions.scan_prefix(prefix(tenant)) {
+            let (k, v) = kv?;
+            let s: SubscriptionRecord = decode(&v)?;
+            if s.install_id == install_id {
+                out.push(k);
+            }
+        }
+        Ok(out)
     }
 
     /// Moves the oldest records retention no longer keeps into `batch` (at most `max`), and the
@@ -261,15 +282,78 @@ impl RegistryStore for SledRegistry {
         scan(&self.installs, &prefix(tenant))
     }
 
-    fn put_install(&self, install: &InstallRecord) -> Result<(), StoreError> {
-        self.installs.insert(key(&[install.tenant.as_bytes(), install.extension_id.as_bytes()]), encode(install))?;
+    fn put_install(&self, install: &InstallRecord, subscriptions: &[SubscriptionRecord]) -> Result<(), StoreError> {
+        let stale = self.subscription_keys(&install.tenant, &install.install_id)?;
+        let ikey = key(&[install.tenant.as_bytes(), install.extension_id.as_bytes()]);
+        (&self.installs, &self.subscriptions)
+            .transaction(|(installs, subs)| {
+                installs.insert(ikey.as_slice(), encode(install))?;
+                for k in &stale {
+                    subs.remove(k.clone())?;
+                }
+                for s in subscriptions {
+                    subs.insert(subscription_key(s), encode(s))?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
         self.durable(())
     }
 
     fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
-        let old = self.installs.remove(key(&[tenant.as_bytes(), extension_id.as_bytes()]))?;
-        let old = old.map(|v| decode(&v)).transpose()?;
-        self.durable(old)
+        let ikey = key(&[tenant.as_bytes(), extension_id.as_bytes()]);
+        let Some(old) = get::<InstallRecord>(&self.installs, &ikey)? else { return Ok(None) };
+        let stale = self.subscription_keys(tenant, &old.install_id)?;
+        (&self.installs, &self.subscriptions)
+            .transaction(|(installs, subs)| {
+                installs.remove(ikey.as_slice())?;
+                for k in &stale {
+                    subs.remove(k.clone())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+        self.durable(Some(old))
+    }
+
+    fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        scan(&self.subscriptions, &key(&[tenant.as_bytes(), topic.as_bytes(), b""]))
+    }
+
+    fn add_usage(
+        &self,
+        tenant: &str,
+        extension_id: &str,
+        window_start: u64,
+        delta: &UsageRecord,
+    ) -> Result<(), StoreError> {
+        let k = key(&[tenant.as_bytes(), extension_id.as_bytes(), &window_start.to_be_bytes()]);
+        self.usage.update_and_fetch(k, |old| {
+            let mut u: UsageRecord = old.and_then(|b| decode(b).ok()).unwrap_or_default();
+            u.add(delta);
+            Some(encode(&u))
+        })?;
+        Ok(())
+    }
+
+    fn usage(&self, tenant: &str, since: u64) -> Result<Vec<(String, u64, UsageRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.usage.scan_prefix(prefix(tenant)) {
+            let (k, v) = kv?;
+            let rest = &k[tenant.len() + 1..];
+            // extension id, SEP, 8-byte window start
+            if rest.len() < 9 {
+                continue;
+            }
+            let (ext, window) = rest.split_at(rest.len() - 8);
+            let window_start = u64::from_be_bytes(window.try_into().unwrap_or([0; 8]));
+            if window_start < since {
+                continue;
+            }
+            let ext = String::from_utf8_lossy(&ext[..ext.len() - 1]).into_owned();
+            out.push((ext, window_start, decode(&v)?));
+        }
+        Ok(out)
     }
 
     fn record_execution(&self, mut r: ExecutionRecord, retention: &Retention) -> Result<ExecutionRecord, StoreError> {
@@ -472,6 +556,8 @@ mod tests {
             content_hash: "h".into(),
             method: "GET".into(),
             path: "/".into(),
+            endpoint: None,
+            trigger: "envelope".into(),
             status: 200,
             outcome: "completed".into(),
             error: None,

@@ -20,11 +20,13 @@ use serde_json::Value;
 use super::Service;
 use super::installs::valid_tenant;
 use super::loader::LoadError;
+use super::quotas::Refused;
 use super::secret_envelope::SecretEnvelope;
+use super::usage;
 use crate::broker::{Egress, HostContext, UserInfo};
 use crate::executor::{self, Report};
 use crate::http::problem::Problem;
-use crate::registry::{ExecutionRecord, InstallRecord, new_id, now_ms};
+use crate::registry::{ExecutionRecord, ExtensionRecord, InstallRecord, VersionRecord, new_id, now_ms};
 use crate::secrets::SecretMap;
 use alga_shared::egress::Rule;
 
@@ -262,25 +264,93 @@ impl Envelope {
     }
 }
 
+/// What an execution runs for: the tenant's install, its version and its extension.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub ext: ExtensionRecord,
+    pub install: InstallRecord,
+    pub version: VersionRecord,
+}
+
+/// How an execution started (kept in its record).
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Envelope,
+    Gateway { endpoint: String },
+    Event { topic: String, handler: String },
+}
+
+impl Trigger {
+    fn label(&self) -> String {
+        match self {
+            Trigger::Envelope => "envelope".into(),
+            Trigger::Gateway { .. } => "gateway".into(),
+            Trigger::Event { topic, .. } => format!("event:{topic}"),
+        }
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        match self {
+            Trigger::Envelope => None,
+            Trigger::Gateway { endpoint } => Some(endpoint.clone()),
+            Trigger::Event { handler, .. } => Some(handler.clone()),
+        }
+    }
+}
+
 /// Runs the command. `Err` only for failures of the runner itself; everything else (not
 /// installed, denied, guest errors) is an envelope.
 pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<EnvelopeResponse, Problem> {
-    let not_installed = || Ok(EnvelopeResponse::error(404, "not_installed"));
-    let Some(ext) = svc.registry.extension(&cmd.extension)? else { return not_installed() };
-    let Some(install) = svc.registry.install(&cmd.tenant, &ext.id)? else { return not_installed() };
-    if !install.enabled
-        || install.content_hash != cmd.content_hash
+    match resolve_envelope(svc, &cmd)? {
+        Some(target) => run(svc, &target, cmd, Trigger::Envelope, None).await,
+        None => Ok(EnvelopeResponse::error(404, "not_installed")),
+    }
+}
+
+/// Envelope mode: the install must be enabled, on this content hash, and match the ids given.
+fn resolve_envelope(svc: &Service, cmd: &ExecuteCommand) -> Result<Option<Target>, Problem> {
+    let Some(target) = resolve_enabled(svc, &cmd.tenant, &cmd.extension)? else { return Ok(None) };
+    let install = &target.install;
+    if install.content_hash != cmd.content_hash
         || cmd.install_id.as_ref().is_some_and(|i| i != &install.install_id)
         || cmd.version_id.as_ref().is_some_and(|v| v != &install.version_id)
     {
-        return not_installed();
+        return Ok(None);
     }
+    Ok(Some(target))
+}
+
+/// The tenant's enabled install of `extension` (registry id or manifest name) and its version.
+pub fn resolve_enabled(svc: &Service, tenant: &str, extension: &str) -> Result<Option<Target>, Problem> {
+    let Some(ext) = svc.registry.extension(extension)? else { return Ok(None) };
+    let Some(install) = svc.registry.install(tenant, &ext.id)?.filter(|i| i.enabled) else { return Ok(None) };
     // By version string (one key), then checked against the install's version id.
     let Some(version) = svc.registry.version(&ext.id, &install.version)?.filter(|v| v.version_id == install.version_id)
     else {
-        return not_installed();
+        return Ok(None);
     };
+    Ok(Some(Target { ext, install, version }))
+}
 
+/// The envelope of a refused admission, with its `retry-after`.
+fn refused(r: Refused) -> EnvelopeResponse {
+    let (status, error) = r.status_and_error();
+    let mut e = EnvelopeResponse::error(status, error);
+    if let Some(s) = r.retry_after_s() {
+        e.headers.insert("retry-after".into(), s.to_string());
+    }
+    e
+}
+
+/// Runs `cmd` on `target`: capabilities, idempotency, quotas, the sandbox, the record.
+pub async fn run(
+    svc: &Arc<Service>,
+    target: &Target,
+    cmd: ExecuteCommand,
+    trigger: Trigger,
+    execution_id: Option<String>,
+) -> Result<EnvelopeResponse, Problem> {
+    let Target { ext, install, version } = target;
     // Effective capabilities: manifest ∩ grants (∩ providers) ∪ defaults. Asking for a capability
     // that is unknown or not granted is refused.
     let manifest_caps = CapabilitySet::parse(version.capabilities.iter().map(String::as_str)).unwrap_or_default();
@@ -312,7 +382,18 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
         return Ok(response);
     }
 
-    let loaded = match svc.loader.load(svc, &ext, &version).await {
+    if let Some(r) = usage::over_window_cap(svc, &cmd.tenant)? {
+        return Ok(refused(r));
+    }
+    let permit = match svc.quotas.admit(&cmd.tenant, &ext.id).await {
+        Ok(p) => p,
+        Err(r) => {
+            tracing::info!(tenant = %cmd.tenant, extension = %ext.name, refused = ?r, "execution not admitted");
+            return Ok(refused(r));
+        }
+    };
+
+    let loaded = match svc.loader.load(svc, ext, version).await {
         Ok(l) => l,
         Err(LoadError::Verification(detail)) => {
             tracing::warn!(extension = %ext.name, version = %version.version, %detail, "bundle failed verification at load");
@@ -344,9 +425,9 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
         install_id: Some(install.install_id.clone()),
         version_id: Some(install.version_id.clone()),
         user: cmd.user.clone(),
+        secrets,
         config,
         capabilities: capabilities.clone(),
-        secrets,
         egress,
         egress_bytes: egress_bytes.clone(),
         env: svc.host_env.clone(),
@@ -370,10 +451,13 @@ pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<Envelope
     let core = svc.core.clone();
     let artifact = loaded.artifact.clone();
     let report = svc.on_core(async move { executor::execute(&core, &artifact, job, &host).await }).await?;
+    drop(permit);
 
     let response = envelope_of(&report);
     let egress_bytes = egress_bytes.load(Ordering::Relaxed);
-    if record(svc, &cmd, &install, &report, &response, egress_bytes) {
+    usage::add(svc, &cmd.tenant, &ext.id, &report, egress_bytes);
+    let record = Recorded { install, trigger: &trigger, execution_id, egress_bytes };
+    if self::record(svc, &cmd, &record, &report, &response) {
         // A failed flush is logged by the flusher; the caller still gets its answer.
         let _ = svc.commit.durable().await;
     }
@@ -418,14 +502,22 @@ pub fn envelope_of(report: &Report) -> EnvelopeResponse {
 }
 
 /// Writes the execution record (and logs it); true when it is in the database.
+/// What the record says beyond the command and the report.
+struct Recorded<'a> {
+    install: &'a InstallRecord,
+    trigger: &'a Trigger,
+    execution_id: Option<String>,
+    egress_bytes: u64,
+}
+
 fn record(
     svc: &Arc<Service>,
     cmd: &ExecuteCommand,
-    install: &InstallRecord,
+    recorded: &Recorded<'_>,
     report: &Report,
     response: &EnvelopeResponse,
-    egress_bytes: u64,
 ) -> bool {
+    let Recorded { install, trigger, egress_bytes, .. } = *recorded;
     let mut logs: Vec<String> = report.logs.iter().map(|l| format!("[{}] {}", l.level.as_str(), l.message)).collect();
     if logs.len() > RECORD_LOG_LINES {
         logs.drain(..logs.len() - RECORD_LOG_LINES);
@@ -434,7 +526,7 @@ fn record(
         logs.push(format!("[alga-runner] {} more log lines dropped (limit reached)", report.logs_dropped));
     }
     let r = ExecutionRecord {
-        execution_id: new_id(),
+        execution_id: recorded.execution_id.clone().unwrap_or_else(new_id),
         request_id: cmd.request_id.clone(),
         tenant: cmd.tenant.clone(),
         extension_id: install.extension_id.clone(),
@@ -443,6 +535,8 @@ fn record(
         content_hash: cmd.content_hash.clone(),
         method: cmd.method.clone(),
         path: cmd.path.clone(),
+        endpoint: trigger.endpoint(),
+        trigger: trigger.label(),
         status: response.status,
         outcome: report.outcome.label().to_string(),
         error: response.error.clone(),

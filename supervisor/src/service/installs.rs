@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::Service;
 use super::publish::signature_problem;
 use crate::http::problem::Problem;
-use crate::registry::{ExtensionRecord, InstallRecord, VersionRecord, VersionState, new_id, now_ms};
+use crate::registry::{
+    ExtensionRecord, InstallRecord, SubscriptionRecord, VersionRecord, VersionState, new_id, now_ms,
+};
 use crate::secrets::SecretMap;
 
 /// The body of `PUT /v1/tenants/{tenant}/installs/{extension}`.
@@ -149,7 +151,18 @@ pub async fn put(
                 created_at: existing.as_ref().map_or(now, |e| e.created_at),
                 updated_at: now,
             };
-            svc2.registry.put_install(&record)?;
+            let subscriptions: Vec<SubscriptionRecord> = version
+                .events
+                .iter()
+                .map(|e| SubscriptionRecord {
+                    tenant: record.tenant.clone(),
+                    topic: e.topic.clone(),
+                    install_id: record.install_id.clone(),
+                    extension_id: record.extension_id.clone(),
+                    handler: e.handler.clone(),
+                })
+                .collect();
+            svc2.registry.put_install(&record, &subscriptions)?;
             Ok((existing.is_none(), record))
         })
         .await??;

@@ -3,13 +3,17 @@
 //! happens here.
 
 pub mod commit;
+pub mod events;
 pub mod execute;
+pub mod gateway;
 pub mod idempotency;
 pub mod installs;
 pub mod loader;
 pub mod publish;
+pub mod quotas;
 pub mod reads;
 pub mod secret_envelope;
+pub mod usage;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,6 +48,8 @@ pub struct Service {
     trust: RwLock<Arc<Trust>>,
     pub loader: loader::Loader,
     pub idempotency: Mutex<idempotency::Cache>,
+    /// Admission: rate limits, concurrency caps, the global queue.
+    pub quotas: quotas::Quotas,
     /// Install secrets, sealed with the node key.
     pub secrets: crate::secrets::SecretStore,
     /// The host-API backends every execution's broker uses.
@@ -94,6 +100,7 @@ impl Service {
             _ => None,
         };
         Ok(Service {
+            quotas: quotas::Quotas::new(config.quotas.clone()),
             secrets,
             host_env: Arc::new(HostEnv { storage, commit: Some(commit.clone()), fetch, host_api }),
             core,

@@ -308,6 +308,11 @@ impl Guest for Fixture {
                 r.headers.push(HttpHeader { name: "location".into(), value: "https://evil.example/".into() });
                 return r;
             }
+            p if p.starts_with("/__alga/events/") => {
+                let topic = request.http.headers.iter().find(|h| h.name == "x-alga-event-topic").map(|h| h.value.clone());
+                logging::log_info(&format!("event {} {}", topic.unwrap_or_default(), String::from_utf8_lossy(&body)));
+                ok("null".into())
+            }
             "/wasi/fs" => wasi_fs(),
             "/wasi/tcp" => wasi_tcp(&url),
             p if ["/ui-proxy", "/clients/", "/services/", "/scheduler/", "/invoice"]
