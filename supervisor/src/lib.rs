@@ -10,6 +10,7 @@ pub mod core;
 pub mod executor;
 pub mod forkserver;
 pub mod http;
+pub mod metrics;
 pub mod pool;
 pub mod registry;
 pub mod sandbox;

@@ -36,6 +36,8 @@ pub struct HostEnv {
     pub fetch: fetch::FetchSettings,
     /// The host application's internal API (`None`: the host-forwarded interfaces deny).
     pub host_api: Option<host_api::HostApi>,
+    /// Where the `metrics` host API's series go.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for HostEnv {
@@ -53,6 +55,7 @@ impl HostEnv {
             commit: None,
             fetch: fetch::FetchSettings::deny_all(),
             host_api: None,
+            metrics: Arc::default(),
         })
     }
 
@@ -130,8 +133,15 @@ pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::In
         HostCall::HttpFetch { request } => fetch::fetch(ctx, request, deadline).await,
         HostCall::SecretsGet { key } => secrets::get(ctx, &key),
         HostCall::SecretsListKeys => secrets::list_keys(ctx),
-        // Accepted and dropped until the metrics exporter exists.
-        HostCall::MetricsCounterAdd { .. } | HostCall::MetricsHistogramObserve { .. } => HostReply::Unit,
+        // Refused updates (bad names, over the limits) are counted, never a trap.
+        HostCall::MetricsCounterAdd { name, value } => {
+            ctx.env.metrics.guest_counter(&ctx.extension_id, &name, value);
+            HostReply::Unit
+        }
+        HostCall::MetricsHistogramObserve { name, value } => {
+            ctx.env.metrics.guest_histogram(&ctx.extension_id, &name, value);
+            HostReply::Unit
+        }
         forwarded @ (HostCall::UiProxyCallRoute { .. }
         | HostCall::SchedulerList
         | HostCall::SchedulerGet { .. }

@@ -22,6 +22,7 @@ const SMALL_BODY: u64 = 256 * 1024;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
         .service(resource("/readyz", "GET").route(web::get().to(readyz)))
+        .service(resource("/metrics", "GET").route(web::get().to(metrics)))
         .service(resource("/v1/execute", "POST").route(web::post().to(execute_route)))
         .service(resource("/v1/bundles", "POST").route(web::post().to(publish_route)))
         .service(resource("/v1/extensions", "GET").route(web::get().to(list_extensions)))
@@ -105,6 +106,14 @@ async fn readyz(svc: Svc) -> HttpResponse {
         "cgroup": svc.core.cgroups.version().map_or("none".to_string(), |v| v.to_string()),
     });
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+/// Prometheus metrics (no token, like `/healthz`).
+async fn metrics(svc: Svc) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .insert_header(("cache-control", "no-store"))
+        .body(svc.host_env.metrics.render())
 }
 
 async fn execute_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {

@@ -102,7 +102,13 @@ impl Service {
         Ok(Service {
             quotas: quotas::Quotas::new(config.quotas.clone()),
             secrets,
-            host_env: Arc::new(HostEnv { storage, commit: Some(commit.clone()), fetch, host_api }),
+            host_env: Arc::new(HostEnv {
+                storage,
+                commit: Some(commit.clone()),
+                fetch,
+                host_api,
+                metrics: Arc::default(),
+            }),
             core,
             registry,
             blobs,
