@@ -58,6 +58,11 @@ fn routes_filter_headers_and_answer_like_the_guest() {
     assert_eq!(away.status, 302);
     assert!(away.header("location").is_none(), "a cross-origin location is dropped");
 
+    for root in ["com.example.gw", "com.example.gw/"] {
+        let r = gw(&server, "GET", root, &[], None);
+        assert_eq!(r.status, 200, "{root}");
+        assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap()["url"], "/", "{root}");
+    }
     let head = gw(&server, "HEAD", "com.example.gw/items/7", &[], None);
     assert_eq!((head.status, head.body.len()), (200, 0));
     let options = gw(&server, "OPTIONS", "com.example.gw/items", &[], None);

@@ -107,7 +107,8 @@ pub async fn fetch(ctx: &HostContext, request: HttpRequest, deadline: Instant) -
 async fn perform(ctx: &HostContext, policy: &Policy, request: HttpRequest) -> Result<HttpResponse, Failed> {
     let settings = &ctx.env.fetch;
     let url =
-        url::Url::parse(&request.url).or_else(|e| fail(HttpError::InvalidUrl, format!("`{}`: {e}", request.url)))?;
+        // The URL itself is not logged: a guest may carry a credential in it.
+        url::Url::parse(&request.url).or_else(|e| fail(HttpError::InvalidUrl, format!("unparsable URL: {e}")))?;
     let default_port = match url.scheme() {
         "http" => 80,
         "https" => 443,
@@ -162,7 +163,8 @@ async fn perform(ctx: &HostContext, policy: &Policy, request: HttpRequest) -> Re
         return fail(HttpError::NotAllowed, why);
     }
 
-    let outcome = send(&settings.tls, &url, &vetted, method, &request.headers, body, settings.max_response_bytes).await;
+    let outgoing = Outgoing { url: &url, method, headers: &request.headers, body };
+    let outcome = send(&settings.tls, &vetted, outgoing, settings.max_response_bytes).await;
     let sent = outcome.sent;
     ctx.egress_bytes.fetch_add(sent + outcome.received, Ordering::Relaxed);
     outcome.result.map(|(status, headers, body)| HttpResponse { status, headers, body: Some(body) })
@@ -175,31 +177,32 @@ pub struct Sent {
     pub received: u64,
 }
 
-/// Sends one request for `url` to one of `addrs` (already vetted by the caller) and reads the
-/// answer, at most `max_response` body bytes. Hop-by-hop headers are dropped both ways; the
-/// `Host` header is the URL's authority.
+/// One request to send.
+pub struct Outgoing<'a> {
+    pub url: &'a url::Url,
+    pub method: hyper::Method,
+    pub headers: &'a [HttpHeader],
+    pub body: Vec<u8>,
+}
+
+/// Sends one request to one of `addrs` (already vetted by the caller) and reads the answer, at
+/// most `max_response` body bytes. Hop-by-hop headers are dropped both ways; the `Host` header is
+/// the URL's authority.
 pub async fn send(
     tls: &Arc<rustls::ClientConfig>,
-    url: &url::Url,
     addrs: &[SocketAddr],
-    method: hyper::Method,
-    headers: &[HttpHeader],
-    body: Vec<u8>,
+    out: Outgoing<'_>,
     max_response: usize,
 ) -> Sent {
     let mut counts = (0u64, 0u64);
-    let result = send_counted(tls, url, addrs, method, headers, body, max_response, &mut counts).await;
+    let result = send_counted(tls, addrs, out, max_response, &mut counts).await;
     Sent { result, sent: counts.0, received: counts.1 }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn send_counted(
     tls_config: &Arc<rustls::ClientConfig>,
-    url: &url::Url,
     addrs: &[SocketAddr],
-    method: hyper::Method,
-    headers: &[HttpHeader],
-    body: Vec<u8>,
+    Outgoing { url, method, headers, body }: Outgoing<'_>,
     max_response: usize,
     counts: &mut (u64, u64),
 ) -> Result<(u16, Vec<HttpHeader>, Vec<u8>), Failed> {

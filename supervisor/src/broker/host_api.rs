@@ -71,6 +71,7 @@ async fn send(api: &HostApi, request: forward::ForwardRequest) -> Result<(u16, V
     let headers: Vec<HttpHeader> =
         request.headers.into_iter().map(|(name, value)| HttpHeader { name, value }).collect();
     let body = request.body.unwrap_or_default();
-    let sent = super::fetch::send(&api.tls, &url, &addrs, method, &headers, body, api.max_response_bytes).await;
+    let out = super::fetch::Outgoing { url: &url, method, headers: &headers, body };
+    let sent = super::fetch::send(&api.tls, &addrs, out, api.max_response_bytes).await;
     sent.result.map(|(status, _, body)| (status, body)).map_err(|f| failure(f.1))
 }

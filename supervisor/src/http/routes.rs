@@ -207,12 +207,8 @@ async fn put_install(
     admin(&req, &svc)?;
     let (tenant, extension) = path.into_inner();
     let body = read_body(&req, payload, SMALL_BODY).await?;
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
-    let request: installs::InstallRequest = serde_path_to_error::deserialize(value).map_err(|e| {
-        Problem::new(422, "invalid_install", "the install request is not valid")
-            .detail(crate::http::json_error_detail(&e))
-    })?;
+    let request: installs::InstallRequest =
+        crate::http::json_body(&body, "invalid_install", "the install request is not valid")?;
     let (created, view) = installs::put(&svc.into_inner(), &tenant, &extension, request).await?;
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
     Ok(response.json(view))
@@ -336,10 +332,11 @@ async fn gateway_answer(req: &HttpRequest, payload: web::Payload, svc: &Svc) -> 
         Problem::bad_request("missing_tenant", "the gateway needs the tenant in the `x-alga-tenant` header")
     })?;
     let extension = req.match_info().get("extension").unwrap_or_default().to_string();
-    let prefix_len = "/api/ext/".len() + req.uri().path()["/api/ext/".len()..].find('/').unwrap_or(extension.len());
-    let path = match &req.uri().path()[prefix_len..] {
-        "" => "/".to_string(),
-        p => p.to_string(),
+    // The raw path after `/api/ext/{extension}` (the route matched, so the prefix is there).
+    let rest = req.uri().path().get("/api/ext/".len()..).unwrap_or("");
+    let path = match rest.find('/') {
+        Some(i) if i + 1 < rest.len() => rest[i..].to_string(),
+        _ => "/".to_string(),
     };
     let body = read_body(req, payload, svc.config.gateway.max_body_mb << 20).await?;
     let headers = req
@@ -364,11 +361,8 @@ async fn gateway_answer(req: &HttpRequest, payload: web::Payload, svc: &Svc) -> 
 async fn events_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
     authorize(&req, &svc.service_token, "service")?;
     let body = read_body(&req, payload, svc.config.execute.max_request_mb << 20).await?;
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
-    let event: crate::service::events::EventRequest = serde_path_to_error::deserialize(value).map_err(|e| {
-        Problem::new(422, "invalid_event", "the event is not valid").detail(crate::http::json_error_detail(&e))
-    })?;
+    let event: crate::service::events::EventRequest =
+        crate::http::json_body(&body, "invalid_event", "the event is not valid")?;
     let ids = crate::service::events::publish(&svc.into_inner(), event, request_id(&req).id).await?;
     Ok(HttpResponse::Accepted().json(json!({ "execution_ids": ids })))
 }

@@ -15,7 +15,6 @@ use alga_shared::protocol::ExecuteJob;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::Service;
 use super::installs::valid_tenant;
@@ -591,9 +590,5 @@ fn record(
 
 /// Parses the request body of `/v1/execute`.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, Problem> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        Problem::new(422, "invalid_request", "the envelope is not valid").detail(crate::http::json_error_detail(&e))
-    })
+    crate::http::json_body(body, "invalid_request", "the envelope is not valid")
 }
