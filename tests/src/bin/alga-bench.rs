@@ -72,33 +72,63 @@ impl HostBridge for NullBridge {
     }
 }
 
-/// `POST /v1/execute` against the real service: the echo fixture published, installed, then
-/// executed by `concurrency` keep-alive clients.
+/// `POST /v1/execute` against the real service, executed by `concurrency` keep-alive clients:
+/// the echo fixture (no host call), and the hostapi fixture making one durable storage `put`.
+/// Rate limits are off (the defaults would cap one tenant at 100/s); the other quotas apply.
 fn http(n: usize) -> Vec<Figures> {
-    use alga_tests::server::{Options, Server, Signer, envelope, manifest, pack};
+    use alga_tests::server::{Options, Server, Signer, deploy, envelope, hostapi_manifest, manifest};
     let signer = Signer::new();
     let server = Server::start_with(Options {
         trust_lines: vec![signer.public()],
-        env: vec![("ALGA_RUNNER_SANDBOX__POOL_SIZE".into(), "8".into())],
+        env: vec![
+            ("ALGA_RUNNER_SANDBOX__POOL_SIZE".into(), "8".into()),
+            ("ALGA_RUNNER_QUOTAS__TENANT_RATE_PER_S".into(), "0".into()),
+            ("ALGA_RUNNER_QUOTAS__EXTENSION_RATE_PER_S".into(), "0".into()),
+        ],
     });
-    let bytes = pack(&manifest("com.example.bench", "1.0.0", &[]), &fixture_bytes("echo"));
-    assert_eq!(server.publish(&bytes, &signer.sign(&bytes, "com.example.bench", "1.0.0")).status, 201);
-    let installed = server.install("bench", "com.example.bench", &serde_json::json!({"version": "1.0.0"}));
-    assert_eq!(installed.status, 201);
-    let hash = alga_shared::bundle::content_hash(&bytes);
-    let body = serde_json::to_vec(&envelope("bench", "com.example.bench", &hash, "/bench")).unwrap();
+    let echo = deploy(
+        &server,
+        &signer,
+        &manifest("com.example.bench", "1.0.0", &[]),
+        &fixture_bytes("echo"),
+        "bench",
+        serde_json::json!({}),
+    );
+    let kv = deploy(
+        &server,
+        &signer,
+        &hostapi_manifest("com.example.benchkv", &["cap:storage.kv"]),
+        &fixture_bytes("hostapi"),
+        "bench",
+        serde_json::json!({ "granted_capabilities": ["storage.kv"] }),
+    );
+    let mut put = envelope("bench", &kv.extension_id, &kv.content_hash, "/storage/put");
+    put["http"]["method"] = serde_json::json!("POST");
+    put["http"]["query"] = serde_json::json!({ "key": "k" });
+    put["http"]["body_b64"] = serde_json::json!("dmFsdWU=");
+    let mut rows = Vec::new();
+    for (name, env) in [
+        ("HTTP /v1/execute, warm pool", envelope("bench", &echo.extension_id, &echo.content_hash, "/bench")),
+        ("HTTP /v1/execute, one storage put", put),
+    ] {
+        rows.extend(http_rows(&server, name, &serde_json::to_vec(&env).unwrap(), n));
+    }
+    rows
+}
+
+fn http_rows(server: &alga_tests::server::Server, name: &str, body: &[u8], n: usize) -> Vec<Figures> {
     let url = format!("{}/v1/execute", server.url);
     let mut rows = Vec::new();
     for concurrency in [1, 4] {
         // Warm up: the bundle enters the execution cache, the pool fills.
         for _ in 0..20 {
-            server.execute(&serde_json::from_slice(&body).unwrap());
+            server.execute(&serde_json::from_slice(body).unwrap());
         }
         std::thread::sleep(Duration::from_millis(200));
         let start = Instant::now();
         let threads: Vec<_> = (0..concurrency)
             .map(|_| {
-                let (url, body) = (url.clone(), body.clone());
+                let (url, body) = (url.clone(), body.to_vec());
                 std::thread::spawn(move || {
                     let agent = ureq::AgentBuilder::new().build();
                     let mut lat = Vec::new();
@@ -112,6 +142,13 @@ fn http(n: usize) -> Vec<Figures> {
                             .unwrap();
                         let text = r.into_string().unwrap();
                         assert!(text.starts_with("{\"status\":200"), "{text}");
+                        let env: serde_json::Value = serde_json::from_str(&text).unwrap();
+                        let guest = base64::Engine::decode(
+                            &base64::engine::general_purpose::STANDARD,
+                            env["body_b64"].as_str().unwrap_or(""),
+                        )
+                        .unwrap();
+                        assert!(!guest.starts_with(b"{\"err\""), "{}", String::from_utf8_lossy(&guest));
                         lat.push(t.elapsed());
                     }
                     lat
@@ -119,12 +156,7 @@ fn http(n: usize) -> Vec<Figures> {
             })
             .collect();
         let latencies = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-        rows.push(Figures {
-            name: "HTTP /v1/execute, warm pool".into(),
-            concurrency,
-            latencies,
-            wall: start.elapsed(),
-        });
+        rows.push(Figures { name: name.into(), concurrency, latencies, wall: start.elapsed() });
     }
     rows
 }
