@@ -202,6 +202,29 @@ impl Default for GatewayConfig {
     }
 }
 
+/// `[ui]` — extension UIs for iframes (`/ext-ui/...`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// Serve a bundle's UI only when it is installed (for `?tenant=`, or for some tenant)
+    /// (default true).
+    pub strict: bool,
+    /// The `frame-ancestors` of the default Content-Security-Policy: the host pages allowed to
+    /// embed extension UIs (default `'self'`; env `EXT_UI_FRAME_ANCESTORS`).
+    pub frame_ancestors: String,
+    /// A whole Content-Security-Policy for HTML, replacing the default (env
+    /// `EXT_UI_CONTENT_SECURITY_POLICY`).
+    pub content_security_policy: Option<String>,
+    /// Largest UI file served, in MiB (default 25); larger is 413.
+    pub max_file_mb: u64,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig { strict: true, frame_ancestors: "'self'".into(), content_security_policy: None, max_file_mb: 25 }
+    }
+}
+
 /// `[executions]` — the execution log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -318,6 +341,7 @@ pub struct Config {
     pub host_api: HostApiConfig,
     pub executions: ExecutionsConfig,
     pub quotas: QuotasConfig,
+    pub ui: UiConfig,
 }
 
 /// Every problem found in a configuration.
@@ -339,6 +363,7 @@ const SECTIONS: &[&str] = &[
     "host_api",
     "executions",
     "quotas",
+    "ui",
 ];
 
 /// Environment variables that name a field directly (with or without a config file).
@@ -352,6 +377,8 @@ const DIRECT: &[(&str, &str, &str)] = &[
     ("EXT_EGRESS_ALLOWLIST", "egress", "allowlist"),
     ("EXT_GATEWAY_TIMEOUT_MS", "gateway", "timeout_ms"),
     ("UI_PROXY_BASE_URL", "host_api", "ui_proxy_base_url"),
+    ("EXT_UI_FRAME_ANCESTORS", "ui", "frame_ancestors"),
+    ("EXT_UI_CONTENT_SECURITY_POLICY", "ui", "content_security_policy"),
 ];
 
 /// A value from the environment, typed like the field's default: numbers and booleans parse as
@@ -538,6 +565,15 @@ impl Config {
         }
         if q.max_concurrent == 0 || q.usage_window_s == 0 {
             e.push("quotas: max_concurrent and usage_window_s must be above 0".into());
+        }
+        if self.ui.max_file_mb == 0 {
+            e.push("ui.max_file_mb: must be above 0".into());
+        }
+        if self.ui.frame_ancestors.trim().is_empty() || self.ui.frame_ancestors.contains([';', ',', '\n']) {
+            e.push(format!(
+                "ui.frame_ancestors: `{}` must be CSP sources separated by spaces, e.g. `'self' https://psa.example.com`",
+                self.ui.frame_ancestors
+            ));
         }
         if self.gateway.timeout_ms == 0 {
             e.push("gateway.timeout_ms: must be above 0".into());

@@ -569,3 +569,17 @@ pub fn hostapi_manifest(name: &str, capabilities: &[&str]) -> Value {
         "ui": { "type": "iframe", "entry": "index.html" }
     })
 }
+
+/// Packs a bundle from a manifest, a component and `ui` files (paths relative to `ui/`).
+pub fn pack_with_ui(manifest: &Value, component: &[u8], ui: &[(&str, &[u8])]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("dist")).unwrap();
+    std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec_pretty(manifest).unwrap()).unwrap();
+    std::fs::write(dir.path().join("dist/main.wasm"), component).unwrap();
+    for (path, bytes) in ui {
+        let p = dir.path().join("ui").join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    bundle::pack(dir.path()).expect("packing a test bundle").bytes
+}

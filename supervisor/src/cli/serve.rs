@@ -14,7 +14,7 @@ use crate::broker::SledKv;
 use crate::config::Config;
 use crate::core::Core;
 use crate::forkserver;
-use crate::registry::{BlobStore, RegistryStore, SledRegistry, StoreError, VersionState};
+use crate::registry::{BlobStore, RegistryStore, SledRegistry, StoreError, UiTrees, VersionState};
 use crate::sandbox::Sandbox;
 use crate::secrets::{NodeKey, SecretStore};
 use crate::service::Service;
@@ -129,9 +129,15 @@ pub fn settings_of(config: &Config) -> Settings {
 
 /// Makes the database and the blob store agree: a blob without a record is removed; a record
 /// without its blob marks the version unavailable.
-fn reconcile(registry: &dyn RegistryStore, blobs: &BlobStore) -> Result<(), StoreError> {
+fn reconcile(registry: &dyn RegistryStore, blobs: &BlobStore, ui: &UiTrees) -> Result<(), StoreError> {
     let records = registry.bundles()?;
     let known: std::collections::HashSet<&str> = records.iter().map(|r| r.content_hash.as_str()).collect();
+    for tree in ui.list().unwrap_or_default() {
+        if !known.contains(tree.as_str()) {
+            tracing::warn!(content_hash = %tree, "removing an extracted UI no record refers to");
+            let _ = ui.remove(&tree);
+        }
+    }
     for blob in blobs.list().unwrap_or_default() {
         if !known.contains(blob.as_str()) {
             tracing::warn!(content_hash = %blob, "removing a stored bundle no record refers to");
@@ -193,7 +199,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e).context("opening the database"),
     };
     let blobs = BlobStore::open(state.join("bundles").join("sha256"))?;
-    reconcile(&registry, &blobs).context("checking the database against the blob store")?;
+    let ui_trees = UiTrees::open(state.join("ui"))?;
+    reconcile(&registry, &blobs, &ui_trees).context("checking the database against the blob store")?;
     let trust = if config.trust.bundle.is_empty() {
         TrustBundle::default()
     } else {

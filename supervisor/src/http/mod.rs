@@ -137,6 +137,33 @@ pub async fn serve(
     .await
 }
 
+/// Streams `count` bytes of `file` from `start`, 64 KiB at a time (never the whole file in
+/// memory).
+pub async fn file_stream(
+    file: std::path::PathBuf,
+    start: u64,
+    count: u64,
+) -> Result<impl futures_util::Stream<Item = Result<actix_web::web::Bytes, std::io::Error>> + use<>, Problem> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f =
+        tokio::fs::File::open(&file).await.map_err(|e| Problem::internal(format!("{}: {e}", file.display())))?;
+    f.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| Problem::internal(e.to_string()))?;
+    Ok(futures_util::stream::unfold((f, count), |(mut f, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; left.min(64 * 1024) as usize];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(actix_web::web::Bytes::from(buf)), (f, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (f, 0))),
+        }
+    }))
+}
+
 /// Parses a JSON request body into `T`: 400 `invalid_json` when it is not JSON, 422 `code`
 /// (with `title`) naming the field when it does not fit.
 pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], code: &'static str, title: &str) -> Result<T, Problem> {

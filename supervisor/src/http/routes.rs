@@ -47,6 +47,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/admin/reload", "POST").route(web::post().to(reload)))
         .service(resource("/v1/events", "POST").route(web::post().to(events_route)))
         .service(
+            resource("/ext-ui/{extension}/{content_hash}/{path:.*}", "GET, HEAD")
+                .route(web::get().to(ext_ui))
+                .route(web::head().to(ext_ui)),
+        )
+        .service(
+            resource("/ext-ui/{extension}/{content_hash}", "GET, HEAD")
+                .route(web::get().to(ext_ui))
+                .route(web::head().to(ext_ui)),
+        )
+        .service(
             web::resource(["/api/ext/{extension}", "/api/ext/{extension}/{path:.*}"])
                 .route(web::route().to(gateway_route)),
         );
@@ -365,6 +375,59 @@ async fn events_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Resu
         crate::http::json_body(&body, "invalid_event", "the event is not valid")?;
     let ids = crate::service::events::publish(&svc.into_inner(), event, request_id(&req).id).await?;
     Ok(HttpResponse::Accepted().json(json!({ "execution_ids": ids })))
+}
+
+/// `GET|HEAD /ext-ui/{extension}/{content_hash}/{path...}`: UI files for iframes, streamed.
+async fn ext_ui(req: HttpRequest, svc: Svc, q: Query) -> Result<HttpResponse, Problem> {
+    use crate::service::ui::{self, UiAnswer, UiRequest};
+    // The raw path after the hash: the path rules decode it exactly once.
+    // `/ext-ui/{extension}/{content_hash}/{path}`: the fifth piece of the split is the path.
+    let path = req.uri().path().splitn(5, '/').nth(4).unwrap_or("").to_string();
+    let request = UiRequest {
+        extension: req.match_info().get("extension").unwrap_or_default().to_string(),
+        content_hash: req.match_info().get("content_hash").unwrap_or_default().to_string(),
+        path,
+        tenant: q.get("tenant").cloned(),
+        if_none_match: header(&req, "if-none-match"),
+        range: header(&req, "range"),
+    };
+    let svc2 = svc.clone().into_inner();
+    let answer = svc.blocking(move || ui::resolve(&svc2, &request)).await??;
+    const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+    let mut r = match &answer {
+        UiAnswer::NotModified { .. } => HttpResponse::NotModified(),
+        UiAnswer::RangeNotSatisfiable { .. } => HttpResponse::RangeNotSatisfiable(),
+        UiAnswer::File { range: Some(_), .. } => HttpResponse::PartialContent(),
+        UiAnswer::File { .. } => HttpResponse::Ok(),
+    };
+    r.insert_header(("x-content-type-options", "nosniff"));
+    match answer {
+        UiAnswer::NotModified { etag } => {
+            Ok(r.insert_header(("etag", etag)).insert_header(("cache-control", IMMUTABLE)).finish())
+        }
+        UiAnswer::RangeNotSatisfiable { len } => Ok(r
+            .insert_header(("content-range", format!("bytes */{len}")))
+            .insert_header(("cache-control", "no-store"))
+            .finish()),
+        UiAnswer::File { file, len, etag, mime, html, range } => {
+            r.insert_header(("etag", etag))
+                .insert_header(("cache-control", IMMUTABLE))
+                .insert_header(("accept-ranges", "bytes"))
+                .content_type(mime);
+            if html {
+                r.insert_header(("content-security-policy", ui::content_security_policy(&svc)));
+            }
+            let (start, count) = match range {
+                Some((s, e)) => {
+                    r.insert_header(("content-range", format!("bytes {s}-{e}/{len}")));
+                    (s, e - s + 1)
+                }
+                None => (0, len),
+            };
+            let stream = crate::http::file_stream(file, start, count).await?;
+            Ok(r.body(actix_web::body::SizedStream::new(count, stream)))
+        }
+    }
 }
 
 async fn reload(req: HttpRequest, svc: Svc) -> Result<HttpResponse, Problem> {

@@ -67,6 +67,9 @@ pub struct BundleRecord {
     pub component_sha256: Option<String>,
     /// SHA-256 (hex) of the compiled artifact, per engine fingerprint.
     pub artifacts: BTreeMap<String, String>,
+    /// Strong ETag of each file of the `ui/` tree (paths relative to `ui/`), computed at publish.
+    #[serde(default)]
+    pub ui_etags: BTreeMap<String, String>,
 }
 
 /// A tenant's install of an extension.

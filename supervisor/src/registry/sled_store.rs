@@ -316,6 +316,16 @@ impl RegistryStore for SledRegistry {
         self.durable(Some(old))
     }
 
+    fn installed_anywhere(&self, extension_id: &str, content_hash: &str) -> Result<bool, StoreError> {
+        for v in self.installs.iter().values() {
+            let i: InstallRecord = decode(&v?)?;
+            if i.extension_id == extension_id && i.content_hash == content_hash {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
         scan(&self.subscriptions, &key(&[tenant.as_bytes(), topic.as_bytes(), b""]))
     }
@@ -494,6 +504,7 @@ mod tests {
             verified_at: 0,
             component_sha256: None,
             artifacts: Default::default(),
+            ui_etags: Default::default(),
         }
     }
 

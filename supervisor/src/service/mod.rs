@@ -13,6 +13,7 @@ pub mod publish;
 pub mod quotas;
 pub mod reads;
 pub mod secret_envelope;
+pub mod ui;
 pub mod usage;
 
 use std::sync::atomic::AtomicBool;
@@ -50,6 +51,8 @@ pub struct Service {
     pub idempotency: Mutex<idempotency::Cache>,
     /// Admission: rate limits, concurrency caps, the global queue.
     pub quotas: quotas::Quotas,
+    /// The extracted `ui/` trees of the bundles.
+    pub ui_trees: crate::registry::UiTrees,
     /// Install secrets, sealed with the node key.
     pub secrets: crate::secrets::SecretStore,
     /// The host-API backends every execution's broker uses.
@@ -99,7 +102,9 @@ impl Service {
             }),
             _ => None,
         };
+        let ui_trees = crate::registry::UiTrees::open(config.state.dir.join("ui"))?;
         Ok(Service {
+            ui_trees,
             quotas: quotas::Quotas::new(config.quotas.clone()),
             secrets,
             host_env: Arc::new(HostEnv {

@@ -13,7 +13,10 @@ use super::Service;
 use crate::artifacts::{ArtifactError, sha256_hex};
 use crate::executor;
 use crate::http::problem::Problem;
-use crate::registry::{BundleRecord, ExtensionRecord, PublishOutcome, VersionRecord, VersionState, new_id, now_ms};
+use crate::registry::ui_tree::UI_PREFIX;
+use crate::registry::{
+    BundleRecord, ExtensionRecord, PublishOutcome, UiTrees, VersionRecord, VersionState, new_id, now_ms,
+};
 
 /// What `POST /v1/bundles` answers.
 #[derive(Debug, Clone, Serialize)]
@@ -82,9 +85,13 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
                 return Err(version_conflict(&manifest.name, &manifest.version, &existing.content_hash));
             }
             // The same bytes again: if the stored copy went missing, this upload restores it.
-            if existing.state == VersionState::Unavailable || !svc.blobs.exists(&existing.content_hash) {
+            if existing.state == VersionState::Unavailable
+                || !svc.blobs.exists(&existing.content_hash)
+                || !svc.ui_trees.exists(&existing.content_hash)
+            {
                 let svc2 = svc.clone();
-                svc.blocking(move || restore(&svc2, existing, &bytes)).await??;
+                let ui = ui_files(&opened.files);
+                svc.blocking(move || restore(&svc2, existing, &bytes, &ui)).await??;
             }
             return Ok((false, published(ext.id)));
         }
@@ -153,7 +160,9 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
         verified_at: now,
         component_sha256,
         artifacts,
+        ui_etags: UiTrees::etags(&opened.files),
     };
+    let ui_files = ui_files(&opened.files);
 
     let hash = opened.content_hash.clone();
     let outcome = {
@@ -161,6 +170,8 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
         svc.clone()
             .blocking(move || -> Result<PublishOutcome, Problem> {
                 svc.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
+                // Content-addressed: a tree left by a lost race is the same tree.
+                svc.ui_trees.extract(&hash, &ui_files).map_err(|e| Problem::internal(e.to_string()))?;
                 let outcome = match svc.registry.publish(extension, version, record) {
                     Ok(o) => o,
                     Err(e) => {
@@ -193,9 +204,21 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     }
 }
 
-/// Puts back the stored copy of a version whose bundle went missing, and makes it available.
-fn restore(svc: &Service, mut version: VersionRecord, bytes: &[u8]) -> Result<(), Problem> {
+/// The `ui/` files of a bundle.
+fn ui_files(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    files.iter().filter(|(p, _)| p.starts_with(UI_PREFIX)).map(|(p, b)| (p.clone(), b.clone())).collect()
+}
+
+/// Puts back the stored copy of a version whose bundle (or UI tree) went missing, and makes it
+/// available.
+fn restore(
+    svc: &Service,
+    mut version: VersionRecord,
+    bytes: &[u8],
+    ui: &BTreeMap<String, Vec<u8>>,
+) -> Result<(), Problem> {
     svc.blobs.put(&version.content_hash, bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
+    svc.ui_trees.extract(&version.content_hash, ui).map_err(|e| Problem::internal(e.to_string()))?;
     if version.state == VersionState::Unavailable {
         version.state = VersionState::Active;
         svc.registry.put_version(&version)?;

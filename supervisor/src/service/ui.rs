@@ -1,0 +1,297 @@
+//! `GET|HEAD /ext-ui/{extension}/{content_hash}/{path...}` (02-http-api.md): an extension's UI
+//! for an iframe, from its verified bundle's extracted `ui/` tree. This module decides what to
+//! serve (or which error); the HTTP layer streams it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use alga_shared::bundle;
+
+use super::Service;
+use crate::http::problem::Problem;
+use crate::registry::{BundleRecord, UiTrees};
+
+/// One request, as the HTTP layer read it.
+#[derive(Debug)]
+pub struct UiRequest {
+    pub extension: String,
+    /// As it came in the path (a URL-encoded colon is accepted).
+    pub content_hash: String,
+    /// The raw (still URL-encoded) path after the hash, without its leading `/`.
+    pub path: String,
+    pub tenant: Option<String>,
+    pub if_none_match: Option<String>,
+    pub range: Option<String>,
+}
+
+/// What to send.
+#[derive(Debug)]
+pub enum UiAnswer {
+    NotModified {
+        etag: String,
+    },
+    File {
+        file: PathBuf,
+        len: u64,
+        etag: String,
+        mime: &'static str,
+        html: bool,
+        range: Option<(u64, u64)>,
+    },
+    /// `Range` that no byte of the file satisfies.
+    RangeNotSatisfiable {
+        len: u64,
+    },
+}
+
+/// Content types by extension (02-http-api.md); anything else is `application/octet-stream`.
+pub fn mime_of(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" | "map" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "ico" => "image/x-icon",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
+        "txt" => "text/plain; charset=utf-8",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+fn invalid_path(detail: impl Into<String>) -> Problem {
+    Problem::bad_request("invalid_path", detail)
+}
+
+fn percent_decode(raw: &str) -> Result<Vec<u8>, Problem> {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => out.push(v),
+                None => return Err(invalid_path("a `%` not followed by two hex digits")),
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The path rules: decoded once; no NUL or control characters, no backslash; repeated and
+/// trailing slashes collapse; no `.`, `..` or hidden (`.`-prefixed) segment. Returns the
+/// segments (empty: the UI's entry).
+pub fn clean_path(raw: &str) -> Result<Vec<String>, Problem> {
+    let decoded = String::from_utf8(percent_decode(raw)?).map_err(|_| invalid_path("the path is not UTF-8"))?;
+    if decoded.chars().any(|c| c.is_control()) {
+        return Err(invalid_path("control characters in the path"));
+    }
+    if decoded.contains('\\') {
+        return Err(invalid_path("a backslash in the path"));
+    }
+    let segments: Vec<String> = decoded.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    for s in &segments {
+        if s == "." || s == ".." {
+            return Err(invalid_path("`.` and `..` segments are not allowed"));
+        }
+        if s.starts_with('.') {
+            return Err(invalid_path(format!("hidden segment `{s}`")));
+        }
+    }
+    Ok(segments)
+}
+
+/// What a `Range` header asks of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// Not a single byte range (or absent): the whole file.
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    /// No byte of the file satisfies it (416).
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range against a file of `len` bytes. Several ranges, or another
+/// unit, are ignored (the whole file is sent).
+pub fn parse_range(header: &str, len: u64) -> Range {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Range::Whole };
+    if spec.contains(',') {
+        return Range::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else { return Range::Whole };
+    let bounds = match (a.trim(), b.trim()) {
+        ("", n) => match n.parse::<u64>() {
+            Ok(n) if n > 0 && len > 0 => Some((len.saturating_sub(n), len - 1)),
+            _ => None,
+        },
+        (s, "") => s.parse::<u64>().ok().map(|s| (s, len.saturating_sub(1))),
+        (s, e) => match (s.parse::<u64>(), e.parse::<u64>()) {
+            (Ok(s), Ok(e)) if e >= s => Some((s, e.min(len.saturating_sub(1)))),
+            _ => None,
+        },
+    };
+    match bounds {
+        Some((start, end)) if start < len => Range::Part(start, end),
+        _ => Range::Unsatisfiable,
+    }
+}
+
+fn not_found(detail: impl Into<String>) -> Problem {
+    Problem::not_found("not_found", detail)
+}
+
+/// Makes sure the bundle's UI tree is on disk and its ETags recorded (bundles published before
+/// UIs were extracted, or a tree removed by hand): from the stored blob, checked against its hash.
+fn ensure_tree(svc: &Service, record: &mut BundleRecord) -> Result<(), Problem> {
+    if svc.ui_trees.exists(&record.content_hash) && !record.ui_etags.is_empty() {
+        return Ok(());
+    }
+    let bytes = svc.blobs.get(&record.content_hash).map_err(|e| Problem::internal(e.to_string()))?;
+    if bundle::content_hash(&bytes) != record.content_hash {
+        return Err(Problem::new(502, "bundle_verification_failed", "the stored bundle no longer matches its hash"));
+    }
+    let opened = bundle::open(&bytes, &svc.archive_limits()).map_err(|e| Problem::internal(e.to_string()))?;
+    svc.ui_trees.extract(&record.content_hash, &opened.files).map_err(|e| Problem::internal(e.to_string()))?;
+    if record.ui_etags.is_empty() {
+        record.ui_etags = UiTrees::etags(&opened.files);
+        svc.registry.put_bundle(record)?;
+    }
+    Ok(())
+}
+
+/// Decides what `/ext-ui/...` answers.
+pub fn resolve(svc: &Arc<Service>, req: &UiRequest) -> Result<UiAnswer, Problem> {
+    let raw = req.content_hash.replace("%3A", ":").replace("%3a", ":");
+    let hash = raw
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|h| format!("sha256:{}", h.to_ascii_lowercase()))
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid_content_hash",
+                format!("`{}` is not a content hash; write sha256: and 64 hex digits", req.content_hash),
+            )
+        })?;
+    let segments = clean_path(&req.path)?;
+    let unknown = || not_found(format!("no UI {hash} of `{}` here", req.extension));
+
+    let Some(ext) = svc.registry.extension(&req.extension)? else { return Err(unknown()) };
+    let Some(mut record) = svc.registry.bundle(&hash)?.filter(|b| b.extension_id == ext.id) else {
+        return Err(unknown());
+    };
+    if svc.config.ui.strict {
+        let installed = match &req.tenant {
+            Some(t) => svc.registry.install(t, &ext.id)?.is_some_and(|i| i.content_hash == hash),
+            None => svc.registry.installed_anywhere(&ext.id, &hash)?,
+        };
+        if !installed {
+            return Err(not_found(match &req.tenant {
+                Some(t) => format!("{} {hash} is not installed for tenant {t}", ext.name),
+                None => format!("{} {hash} is not installed for any tenant", ext.name),
+            }));
+        }
+    }
+    let version = svc
+        .registry
+        .version_by_id(&ext.id, &record.version_id)?
+        .ok_or_else(|| Problem::internal(format!("no version record for {hash}")))?;
+    let Some(ui) = version.ui else { return Err(not_found(format!("{} {} has no UI", ext.name, version.version))) };
+    ensure_tree(svc, &mut record)?;
+
+    // SPA fallback: the empty path, or a last segment without an extension, is the entry.
+    let rel = match segments.last() {
+        None => ui.entry.clone(),
+        Some(last) if !last.contains('.') => ui.entry.clone(),
+        Some(_) => segments.join("/"),
+    };
+    let Some(etag) = record.ui_etags.get(&rel).cloned() else {
+        return Err(not_found(format!("no file `{rel}` in the UI of {} {}", ext.name, version.version)));
+    };
+    if let Some(inm) = &req.if_none_match
+        && inm.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(&etag))
+    {
+        return Ok(UiAnswer::NotModified { etag });
+    }
+    let file = svc.ui_trees.root(&hash).join(&rel);
+    let meta = std::fs::symlink_metadata(&file).map_err(|e| Problem::internal(format!("{}: {e}", file.display())))?;
+    if !meta.is_file() {
+        return Err(not_found(format!("`{rel}` is not a file")));
+    }
+    let len = meta.len();
+    let max = svc.config.ui.max_file_mb << 20;
+    if len > max {
+        return Err(Problem::too_large(max).detail(format!("`{rel}` is {len} bytes, over ui.max_file_mb")));
+    }
+    let range = match req.range.as_deref().map_or(Range::Whole, |r| parse_range(r, len)) {
+        Range::Whole => None,
+        Range::Part(start, end) => Some((start, end)),
+        Range::Unsatisfiable => return Ok(UiAnswer::RangeNotSatisfiable { len }),
+    };
+    let mime = mime_of(&rel);
+    Ok(UiAnswer::File { file, len, etag, mime, html: mime.starts_with("text/html"), range })
+}
+
+/// The Content-Security-Policy of UI HTML.
+pub fn content_security_policy(svc: &Service) -> String {
+    match &svc.config.ui.content_security_policy {
+        Some(p) => p.clone(),
+        None => format!(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+             font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; \
+             frame-ancestors {}",
+            svc.config.ui.frame_ancestors.trim()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_rules() {
+        assert_eq!(clean_path("").unwrap(), Vec::<String>::new());
+        assert_eq!(clean_path("js//app.js/").unwrap(), ["js", "app.js"]);
+        assert_eq!(clean_path("a%20b.txt").unwrap(), ["a b.txt"]);
+        assert_eq!(clean_path("%252e%252e").unwrap(), ["%2e%2e"], "decoded once only");
+        for bad in ["../x", "a/../b", "%2e%2e/x", ".env", "a/.git/config", "a%00b", "a%5cb", "a\\b", "%zz", "a%0ab"] {
+            assert_eq!(clean_path(bad).unwrap_err().code, "invalid_path", "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Range::Part(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), Range::Part(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Range::Part(90, 99));
+        assert_eq!(parse_range("bytes=50-500", 100), Range::Part(50, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Range::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), Range::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Range::Whole, "several ranges: the whole file");
+        assert_eq!(parse_range("items=0-1", 100), Range::Whole);
+    }
+
+    #[test]
+    fn mime_table() {
+        assert_eq!(mime_of("index.html"), "text/html; charset=utf-8");
+        assert_eq!(mime_of("a/b.MJS"), "text/javascript; charset=utf-8");
+        assert_eq!(mime_of("x.woff2"), "font/woff2");
+        assert_eq!(mime_of("noext"), "application/octet-stream");
+        assert_eq!(mime_of("x.exe"), "application/octet-stream");
+    }
+}
