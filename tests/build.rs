@@ -58,4 +58,32 @@ fn main() {
         );
     }
     println!("cargo:rustc-env=ALGA_GUESTS_DIR={}", target_dir.join("wasm32-wasip2").join("release").display());
+
+    // The sample extension of the README and of the browser test, built the same way.
+    let hello = manifest_dir.join("../examples/hello");
+    println!("cargo:rerun-if-changed={}", hello.join("src").display());
+    println!("cargo:rerun-if-changed={}", hello.join("Cargo.toml").display());
+    let hello_target = out_dir.join("hello-target");
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(hello.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&hello_target);
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        cmd.env_remove(var);
+    }
+    if !cmd.status().expect("running cargo to build examples/hello").success() {
+        panic!("building the sample extension (examples/hello) failed");
+    }
+    println!(
+        "cargo:rustc-env=ALGA_HELLO_WASM={}",
+        hello_target.join("wasm32-wasip2").join("release").join("hello.wasm").display()
+    );
 }

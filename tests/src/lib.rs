@@ -4,6 +4,7 @@
 
 pub mod server;
 pub mod upstream;
+pub mod webdriver;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 
 pub mod problem;
 mod routes;
+pub mod sdk;
 
 use std::sync::Arc;
 

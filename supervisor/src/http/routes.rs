@@ -51,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(ext_ui))
                 .route(web::head().to(ext_ui)),
         )
+        .service(resource("/sdk/v1/{file}", "GET, HEAD").route(web::get().to(sdk_file)).route(web::head().to(sdk_file)))
         .service(
             resource("/ext-ui/{extension}/{content_hash}", "GET, HEAD")
                 .route(web::get().to(ext_ui))
@@ -401,6 +402,11 @@ async fn ext_ui(req: HttpRequest, svc: Svc, q: Query) -> Result<HttpResponse, Pr
         UiAnswer::File { .. } => HttpResponse::Ok(),
     };
     r.insert_header(("x-content-type-options", "nosniff"));
+    if !matches!(answer, UiAnswer::RangeNotSatisfiable { .. }) {
+        // A UI in an iframe sandboxed without allow-same-origin has an opaque origin: its module
+        // scripts load in CORS mode. These are public, content-addressed files.
+        r.insert_header(("access-control-allow-origin", "*"));
+    }
     match answer {
         UiAnswer::NotModified { etag } => {
             Ok(r.insert_header(("etag", etag)).insert_header(("cache-control", IMMUTABLE)).finish())
@@ -428,6 +434,26 @@ async fn ext_ui(req: HttpRequest, svc: Svc, q: Query) -> Result<HttpResponse, Pr
             Ok(r.body(actix_web::body::SizedStream::new(count, stream)))
         }
     }
+}
+
+/// The iframe SDK: `/sdk/v1/iframe-bridge.js` (host pages) and `/sdk/v1/extension.js` (extension
+/// UIs), plain ES modules, with the caching rules of `/ext-ui`.
+async fn sdk_file(req: HttpRequest, file: web::Path<String>) -> Result<HttpResponse, Problem> {
+    let Some((body, etag)) = crate::http::sdk::file(&file) else {
+        return Err(Problem::not_found(
+            "not_found",
+            format!("no SDK file `{file}`; there are iframe-bridge.js and extension.js"),
+        ));
+    };
+    let fresh =
+        header(&req, "if-none-match").is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if fresh { HttpResponse::NotModified() } else { HttpResponse::Ok() };
+    r.insert_header(("etag", etag))
+        .insert_header(("cache-control", "public, max-age=31536000, immutable"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .insert_header(("access-control-allow-origin", "*"))
+        .content_type("text/javascript; charset=utf-8");
+    Ok(if fresh { r.finish() } else { r.body(body) })
 }
 
 async fn reload(req: HttpRequest, svc: Svc) -> Result<HttpResponse, Problem> {
