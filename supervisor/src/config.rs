@@ -225,6 +225,15 @@ impl Default for UiConfig {
     }
 }
 
+/// `[metrics]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Add the extension id as a label of the execution series (default false: labels come from
+    /// fixed sets only; per-extension labels grow with the number of extensions).
+    pub per_extension: bool,
+}
+
 /// `[executions]` — the execution log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -342,6 +351,7 @@ pub struct Config {
     pub executions: ExecutionsConfig,
     pub quotas: QuotasConfig,
     pub ui: UiConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// Every problem found in a configuration.
@@ -364,6 +374,7 @@ const SECTIONS: &[&str] = &[
     "executions",
     "quotas",
     "ui",
+    "metrics",
 ];
 
 /// Environment variables that name a field directly (with or without a config file).

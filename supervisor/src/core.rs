@@ -30,6 +30,8 @@ pub struct Core {
     pub pool: Pool,
     pub artifacts: ArtifactCache,
     pub counters: Counters,
+    /// The runner's metrics (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The cgroup limits every slot is created with (memory is set again per job).
@@ -59,7 +61,16 @@ impl Core {
         let artifacts = ArtifactCache::new(settings.cache_dir.clone(), fork.fingerprint().to_string());
         let pool = Pool::new(settings.pool_size);
         let handle = tokio::runtime::Handle::current();
-        let core = Arc::new(Core { handle, settings, fork, cgroups, pool, artifacts, counters: Counters::default() });
+        let core = Arc::new(Core {
+            handle,
+            settings,
+            fork,
+            cgroups,
+            pool,
+            artifacts,
+            counters: Counters::default(),
+            metrics: Arc::default(),
+        });
         Pool::start_refill(&core);
         Ok(core)
     }

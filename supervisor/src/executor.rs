@@ -238,6 +238,11 @@ async fn message_loop(
                 }
                 report.host_calls += 1;
                 report.host_call_bytes += size as u64;
+                let over =
+                    report.host_calls > limits.max_host_calls || report.host_call_bytes > limits.max_host_call_bytes;
+                if over {
+                    host.env.metrics.host_call(call.api(), "limit");
+                }
                 let reply = if report.host_calls > limits.max_host_calls {
                     over_budget = true;
                     HostReply::LimitExceeded { detail: format!("more than {} host calls", limits.max_host_calls) }

@@ -1,15 +1,19 @@
-//! Prometheus metrics (07-operations.md), served at `/metrics` in the OpenMetrics text format.
-//! This stage holds the extensions' own series (the `metrics` host API): `counter-add` and
-//! `histogram-observe` become `alga_runner_extension_<name>{extension="<id>"}`. Names are
-//! validated and bounded — at most [`NAMES_PER_EXTENSION`] per extension and [`NAMES_TOTAL`]
-//! over all — so a guest cannot grow the exposition without bound; what is refused is counted in
-//! `alga_runner_extension_metrics_dropped_total`.
+//! Prometheus metrics (07-operations.md), served at `/metrics` in the OpenMetrics text format,
+//! prefix `alga_runner_`: the runner's own series (executions, host calls, the pool, sandbox
+//! spawns and violations, bundle verifications, quota rejections, HTTP requests), with label
+//! values from fixed sets — tenant and extension ids are labels only when the operator opts in
+//! (`metrics.per_extension`) — and the extensions' own series (the `metrics` host API):
+//! `counter-add` and `histogram-observe` become `alga_runner_extension_<name>{extension="<id>"}`.
+//! Guest names are validated and bounded — at most [`NAMES_PER_EXTENSION`] per extension and
+//! [`NAMES_TOTAL`] over all — so a guest cannot grow the exposition without bound; what is
+//! refused is counted in `alga_runner_extension_metrics_dropped_total`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -30,10 +34,63 @@ struct Guest {
     names_of: HashMap<String, HashSet<String>>,
 }
 
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// The runner's own series.
+pub struct Runner {
+    pub executions: Family<Labels, Counter>,
+    pub duration_seconds: HistogramFamily,
+    pub memory_peak_bytes: HistogramFamily,
+    pub fuel_consumed: HistogramFamily,
+    pub egress_bytes: Family<Labels, Counter>,
+    pub host_calls: Family<Labels, Counter>,
+    pub pool_ready: Gauge,
+    pub spawn_duration_seconds: Histogram,
+    pub violations: Family<Labels, Counter>,
+    pub bundle_verifications: Family<Labels, Counter>,
+    pub quota_rejections: Family<Labels, Counter>,
+    pub http_requests: Family<Labels, Counter>,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     guest: Mutex<Guest>,
     dropped: Counter,
+    pub runner: Runner,
+    /// Adds the extension id to the execution series (`metrics.per_extension`).
+    per_extension: std::sync::atomic::AtomicBool,
+}
+
+fn seconds_buckets() -> Histogram {
+    // 0.5 ms to ~65 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+fn bytes_buckets() -> Histogram {
+    // 64 KiB to 4 GiB.
+    Histogram::new(exponential_buckets(65_536.0, 2.0, 17))
+}
+
+fn fuel_buckets() -> Histogram {
+    // 10^4 to 10^12.
+    Histogram::new(exponential_buckets(10_000.0, 10.0, 9))
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// What one finished execution adds to the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub outcome: &'a str,
+    pub extension_id: &'a str,
+    pub duration: std::time::Duration,
+    pub memory_peak_bytes: u64,
+    pub fuel: u64,
+    pub egress_bytes: u64,
+    /// The violation kind, when the sandbox was stopped for one.
+    pub violation: Option<&'a str>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,7 +127,99 @@ impl Metrics {
             "Extension metric updates refused (invalid name, kind clash, or over the name limits)",
             dropped.clone(),
         );
-        Metrics { registry: Mutex::new(registry), guest: Mutex::default(), dropped }
+        let runner = Runner {
+            executions: Family::default(),
+            duration_seconds: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
+            memory_peak_bytes: Family::new_with_constructor(bytes_buckets as fn() -> Histogram),
+            fuel_consumed: Family::new_with_constructor(fuel_buckets as fn() -> Histogram),
+            egress_bytes: Family::default(),
+            host_calls: Family::default(),
+            pool_ready: Gauge::default(),
+            spawn_duration_seconds: seconds_buckets(),
+            violations: Family::default(),
+            bundle_verifications: Family::default(),
+            quota_rejections: Family::default(),
+            http_requests: Family::default(),
+        };
+        let r = &runner;
+        registry.register("executions", "Finished executions by outcome", r.executions.clone());
+        registry.register("execution_duration_seconds", "Wall-clock time of executions", r.duration_seconds.clone());
+        registry.register(
+            "execution_memory_peak_bytes",
+            "Peak guest memory of executions",
+            r.memory_peak_bytes.clone(),
+        );
+        registry.register("execution_fuel_consumed", "Fuel executions consumed", r.fuel_consumed.clone());
+        registry.register("egress_bytes", "Bytes sent and received by http.fetch", r.egress_bytes.clone());
+        registry.register("host_calls", "Host calls by interface and result", r.host_calls.clone());
+        registry.register("sandbox_pool_ready", "Warm sandboxes ready now", r.pool_ready.clone());
+        registry.register(
+            "sandbox_spawn_duration_seconds",
+            "Time to create, harden and warm up a sandbox",
+            r.spawn_duration_seconds.clone(),
+        );
+        registry.register("sandbox_violations", "Sandboxes stopped for a violation, by kind", r.violations.clone());
+        registry.register(
+            "bundle_verifications",
+            "Bundle signature and hash verifications by stage and result",
+            r.bundle_verifications.clone(),
+        );
+        registry.register("quota_rejections", "Executions refused by a quota, by kind", r.quota_rejections.clone());
+        registry.register("http_requests", "HTTP requests by route and status", r.http_requests.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            guest: Mutex::default(),
+            dropped,
+            runner,
+            per_extension: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Adds the extension id to the execution series from now on.
+    pub fn set_per_extension(&self, on: bool) {
+        self.per_extension.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records one finished execution.
+    pub fn finished(&self, f: Finished<'_>) {
+        let per_extension = self.per_extension.load(std::sync::atomic::Ordering::Relaxed);
+        let mut outcome = labels(&[("outcome", f.outcome)]);
+        let mut plain = Labels::new();
+        if per_extension {
+            outcome.push(("extension".into(), f.extension_id.into()));
+            plain.push(("extension".into(), f.extension_id.into()));
+        }
+        let r = &self.runner;
+        r.executions.get_or_create(&outcome).inc();
+        r.duration_seconds.get_or_create(&plain).observe(f.duration.as_secs_f64());
+        r.memory_peak_bytes.get_or_create(&plain).observe(f.memory_peak_bytes as f64);
+        r.fuel_consumed.get_or_create(&plain).observe(f.fuel as f64);
+        r.egress_bytes.get_or_create(&plain).inc_by(f.egress_bytes);
+        if let Some(kind) = f.violation {
+            r.violations.get_or_create(&labels(&[("kind", kind)])).inc();
+        }
+    }
+
+    /// One host call: `api` is the interface, `result` `ok`, `denied` or `limit`.
+    pub fn host_call(&self, api: &'static str, result: &'static str) {
+        self.runner.host_calls.get_or_create(&labels(&[("api", api), ("result", result)])).inc();
+    }
+
+    /// One verification: `stage` `publish`, `install` or `load`; `result` `ok` or `failed`.
+    pub fn verification(&self, stage: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.runner.bundle_verifications.get_or_create(&labels(&[("stage", stage), ("result", result)])).inc();
+    }
+
+    /// One refused admission: `rate_limited`, `quota_exceeded` or `overloaded`.
+    pub fn quota_rejection(&self, kind: &'static str) {
+        self.runner.quota_rejections.get_or_create(&labels(&[("kind", kind)])).inc();
+    }
+
+    /// One HTTP request: `route` is the matched route pattern (a fixed set) or `unmatched`.
+    pub fn http_request(&self, route: &str, status: u16) {
+        let status = status.to_string();
+        self.runner.http_requests.get_or_create(&labels(&[("route", route), ("status", &status)])).inc();
     }
 
     /// The family for `name` of `extension`, registering it on first use within the limits.

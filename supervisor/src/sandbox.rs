@@ -60,6 +60,15 @@ pub struct Sandbox {
 impl Sandbox {
     /// Creates and hardens a sandbox; returns once it reported ready and was checked.
     pub async fn create(core: &Arc<Core>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
+        let started = Instant::now();
+        let sandbox = Sandbox::create_timed(core, mode).await;
+        if sandbox.is_ok() {
+            core.metrics.runner.spawn_duration_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        sandbox
+    }
+
+    async fn create_timed(core: &Arc<Core>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
         let slot = core.cgroups.acquire().map_err(SpawnError::Cgroup)?;
         let dirs: Vec<String> =
             slot.iter().flat_map(|s| s.dirs.iter()).map(|d| d.to_string_lossy().into_owned()).collect();

@@ -1,11 +1,12 @@
 //! The `secrets` host API through a real guest and the real service: write-only install
 //! secrets sealed with the node key, the Alga inline envelope (and its expiry), capability and
-//! tenant isolation, and a scan of every log line and database file for the plaintext.
+//! tenant isolation, and a scan of every log line and database file for the plaintexts (and the
+//! tokens).
 
 use std::path::Path;
 
 use alga_tests::fixture_bytes;
-use alga_tests::server::{ADMIN_TOKEN, Server, Signer, deploy, envelope, hostapi_manifest, install_for};
+use alga_tests::server::{ADMIN_TOKEN, SERVICE_TOKEN, Server, Signer, deploy, envelope, hostapi_manifest, install_for};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
@@ -99,7 +100,7 @@ fn secrets_are_write_only_sealed_overlaid_and_never_logged() {
     assert!(files.iter().any(|(p, _)| p.contains("serve-")), "the server's logs are scanned too");
     assert!(files.iter().any(|(p, _)| p.contains("/db/")), "the database is scanned");
     for (path, bytes) in &files {
-        for secret in [STORED, ENVELOPED] {
+        for secret in [STORED, ENVELOPED, SERVICE_TOKEN, ADMIN_TOKEN] {
             assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} found in {path}");
         }
     }

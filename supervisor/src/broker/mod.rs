@@ -118,8 +118,10 @@ impl HostContext {
 /// the network end by then.
 pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::Instant) -> HostReply {
     if !ctx.capabilities.contains(call.capability()) {
+        ctx.env.metrics.host_call(call.api(), "denied");
         return call.deny_reply();
     }
+    ctx.env.metrics.host_call(call.api(), "ok");
     match call {
         HostCall::ContextGet => context::get(ctx),
         HostCall::UserGet => user::get(ctx),

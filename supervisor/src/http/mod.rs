@@ -91,9 +91,11 @@ pub async fn serve(
     listener: std::net::TcpListener,
     grace: std::time::Duration,
 ) -> std::io::Result<()> {
+    let metrics = service.core.metrics.clone();
     let data = web::Data::from(service);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     HttpServer::new(move || {
+        let metrics = metrics.clone();
         App::new()
             .app_data(data.clone())
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
@@ -102,7 +104,8 @@ pub async fn serve(
             .app_data(web::PathConfig::default().error_handler(|e, _| {
                 Problem::bad_request("invalid_path", format!("the path is not valid: {e}")).into()
             }))
-            .wrap_fn(|req, srv| {
+            .wrap_fn(move |req, srv| {
+                let metrics = metrics.clone();
                 let rid = req
                     .headers()
                     .get("x-request-id")
@@ -111,9 +114,14 @@ pub async fn serve(
                     .map(|v| RequestId { id: v.to_string(), from_caller: true })
                     .unwrap_or_else(|| RequestId { id: new_request_id(), from_caller: false });
                 req.extensions_mut().insert(rid.clone());
-                let fut = srv.call(req);
+                let span =
+                    tracing::info_span!("request", request_id = %rid.id, method = %req.method(), path = %req.path());
+                let fut = tracing::Instrument::instrument(srv.call(req), span);
                 async move {
                     let mut res: ServiceResponse = fut.await?;
+                    // The route pattern, not the path: a fixed set of label values.
+                    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+                    metrics.http_request(&route, res.status().as_u16());
                     let name = HeaderName::from_static("x-request-id");
                     if !res.headers().contains_key(&name)
                         && let Ok(v) = HeaderValue::from_str(&rid.id)

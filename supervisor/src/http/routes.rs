@@ -121,6 +121,7 @@ async fn readyz(svc: Svc) -> HttpResponse {
 
 /// Prometheus metrics (no token, like `/healthz`).
 async fn metrics(svc: Svc) -> HttpResponse {
+    svc.core.metrics.runner.pool_ready.set(svc.core.pool.stats().ready as i64);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .insert_header(("cache-control", "no-store"))

@@ -25,6 +25,7 @@ use super::usage;
 use crate::broker::{Egress, HostContext, UserInfo};
 use crate::executor::{self, Report};
 use crate::http::problem::Problem;
+use crate::metrics::Finished;
 use crate::registry::{ExecutionRecord, ExtensionRecord, InstallRecord, VersionRecord, new_id, now_ms};
 use crate::secrets::SecretMap;
 use alga_shared::egress::Rule;
@@ -341,8 +342,30 @@ fn refused(r: Refused) -> EnvelopeResponse {
     e
 }
 
-/// Runs `cmd` on `target`: capabilities, idempotency, quotas, the sandbox, the record.
+/// Runs `cmd` on `target`: capabilities, idempotency, quotas, the sandbox, the record — in one
+/// span carrying the execution's identity (every log line of it says whose it is).
 pub async fn run(
+    svc: &Arc<Service>,
+    target: &Target,
+    cmd: ExecuteCommand,
+    trigger: Trigger,
+    execution_id: Option<String>,
+) -> Result<EnvelopeResponse, Problem> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "execution",
+        request_id = %cmd.request_id,
+        tenant = %cmd.tenant,
+        extension = %target.ext.id,
+        install = %target.install.install_id,
+        version = %target.install.version_id,
+        content_hash = %target.install.content_hash,
+        trigger = %trigger.label(),
+    );
+    run_in_span(svc, target, cmd, trigger, execution_id).instrument(span).await
+}
+
+async fn run_in_span(
     svc: &Arc<Service>,
     target: &Target,
     cmd: ExecuteCommand,
@@ -381,13 +404,15 @@ pub async fn run(
         return Ok(response);
     }
 
-    if let Some(r) = usage::over_window_cap(svc, &cmd.tenant)? {
-        return Ok(refused(r));
-    }
-    let permit = match svc.quotas.admit(&cmd.tenant, &ext.id).await {
+    let admitted = match usage::over_window_cap(svc, &cmd.tenant)? {
+        Some(r) => Err(r),
+        None => svc.quotas.admit(&cmd.tenant, &ext.id).await,
+    };
+    let permit = match admitted {
         Ok(p) => p,
         Err(r) => {
             tracing::info!(tenant = %cmd.tenant, extension = %ext.name, refused = ?r, "execution not admitted");
+            svc.core.metrics.quota_rejection(r.status_and_error().1);
             return Ok(refused(r));
         }
     };
@@ -455,6 +480,15 @@ pub async fn run(
     let response = envelope_of(&report);
     let egress_bytes = egress_bytes.load(Ordering::Relaxed);
     usage::add(svc, &cmd.tenant, &ext.id, &report, egress_bytes);
+    svc.core.metrics.finished(Finished {
+        outcome: report.outcome.label(),
+        extension_id: &ext.id,
+        duration: report.duration,
+        memory_peak_bytes: report.memory_peak_bytes,
+        fuel: report.fuel_consumed,
+        egress_bytes,
+        violation: report.outcome.is_violation().then(|| report.outcome.label()),
+    });
     let record = Recorded { install, trigger: &trigger, execution_id, egress_bytes };
     if self::record(svc, &cmd, &record, &report, &response) {
         // A failed flush is logged by the flusher; the caller still gets its answer.

@@ -186,14 +186,16 @@ async fn reverify(svc: &Arc<Service>, ext: &ExtensionRecord, version: &VersionRe
             ))
         })?;
         if bundle::content_hash(&bytes) != *hash {
+            svc2.core.metrics.verification("install", false);
             return Err(Problem::new(
                 502,
                 "bundle_verification_failed",
                 "the stored bundle no longer matches its hash",
             ));
         }
-        let verified =
-            signing::verify_bytes(&trust.bundle, &bytes, &record.signature).map_err(|e| signature_problem(&e))?;
+        let verified = signing::verify_bytes(&trust.bundle, &bytes, &record.signature);
+        svc2.core.metrics.verification("install", verified.is_ok());
+        let verified = verified.map_err(|e| signature_problem(&e))?;
         let id = Identity { name: &ext.name, version: &version.version, publisher: &ext.publisher, content_hash: hash };
         signing::check_identity(&verified, id).map_err(|e| signature_problem(&e))
     })

@@ -61,10 +61,16 @@ impl Loader {
         // Reading, hashing, verifying and unpacking a bundle is blocking work: off the async workers.
         let (record, wasm) = {
             let (svc, ext, version, trust) = (svc.clone(), ext.clone(), version.clone(), trust.clone());
-            svc.clone()
+            let metrics = svc.core.metrics.clone();
+            let checked = svc
+                .clone()
                 .blocking(move || verify_and_extract(&svc, &ext, &version, &trust.bundle))
                 .await
-                .map_err(|p| LoadError::Internal(p.to_string()))??
+                .map_err(|p| LoadError::Internal(p.to_string()))?;
+            if !matches!(checked, Err(LoadError::Internal(_))) {
+                metrics.verification("load", checked.is_ok());
+            }
+            checked?
         };
         let core = svc.core.clone();
         let artifact = svc

@@ -103,6 +103,7 @@ impl Service {
             _ => None,
         };
         let ui_trees = crate::registry::UiTrees::open(config.state.dir.join("ui"))?;
+        core.metrics.set_per_extension(config.metrics.per_extension);
         Ok(Service {
             ui_trees,
             quotas: quotas::Quotas::new(config.quotas.clone()),
@@ -112,7 +113,7 @@ impl Service {
                 commit: Some(commit.clone()),
                 fetch,
                 host_api,
-                metrics: Arc::default(),
+                metrics: core.metrics.clone(),
             }),
             core,
             registry,

@@ -55,9 +55,12 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     let limits = svc.archive_limits();
     // Verifying (hashing the whole upload) and unpacking are blocking work: off the async workers.
     let sig = signature.clone();
+    let metrics = svc.core.metrics.clone();
     let (bytes, verified, opened) = svc
         .blocking(move || -> Result<_, Problem> {
-            let verified = signing::verify_bytes(&trust.bundle, &bytes, &sig).map_err(|e| signature_problem(&e))?;
+            let verified = signing::verify_bytes(&trust.bundle, &bytes, &sig);
+            metrics.verification("publish", verified.is_ok());
+            let verified = verified.map_err(|e| signature_problem(&e))?;
             let opened = bundle::open(&bytes, &limits).map_err(bundle_problem)?;
             Ok((bytes, verified, opened))
         })
