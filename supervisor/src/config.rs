@@ -678,4 +678,34 @@ mod tests {
                 .join("\n");
         assert!(errors.contains("server.listen") && errors.contains("sandbox.landlock"), "{errors}");
     }
+
+    /// The commented example shipped in the package (packaging/config.toml) parses, sets every
+    /// key it sets to the default in code, and names every key there is.
+    #[test]
+    fn the_shipped_example_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let loaded = Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded, Config::default(), "a value in packaging/config.toml differs from the default in code");
+        // Every key of every section, set or commented out, under its own section header.
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut section = String::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let l = line.trim();
+            if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                section = name.to_string();
+            } else if let Some((key, _)) = l.trim_start_matches("# ").split_once(" = ") {
+                seen.insert(format!("{section}.{}", key.trim()));
+            }
+        }
+        for (name, fields) in defaults.as_object().unwrap() {
+            for key in fields.as_object().unwrap().keys() {
+                assert!(
+                    seen.contains(&format!("{name}.{key}")),
+                    "packaging/config.toml does not document {name}.{key}"
+                );
+            }
+        }
+    }
 }

@@ -17,6 +17,7 @@ pub mod sandbox;
 pub mod secrets;
 pub mod service;
 pub mod settings;
+pub mod systemd;
 
 /// An error and its sources on one line: `outer: inner: root`.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

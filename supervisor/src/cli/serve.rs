@@ -283,12 +283,43 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         println!("  sign a bundle:   alga-runner sign bundle.tar.zst --key {}", d.key_file.display());
     }
     tracing::info!(listen = %bound, "serving");
+    // systemd (Type=notify): ready once the self-test passed (above) and the warm pool has filled
+    // (or after a minute without it: a slow host still serves, with fresh sandboxes); watchdog
+    // keep-alives only while the fork server lives, so a broken sandbox machinery gets restarted.
+    {
+        let core = core.clone();
+        rt.spawn(async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let pool = core.pool.stats();
+                if pool.target == 0 || pool.ready > 0 || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            crate::systemd::notify(&format!("READY=1\nSTATUS=serving on {bound}"));
+            if let Some(interval) = crate::systemd::watchdog_interval() {
+                let mut tick = tokio::time::interval(interval / 2);
+                loop {
+                    tick.tick().await;
+                    if !core.fork.is_alive() {
+                        tracing::error!(
+                            "the fork server is gone: no more watchdog keep-alives, systemd will restart the service"
+                        );
+                        return;
+                    }
+                    crate::systemd::notify("WATCHDOG=1");
+                }
+            }
+        });
+    }
     let grace = std::time::Duration::from_millis(config.server.shutdown_grace_ms);
     let served = actix_web::rt::System::new().block_on(crate::http::serve(service.clone(), listener, grace));
 
     // Stopped (SIGTERM/SIGINT): running requests had their grace period; now stop every sandbox,
     // remove every cgroup, and make the last records durable.
     service.shutting_down.store(true, Ordering::Relaxed);
+    crate::systemd::notify("STOPPING=1\nSTATUS=stopping sandboxes");
     rt.block_on(core.shutdown());
     if let Err(e) = registry.flush() {
         tracing::error!(error = %crate::error_chain(&e), "final flush failed");
