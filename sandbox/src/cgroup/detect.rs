@@ -164,6 +164,16 @@ fn detect_from(mounts: &[CgroupMount], own: &HashMap<String, String>, name: &str
     };
     match (dir_for("memory"), dir_for("pids")) {
         (Some(memory), Some(pids)) => {
+            // Mounted is not writable: containers (systemd-nspawn on a v1 host, say) often mount
+            // the hierarchies read-only. A probe group tells before any sandbox needs one.
+            if prepare && let Err(e) = probe_writable(&[&memory, &pids]) {
+                return Detected {
+                    driver: None,
+                    version: Some(super::Version::V1),
+                    detail: format!("v1 hierarchies are not writable here ({e}); sandboxes run without cgroups"),
+                    delegated: false,
+                };
+            }
             let v1 = V1 { memory, pids, cpu: dir_for("cpu") };
             Detected {
                 detail: format!("v1 (controllers: {})", v1.controllers().join(", ")),
@@ -180,6 +190,17 @@ fn detect_from(mounts: &[CgroupMount], own: &HashMap<String, String>, name: &str
             delegated: false,
         },
     }
+}
+
+/// Creates and removes a child group in each of `dirs` (creating the dirs themselves as needed).
+fn probe_writable(dirs: &[&Path]) -> io::Result<()> {
+    for dir in dirs {
+        std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        let probe = dir.join(format!("probe-{}", std::process::id()));
+        std::fs::create_dir(&probe).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", probe.display())))?;
+        let _ = std::fs::remove_dir(&probe);
+    }
+    Ok(())
 }
 
 /// Prepares a delegated v2 subtree: this process moves into `<ours>/supervisor` so `<ours>` has

@@ -53,6 +53,27 @@ pub enum Command {
     List(client::ListArgs),
     /// Show (or follow) a tenant's execution log.
     Executions(client::ExecutionsArgs),
+    /// Write the man page (roff) to standard output (used to build the package).
+    #[command(hide = true)]
+    Manpage,
+}
+
+/// The man page of the whole command line, every subcommand included, from the clap definitions.
+pub fn manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    clap_mangen::Man::new(cmd.clone()).render(out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("{}-{}", cmd.get_name(), sub.get_name());
+        writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+        let mut section = Vec::new();
+        clap_mangen::Man::new(sub.clone()).render_options_section(&mut section)?;
+        if let Some(about) = sub.get_about() {
+            writeln!(out, "{about}")?;
+        }
+        out.write_all(&section)?;
+    }
+    Ok(())
 }
 
 /// Exit code for usage errors (also what clap uses).
