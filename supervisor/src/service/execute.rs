@@ -552,11 +552,21 @@ fn record(
 ) -> bool {
     let Recorded { install, trigger, egress_bytes, .. } = *recorded;
     let mut logs: Vec<String> = report.logs.iter().map(|l| format!("[{}] {}", l.level.as_str(), l.message)).collect();
-    if logs.len() > RECORD_LOG_LINES {
-        logs.drain(..logs.len() - RECORD_LOG_LINES);
-    }
     if report.logs_dropped > 0 {
         logs.push(format!("[alga-runner] {} more log lines dropped (limit reached)", report.logs_dropped));
+    }
+    // What the guest wrote to stdout and stderr (an uncaught JS exception prints its message and
+    // stack there), after its log lines: the end is what is kept.
+    for (stream, bytes) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+        for line in String::from_utf8_lossy(bytes).lines().filter(|l| !l.trim().is_empty()) {
+            logs.push(format!("[{stream}] {line}"));
+        }
+    }
+    if report.output_truncated {
+        logs.push("[alga-runner] guest output truncated (limit reached)".into());
+    }
+    if logs.len() > RECORD_LOG_LINES {
+        logs.drain(..logs.len() - RECORD_LOG_LINES);
     }
     let r = ExecutionRecord {
         execution_id: recorded.execution_id.clone().unwrap_or_else(new_id),

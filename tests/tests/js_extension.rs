@@ -1,0 +1,131 @@
+//! The JavaScript sample extension (examples/hello-js), built from source with the pinned
+//! componentize-js, packed, signed, published, installed and executed through the HTTP API:
+//! host APIs from JS, the time, an uncaught exception with its message and stack in the
+//! execution record, and hostile JS (an endless loop, a memory bomb) stopped by the limits.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use alga_tests::server::{Server, Signer, envelope, pack_with_ui};
+use alga_tests::skip_unless;
+use serde_json::{Value, json};
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-js")
+}
+
+/// Builds the component with the example's own build (npm ci on its lockfile, then build.mjs).
+fn build() -> Result<Vec<u8>, String> {
+    let dir = example();
+    if !dir.join("node_modules/@bytecodealliance/componentize-js").is_dir() {
+        let out = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => return Err(format!("npm ci failed: {}", String::from_utf8_lossy(&o.stderr))),
+            Err(e) => return Err(format!("npm: {e}")),
+        }
+    }
+    let wasm = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hello-js.wasm");
+    let out = Command::new("node")
+        .arg("build.mjs")
+        .arg(&wasm)
+        .current_dir(&dir)
+        .output()
+        .map_err(|e| format!("node: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("build.mjs failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    std::fs::read(&wasm).map_err(|e| e.to_string())
+}
+
+fn have_node() -> bool {
+    Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success())
+        && Command::new("npm").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn the_js_sample_runs_under_every_layer() {
+    skip_unless!(have_node(), "node and npm are needed to build the JS sample (apt-get install npm)");
+    let component = build().expect("building the JS sample");
+    assert!(component.len() > 5 << 20, "a StarlingMonkey component is large: {} bytes", component.len());
+
+    let signer = Signer::new();
+    let server = Server::start(&signer);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(example().join("bundle/manifest.json")).unwrap()).unwrap();
+    let index = std::fs::read(example().join("bundle/ui/index.html")).unwrap();
+    let bytes = pack_with_ui(&manifest, &component, &[("index.html", &index)]);
+    let started = Instant::now();
+    let published = server.publish(&bytes, &signer.sign(&bytes, "com.example.hello-js", "1.0.0"));
+    assert_eq!(published.status, 201, "{}", String::from_utf8_lossy(&published.body));
+    let hash = published.json()["content_hash"].as_str().unwrap().to_string();
+    let installed = server.install(
+        "t1",
+        "com.example.hello-js",
+        &json!({ "version": "1.0.0", "granted_capabilities": ["storage.kv", "secrets.get", "http.fetch"] }),
+    );
+    assert_eq!(installed.status, 201);
+
+    let call = |method: &str, path: &str, body: Option<&str>, limits: Value| -> Value {
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        let mut env = envelope("t1", "com.example.hello-js", &hash, p);
+        env["http"]["method"] = json!(method);
+        if let Some((k, v)) = q.split_once('=') {
+            env["http"]["query"] = json!({ k: v });
+        }
+        if let Some(b) = body {
+            env["http"]["body_b64"] = json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b));
+        }
+        env["limits"] = limits;
+        server.execute(&env).json()
+    };
+    let body = |env: &Value| -> Value {
+        let b =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, env["body_b64"].as_str().unwrap_or(""))
+                .unwrap();
+        serde_json::from_slice(&b).unwrap_or(Value::Null)
+    };
+
+    let first = call("GET", "/hello?name=Ada", None, json!({}));
+    eprintln!("publish to first execution: {:?}", started.elapsed());
+    assert_eq!(first["status"], 200, "{first}");
+    assert_eq!(body(&first), json!({ "greeting": "Hello, Ada!", "visits": 1 }));
+    assert_eq!(
+        body(&call("GET", "/hello?name=Ada", None, json!({}))),
+        json!({ "greeting": "Hello, Ada!", "visits": 2 })
+    );
+    let who = body(&call("GET", "/whoami", None, json!({})));
+    assert_eq!((who["tenant"].as_str(), who["user"].as_str()), (Some("t1"), Some("(not-available)")));
+    assert_eq!(
+        body(&call("GET", "/secret?key=api_key", None, json!({}))),
+        json!({ "present": false, "error": "missing" })
+    );
+    assert_eq!(
+        body(&call("POST", "/fetch", Some("http://127.0.0.1:9/"), json!({}))),
+        json!({ "error": "not-allowed" })
+    );
+    let now = body(&call("GET", "/time", None, json!({})))["now"].as_u64().unwrap();
+    let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(real.abs_diff(now) < 60_000, "Date.now() is the real time: {now} vs {real}");
+
+    // An uncaught exception: guest_trap for the caller, message and stack in the record.
+    let thrown = call("GET", "/throw", None, json!({}));
+    assert_eq!(thrown["status"], 500);
+    assert!(thrown["error"].as_str().unwrap().starts_with("execute_failed"), "{thrown}");
+    let records = server.admin_get("/v1/tenants/t1/executions?limit=1").json();
+    let record = &records["items"][0];
+    assert_eq!(record["outcome"], "guest_trap");
+    let logs: Vec<String> =
+        record["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+    assert!(logs.iter().any(|l| l == "[stderr] the sample threw on purpose"), "{logs:?}");
+    assert!(logs.iter().any(|l| l.contains("handler@source.js")), "the stack too: {logs:?}");
+
+    // Hostile JS: stopped by the deadline and by the memory limit.
+    let spin = call("GET", "/spin", None, json!({ "timeout_ms": 1500 }));
+    assert_eq!((spin["status"].as_u64(), spin["error"].as_str()), (Some(504), Some("timeout")), "{spin}");
+    let bomb = call("GET", "/bomb", None, json!({ "memory_mb": 64 }));
+    assert_eq!((bomb["status"].as_u64(), bomb["error"].as_str()), (Some(500), Some("memory_limit_exceeded")), "{bomb}");
+    // And the extension still works afterwards.
+    assert_eq!(call("GET", "/hello?name=Ada", None, json!({}))["status"], 200);
+}
