@@ -15,8 +15,9 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-js")
 }
 
-/// Builds the component with the example's own build (npm ci on its lockfile, then build.mjs).
-fn build() -> Result<Vec<u8>, String> {
+/// Builds the component with the example's own build (npm ci on its lockfile, then build.mjs
+/// with `flags`).
+fn build(flags: &[&str]) -> Result<Vec<u8>, String> {
     let dir = example();
     if !dir.join("node_modules/@bytecodealliance/componentize-js").is_dir() {
         let out = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).output();
@@ -26,10 +27,11 @@ fn build() -> Result<Vec<u8>, String> {
             Err(e) => return Err(format!("npm: {e}")),
         }
     }
-    let wasm = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hello-js.wasm");
+    let wasm = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hello-js{}.wasm", flags.join("")));
     let out = Command::new("node")
         .arg("build.mjs")
         .arg(&wasm)
+        .args(flags)
         .current_dir(&dir)
         .output()
         .map_err(|e| format!("node: {e}"))?;
@@ -47,7 +49,7 @@ fn have_node() -> bool {
 #[test]
 fn the_js_sample_runs_under_every_layer() {
     skip_unless!(have_node(), "node and npm are needed to build the JS sample (apt-get install npm)");
-    let component = build().expect("building the JS sample");
+    let component = build(&[]).expect("building the JS sample");
     assert!(component.len() > 5 << 20, "a StarlingMonkey component is large: {} bytes", component.len());
 
     let signer = Signer::new();
@@ -128,4 +130,15 @@ fn the_js_sample_runs_under_every_layer() {
     assert_eq!((bomb["status"].as_u64(), bomb["error"].as_str()), (Some(500), Some("memory_limit_exceeded")), "{bomb}");
     // And the extension still works afterwards.
     assert_eq!(call("GET", "/hello?name=Ada", None, json!({}))["status"], 200);
+
+    // Built with componentize-js's default features, the component imports wasi:http: refused
+    // at publish, naming the import (nothing may bypass the egress policy).
+    let with_http = build(&["--with-wasi-http"]).expect("building the wasi:http variant");
+    let mut m2 = manifest.clone();
+    m2["version"] = json!("1.0.1");
+    let bytes = pack_with_ui(&m2, &with_http, &[("index.html", &index)]);
+    let refused = server.publish(&bytes, &signer.sign(&bytes, "com.example.hello-js", "1.0.1"));
+    assert_eq!((refused.status, refused.code().as_str()), (400, "invalid_bundle"));
+    let detail = refused.json()["detail"].as_str().unwrap_or("").to_string();
+    assert!(detail.contains("wasi:http"), "{detail}");
 }

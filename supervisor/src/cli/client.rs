@@ -213,13 +213,51 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<u8> {
         format!("reading the signature {} (sign the bundle first: alga-runner sign)", sig_file.display())
     })?;
     eprintln!("uploading {} ({} bytes); the runner verifies and compiles it...", args.bundle.display(), bytes.len());
+    let progress = Progress::start("verifying and compiling");
     let r = client
         .request("POST", "/v1/bundles")
         .set("content-type", "application/octet-stream")
         .set("x-alga-signature", &STANDARD.encode(&sig))
         .send_bytes(&bytes);
+    drop(progress);
     let (status, body) = client.send(r)?;
     Ok(report(status, &body))
+}
+
+/// Elapsed time on a terminal while a long request runs (a large JS component compiles for
+/// seconds); nothing when stderr is not a terminal.
+struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(what: &'static str) -> Progress {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Progress { stop: None, thread: None };
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(500)) {
+                eprint!("\r  {what}… {:.0} s", start.elapsed().as_secs_f64());
+            }
+            eprint!("\r{}\r", " ".repeat(what.len() + 16));
+        });
+        Progress { stop: Some(tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 pub fn install(args: InstallArgs) -> anyhow::Result<u8> {
