@@ -164,8 +164,12 @@ fn http_rows(server: &alga_tests::server::Server, name: &str, body: &[u8], n: us
 /// In-process lower bound: one engine, one component, one `InstancePre`; per call a new store,
 /// instantiation and the call.
 fn in_process(n: usize, concurrency: usize) -> Figures {
+    in_process_of("in-process, warm engine", &fixture_bytes("echo"), ("POST", "/bench"), n, concurrency)
+}
+
+fn in_process_of(name: &str, wasm: &[u8], (method, url): (&str, &str), n: usize, concurrency: usize) -> Figures {
     let prep = Arc::new(Prepared::new(engine::engine().unwrap()).unwrap());
-    let (artifact, _) = compile::compile(&prep, &fixture_bytes("echo")).unwrap();
+    let (artifact, _) = compile::compile(&prep, wasm).unwrap();
     // SAFETY: the artifact was just compiled by this engine configuration.
     let component = unsafe { wasmtime::component::Component::deserialize(&prep.engine, &artifact) }.unwrap();
     let pre = RunnerPre::new(prep.linker.instantiate_pre(&component).unwrap()).unwrap();
@@ -175,9 +179,14 @@ fn in_process(n: usize, concurrency: usize) -> Figures {
         .map(|_| {
             let prep = prep.clone();
             let pre = pre.clone();
+            let (method, url) = (method.to_string(), url.to_string());
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-                let req = request("/bench");
+                let mut req = request(&url);
+                if method == "GET" {
+                    req.http.method = method.clone();
+                    req.http.body = None;
+                }
                 let mut lat = Vec::with_capacity(per_thread);
                 for _ in 0..per_thread {
                     let t = Instant::now();
@@ -199,7 +208,58 @@ fn in_process(n: usize, concurrency: usize) -> Figures {
         })
         .collect();
     let latencies = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    Figures { name: "in-process, warm engine".into(), concurrency, latencies, wall: start.elapsed() }
+    Figures { name: name.into(), concurrency, latencies, wall: start.elapsed() }
+}
+
+/// The JS sample (`--js FILE.wasm`, built by examples/hello-js/build.mjs): publish → first
+/// execution, `POST /v1/execute` at concurrency 1 and 4, the same component in-process on a warm
+/// engine, and the fork server's memory before and after.
+fn js(path: &str, n: usize) {
+    use alga_tests::server::{Options, Server, Signer, envelope, pack_with_ui};
+    let wasm = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (build it: node examples/hello-js/build.mjs {path})"));
+    let signer = Signer::new();
+    let server = Server::start_with(Options {
+        trust_lines: vec![signer.public()],
+        env: vec![
+            ("ALGA_RUNNER_SANDBOX__POOL_SIZE".into(), "8".into()),
+            ("ALGA_RUNNER_QUOTAS__TENANT_RATE_PER_S".into(), "0".into()),
+            ("ALGA_RUNNER_QUOTAS__EXTENSION_RATE_PER_S".into(), "0".into()),
+        ],
+    });
+    let fork_server = alga_tests::server::descendants(server.pid()).into_iter().min().expect("the fork server");
+    let rss = |pid: u32| -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .map(|l| l.trim_start_matches("VmRSS:").trim().to_string())
+            .unwrap_or_default()
+    };
+    let fork_before = rss(fork_server);
+    let manifest = serde_json::json!({
+        "name": "com.example.bench-js", "publisher": "Example Inc", "version": "1.0.0", "runtime": "wasm-js@1",
+        "capabilities": [], "api": { "endpoints": [ { "method": "GET", "path": "/time", "handler": "time" } ] }
+    });
+    let bytes = pack_with_ui(&manifest, &wasm, &[]);
+    let t = Instant::now();
+    assert_eq!(server.publish(&bytes, &signer.sign(&bytes, "com.example.bench-js", "1.0.0")).status, 201);
+    let published = t.elapsed();
+    server.install("bench", "com.example.bench-js", &serde_json::json!({ "version": "1.0.0" }));
+    let hash = alga_shared::bundle::content_hash(&bytes);
+    let env = envelope("bench", "com.example.bench-js", &hash, "/time");
+    let first = server.execute(&env);
+    assert_eq!(first.json()["status"], 200, "{}", String::from_utf8_lossy(&first.body));
+    let first_execution = t.elapsed();
+    println!("JS component {} KiB: publish (verify + compile) {published:?}, publish → first execution {first_execution:?}", wasm.len() / 1024);
+    println!("| path | concurrency | executions | p50 ms | p99 ms | executions/s |");
+    println!("|---|---|---|---|---|---|");
+    for mut r in http_rows(&server, "JS sample, HTTP /v1/execute, warm pool", &serde_json::to_vec(&env).unwrap(), n) {
+        println!("{}", r.row());
+    }
+    for c in [1, 4] {
+        println!("{}", in_process_of("JS sample, in-process, warm engine", &wasm, ("GET", "/time"), n, c).row());
+    }
+    println!("fork server VmRSS: {fork_before} before, {} after {} JS executions", rss(fork_server), 2 * n + 41);
 }
 
 fn core(pool: usize) -> (tokio::runtime::Runtime, Arc<Core>, tempfile::TempDir) {
@@ -547,6 +607,11 @@ fn main() {
         core.cgroups.release(other);
         core.cgroups.release(slot);
         rt.block_on(core.shutdown());
+        return;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--js") {
+        js(args.get(i + 1).expect("--js FILE.wasm"), if quick { 200 } else { 2_000 });
         return;
     }
     if std::env::args().any(|a| a == "--http") {
