@@ -2,7 +2,7 @@
 //! OUT_DIR, and tells the crate where they are (`ALGA_GUESTS_DIR`).
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
@@ -33,25 +33,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", manifest_dir.join("../shared/wit").display());
 
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(guests.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir);
-    // The outer build's settings are for the host target; none of them apply to the guests.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("running cargo to build the guest fixtures");
-    if !status.success() {
+    if !build_wasm(&guests.join("Cargo.toml"), &target_dir) {
         panic!(
             "building the guest fixtures failed (tests/guests). If the error says the target is \
              missing, run `rustup target add wasm32-wasip2` (the CI script .ci/run does)."
@@ -64,11 +46,24 @@ fn main() {
     println!("cargo:rerun-if-changed={}", hello.join("src").display());
     println!("cargo:rerun-if-changed={}", hello.join("Cargo.toml").display());
     let hello_target = out_dir.join("hello-target");
+    if !build_wasm(&hello.join("Cargo.toml"), &hello_target) {
+        panic!("building the sample extension (examples/hello) failed");
+    }
+    println!(
+        "cargo:rustc-env=ALGA_HELLO_WASM={}",
+        hello_target.join("wasm32-wasip2").join("release").join("hello.wasm").display()
+    );
+}
+
+/// `cargo build --release --locked --target wasm32-wasip2` of another workspace into
+/// `target_dir`; true when it succeeded.
+fn build_wasm(manifest: &Path, target_dir: &Path) -> bool {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(hello.join("Cargo.toml"))
+        .arg(manifest)
         .arg("--target-dir")
-        .arg(&hello_target);
+        .arg(target_dir);
+    // The outer build's settings are for the host target; none of them apply to wasm builds.
     for var in [
         "RUSTFLAGS",
         "CARGO_ENCODED_RUSTFLAGS",
@@ -79,11 +74,5 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    if !cmd.status().expect("running cargo to build examples/hello").success() {
-        panic!("building the sample extension (examples/hello) failed");
-    }
-    println!(
-        "cargo:rustc-env=ALGA_HELLO_WASM={}",
-        hello_target.join("wasm32-wasip2").join("release").join("hello.wasm").display()
-    );
+    cmd.status().expect("running cargo to build wasm components").success()
 }

@@ -72,11 +72,10 @@ impl HostBridge for NullBridge {
     }
 }
 
-/// `POST /v1/execute` against the real service, executed by `concurrency` keep-alive clients:
-/// the echo fixture (no host call), and the hostapi fixture making one durable storage `put`.
-/// Rate limits are off (the defaults would cap one tenant at 100/s); the other quotas apply.
-fn http(n: usize) -> Vec<Figures> {
-    use alga_tests::server::{Options, Server, Signer, deploy, envelope, hostapi_manifest, manifest};
+/// The service for the HTTP benchmarks: a pool of 8, rate limits off (the default buckets would
+/// cap one tenant at 100/s; the other quotas apply).
+fn bench_server() -> (alga_tests::server::Signer, alga_tests::server::Server) {
+    use alga_tests::server::{Options, Server, Signer};
     let signer = Signer::new();
     let server = Server::start_with(Options {
         trust_lines: vec![signer.public()],
@@ -86,6 +85,15 @@ fn http(n: usize) -> Vec<Figures> {
             ("ALGA_RUNNER_QUOTAS__EXTENSION_RATE_PER_S".into(), "0".into()),
         ],
     });
+    (signer, server)
+}
+
+/// `POST /v1/execute` against the real service, executed by `concurrency` keep-alive clients:
+/// the echo fixture (no host call), and the hostapi fixture making one durable storage `put`.
+/// Rate limits are off (the defaults would cap one tenant at 100/s); the other quotas apply.
+fn http(n: usize) -> Vec<Figures> {
+    use alga_tests::server::{deploy, envelope, hostapi_manifest, manifest};
+    let (signer, server) = bench_server();
     let echo = deploy(
         &server,
         &signer,
@@ -215,17 +223,10 @@ fn in_process_of(name: &str, wasm: &[u8], (method, url): (&str, &str), n: usize,
 /// execution, `POST /v1/execute` at concurrency 1 and 4, the same component in-process on a warm
 /// engine, and the fork server's memory before and after.
 fn js(path: &str, n: usize) {
-    use alga_tests::server::{Options, Server, Signer, envelope, pack_with_ui};
-    let wasm = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (build it: node examples/hello-js/build.mjs {path})"));
-    let signer = Signer::new();
-    let server = Server::start_with(Options {
-        trust_lines: vec![signer.public()],
-        env: vec![
-            ("ALGA_RUNNER_SANDBOX__POOL_SIZE".into(), "8".into()),
-            ("ALGA_RUNNER_QUOTAS__TENANT_RATE_PER_S".into(), "0".into()),
-            ("ALGA_RUNNER_QUOTAS__EXTENSION_RATE_PER_S".into(), "0".into()),
-        ],
-    });
+    use alga_tests::server::{envelope, pack_with_ui};
+    let wasm = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (build it: node examples/hello-js/build.mjs {path})"));
+    let (signer, server) = bench_server();
     let fork_server = alga_tests::server::descendants(server.pid()).into_iter().min().expect("the fork server");
     let rss = |pid: u32| -> String {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -250,7 +251,10 @@ fn js(path: &str, n: usize) {
     let first = server.execute(&env);
     assert_eq!(first.json()["status"], 200, "{}", String::from_utf8_lossy(&first.body));
     let first_execution = t.elapsed();
-    println!("JS component {} KiB: publish (verify + compile) {published:?}, publish → first execution {first_execution:?}", wasm.len() / 1024);
+    println!(
+        "JS component {} KiB: publish (verify + compile) {published:?}, publish → first execution {first_execution:?}",
+        wasm.len() / 1024
+    );
     println!("| path | concurrency | executions | p50 ms | p99 ms | executions/s |");
     println!("|---|---|---|---|---|---|");
     for mut r in http_rows(&server, "JS sample, HTTP /v1/execute, warm pool", &serde_json::to_vec(&env).unwrap(), n) {
