@@ -50,8 +50,13 @@ pub async fn publish(svc: &Arc<Service>, event: EventRequest, request_id: String
         let (svc2, id) = (svc.clone(), execution_id.clone());
         let trigger = Trigger::Event { topic: event.topic.clone(), handler: sub.handler.clone() };
         svc.core.handle.spawn(async move {
-            if let Err(p) = execute::run(&svc2, &target, cmd, trigger, Some(id.clone())).await {
-                tracing::error!(execution_id = %id, problem = %p, "an event handler could not run");
+            match execute::run(&svc2, &target, cmd, trigger, Some(id.clone())).await {
+                // Refused before running (a quota): no record carries this id; say so here.
+                Ok(answer) if matches!(answer.status, 429 | 503) && answer.error.is_some() => {
+                    tracing::warn!(execution_id = %id, error = ?answer.error, "an event handler was not admitted");
+                }
+                Ok(_) => {}
+                Err(p) => tracing::error!(execution_id = %id, problem = %p, "an event handler could not run"),
             }
         });
         ids.push(execution_id);
