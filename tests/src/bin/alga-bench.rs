@@ -264,6 +264,45 @@ fn js(path: &str, n: usize) {
         println!("{}", in_process_of("JS sample, in-process, warm engine", &wasm, ("GET", "/time"), n, c).row());
     }
     println!("fork server VmRSS: {fork_before} before, {} after {} JS executions", rss(fork_server), 2 * n + 41);
+
+    // One JS sandbox while it runs (an endless loop, stopped at 1.5 s): its resident memory and
+    // page faults, read from /proc while it spins. The idle pool sandboxes show the baseline.
+    let pool: Vec<u32> = alga_tests::server::descendants(fork_server);
+    let mut spin = envelope("bench", "com.example.bench-js", &hash, "/spin");
+    spin["limits"] = serde_json::json!({ "timeout_ms": 1500 });
+    let spinning = std::thread::spawn({
+        let url = server.url.clone();
+        let body = serde_json::to_vec(&spin).unwrap();
+        move || {
+            ureq::post(&format!("{url}/v1/execute"))
+                .set("authorization", &format!("Bearer {}", alga_tests::server::SERVICE_TOKEN))
+                .set("content-type", "application/json")
+                .send_bytes(&body)
+                .map(|r| r.into_string().unwrap_or_default())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let faults = |pid: u32| -> (u64, u64) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+        // After the command name: state is field 3; minflt is 10 and majflt 12 (1-based).
+        (
+            fields.get(7).and_then(|v| v.parse().ok()).unwrap_or(0),
+            fields.get(9).and_then(|v| v.parse().ok()).unwrap_or(0),
+        )
+    };
+    let kib = |s: String| s.trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0);
+    let mut rows: Vec<(u32, u64, (u64, u64))> =
+        alga_tests::server::descendants(fork_server).into_iter().map(|p| (p, kib(rss(p)), faults(p))).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    if let Some((pid, rss_kib, (minflt, majflt))) = rows.first() {
+        let idle: Vec<u64> = rows.iter().filter(|r| pool.contains(&r.0) && r.0 != *pid).map(|r| r.1).collect();
+        println!(
+            "a JS sandbox while it runs (pid {pid}): VmRSS {rss_kib} kB, {minflt} minor and {majflt} major page faults; idle pool sandboxes: {idle:?} kB"
+        );
+    }
+    let answer = spinning.join().unwrap().unwrap_or_default();
+    assert!(answer.contains("timeout"), "{answer}");
 }
 
 fn core(pool: usize) -> (tokio::runtime::Runtime, Arc<Core>, tempfile::TempDir) {
