@@ -278,7 +278,7 @@ fn js(path: &str, n: usize) {
                 .set("authorization", &format!("Bearer {}", alga_tests::server::SERVICE_TOKEN))
                 .set("content-type", "application/json")
                 .send_bytes(&body)
-                .map(|r| r.into_string().unwrap_or_default())
+                .map_or_else(|e| e.to_string(), |r| r.into_string().unwrap_or_default())
         }
     });
     std::thread::sleep(Duration::from_millis(700));
@@ -301,7 +301,7 @@ fn js(path: &str, n: usize) {
             "a JS sandbox while it runs (pid {pid}): VmRSS {rss_kib} kB, {minflt} minor and {majflt} major page faults; idle pool sandboxes: {idle:?} kB"
         );
     }
-    let answer = spinning.join().unwrap().unwrap_or_default();
+    let answer = spinning.join().unwrap();
     assert!(answer.contains("timeout"), "{answer}");
 }
 
