@@ -147,11 +147,11 @@ impl Destination {
 }
 
 /// The three lists of an execution. `None` for the install: no install-level restriction.
-#[derive(Debug, Clone, Default)]
-pub struct Policy {
-    pub operator: Vec<Rule>,
-    pub manifest: Vec<Rule>,
-    pub install: Option<Vec<Rule>>,
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy<'a> {
+    pub operator: &'a [Rule],
+    pub manifest: &'a [Rule],
+    pub install: Option<&'a [Rule]>,
 }
 
 /// Why an address was refused.
@@ -163,9 +163,9 @@ pub enum Refusal {
     InternalAddress,
 }
 
-impl Policy {
-    fn lists(&self) -> impl Iterator<Item = &[Rule]> {
-        [self.operator.as_slice(), self.manifest.as_slice()].into_iter().chain(self.install.as_deref())
+impl<'a> Policy<'a> {
+    fn lists(&self) -> impl Iterator<Item = &'a [Rule]> {
+        [self.operator, self.manifest].into_iter().chain(self.install)
     }
 
     /// Whether any entry could match the destination before resolution (a cheap early refusal
@@ -264,9 +264,10 @@ mod tests {
         Destination { name: name.map(str::to_string), port, default_port: 443 }
     }
 
-    fn policy(all: &[&str]) -> Policy {
-        let list = Rule::parse_list(all).unwrap();
-        Policy { operator: list.clone(), manifest: list.clone(), install: Some(list) }
+    /// The same list three times (leaked: a test's lists live as long as the test binary).
+    fn policy(all: &[&str]) -> Policy<'static> {
+        let list: &'static [Rule] = Vec::leak(Rule::parse_list(all).unwrap());
+        Policy { operator: list, manifest: list, install: Some(list) }
     }
 
     const PUBLIC: IpAddr = IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34));
@@ -317,12 +318,12 @@ mod tests {
     #[test]
     fn the_lists_intersect_and_empty_allows_nothing() {
         let mut p = policy(&["api.example.com", "other.example.com"]);
-        p.install = Some(Rule::parse_list(&["api.example.com"]).unwrap());
+        p.install = Some(Vec::leak(Rule::parse_list(&["api.example.com"]).unwrap()));
         assert_eq!(p.check(&dest(Some("other.example.com"), 443), PUBLIC), Err(Refusal::NotListed));
         assert_eq!(p.check(&dest(Some("api.example.com"), 443), PUBLIC), Ok(()));
         p.install = None;
         assert_eq!(p.check(&dest(Some("other.example.com"), 443), PUBLIC), Ok(()), "no install restriction");
-        p.operator.clear();
+        p.operator = &[];
         assert_eq!(
             p.check(&dest(Some("api.example.com"), 443), PUBLIC),
             Err(Refusal::NotListed),

@@ -302,17 +302,9 @@ impl HostCall {
                 error: Some(denied_text(Capability::SchedulerManage)),
             }),
             SchedulerGetEndpoints => HostReply::Endpoints(Err(SchedulerError::Denied)),
-            InvoicingCreateManualInvoice { .. } => HostReply::Invoice(CreateManualInvoiceResult {
-                success: false,
-                invoice_id: None,
-                invoice_number: None,
-                status: None,
-                subtotal: None,
-                tax: None,
-                total: None,
-                error: Some(denied_text(Capability::InvoiceManualCreate)),
-                field_errors: None,
-            }),
+            InvoicingCreateManualInvoice { .. } => {
+                HostReply::Invoice(invoice_failure(denied_text(Capability::InvoiceManualCreate)))
+            }
             ClientsList { .. } => HostReply::Clients(Err(ClientReadError::NotAllowed)),
             ClientsGet { .. } => HostReply::Client(Err(ClientReadError::NotAllowed)),
             ServicesList { .. } => HostReply::Services(Err(ServiceReadError::NotAllowed)),
@@ -321,6 +313,21 @@ impl HostCall {
             ConfigList => HostReply::ConfigEntries(Vec::new()),
             MetricsCounterAdd { .. } | MetricsHistogramObserve { .. } => HostReply::Unit,
         }
+    }
+}
+
+/// A `create-manual-invoice` result that failed with `error` (and no invoice).
+pub fn invoice_failure(error: String) -> CreateManualInvoiceResult {
+    CreateManualInvoiceResult {
+        success: false,
+        invoice_id: None,
+        invoice_number: None,
+        status: None,
+        subtotal: None,
+        tax: None,
+        total: None,
+        error: Some(error),
+        field_errors: None,
     }
 }
 

@@ -86,9 +86,9 @@ fn fail<T>(kind: HttpError, why: impl Into<String>) -> Result<T, Failed> {
 
 pub async fn fetch(ctx: &HostContext, request: HttpRequest, deadline: Instant) -> HostReply {
     let policy = Policy {
-        operator: ctx.env.fetch.operator.clone(),
-        manifest: ctx.egress.manifest.clone(),
-        install: ctx.egress.install.clone(),
+        operator: &ctx.env.fetch.operator,
+        manifest: &ctx.egress.manifest,
+        install: ctx.egress.install.as_deref(),
     };
     let result = tokio::time::timeout_at(deadline, perform(ctx, &policy, request)).await;
     HostReply::Http(match result {
@@ -104,7 +104,7 @@ pub async fn fetch(ctx: &HostContext, request: HttpRequest, deadline: Instant) -
     })
 }
 
-async fn perform(ctx: &HostContext, policy: &Policy, request: HttpRequest) -> Result<HttpResponse, Failed> {
+async fn perform(ctx: &HostContext, policy: &Policy<'_>, request: HttpRequest) -> Result<HttpResponse, Failed> {
     let settings = &ctx.env.fetch;
     let url =
         // The URL itself is not logged: a guest may carry a credential in it.

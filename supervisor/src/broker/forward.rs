@@ -20,7 +20,7 @@ use alga_shared::bindings::{
     ServiceItemKind, ServiceReadError, ServiceSummary, ServicesListInput, ServicesListResult, UpdateScheduleInput,
     UpdateScheduleResult,
 };
-use alga_shared::protocol::{HostCall, HostReply};
+use alga_shared::protocol::{HostCall, HostReply, invoice_failure};
 use serde_json::{Map, Value, json};
 
 use super::UserInfo;
@@ -885,20 +885,6 @@ fn delete_result(answer: Result<Value, SchedulerError>) -> DeleteScheduleResult 
 }
 
 // --- invoicing ---
-
-fn invoice_failure(error: String) -> CreateManualInvoiceResult {
-    CreateManualInvoiceResult {
-        success: false,
-        invoice_id: None,
-        invoice_number: None,
-        status: None,
-        subtotal: None,
-        tax: None,
-        total: None,
-        error: Some(error),
-        field_errors: None,
-    }
-}
 
 /// Invoicing reports failures as text in the result, never as an error value. An HTTP error
 /// quotes the host application's body (bounded by the caller); a transport failure does not

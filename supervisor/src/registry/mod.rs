@@ -80,8 +80,8 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     fn put_install(&self, install: &InstallRecord, subscriptions: &[SubscriptionRecord]) -> Result<(), StoreError>;
     /// Removes the install and its subscriptions, in one transaction.
     fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
-    /// Whether some tenant's install of the extension is on this content hash.
-    fn installed_anywhere(&self, extension_id: &str, content_hash: &str) -> Result<bool, StoreError>;
+    /// Whether some tenant's install is on this content hash (a bundle belongs to one extension).
+    fn installed_anywhere(&self, content_hash: &str) -> Result<bool, StoreError>;
     /// The tenant's subscriptions to `topic`.
     fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
 

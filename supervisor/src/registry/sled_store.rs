@@ -26,6 +26,9 @@ pub struct SledRegistry {
     /// The chain head of each tenant's execution log.
     chains: Tree,
     subscriptions: Tree,
+    /// Which bundles are installed: `content hash 0x00 tenant` → nothing. Kept with the installs
+    /// in their transactions; `/ext-ui` asks it on every asset request.
+    installed_hashes: Tree,
     usage: Tree,
     /// Appends to a chain are serialized (each needs the previous head).
     chain_lock: Arc<Mutex<()>>,
@@ -33,6 +36,10 @@ pub struct SledRegistry {
 
 /// Records pruned per append at most (the periodic sweep takes the rest).
 const PRUNE_PER_APPEND: usize = 16;
+
+fn hash_key(content_hash: &str, tenant: &str) -> Vec<u8> {
+    key(&[content_hash.as_bytes(), tenant.as_bytes()])
+}
 
 fn subscription_key(s: &SubscriptionRecord) -> Vec<u8> {
     key(&[s.tenant.as_bytes(), s.topic.as_bytes(), s.install_id.as_bytes(), s.handler.as_bytes()])
@@ -95,7 +102,7 @@ impl SledRegistry {
                 db.flush()?;
             }
         }
-        Ok(SledRegistry {
+        let registry = SledRegistry {
             extensions: db.open_tree("extension_registry")?,
             by_name: db.open_tree("extension_by_name")?,
             versions: db.open_tree("extension_version")?,
@@ -104,10 +111,13 @@ impl SledRegistry {
             executions: db.open_tree("extension_execution_log")?,
             chains: db.open_tree("extension_execution_chain")?,
             subscriptions: db.open_tree("extension_event_subscription")?,
+            installed_hashes: db.open_tree("install_by_content_hash")?,
             usage: db.open_tree("extension_quota_usage")?,
             chain_lock: Arc::new(Mutex::new(())),
             db,
-        })
+        };
+        registry.index_installed_hashes()?;
+        Ok(registry)
     }
 
     /// Another tree of the same database (the guests' storage lives beside the registry, so one
@@ -152,6 +162,18 @@ impl SledRegistry {
             head.first_seq += 1;
             batch.remove(k);
             n += 1;
+        }
+        Ok(())
+    }
+
+    /// Builds the content-hash index of a database written before it existed.
+    fn index_installed_hashes(&self) -> Result<(), StoreError> {
+        if !self.installed_hashes.is_empty() {
+            return Ok(());
+        }
+        for v in self.installs.iter().values() {
+            let i: InstallRecord = decode(&v?)?;
+            self.installed_hashes.insert(hash_key(&i.content_hash, &i.tenant), &[])?;
         }
         Ok(())
     }
@@ -285,9 +307,14 @@ impl RegistryStore for SledRegistry {
     fn put_install(&self, install: &InstallRecord, subscriptions: &[SubscriptionRecord]) -> Result<(), StoreError> {
         let stale = self.subscription_keys(&install.tenant, &install.install_id)?;
         let ikey = key(&[install.tenant.as_bytes(), install.extension_id.as_bytes()]);
-        (&self.installs, &self.subscriptions)
-            .transaction(|(installs, subs)| {
-                installs.insert(ikey.as_slice(), encode(install))?;
+        (&self.installs, &self.subscriptions, &self.installed_hashes)
+            .transaction(|(installs, subs, hashes)| {
+                if let Some(old) = installs.insert(ikey.as_slice(), encode(install))?
+                    && let Ok(old) = decode::<InstallRecord>(&old)
+                {
+                    hashes.remove(hash_key(&old.content_hash, &old.tenant))?;
+                }
+                hashes.insert(hash_key(&install.content_hash, &install.tenant), &[])?;
                 for k in &stale {
                     subs.remove(k.clone())?;
                 }
@@ -304,9 +331,10 @@ impl RegistryStore for SledRegistry {
         let ikey = key(&[tenant.as_bytes(), extension_id.as_bytes()]);
         let Some(old) = get::<InstallRecord>(&self.installs, &ikey)? else { return Ok(None) };
         let stale = self.subscription_keys(tenant, &old.install_id)?;
-        (&self.installs, &self.subscriptions)
-            .transaction(|(installs, subs)| {
+        (&self.installs, &self.subscriptions, &self.installed_hashes)
+            .transaction(|(installs, subs, hashes)| {
                 installs.remove(ikey.as_slice())?;
+                hashes.remove(hash_key(&old.content_hash, &old.tenant))?;
                 for k in &stale {
                     subs.remove(k.clone())?;
                 }
@@ -316,14 +344,8 @@ impl RegistryStore for SledRegistry {
         self.durable(Some(old))
     }
 
-    fn installed_anywhere(&self, extension_id: &str, content_hash: &str) -> Result<bool, StoreError> {
-        for v in self.installs.iter().values() {
-            let i: InstallRecord = decode(&v?)?;
-            if i.extension_id == extension_id && i.content_hash == content_hash {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    fn installed_anywhere(&self, content_hash: &str) -> Result<bool, StoreError> {
+        Ok(self.installed_hashes.scan_prefix(key(&[content_hash.as_bytes(), b""])).next().transpose()?.is_some())
     }
 
     fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
@@ -644,6 +666,44 @@ mod tests {
         let kept = r.executions_oldest_first("t1").unwrap();
         assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
         assert!(verify(&r, "t1").intact());
+    }
+
+    fn install(tenant: &str, hash: &str) -> InstallRecord {
+        InstallRecord {
+            tenant: tenant.into(),
+            extension_id: "e".into(),
+            install_id: new_id(),
+            version_id: "v".into(),
+            version: "1.0.0".into(),
+            content_hash: hash.into(),
+            granted_capabilities: vec![],
+            config: Default::default(),
+            egress_allowlist: None,
+            limits: Default::default(),
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_content_hash_index_follows_installs_upgrades_and_uninstalls() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SledRegistry::open(dir.path()).unwrap();
+        r.put_install(&install("t1", "h1"), &[]).unwrap();
+        r.put_install(&install("t2", "h1"), &[]).unwrap();
+        assert!(r.installed_anywhere("h1").unwrap());
+        r.put_install(&install("t1", "h2"), &[]).unwrap();
+        assert!(r.installed_anywhere("h1").unwrap(), "t2 is still on h1");
+        r.delete_install("t2", "e").unwrap();
+        assert!(!r.installed_anywhere("h1").unwrap(), "the upgrade and the uninstall removed h1");
+        assert!(r.installed_anywhere("h2").unwrap());
+        assert!(!r.installed_anywhere("h").unwrap(), "a prefix of a hash is not the hash");
+        // A database written before the index: rebuilt at open.
+        r.installed_hashes.clear().unwrap();
+        drop(r);
+        let r = SledRegistry::open(dir.path()).unwrap();
+        assert!(r.installed_anywhere("h2").unwrap());
     }
 
     #[test]

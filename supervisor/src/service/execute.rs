@@ -143,7 +143,43 @@ pub struct EnvelopeResponse {
 
 impl EnvelopeResponse {
     fn error(status: u16, error: impl Into<String>) -> Self {
-        EnvelopeResponse { status, headers: BTreeMap::new(), body_b64: None, error: Some(error.into()) }
+        Answer::error(status, error).into()
+    }
+}
+
+/// What an execution answered, the body as bytes: the gateway sends it as it is, the envelope
+/// mode encodes it once ([`EnvelopeResponse`]).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<Vec<u8>>,
+    pub error: Option<String>,
+}
+
+impl Answer {
+    fn error(status: u16, error: impl Into<String>) -> Self {
+        Answer { status, headers: BTreeMap::new(), body: None, error: Some(error.into()) }
+    }
+}
+
+impl From<Answer> for EnvelopeResponse {
+    fn from(a: Answer) -> Self {
+        EnvelopeResponse {
+            status: a.status,
+            headers: a.headers,
+            body_b64: a.body.map(|b| STANDARD.encode(b)),
+            error: a.error,
+        }
+    }
+}
+
+impl TryFrom<EnvelopeResponse> for Answer {
+    type Error = base64::DecodeError;
+
+    fn try_from(e: EnvelopeResponse) -> Result<Self, Self::Error> {
+        let body = e.body_b64.map(|b| STANDARD.decode(b)).transpose()?;
+        Ok(Answer { status: e.status, headers: e.headers, body, error: e.error })
     }
 }
 
@@ -302,7 +338,7 @@ impl Trigger {
 /// installed, denied, guest errors) is an envelope.
 pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<EnvelopeResponse, Problem> {
     match resolve_envelope(svc, &cmd)? {
-        Some(target) => run(svc, &target, cmd, Trigger::Envelope, None).await,
+        Some(target) => Ok(run(svc, &target, cmd, Trigger::Envelope, None).await?.into()),
         None => Ok(EnvelopeResponse::error(404, "not_installed")),
     }
 }
@@ -333,9 +369,9 @@ pub fn resolve_enabled(svc: &Service, tenant: &str, extension: &str) -> Result<O
 }
 
 /// The envelope of a refused admission, with its `retry-after`.
-fn refused(r: Refused) -> EnvelopeResponse {
+fn refused(r: Refused) -> Answer {
     let (status, error) = r.status_and_error();
-    let mut e = EnvelopeResponse::error(status, error);
+    let mut e = Answer::error(status, error);
     if let Some(s) = r.retry_after_s() {
         e.headers.insert("retry-after".into(), s.to_string());
     }
@@ -350,7 +386,7 @@ pub async fn run(
     cmd: ExecuteCommand,
     trigger: Trigger,
     execution_id: Option<String>,
-) -> Result<EnvelopeResponse, Problem> {
+) -> Result<Answer, Problem> {
     use tracing::Instrument;
     let span = tracing::info_span!(
         "execution",
@@ -371,7 +407,7 @@ async fn run_in_span(
     cmd: ExecuteCommand,
     trigger: Trigger,
     execution_id: Option<String>,
-) -> Result<EnvelopeResponse, Problem> {
+) -> Result<Answer, Problem> {
     let Target { ext, install, version } = target;
     // Effective capabilities: manifest ∩ grants (∩ providers) ∪ defaults. Asking for a capability
     // that is unknown or not granted is refused.
@@ -388,7 +424,7 @@ async fn run_in_span(
                     {
                         set.insert(cap)
                     }
-                    _ => return Ok(EnvelopeResponse::error(403, "capability_denied")),
+                    _ => return Ok(Answer::error(403, "capability_denied")),
                 }
             }
             Some(set)
@@ -399,9 +435,10 @@ async fn run_in_span(
 
     if let Some(key) = &cmd.idempotency_key
         && let Some(cached) = svc.idempotency.lock().unwrap_or_else(|p| p.into_inner()).get(&cmd.tenant, &ext.id, key)
-        && let Ok(response) = serde_json::from_value::<EnvelopeResponse>(cached)
+        && let Ok(envelope) = serde_json::from_value::<EnvelopeResponse>(cached)
+        && let Ok(answer) = Answer::try_from(envelope)
     {
-        return Ok(response);
+        return Ok(answer);
     }
 
     let admitted = match usage::over_window_cap(svc, &cmd.tenant)? {
@@ -421,7 +458,7 @@ async fn run_in_span(
         Ok(l) => l,
         Err(LoadError::Verification(detail)) => {
             tracing::warn!(extension = %ext.name, version = %version.version, %detail, "bundle failed verification at load");
-            return Ok(EnvelopeResponse::error(502, "bundle_verification_failed"));
+            return Ok(Answer::error(502, "bundle_verification_failed"));
         }
         Err(LoadError::Internal(detail)) => return Err(Problem::internal(detail)),
     };
@@ -474,10 +511,10 @@ async fn run_in_span(
     let job = ExecuteJob { request, limits, capabilities, artifact_len: loaded.artifact.len };
     let core = svc.core.clone();
     let artifact = loaded.artifact.clone();
-    let report = svc.on_core(async move { executor::execute(&core, &artifact, job, &host).await }).await?;
+    let mut report = svc.on_core(async move { executor::execute(&core, &artifact, job, &host).await }).await?;
     drop(permit);
 
-    let response = envelope_of(&report);
+    let response = answer_of(&mut report);
     let egress_bytes = egress_bytes.load(Ordering::Relaxed);
     usage::add(svc, &cmd.tenant, &ext.id, &report, egress_bytes);
     svc.core.metrics.finished(Finished {
@@ -496,16 +533,17 @@ async fn run_in_span(
     }
     if report.outcome == Outcome::Completed
         && let Some(key) = &cmd.idempotency_key
-        && let Ok(value) = serde_json::to_value(&response)
+        && let Ok(value) = serde_json::to_value(EnvelopeResponse::from(response.clone()))
     {
         svc.idempotency.lock().unwrap_or_else(|p| p.into_inner()).put(&cmd.tenant, &ext.id, key, value);
     }
     Ok(response)
 }
 
-/// The envelope of a finished execution (02-http-api.md, outcome table).
-pub fn envelope_of(report: &Report) -> EnvelopeResponse {
-    match (&report.response, report.outcome.envelope_error()) {
+/// The answer of a finished execution (02-http-api.md, outcome table); the guest's body is
+/// moved out of the report, not copied.
+pub fn answer_of(report: &mut Report) -> Answer {
+    match (report.response.take(), report.outcome.envelope_error()) {
         (Some(r), None) if (100..=599).contains(&r.status) => {
             let mut headers = BTreeMap::new();
             for h in &r.headers {
@@ -521,16 +559,11 @@ pub fn envelope_of(report: &Report) -> EnvelopeResponse {
                     })
                     .or_insert_with(|| h.value.clone());
             }
-            EnvelopeResponse {
-                status: r.status,
-                headers,
-                body_b64: r.body.as_ref().map(|b| STANDARD.encode(b)),
-                error: None,
-            }
+            Answer { status: r.status, headers, body: r.body, error: None }
         }
-        (Some(_), None) => EnvelopeResponse::error(502, "invalid_guest_response"),
-        (_, Some((status, error))) => EnvelopeResponse::error(status, error),
-        (None, None) => EnvelopeResponse::error(500, "execute_failed: no response"),
+        (Some(_), None) => Answer::error(502, "invalid_guest_response"),
+        (_, Some((status, error))) => Answer::error(status, error),
+        (None, None) => Answer::error(500, "execute_failed: no response"),
     }
 }
 
@@ -548,7 +581,7 @@ fn record(
     cmd: &ExecuteCommand,
     recorded: &Recorded<'_>,
     report: &Report,
-    response: &EnvelopeResponse,
+    response: &Answer,
 ) -> bool {
     let Recorded { install, trigger, egress_bytes, .. } = *recorded;
     let mut logs: Vec<String> = report.logs.iter().map(|l| format!("[{}] {}", l.level.as_str(), l.message)).collect();

@@ -9,11 +9,9 @@ use std::sync::Arc;
 use alga_shared::bindings::HttpHeader;
 use alga_shared::limits::LimitRequest;
 use alga_shared::manifest::Endpoint;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 
 use super::Service;
-use super::execute::{self, EnvelopeResponse, ExecuteCommand, INBOUND_HEADERS, Trigger};
+use super::execute::{self, Answer, ExecuteCommand, INBOUND_HEADERS, Trigger};
 use crate::broker::UserInfo;
 use crate::http::problem::Problem;
 use crate::secrets::SecretMap;
@@ -129,7 +127,7 @@ pub fn outbound_headers(guest: &BTreeMap<String, String>, host: Option<&str>) ->
 }
 
 /// The problem+json of an envelope error (the codes of the envelope table).
-fn problem_of(env: &EnvelopeResponse) -> Problem {
+fn problem_of(env: &Answer) -> Problem {
     let error = env.error.as_deref().unwrap_or("execute_failed");
     let (code, detail) = error.split_once(": ").unwrap_or((error, ""));
     let (code, title): (&'static str, &str) = match code {
@@ -208,19 +206,14 @@ pub async fn handle(svc: &Arc<Service>, req: GatewayRequest) -> Result<GatewayAn
         secrets: SecretMap::default(),
         idempotency_key,
     };
-    let env = execute::run(svc, &target, cmd, Trigger::Gateway { endpoint: endpoint_label }, None).await?;
-    if env.error.is_some() {
-        return Err(problem_of(&env));
+    let answer = execute::run(svc, &target, cmd, Trigger::Gateway { endpoint: endpoint_label }, None).await?;
+    if answer.error.is_some() {
+        return Err(problem_of(&answer));
     }
-    let body = match (&env.body_b64, req.method.as_str()) {
-        (_, "HEAD") | (None, _) => Vec::new(),
-        (Some(b), _) => {
-            STANDARD.decode(b).map_err(|e| Problem::internal(format!("re-reading the guest's body: {e}")))?
-        }
-    };
+    let body = if req.method == "HEAD" { Vec::new() } else { answer.body.unwrap_or_default() };
     Ok(GatewayAnswer::Response {
-        status: env.status,
-        headers: outbound_headers(&env.headers, req.host.as_deref()),
+        status: answer.status,
+        headers: outbound_headers(&answer.headers, req.host.as_deref()),
         body,
     })
 }

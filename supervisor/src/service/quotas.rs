@@ -87,17 +87,23 @@ pub struct Permit {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        for k in &self.keys {
-            if let Some(n) = c.in_flight.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    c.in_flight.remove(k);
-                }
+/// Gives back one execution's in-flight counts (an entry at zero goes, so the map holds only
+/// tenants with work running).
+fn release(counters: &Mutex<Counters>, keys: &[String; 2]) {
+    let mut c = counters.lock().unwrap_or_else(|p| p.into_inner());
+    for k in keys {
+        if let Some(n) = c.in_flight.get_mut(k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.in_flight.remove(k);
             }
         }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        release(&self.counters, &self.keys);
     }
 }
 
@@ -211,14 +217,8 @@ impl Undo<'_> {
 
 impl Drop for Undo<'_> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        for k in self.keys {
-            if let Some(n) = c.in_flight.get_mut(k) {
-                *n = n.saturating_sub(1);
-            }
+        if self.armed {
+            release(self.counters, self.keys);
         }
     }
 }

@@ -197,7 +197,7 @@ pub fn resolve(svc: &Arc<Service>, req: &UiRequest) -> Result<UiAnswer, Problem>
     if svc.config.ui.strict {
         let installed = match &req.tenant {
             Some(t) => svc.registry.install(t, &ext.id)?.is_some_and(|i| i.content_hash == hash),
-            None => svc.registry.installed_anywhere(&ext.id, &hash)?,
+            None => svc.registry.installed_anywhere(&hash)?,
         };
         if !installed {
             return Err(not_found(match &req.tenant {
