@@ -43,6 +43,10 @@ pub enum PolicyError {
     Duplicate { filter: String, syscall: String },
     #[error("seccomp policy: filter `{filter}` must kill the process on a mismatch (found {found})")]
     NotKill { filter: String, found: String },
+    #[error(
+        "seccomp policy: filter `{filter}` answers `{syscall}` with ENOSYS but does not allow it; add it to `filter` too (otherwise the kill on a mismatch wins)"
+    )]
+    EnosysNotAllowed { filter: String, syscall: String },
     #[error("seccomp policy: filter `{0}` is missing")]
     MissingFilter(String),
     #[error("seccomp policy does not compile: {0}")]
@@ -65,6 +69,10 @@ struct Filter {
     mismatch_action: Value,
     match_action: Value,
     filter: Vec<Rule>,
+    /// Allowed syscalls that nevertheless fail with ENOSYS, for callers that have a fallback
+    /// (installed as a second filter: the kernel takes the most restrictive answer of all filters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    enosys: Vec<Rule>,
 }
 
 /// A validated seccomp policy: named filters, each an allowlist with a reason on every rule.
@@ -100,6 +108,14 @@ impl SeccompPolicy {
                     return Err(PolicyError::Duplicate { filter: name.clone(), syscall: rule.syscall.clone() });
                 }
             }
+            for rule in &f.enosys {
+                if rule.comment.trim().is_empty() {
+                    return Err(PolicyError::MissingReason { filter: name.clone(), syscall: rule.syscall.clone() });
+                }
+                if !plain.contains(rule.syscall.as_str()) {
+                    return Err(PolicyError::EnosysNotAllowed { filter: name.clone(), syscall: rule.syscall.clone() });
+                }
+            }
         }
         Ok(SeccompPolicy { filters })
     }
@@ -124,6 +140,7 @@ impl SeccompPolicy {
         let mut copy = self.clone();
         if let Some(f) = copy.filters.get_mut(filter) {
             f.filter.retain(|r| r.syscall != syscall);
+            f.enosys.retain(|r| r.syscall != syscall);
         }
         copy
     }
@@ -134,19 +151,46 @@ impl SeccompPolicy {
     }
 
     /// Compiles every filter to BPF for this architecture.
-    pub fn compile(&self, mode: SeccompMode) -> Result<BTreeMap<String, BpfProgram>, PolicyError> {
-        let mut filters = self.filters.clone();
-        if mode == SeccompMode::Log {
-            for f in filters.values_mut() {
-                f.mismatch_action = Value::from("log");
+    /// The syscalls of `filter` that fail with ENOSYS.
+    pub fn enosys(&self, filter: &str) -> Vec<&str> {
+        self.filters.get(filter).map(|f| f.enosys.iter().map(|r| r.syscall.as_str()).collect()).unwrap_or_default()
+    }
+
+    /// Compiles each filter into the BPF programs to install, in order: its allowlist, then (when
+    /// it has `enosys` syscalls) the program answering those with ENOSYS.
+    pub fn compile(&self, mode: SeccompMode) -> Result<BTreeMap<String, Vec<BpfProgram>>, PolicyError> {
+        // seccompiler reads its own dialect (comments included), one object per program, named
+        // `<filter>/0` and `<filter>/1` so that they sort in installation order.
+        let mut programs = serde_json::Map::new();
+        for (name, f) in &self.filters {
+            let mismatch = if mode == SeccompMode::Log { Value::from("log") } else { f.mismatch_action.clone() };
+            let allow =
+                serde_json::json!({ "mismatch_action": mismatch, "match_action": f.match_action, "filter": f.filter });
+            programs.insert(format!("{name}/0"), allow);
+            if !f.enosys.is_empty() {
+                let refuse = serde_json::json!({
+                    "mismatch_action": "allow",
+                    "match_action": { "errno": ENOSYS },
+                    "filter": f.enosys,
+                });
+                programs.insert(format!("{name}/1"), refuse);
             }
         }
-        // seccompiler reads its own dialect: the same JSON, comments included.
-        let json = serde_json::to_vec(&filters)?;
+        let json = serde_json::to_vec(&programs)?;
         let arch = std::env::consts::ARCH.try_into().map_err(seccompiler::Error::Backend)?;
-        Ok(seccompiler::compile_from_json(json.as_slice(), arch)?.into_iter().collect())
+        let compiled: BTreeMap<String, BpfProgram> =
+            seccompiler::compile_from_json(json.as_slice(), arch)?.into_iter().collect();
+        let mut out: BTreeMap<String, Vec<BpfProgram>> = BTreeMap::new();
+        for (key, program) in compiled {
+            let name = key.split('/').next().unwrap_or_default().to_string();
+            out.entry(name).or_default().push(program);
+        }
+        Ok(out)
     }
 }
+
+/// ENOSYS: the same number on every Linux architecture this runs on.
+const ENOSYS: u32 = 38;
 
 #[cfg(test)]
 mod tests {
@@ -157,8 +201,12 @@ mod tests {
         let p = SeccompPolicy::embedded().unwrap();
         assert!(p.syscalls(EXECUTE).contains(&"recvfrom"));
         let bpf = p.compile(SeccompMode::Enforce).unwrap();
-        assert!(!bpf[EXECUTE].is_empty());
-        assert!(!bpf[COMPILE].is_empty());
+        assert!(!bpf[EXECUTE][0].is_empty());
+        assert!(!bpf[COMPILE][0].is_empty());
+        // memfd_create is answered with ENOSYS by a second program in execution sandboxes.
+        assert_eq!(p.enosys(EXECUTE), ["memfd_create"]);
+        assert_eq!(bpf[EXECUTE].len(), 2);
+        assert_eq!(bpf[COMPILE].len(), 1);
         p.compile(SeccompMode::Log).unwrap();
     }
 
@@ -219,6 +267,18 @@ mod tests {
             "compile": {"mismatch_action": "kill_process", "match_action": "allow", "filter": []}
         }"#;
         assert!(matches!(SeccompPolicy::parse(json), Err(PolicyError::NotKill { .. })));
+    }
+
+    #[test]
+    fn enosys_needs_the_syscall_allowed() {
+        let json = r#"{
+            "execute": {"mismatch_action": "kill_process", "match_action": "allow", "filter": [],
+                        "enosys": [{"syscall": "memfd_create", "comment": "fallback"}]},
+            "compile": {"mismatch_action": "kill_process", "match_action": "allow", "filter": []}
+        }"#;
+        let err = SeccompPolicy::parse(json).unwrap_err();
+        assert!(matches!(err, PolicyError::EnosysNotAllowed { ref syscall, .. } if syscall == "memfd_create"), "{err}");
+        assert!(err.to_string().contains("add it to `filter`"), "{err}");
     }
 
     #[test]

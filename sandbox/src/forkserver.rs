@@ -60,7 +60,7 @@ pub struct Server {
     prepared: Prepared,
     /// The built-in warm-up component, compiled (see `runtime::warm`).
     warm: Vec<u8>,
-    filters: BTreeMap<String, BpfProgram>,
+    filters: BTreeMap<String, Vec<BpfProgram>>,
     /// Namespaces each sandbox gets at its `clone`.
     namespaces: NamespaceSet,
     /// Namespaces the fork server entered once; every sandbox shares them.
@@ -106,7 +106,7 @@ impl Server {
     pub fn privileged(&self) -> bool {
         self.root || self.namespaces.user
     }
-    pub fn filter(&self, mode: SandboxMode) -> &BpfProgram {
+    pub fn filter(&self, mode: SandboxMode) -> &[BpfProgram] {
         let name = match mode {
             SandboxMode::Execute => EXECUTE,
             SandboxMode::Compile => COMPILE,

@@ -51,7 +51,7 @@ pub struct Input<'a> {
     pub gid: u32,
     /// True when the process has privileges to drop (root, or a fresh user namespace).
     pub privileged: bool,
-    pub filter: &'a BpfProgram,
+    pub filter: &'a [BpfProgram],
 }
 
 /// A layer failed in a way that must stop the sandbox.

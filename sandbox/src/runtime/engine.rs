@@ -42,8 +42,12 @@ impl CustomCodeMemory for ProtectCodeMemory {
 /// - fuel and epoch interruption always on (05-sandbox.md: fuel is always metered).
 /// - on-demand allocation: the fork server stays small, so `fork()` stays cheap (09-measured.md:
 ///   the default pooling allocator makes fork 11x slower).
-/// - no copy-on-write memory images: a single-use process would build the image only to use it
-///   once, and it would need `memfd_create`/`ftruncate` inside the seccomp filter.
+/// - copy-on-write memory images on: artifacts lay their data segments out page-aligned, and a
+///   sandbox that loaded its artifact from a file (a preloaded sandbox) maps the memory
+///   image straight from it, so instantiation copies nothing and the call faults in only the pages
+///   it touches. An artifact loaded from a mapping has no file to map from: Wasmtime would make a
+///   memfd, which the execution sandbox's seccomp filter answers with ENOSYS, and Wasmtime then
+///   initialises memory by copying, as it would without images.
 /// - code memory published with our own `mprotect` ([`ProtectCodeMemory`]), so artifacts run
 ///   from their memfd mapping without a copy;
 /// - single-threaded compilation: Wasmtime is built without `parallel-compilation`, so the
@@ -53,7 +57,7 @@ pub fn config() -> Config {
     c.wasm_component_model(true);
     c.consume_fuel(true);
     c.epoch_interruption(true);
-    c.memory_init_cow(false);
+    c.memory_init_cow(true);
     c.cranelift_opt_level(OptLevel::Speed);
     c.allocation_strategy(InstanceAllocationStrategy::OnDemand);
     c.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);

@@ -219,6 +219,62 @@ fn in_process_of(name: &str, wasm: &[u8], (method, url): (&str, &str), n: usize,
     Figures { name: name.into(), concurrency, latencies, wall: start.elapsed() }
 }
 
+/// Where an in-process JS execution's time goes: deserializing, instantiating, the call.
+fn js_phases(path: &str, cow: bool) {
+    let wasm = std::fs::read(path).unwrap();
+    let mut config = engine::config();
+    config.memory_init_cow(cow);
+    let prep = Prepared::new(wasmtime::Engine::new(&config).unwrap()).unwrap();
+    let file = std::env::temp_dir().join(format!("alga-js-phases-{cow}.cwasm"));
+    if std::env::var("LOADS").is_err() || !file.exists() {
+        let artifact = prep.engine.precompile_component(&wasm).unwrap();
+        std::fs::write(&file, &artifact).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let mut req = request("/time");
+    req.http.method = "GET".into();
+    req.http.body = None;
+    if std::env::var("LOADS").is_ok() {
+        for _ in 0..3000 {
+            // SAFETY: just compiled by this engine configuration.
+            let c = unsafe { wasmtime::component::Component::deserialize_file(&prep.engine, &file) }.unwrap();
+            std::hint::black_box(c);
+        }
+        return;
+    }
+    for round in 0..5 {
+        let t = Instant::now();
+        // SAFETY: just compiled by this engine configuration.
+        let component = unsafe { wasmtime::component::Component::deserialize_file(&prep.engine, &file) }.unwrap();
+        let load = t.elapsed();
+        let t = Instant::now();
+        let pre = RunnerPre::new(prep.linker.instantiate_pre(&component).unwrap()).unwrap();
+        let link = t.elapsed();
+        let (mut inst, mut call) = (Duration::ZERO, Duration::ZERO);
+        let n = 50;
+        for _ in 0..n {
+            let capture = alga_sandbox::runtime::output::Capture::new(64 * 1024);
+            let mut store = prep.store(Limits::default(), Box::new(NullBridge), &capture);
+            store.set_fuel(u64::MAX / 2).unwrap();
+            store.set_epoch_deadline(u64::MAX / 2);
+            rt.block_on(async {
+                let t = Instant::now();
+                let r = pre.instantiate_async(&mut store).await.unwrap();
+                inst += t.elapsed();
+                let t = Instant::now();
+                let resp = r.call_handler(&mut store, &req).await.unwrap();
+                call += t.elapsed();
+                assert_eq!(resp.status, 200);
+            });
+        }
+        println!(
+            "round {round} cow={cow}: load {load:?}, link {link:?}, instantiate {:?}, call {:?}",
+            inst / n,
+            call / n
+        );
+    }
+}
+
 /// The JS sample (`--js FILE.wasm`, built by examples/hello-js/build.mjs): publish → first
 /// execution, `POST /v1/execute` at concurrency 1 and 4, the same component in-process on a warm
 /// engine, and the fork server's memory before and after.
@@ -394,9 +450,9 @@ fn spawn_cost(name: &str, ns: alga_shared::protocol::NamespaceSet, n: usize) -> 
 
 /// The hot path alone: handing a job to an already hardened sandbox and getting the result
 /// (sandboxes are created beforehand, in batches, outside the measurement).
-fn hot_path(n: usize) -> Figures {
+fn hot_path(n: usize, wasm: &[u8], (method, url): (&'static str, &'static str)) -> Figures {
     let (rt, core, _cache) = core(0);
-    let artifact = rt.block_on(executor::artifact_for(&core, &fixture_bytes("echo"))).unwrap();
+    let artifact = rt.block_on(executor::artifact_for(&core, wasm)).unwrap();
     // Measured inside a task on the runtime, as a request handler would run.
     let (latencies, phases, in_sandbox) = rt.block_on({
         let core = core.clone();
@@ -411,8 +467,13 @@ fn hot_path(n: usize) -> Figures {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     for sb in batch {
+                        let mut req = request(url);
+                        if method == "GET" {
+                            req.http.method = method.into();
+                            req.http.body = None;
+                        }
                         let job = ExecuteJob {
-                            request: request("/bench"),
+                            request: req,
                             limits: Limits::default(),
                             capabilities: CapabilitySet::defaults(),
                             artifact_len: artifact.len,
@@ -420,7 +481,7 @@ fn hot_path(n: usize) -> Figures {
                         let t = Instant::now();
                         let r = executor::run(&core, sb, &artifact, job, &host).await;
                         latencies.push(t.elapsed());
-                        assert_eq!(r.outcome, alga_shared::outcome::Outcome::Completed);
+                        assert_eq!(r.outcome, alga_shared::outcome::Outcome::Completed, "{:?}", r.detail);
                         in_sandbox.push(r.sandbox_us);
                         phases.push(r.phases_us);
                     }
@@ -653,6 +714,18 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().collect();
+    let js_file = args.iter().position(|a| a == "--js").map(|i| args.get(i + 1).expect("--js FILE.wasm").clone());
+    if let (Some(path), true) = (&js_file, args.iter().any(|a| a == "--hot-path")) {
+        // The JS sample's hot path and its phases inside the sandbox.
+        let wasm = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut f = hot_path(if quick { 100 } else { 500 }, &wasm, ("GET", "/time"));
+        println!("{}", f.row());
+        return;
+    }
+    if let (Some(path), true) = (&js_file, args.iter().any(|a| a == "--phases")) {
+        js_phases(path, std::env::var("COW").is_ok());
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--js") {
         js(args.get(i + 1).expect("--js FILE.wasm"), if quick { 200 } else { 2_000 });
         return;
@@ -676,14 +749,14 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--hot-path") {
-        let mut f = hot_path(if quick { 200 } else { 2000 });
+        let mut f = hot_path(if quick { 200 } else { 2000 }, &fixture_bytes("echo"), ("POST", "/bench"));
         println!("{}", f.row());
         return;
     }
     if std::env::args().any(|a| a == "--breakdown") {
         let n = if quick { 100 } else { 500 };
         let mut rows = vec![
-            hot_path(n),
+            hot_path(n, &fixture_bytes("echo"), ("POST", "/bench")),
             spawn_cost("create + harden, all namespaces", NamespaceSet::ALL, n),
             spawn_cost("create + harden, no net namespace", NamespaceSet { net: false, ..NamespaceSet::ALL }, n),
             spawn_cost("create + harden, no user namespace", NamespaceSet { user: false, ..NamespaceSet::ALL }, n),
