@@ -2,10 +2,10 @@
 //! harden, report ready, run one job, report, exit. It never returns into the fork server's code
 //! and runs no destructor of the state it inherited.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alga_shared::channel::{Job, SandboxEnd};
 use alga_shared::protocol::{ExecStats, Failure, HostCall, HostReply, LogLevel, SandboxMode};
@@ -49,6 +49,8 @@ impl HostBridge for IpcBridge {
 /// What the child needs from the fork server's spawn request.
 pub struct Spawn<'a> {
     pub ipc: OwnedFd,
+    /// The compiled artifact to preload (execution sandboxes made for one extension).
+    pub artifact: Option<OwnedFd>,
     pub go: OwnedFd,
     pub mode: SandboxMode,
     pub cgroups: &'a [String],
@@ -68,12 +70,14 @@ pub fn main(server: &Server, spawn: Spawn<'_>) -> ! {
     // No panic message may go anywhere (the standard streams are closed below); the supervisor
     // learns about a panic from the channel closing and the exit code.
     std::panic::set_hook(Box::new(|_| {}));
-    let code = std::panic::catch_unwind(AssertUnwindSafe(|| run(server, spawn.ipc, spawn.mode, spawn.cgroups)))
-        .unwrap_or(exit_code::PANIC);
+    let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        run(server, spawn.ipc, spawn.artifact, spawn.mode, spawn.cgroups)
+    }))
+    .unwrap_or(exit_code::PANIC);
     sys::exit_now(code)
 }
 
-fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> i32 {
+fn run(server: &Server, ipc: OwnedFd, artifact: Option<OwnedFd>, mode: SandboxMode, cgroups: &[String]) -> i32 {
     let plan = server.plan();
     let input = Input {
         plan,
@@ -85,7 +89,25 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
         privileged: server.privileged(),
         filter: server.filter(mode),
     };
-    let hardened = match harden::harden(ipc, &input) {
+    // An artifact to preload is opened again as a file, through the host's /proc (the fork
+    // server's own root is empty): the working directory goes there now, while the descriptor
+    // of /proc is still open, and back to the empty root right after loading.
+    if artifact.is_some() && nix::unistd::fchdir(server.proc_dir()).is_err() {
+        return exit_code::HARDENING;
+    }
+    let mut preloaded: Option<execute::Loaded> = None;
+    let mut load = |fd: BorrowedFd<'_>| -> std::io::Result<()> {
+        let path = format!("self/fd/{}", fd.as_raw_fd());
+        // SAFETY: the supervisor sends only artifacts this runner's compile sandbox produced with
+        // an engine of the same fingerprint, whose SHA-256 it checked before sealing the memfd
+        // against any write, grow or shrink; the component keeps the file open and mapped.
+        let loaded = unsafe { execute::preload(server.prepared(), &path) };
+        std::env::set_current_dir("/")?;
+        preloaded = Some(loaded.map_err(|e| std::io::Error::other(format!("loading the artifact: {e:#}")))?);
+        Ok(())
+    };
+    let preload = artifact.map(|artifact| harden::Preload { artifact, load: &mut load });
+    let hardened = match harden::harden(ipc, &input, preload) {
         Ok(h) => h,
         Err(e) => {
             if let Some(ipc) = e.ipc {
@@ -118,7 +140,25 @@ fn run(server: &Server, ipc: OwnedFd, mode: SandboxMode, cgroups: &[String]) -> 
         Err(_) => return exit_code::CHANNEL,
     };
     let sent = match job {
-        Job::Execute(job, artifact) => {
+        Job::Execute(job, None) => {
+            let Some(pre) = preloaded else {
+                let message = "an execution without its artifact, and none was preloaded".to_string();
+                return report(&mut end, Err(Failure::Internal { message }), ExecStats::default());
+            };
+            let start = Instant::now();
+            let _ = sys::arm_alarm(Duration::from_millis(job.limits.timeout_ms));
+            let end = Arc::new(Mutex::new(end));
+            let bridge = Box::new(IpcBridge(end.clone()));
+            let (result, stats) =
+                execute::run(server.prepared(), server.runtime(), &pre, &job, bridge, 1, (start, ExecStats::default()));
+            let mut end = end.lock().unwrap_or_else(|p| p.into_inner());
+            return report(&mut end, result, stats);
+        }
+        Job::Execute(_, Some(_)) if preloaded.is_some() => {
+            let message = "an execution with an artifact, but another one was preloaded".to_string();
+            return report(&mut end, Err(Failure::Internal { message }), ExecStats::default());
+        }
+        Job::Execute(job, Some(artifact)) => {
             let map = match Mapping::new(artifact.as_fd(), job.artifact_len as usize) {
                 Ok(m) => m,
                 Err(e) => {

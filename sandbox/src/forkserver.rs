@@ -83,6 +83,10 @@ impl Server {
     pub fn prepared(&self) -> &Prepared {
         &self.prepared
     }
+    /// `/proc` of the host (the fork server's own root is empty).
+    pub fn proc_dir(&self) -> &std::fs::File {
+        &self.proc
+    }
     pub fn warm_artifact(&self) -> &[u8] {
         &self.warm
     }
@@ -283,9 +287,13 @@ fn run(control: OwnedFd) -> Result<(), ForkServerError> {
         }
         if control_ready {
             match chan.recv_request() {
-                Ok((ForkRequest::Spawn { token, mode, cgroups }, mut fds)) if !fds.is_empty() => {
+                Ok((ForkRequest::Spawn { token, mode, cgroups, preload }, mut fds))
+                    if fds.len() > usize::from(preload) =>
+                {
                     let ipc = fds.remove(0);
-                    match spawn(&server, ipc, mode, &cgroups, &fds) {
+                    // The artifact is only passed on: the fork server never maps it.
+                    let artifact = preload.then(|| fds.remove(0));
+                    match spawn(&server, ipc, artifact, mode, &cgroups, &fds) {
                         Ok(child) => {
                             // Report before letting the child run, so a busy child cannot delay
                             // the report (it would otherwise run first on this CPU).
@@ -329,6 +337,7 @@ impl Child {
 fn spawn(
     server: &Server,
     ipc: OwnedFd,
+    artifact: Option<OwnedFd>,
     mode: SandboxMode,
     cgroups: &[String],
     cgroup_procs: &[OwnedFd],
@@ -337,11 +346,12 @@ fn spawn(
     match sys::clone_process(server.clone_flags())? {
         Cloned::Child => {
             drop(go_write);
-            child::main(server, child::Spawn { ipc, go: go_read, mode, cgroups })
+            child::main(server, child::Spawn { ipc, artifact, go: go_read, mode, cgroups })
         }
         Cloned::Parent { pid, pidfd } => {
             drop(go_read);
             drop(ipc);
+            drop(artifact);
             let pid = pid as u32;
             match place(server, pid, cgroup_procs) {
                 Ok(()) => Ok(Child { pid, pidfd, go: go_write }),

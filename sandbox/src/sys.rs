@@ -92,6 +92,16 @@ pub fn close_raw(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Moves `fd` to the lowest free descriptor number at or above `min`.
+pub fn move_fd_above(fd: OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own onto a free number; nothing else
+    // owns the new one.
+    let new = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) } as libc::c_long)?;
+    drop(fd);
+    // SAFETY: fcntl succeeded, so `new` is an open descriptor that only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(new as RawFd) })
+}
+
 /// Moves `fd` to exactly `target` (closing whatever was there) and returns the new owner.
 pub fn move_fd(fd: OwnedFd, target: RawFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() == target {

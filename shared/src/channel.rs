@@ -275,8 +275,9 @@ impl AsyncChannel {
 /// A job as the sandbox receives it, with the descriptor that came with it.
 #[derive(Debug)]
 pub enum Job {
-    /// Run `handler`; the descriptor is the sealed memfd of the compiled artifact.
-    Execute(Box<ExecuteJob>, OwnedFd),
+    /// Run `handler`; the descriptor is the sealed memfd of the compiled artifact (none for a
+    /// sandbox that preloaded it).
+    Execute(Box<ExecuteJob>, Option<OwnedFd>),
     /// Compile; the descriptor is a sealed memfd holding the component.
     Compile(CompileJob, OwnedFd),
     /// Test only: act like an escaped guest.
@@ -318,7 +319,7 @@ impl SandboxEnd {
         }
         let fd = fds.pop().ok_or(FrameError::MissingFd);
         match msg {
-            SupervisorMsg::Execute(job) => Ok(Job::Execute(Box::new(job), fd?)),
+            SupervisorMsg::Execute(job) => Ok(Job::Execute(Box::new(job), fd.ok())),
             SupervisorMsg::Compile(job) => Ok(Job::Compile(job, fd?)),
             SupervisorMsg::Probe(action) => Ok(Job::Probe(action)),
             SupervisorMsg::HostReply { .. } => Err(FrameError::Malformed("host reply before any job".into())),
@@ -397,8 +398,12 @@ impl SupervisorEnd {
         self.chan.recv_sized().await
     }
 
-    pub async fn execute(&self, job: ExecuteJob, artifact: BorrowedFd<'_>) -> Result<(), FrameError> {
-        self.chan.send_with_fd(&SupervisorMsg::Execute(job), artifact).await
+    /// Sends the job, with the artifact's memfd unless the sandbox preloaded it.
+    pub async fn execute(&self, job: ExecuteJob, artifact: Option<BorrowedFd<'_>>) -> Result<(), FrameError> {
+        match artifact {
+            Some(fd) => self.chan.send_with_fd(&SupervisorMsg::Execute(job), fd).await,
+            None => self.chan.send(&SupervisorMsg::Execute(job)).await.map(|_| ()),
+        }
     }
 
     pub async fn compile(&self, job: CompileJob, wasm: BorrowedFd<'_>) -> Result<(), FrameError> {
@@ -488,11 +493,14 @@ impl ForkClientEnd {
         mode: SandboxMode,
         cgroups: Vec<String>,
         sandbox_socket: BorrowedFd<'_>,
+        preload: Option<BorrowedFd<'_>>,
         cgroup_procs: &[BorrowedFd<'_>],
     ) -> Result<(), FrameError> {
         let mut fds = vec![sandbox_socket];
+        fds.extend(preload);
         fds.extend_from_slice(cgroup_procs);
-        self.chan.send_with_fds(&ForkRequest::Spawn { token, mode, cgroups }, &fds).await
+        let request = ForkRequest::Spawn { token, mode, cgroups, preload: preload.is_some() };
+        self.chan.send_with_fds(&request, &fds).await
     }
 
     /// The next event, with the pidfd that comes with `Spawned`.

@@ -11,7 +11,7 @@ use crate::capability::{Capability, CapabilitySet};
 use crate::limits::Limits;
 
 /// Bumped whenever a message changes shape. A frame with another version is a protocol violation.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Supervisor -> sandbox
@@ -20,7 +20,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// What the supervisor sends to a sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SupervisorMsg {
-    /// Run `handler` once. Sent together with the sealed memfd of the compiled artifact.
+    /// Run `handler` once. Sent together with the sealed memfd of the compiled artifact, except to
+    /// a sandbox that preloaded it (see [`ForkRequest::Spawn`]).
     Execute(ExecuteJob),
     /// Compile a component. Sent together with a sealed memfd holding the component's bytes.
     Compile(CompileJob),
@@ -561,6 +562,10 @@ pub enum ForkRequest {
         mode: SandboxMode,
         /// The cgroup directories, for the hardening report.
         cgroups: Vec<String>,
+        /// Preload this compiled artifact: its sealed memfd comes right after the IPC socket. The
+        /// sandbox loads it from that file before its namespaces, so the job that follows needs
+        /// no artifact and Wasmtime maps memory images copy-on-write from the file.
+        preload: bool,
     },
 }
 

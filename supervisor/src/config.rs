@@ -73,6 +73,11 @@ pub struct TrustConfig {
 pub struct SandboxConfig {
     /// Ready sandboxes kept warm (default: 2 × CPUs).
     pub pool_size: Option<usize>,
+    /// Sandboxes kept ready per recently executed artifact, each with that artifact already
+    /// loaded; 0 disables preloading (default 4).
+    pub preloaded_per_artifact: usize,
+    /// Preloaded sandboxes in all (default 16).
+    pub preloaded_max: usize,
     /// User id sandboxes run as when the service runs as root (default 65534).
     pub uid: u32,
     /// Group id sandboxes run as when the service runs as root (default 65534).
@@ -101,6 +106,8 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             pool_size: None,
+            preloaded_per_artifact: 4,
+            preloaded_max: 16,
             uid: 65534,
             gid: 65534,
             landlock: "best_effort".into(),

@@ -10,6 +10,7 @@ use crate::artifacts::ArtifactCache;
 use crate::cgroups::CgroupSlots;
 use crate::forkserver::{self, ForkServer, ForkServerError};
 use crate::pool::Pool;
+use crate::preload::Preloaded;
 use crate::settings::Settings;
 
 /// Counters of events worth an operator's attention.
@@ -28,6 +29,8 @@ pub struct Core {
     pub fork: Arc<ForkServer>,
     pub cgroups: CgroupSlots,
     pub pool: Pool,
+    /// Sandboxes that preloaded one artifact, for its next executions.
+    pub preloaded: Preloaded,
     pub artifacts: ArtifactCache,
     pub counters: Counters,
     /// The runner's metrics (`/metrics`).
@@ -67,6 +70,7 @@ impl Core {
             fork,
             cgroups,
             pool,
+            preloaded: Preloaded::default(),
             artifacts,
             counters: Counters::default(),
             metrics: Arc::default(),
@@ -78,6 +82,7 @@ impl Core {
     /// Stops the pool and the fork server (every sandbox dies with it) and removes every cgroup.
     pub async fn shutdown(self: &Arc<Self>) {
         Pool::stop(self);
+        Preloaded::stop(self);
         // Give the reapers a moment to collect what was just killed, then stop everything.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         self.fork.stop();

@@ -18,7 +18,7 @@ use tokio::time::sleep_until;
 use crate::artifacts::{Artifact, ArtifactError, sealed_memfd, sha256_hex};
 use crate::broker::{self, HostContext};
 use crate::core::Core;
-use crate::pool::Pool;
+use crate::preload::Preloaded;
 use crate::sandbox::{Sandbox, msg_name};
 
 /// One guest log line.
@@ -87,9 +87,10 @@ impl Report {
     }
 }
 
-/// Takes a sandbox from the pool and runs `job` on it.
-pub async fn execute(core: &Arc<Core>, artifact: &Artifact, job: ExecuteJob, host: &HostContext) -> Report {
-    match Pool::take(core).await {
+/// Takes a sandbox (one that preloaded `artifact`, else one from the warm pool) and runs `job`
+/// on it.
+pub async fn execute(core: &Arc<Core>, artifact: &Arc<Artifact>, job: ExecuteJob, host: &HostContext) -> Report {
+    match Preloaded::take(core, artifact).await {
         Ok(sandbox) => run(core, sandbox, artifact, job, host).await,
         Err(e) => Report::spawn_failed(crate::error_chain(&e)),
     }
@@ -150,7 +151,11 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
     let time_up = start + Duration::from_millis(limits.timeout_ms);
     let deadline = time_up + core.settings.kill_grace;
     let sent = match work {
-        Work::Execute(job, artifact) => sandbox.end.execute(*job, artifact.fd()).await,
+        Work::Execute(job, artifact) => match &sandbox.preloaded {
+            Some(sha256) if *sha256 == artifact.sha256 => sandbox.end.execute(*job, None).await,
+            Some(_) => Err(FrameError::Malformed("a sandbox preloaded with another artifact".into())),
+            None => sandbox.end.execute(*job, Some(artifact.fd())).await,
+        },
         Work::Probe(action, _) => sandbox.end.probe(action).await,
     };
     let end = match sent {

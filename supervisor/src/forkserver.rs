@@ -167,12 +167,13 @@ impl ForkServer {
     }
 
     /// Asks for one sandbox, placed in the cgroup whose directories and open `cgroup.procs`
-    /// files are given.
+    /// files are given; it preloads the artifact in `preload`, if any.
     pub async fn spawn(
         &self,
         mode: SandboxMode,
         cgroups: Vec<String>,
         cgroup_procs: &[BorrowedFd<'_>],
+        preload: Option<BorrowedFd<'_>>,
     ) -> Result<Spawned, ForkServerError> {
         if !self.is_alive() {
             return Err(ForkServerError::Gone);
@@ -182,7 +183,7 @@ impl ForkServer {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock().spawns.insert(token, tx);
-        if let Err(e) = self.end.spawn(token, mode, cgroups, theirs.as_fd(), cgroup_procs).await {
+        if let Err(e) = self.end.spawn(token, mode, cgroups, theirs.as_fd(), preload, cgroup_procs).await {
             self.lock().spawns.remove(&token);
             return Err(e.into());
         }

@@ -12,6 +12,7 @@ pub mod forkserver;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod preload;
 pub mod registry;
 pub mod sandbox;
 pub mod secrets;

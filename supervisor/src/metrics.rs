@@ -45,6 +45,10 @@ pub struct Runner {
     pub egress_bytes: Family<Labels, Counter>,
     pub host_calls: Family<Labels, Counter>,
     pub pool_ready: Gauge,
+    pub preloaded_ready: Gauge,
+    /// Executions that found a preloaded sandbox (`result="hit"`), did not (`"miss"`), and
+    /// preloads that failed (`"failed"`).
+    pub preloads: Family<Labels, Counter>,
     pub spawn_duration_seconds: Histogram,
     pub violations: Family<Labels, Counter>,
     pub bundle_verifications: Family<Labels, Counter>,
@@ -119,6 +123,11 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl Metrics {
+    /// Counts one preload event: `hit`, `miss` or `failed`.
+    pub fn preload(&self, result: &'static str) {
+        self.runner.preloads.get_or_create(&labels(&[("result", result)])).inc();
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("alga_runner");
         let dropped = Counter::default();
@@ -135,6 +144,8 @@ impl Metrics {
             egress_bytes: Family::default(),
             host_calls: Family::default(),
             pool_ready: Gauge::default(),
+            preloaded_ready: Gauge::default(),
+            preloads: Family::default(),
             spawn_duration_seconds: seconds_buckets(),
             violations: Family::default(),
             bundle_verifications: Family::default(),
@@ -153,6 +164,16 @@ impl Metrics {
         registry.register("egress_bytes", "Bytes sent and received by http.fetch", r.egress_bytes.clone());
         registry.register("host_calls", "Host calls by interface and result", r.host_calls.clone());
         registry.register("sandbox_pool_ready", "Warm sandboxes ready now", r.pool_ready.clone());
+        registry.register(
+            "sandbox_preloaded_ready",
+            "Sandboxes ready now with an artifact preloaded",
+            r.preloaded_ready.clone(),
+        );
+        registry.register(
+            "sandbox_preloads",
+            "Executions that found a preloaded sandbox (hit) or not (miss), and failed preloads",
+            r.preloads.clone(),
+        );
         registry.register(
             "sandbox_spawn_duration_seconds",
             "Time to create, harden and warm up a sandbox",

@@ -11,6 +11,7 @@ use alga_shared::limits::Limits;
 use alga_shared::protocol::{ExitStatus, Failure, HardeningReport, Level, Requirement, SandboxMode, SandboxMsg};
 use tokio::sync::oneshot;
 
+use crate::artifacts::Artifact;
 use crate::cgroups::HeldSlot;
 use crate::core::Core;
 use crate::forkserver::ForkServerError;
@@ -55,25 +56,46 @@ pub struct Sandbox {
     /// The cgroup's OOM-kill counter when the sandbox was created: a higher count at its death
     /// means the OOM killer ended it. Read off the request path.
     pub oom_baseline: Option<u64>,
+    /// The SHA-256 of the artifact it preloaded: it takes a job for that artifact only, sent
+    /// without the memfd.
+    pub preloaded: Option<String>,
 }
 
 impl Sandbox {
     /// Creates and hardens a sandbox; returns once it reported ready and was checked.
     pub async fn create(core: &Arc<Core>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
+        Sandbox::create_with(core, mode, None).await
+    }
+
+    /// Creates and hardens an execution sandbox that loaded `artifact` before its namespaces
+    /// (see [`alga_shared::protocol::ForkRequest::Spawn`]); it runs only a job for that artifact.
+    pub async fn create_preloaded(core: &Arc<Core>, artifact: &Artifact) -> Result<Sandbox, SpawnError> {
+        Sandbox::create_with(core, SandboxMode::Execute, Some(artifact)).await
+    }
+
+    async fn create_with(
+        core: &Arc<Core>,
+        mode: SandboxMode,
+        preload: Option<&Artifact>,
+    ) -> Result<Sandbox, SpawnError> {
         let started = Instant::now();
-        let sandbox = Sandbox::create_timed(core, mode).await;
+        let sandbox = Sandbox::create_timed(core, mode, preload).await;
         if sandbox.is_ok() {
             core.metrics.runner.spawn_duration_seconds.observe(started.elapsed().as_secs_f64());
         }
         sandbox
     }
 
-    async fn create_timed(core: &Arc<Core>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
+    async fn create_timed(
+        core: &Arc<Core>,
+        mode: SandboxMode,
+        preload: Option<&Artifact>,
+    ) -> Result<Sandbox, SpawnError> {
         let slot = core.cgroups.acquire().map_err(SpawnError::Cgroup)?;
         let dirs: Vec<String> =
             slot.iter().flat_map(|s| s.dirs.iter()).map(|d| d.to_string_lossy().into_owned()).collect();
         let procs = slot.as_ref().map(|s| s.procs()).unwrap_or_default();
-        let spawned = match core.fork.spawn(mode, dirs, &procs).await {
+        let spawned = match core.fork.spawn(mode, dirs, &procs, preload.map(Artifact::fd)).await {
             Ok(s) => s,
             Err(e) => {
                 if let Some(slot) = slot {
@@ -96,6 +118,7 @@ impl Sandbox {
             finished: false,
             memory_limit: None,
             oom_baseline: None,
+            preloaded: preload.map(|a| a.sha256.clone()),
         };
         match sandbox.await_ready(core).await {
             Ok(layers) => {

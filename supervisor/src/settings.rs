@@ -15,6 +15,11 @@ pub struct Settings {
     pub pool_size: usize,
     /// A pooled sandbox idle longer than this is retired and replaced (default 60 s).
     pub pool_max_idle: Duration,
+    /// Sandboxes kept ready per artifact that preloaded it (default 4). 0 disables preloading.
+    pub preloaded_per_artifact: usize,
+    /// Preloaded sandboxes in all, ready or being created (default 16); at the cap, the least
+    /// recently used artifact's idle sandbox makes room.
+    pub preloaded_max: usize,
     /// Bytes added to an execution's memory limit for its cgroup: the runtime itself, the
     /// mapped artifact, stacks (default 128 MiB).
     pub runtime_overhead_bytes: u64,
@@ -48,6 +53,8 @@ impl Settings {
             plan: SandboxPlan::default(),
             pool_size: cpus * 2,
             pool_max_idle: Duration::from_secs(60),
+            preloaded_per_artifact: 4,
+            preloaded_max: 16,
             runtime_overhead_bytes: 128 * MIB,
             pids_max: 8,
             cpu_percent: Some(100),

@@ -126,7 +126,7 @@ impl Harness {
 
     pub fn execute_artifact(
         &self,
-        artifact: &Artifact,
+        artifact: &Arc<Artifact>,
         request: ExecuteRequest,
         limits: Limits,
         caps: &[Capability],

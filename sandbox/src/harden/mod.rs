@@ -65,6 +65,15 @@ pub struct HardenError {
     pub ipc: Option<OwnedFd>,
 }
 
+/// A compiled artifact to load right after hygiene, while the process can still open a file (its
+/// own descriptor, through `/proc/self/fd`) and before anything of a tenant has arrived.
+pub struct Preload<'a> {
+    /// The artifact's sealed memfd.
+    pub artifact: OwnedFd,
+    /// Loads it; called once, with the descriptor (closed afterwards).
+    pub load: &'a mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
+}
+
 /// A fully hardened process: its IPC socket and the report.
 pub struct Hardened {
     pub ipc: OwnedFd,
@@ -73,14 +82,21 @@ pub struct Hardened {
 
 /// Applies the six layers in order. `ipc` is the sandbox's end of its IPC socket; it ends up at
 /// [`IPC_FD`].
-pub fn harden(ipc: OwnedFd, input: &Input<'_>) -> Result<Hardened, HardenError> {
+pub fn harden(ipc: OwnedFd, input: &Input<'_>, preload: Option<Preload<'_>>) -> Result<Hardened, HardenError> {
     let start = Instant::now();
-    let (ipc, hygiene) = hygiene::apply(ipc, input.plan.max_open_files).map_err(|source| HardenError {
-        layer: "hygiene",
-        source,
-        ipc: None,
-    })?;
-    match harden_rest(input, hygiene, micros(start), ipc.as_fd()) {
+    let (artifact, load) = match preload {
+        Some(p) => (Some(p.artifact), Some(p.load)),
+        None => (None, None),
+    };
+    let (ipc, artifact, hygiene) = hygiene::apply(ipc, artifact, input.plan.max_open_files)
+        .map_err(|source| HardenError { layer: "hygiene", source, ipc: None })?;
+    let hygiene_us = micros(start);
+    if let (Some(artifact), Some(load)) = (artifact, load)
+        && let Err(source) = load(artifact.as_fd())
+    {
+        return Err(HardenError { layer: "preload", source, ipc: Some(ipc) });
+    }
+    match harden_rest(input, hygiene, hygiene_us, ipc.as_fd()) {
         Ok(report) => Ok(Hardened { ipc, report }),
         Err((layer, source)) => Err(HardenError { layer, source, ipc: Some(ipc) }),
     }

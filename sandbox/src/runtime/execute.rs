@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use alga_shared::bindings::{ExecuteResponse, RunnerPre};
 use alga_shared::channel::micros_since;
-use alga_shared::protocol::{ExecStats, ExecuteJob, Failure};
+use alga_shared::protocol::{ExecStats, ExecuteJob, Failure, Phases};
 use wasmtime::Trap;
 use wasmtime::component::Component;
 
-use super::guest::Prepared;
+use super::guest::{GuestState, Prepared};
 use super::host::{BridgeError, HostBridge, HostCallLimit, WrongReply};
 use super::limiter::MemoryLimitExceeded;
 use super::output::Capture;
@@ -46,10 +46,24 @@ pub unsafe fn execute(
 ) -> (Result<ExecuteResponse, Failure>, ExecStats) {
     let start = Instant::now();
     let mut stats = ExecStats::default();
+    // SAFETY: the caller's contract is this function's.
+    let pre = match unsafe { load(prep, artifact, &mut stats.phases_us) } {
+        Ok(pre) => pre,
+        Err(failure) => return (Err(failure), stats),
+    };
+    run(prep, rt, &pre, job, bridge, epoch_deadline, (start, stats))
+}
+
+/// Deserializes `artifact` and links it.
+///
+/// # Safety
+/// As for [`execute`].
+unsafe fn load(prep: &Prepared, artifact: ArtifactBytes<'_>, phases: &mut Phases) -> Result<Loaded, Failure> {
+    let start = Instant::now();
     let loaded = match artifact {
         // SAFETY: the caller guarantees the region holds our compiler's output for this engine
         // configuration and stays mapped and unmodified while the component lives (it is
-        // dropped before this function returns).
+        // dropped before `execute` returns).
         ArtifactBytes::InPlace(region) => unsafe { Component::deserialize_raw(&prep.engine, region) }.or_else(|_| {
             // The kernel may refuse to make a memfd mapping executable (vm.memfd_noexec): copy.
             // SAFETY: as above; the same bytes, copied.
@@ -59,28 +73,57 @@ pub unsafe fn execute(
         // configuration, unmodified.
         ArtifactBytes::Copy(bytes) => unsafe { Component::deserialize(&prep.engine, bytes) },
     };
-    let component = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            return (Err(Failure::Internal { message: message(&e, "loading the compiled artifact") }), stats);
-        }
-    };
-    stats.phases_us.load_us = micros_since(start);
+    let component = loaded.map_err(|e| Failure::Internal { message: message(&e, "loading the compiled artifact") })?;
+    phases.load_us = micros_since(start);
     let mark = Instant::now();
-    let pre = match prep.linker.instantiate_pre(&component).and_then(RunnerPre::new) {
-        Ok(pre) => pre,
-        Err(e) => {
-            return (Err(Failure::InvalidComponent { message: message(&e, "linking") }), stats);
-        }
-    };
+    let pre = link(prep, &component).map_err(|e| Failure::InvalidComponent { message: message(&e, "linking") })?;
+    phases.link_us = micros_since(mark);
+    Ok(pre)
+}
 
+/// A component deserialized and linked: what instantiation starts from.
+pub type Loaded = RunnerPre<GuestState>;
+
+fn link(prep: &Prepared, component: &Component) -> wasmtime::Result<Loaded> {
+    prep.linker.instantiate_pre(component).and_then(RunnerPre::new)
+}
+
+/// Loads and links the artifact in the file at `path`: Wasmtime then knows the file behind the
+/// code and maps each instance's memory image copy-on-write from it, instead of copying the
+/// data in.
+///
+/// # Safety
+/// The file must hold the output of [`super::compile::compile`] by an engine with the same
+/// fingerprint as `prep.engine`, and nothing may modify it while the component lives (a memfd
+/// sealed against writes).
+pub unsafe fn preload(prep: &Prepared, path: &str) -> wasmtime::Result<Loaded> {
+    // SAFETY: the caller guarantees the file's contents, see above.
+    let component = unsafe { Component::deserialize_file(&prep.engine, path) }?;
+    // Now rather than at the first instantiation: the images that map from the file.
+    component.initialize_copy_on_write_image()?;
+    link(prep, &component)
+}
+
+/// Instantiates the loaded component and calls `handler` with `job.request`, under the job's
+/// memory, fuel and epoch limits. `(start, stats)`: when the job arrived, and what loading it
+/// measured.
+pub fn run(
+    prep: &Prepared,
+    rt: &tokio::runtime::Runtime,
+    pre: &Loaded,
+    job: &ExecuteJob,
+    bridge: Box<dyn HostBridge>,
+    epoch_deadline: u64,
+    (start, mut stats): (Instant, ExecStats),
+) -> (Result<ExecuteResponse, Failure>, ExecStats) {
+    let mark = Instant::now();
     let capture = Capture::new(job.limits.max_output_bytes as usize);
     let mut store = prep.store(job.limits, bridge, &capture);
     let fuel_set = store.set_fuel(job.limits.fuel).is_ok();
     store.set_epoch_deadline(epoch_deadline);
     store.epoch_deadline_trap();
+    stats.phases_us.link_us += micros_since(mark);
 
-    stats.phases_us.link_us = micros_since(mark);
     let mark = Instant::now();
     let result = rt.block_on(async {
         let runner = pre.instantiate_async(&mut store).await?;

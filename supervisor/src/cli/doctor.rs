@@ -173,6 +173,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<u8> {
 fn self_test() -> anyhow::Result<Value> {
     let mut settings = Settings::new(std::env::temp_dir().join("alga-runner-doctor"));
     settings.pool_size = 0;
+    settings.preloaded_per_artifact = 0;
     let cgroups = Core::detect_cgroups(&settings);
     let process = forkserver::Process::start().context("starting the fork server")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

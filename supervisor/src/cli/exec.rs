@@ -135,8 +135,9 @@ pub fn run(args: ExecArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e),
     };
     let mut settings = Settings::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir));
-    // One execution: a warm pool would only add sandboxes nobody uses.
+    // One execution: a warm pool or preloaded sandboxes would only add sandboxes nobody uses.
     settings.pool_size = 0;
+    settings.preloaded_per_artifact = 0;
     settings.plan.seccomp_log_only = args.seccomp_log;
     let cgroups = Core::detect_cgroups(&settings);
     // Started here, on the main thread, before the runtime exists (see forkserver::Process).

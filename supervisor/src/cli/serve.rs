@@ -104,6 +104,8 @@ pub fn settings_of(config: &Config) -> Settings {
     if let Some(n) = sb.pool_size {
         s.pool_size = n;
     }
+    s.preloaded_per_artifact = sb.preloaded_per_artifact;
+    s.preloaded_max = sb.preloaded_max;
     s.plan.uid = sb.uid;
     s.plan.gid = sb.gid;
     s.plan.landlock = if sb.landlock == "required" {

@@ -99,6 +99,7 @@ async fn readyz(svc: Svc) -> HttpResponse {
     let storage = svc.registry.extensions(None, 1).is_ok();
     let self_test = svc.self_test_ok.load(Ordering::Relaxed);
     let pool = svc.core.pool.stats();
+    let preloaded = svc.core.preloaded.stats();
     let pool_ok = pool.target == 0 || pool.ready > 0 || pool.hits > 0;
     let shutting_down = svc.shutting_down.load(Ordering::Relaxed);
     let ready = storage && self_test && pool_ok && !shutting_down && svc.core.fork.is_alive();
@@ -111,6 +112,10 @@ async fn readyz(svc: Svc) -> HttpResponse {
             "self_test": self_test,
             "fork_server": svc.core.fork.is_alive(),
             "pool": { "ready": pool.ready, "target": pool.target, "hits": pool.hits, "misses": pool.misses },
+            "preloaded": {
+                "ready": preloaded.ready, "loading": preloaded.loading, "hits": preloaded.hits,
+                "misses": preloaded.misses, "failures": preloaded.failures,
+            },
             "shutting_down": shutting_down,
         },
         "layers": layers,
@@ -122,6 +127,7 @@ async fn readyz(svc: Svc) -> HttpResponse {
 /// Prometheus metrics (no token, like `/healthz`).
 async fn metrics(svc: Svc) -> HttpResponse {
     svc.core.metrics.runner.pool_ready.set(svc.core.pool.stats().ready as i64);
+    svc.core.metrics.runner.preloaded_ready.set(svc.core.preloaded.stats().ready as i64);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .insert_header(("cache-control", "no-store"))

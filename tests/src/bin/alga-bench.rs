@@ -313,12 +313,15 @@ fn js(path: &str, n: usize) {
     );
     println!("| path | concurrency | executions | p50 ms | p99 ms | executions/s |");
     println!("|---|---|---|---|---|---|");
-    for mut r in http_rows(&server, "JS sample, HTTP /v1/execute, warm pool", &serde_json::to_vec(&env).unwrap(), n) {
+    for mut r in http_rows(&server, "JS sample, HTTP /v1/execute", &serde_json::to_vec(&env).unwrap(), n) {
         println!("{}", r.row());
     }
+    let ready = server.admin_get("/readyz").json();
+    let preload_stats = ready["checks"]["preloaded"].clone();
     for c in [1, 4] {
         println!("{}", in_process_of("JS sample, in-process, warm engine", &wasm, ("GET", "/time"), n, c).row());
     }
+    println!("preloaded sandboxes over those executions: {preload_stats}");
     println!("fork server VmRSS: {fork_before} before, {} after {} JS executions", rss(fork_server), 2 * n + 41);
 
     // One JS sandbox while it runs (an endless loop, stopped at 1.5 s): its resident memory and
@@ -450,7 +453,7 @@ fn spawn_cost(name: &str, ns: alga_shared::protocol::NamespaceSet, n: usize) -> 
 
 /// The hot path alone: handing a job to an already hardened sandbox and getting the result
 /// (sandboxes are created beforehand, in batches, outside the measurement).
-fn hot_path(n: usize, wasm: &[u8], (method, url): (&'static str, &'static str)) -> Figures {
+fn hot_path(n: usize, wasm: &[u8], (method, url): (&'static str, &'static str), preloaded: bool) -> Figures {
     let (rt, core, _cache) = core(0);
     let artifact = rt.block_on(executor::artifact_for(&core, wasm)).unwrap();
     // Measured inside a task on the runtime, as a request handler would run.
@@ -463,7 +466,11 @@ fn hot_path(n: usize, wasm: &[u8], (method, url): (&'static str, &'static str)) 
                 while latencies.len() < n {
                     let mut batch = Vec::new();
                     for _ in 0..50.min(n - latencies.len()) {
-                        batch.push(Sandbox::create(&core, SandboxMode::Execute).await.unwrap());
+                        batch.push(if preloaded {
+                            Sandbox::create_preloaded(&core, &artifact).await.unwrap()
+                        } else {
+                            Sandbox::create(&core, SandboxMode::Execute).await.unwrap()
+                        });
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     for sb in batch {
@@ -509,7 +516,12 @@ fn hot_path(n: usize, wasm: &[u8], (method, url): (&'static str, &'static str)) 
     );
     let busy = latencies.iter().sum();
     rt.block_on(core.shutdown());
-    Figures { name: "hot path only (sandbox already hardened)".into(), concurrency: 1, latencies, wall: busy }
+    let name = if preloaded {
+        "hot path only (sandbox already hardened, artifact preloaded)"
+    } else {
+        "hot path only (sandbox already hardened)"
+    };
+    Figures { name: name.into(), concurrency: 1, latencies, wall: busy }
 }
 
 /// The IPC hand-over alone: a hardened sandbox given a test probe that answers at once.
@@ -714,11 +726,12 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().collect();
+    let preloaded = args.iter().any(|a| a == "--preloaded");
     let js_file = args.iter().position(|a| a == "--js").map(|i| args.get(i + 1).expect("--js FILE.wasm").clone());
     if let (Some(path), true) = (&js_file, args.iter().any(|a| a == "--hot-path")) {
         // The JS sample's hot path and its phases inside the sandbox.
         let wasm = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let mut f = hot_path(if quick { 100 } else { 500 }, &wasm, ("GET", "/time"));
+        let mut f = hot_path(if quick { 100 } else { 500 }, &wasm, ("GET", "/time"), preloaded);
         println!("{}", f.row());
         return;
     }
@@ -749,14 +762,15 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--hot-path") {
-        let mut f = hot_path(if quick { 200 } else { 2000 }, &fixture_bytes("echo"), ("POST", "/bench"));
+        let mut f = hot_path(if quick { 200 } else { 2000 }, &fixture_bytes("echo"), ("POST", "/bench"), preloaded);
         println!("{}", f.row());
         return;
     }
     if std::env::args().any(|a| a == "--breakdown") {
         let n = if quick { 100 } else { 500 };
         let mut rows = vec![
-            hot_path(n, &fixture_bytes("echo"), ("POST", "/bench")),
+            hot_path(n, &fixture_bytes("echo"), ("POST", "/bench"), false),
+            hot_path(n, &fixture_bytes("echo"), ("POST", "/bench"), true),
             spawn_cost("create + harden, all namespaces", NamespaceSet::ALL, n),
             spawn_cost("create + harden, no net namespace", NamespaceSet { net: false, ..NamespaceSet::ALL }, n),
             spawn_cost("create + harden, no user namespace", NamespaceSet { user: false, ..NamespaceSet::ALL }, n),

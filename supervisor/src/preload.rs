@@ -1,0 +1,250 @@
+//! Preloaded sandboxes: hardened sandboxes that loaded one compiled artifact while they were
+//! created, kept per artifact for the next executions of it.
+//!
+//! Loading a large artifact (a JS component's ≈ 33 MB) costs a millisecond of metadata decoding
+//! in every fresh process, and an artifact loaded from a mapping has its memory image copied into
+//! each instance. A sandbox created for one artifact loads it from its sealed memfd, opened as a
+//! file before the sandbox's namespaces (no tenant byte has arrived yet), so Wasmtime maps the
+//! memory image copy-on-write from that file; its job then only instantiates and calls.
+//!
+//! Each execution takes a preloaded sandbox for its artifact when one is ready (or about to be)
+//! and asks for a replacement; otherwise it takes a generic one from the warm pool. Each sandbox
+//! still runs exactly one job.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::artifacts::Artifact;
+use crate::core::Core;
+use crate::pool::Pool;
+use crate::sandbox::{Sandbox, SpawnError};
+
+/// How long an execution waits for a preload already under way before taking a generic sandbox.
+const WAIT_FOR_PRELOAD: Duration = Duration::from_millis(10);
+/// After a failed preload, the artifact is not preloaded again for this long.
+const FAILED_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Shelf {
+    ready: VecDeque<Sandbox>,
+    /// Preloads under way.
+    loading: usize,
+    last_used: Option<Instant>,
+    failed_until: Option<Instant>,
+}
+
+/// The preloaded sandboxes, by the SHA-256 of their artifact.
+#[derive(Default)]
+pub struct Preloaded {
+    shelves: Mutex<HashMap<String, Shelf>>,
+    /// Woken when a preload ends (ready or failed).
+    changed: Notify,
+    stopped: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    failures: AtomicU64,
+    last_failure: Mutex<Option<String>>,
+}
+
+/// Counters of the preloaded sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreloadStats {
+    pub ready: usize,
+    pub loading: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub failures: u64,
+}
+
+impl Preloaded {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shelf>> {
+        self.shelves.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> PreloadStats {
+        let shelves = self.lock();
+        PreloadStats {
+            ready: shelves.values().map(|s| s.ready.len()).sum(),
+            loading: shelves.values().map(|s| s.loading).sum(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Why the last failed preload failed.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A sandbox for one execution of `artifact`: a preloaded one when one is ready or becomes
+    /// ready within [`WAIT_FOR_PRELOAD`], else a generic one from the warm pool. Either way a
+    /// replacement preload for `artifact` is started.
+    pub async fn take(core: &Arc<Core>, artifact: &Arc<Artifact>) -> Result<Sandbox, SpawnError> {
+        if core.settings.preloaded_per_artifact == 0 {
+            return Pool::take(core).await;
+        }
+        let this = &core.preloaded;
+        let give_up = tokio::time::Instant::now() + WAIT_FOR_PRELOAD;
+        let mut stale = Vec::new();
+        let found = loop {
+            let changed = this.changed.notified();
+            let loading = {
+                let mut shelves = this.lock();
+                let shelf = shelves.entry(artifact.sha256.clone()).or_default();
+                shelf.last_used = Some(Instant::now());
+                let mut found = None;
+                while let Some(mut sandbox) = shelf.ready.pop_front() {
+                    if sandbox.has_exited() || sandbox.ready_at.elapsed() > core.settings.pool_max_idle {
+                        stale.push(sandbox);
+                    } else {
+                        found = Some(sandbox);
+                        break;
+                    }
+                }
+                if found.is_some() {
+                    break found;
+                }
+                shelf.loading
+            };
+            if loading == 0 || tokio::time::timeout_at(give_up, changed).await.is_err() {
+                break None;
+            }
+        };
+        for sandbox in stale {
+            sandbox.kill(core);
+            sandbox.reap(core);
+        }
+        start_preloads(core, artifact, usize::from(found.is_none()));
+        match found {
+            Some(sandbox) => {
+                this.hits.fetch_add(1, Ordering::Relaxed);
+                core.metrics.preload("hit");
+                Ok(sandbox)
+            }
+            None => {
+                this.misses.fetch_add(1, Ordering::Relaxed);
+                core.metrics.preload("miss");
+                Pool::take(core).await
+            }
+        }
+    }
+
+    /// Kills every preloaded sandbox (shutdown); preloads still under way are discarded.
+    pub fn stop(core: &Arc<Core>) {
+        core.preloaded.stopped.store(true, Ordering::Relaxed);
+        let all: Vec<Sandbox> = core.preloaded.lock().drain().flat_map(|(_, shelf)| shelf.ready).collect();
+        for sandbox in all {
+            sandbox.kill(core);
+            sandbox.reap(core);
+        }
+    }
+
+    /// Retires preloaded sandboxes idle for longer than the pool's idle limit, and forgets
+    /// artifacts with nothing on their shelf.
+    pub fn retire_idle(core: &Arc<Core>) {
+        let max_idle = core.settings.pool_max_idle;
+        let mut stale = Vec::new();
+        {
+            let mut shelves = core.preloaded.lock();
+            for shelf in shelves.values_mut() {
+                let (keep, old): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
+                    shelf.ready.drain(..).partition(|s| s.ready_at.elapsed() <= max_idle);
+                shelf.ready = keep;
+                stale.extend(old);
+            }
+            shelves.retain(|_, s| {
+                !s.ready.is_empty() || s.loading > 0 || s.failed_until.is_some_and(|t| t > Instant::now())
+            });
+        }
+        for mut sandbox in stale {
+            let _ = sandbox.has_exited();
+            sandbox.kill(core);
+            sandbox.reap(core);
+        }
+    }
+}
+
+/// Starts preloads for `artifact`: `extra` beyond one per execution (an execution that found no
+/// preloaded sandbox asks for one more, so the shelf grows to the demand), up to the per-artifact
+/// target and the global cap; at the cap, the least recently used other artifact's oldest idle
+/// sandbox makes room.
+fn start_preloads(core: &Arc<Core>, artifact: &Arc<Artifact>, extra: usize) {
+    let per_artifact = core.settings.preloaded_per_artifact;
+    let max = core.settings.preloaded_max;
+    let mut evicted = Vec::new();
+    let wanted = {
+        let mut shelves = core.preloaded.lock();
+        let total: usize = shelves.values().map(|s| s.ready.len() + s.loading).sum();
+        let Some(shelf) = shelves.get(&artifact.sha256) else { return };
+        if shelf.failed_until.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        let have = shelf.ready.len() + shelf.loading;
+        let mut wanted = (1 + extra).min(per_artifact.saturating_sub(have));
+        let mut room = max.saturating_sub(total);
+        while room < wanted {
+            let victim = shelves
+                .iter_mut()
+                .filter(|(key, s)| **key != artifact.sha256 && !s.ready.is_empty())
+                .min_by_key(|(_, s)| s.last_used)
+                .and_then(|(_, s)| s.ready.pop_front());
+            match victim {
+                Some(sandbox) => {
+                    evicted.push(sandbox);
+                    room += 1;
+                }
+                None => break,
+            }
+        }
+        wanted = wanted.min(room);
+        if let Some(shelf) = shelves.get_mut(&artifact.sha256) {
+            shelf.loading += wanted;
+        }
+        wanted
+    };
+    for sandbox in evicted {
+        sandbox.kill(core);
+        sandbox.reap(core);
+    }
+    for _ in 0..wanted {
+        core.handle.spawn(preload_one(core.clone(), artifact.clone()));
+    }
+}
+
+async fn preload_one(core: Arc<Core>, artifact: Arc<Artifact>) {
+    let created = Sandbox::create_preloaded(&core, &artifact).await;
+    let mut discard = None;
+    {
+        let mut shelves = core.preloaded.lock();
+        let shelf = shelves.entry(artifact.sha256.clone()).or_default();
+        shelf.loading = shelf.loading.saturating_sub(1);
+        match created {
+            Ok(sandbox)
+                if shelf.ready.len() < core.settings.preloaded_per_artifact
+                    && !core.preloaded.stopped.load(Ordering::Relaxed) =>
+            {
+                shelf.ready.push_back(sandbox)
+            }
+            Ok(sandbox) => discard = Some(sandbox),
+            Err(e) => {
+                shelf.failed_until = Some(Instant::now() + FAILED_BACKOFF);
+                core.preloaded.failures.fetch_add(1, Ordering::Relaxed);
+                core.metrics.preload("failed");
+                let error = crate::error_chain(&e);
+                tracing::warn!(artifact = %artifact.sha256, %error,
+                    "preloading a sandbox failed; this artifact runs on generic sandboxes for a while");
+                *core.preloaded.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+            }
+        }
+    }
+    if let Some(sandbox) = discard {
+        sandbox.kill(&core);
+        sandbox.reap(&core);
+    }
+    core.preloaded.changed.notify_waiters();
+}
