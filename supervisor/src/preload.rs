@@ -25,6 +25,10 @@ use crate::sandbox::{Sandbox, SpawnError};
 
 /// How long an execution waits for a preload already under way before taking a generic sandbox.
 const WAIT_FOR_PRELOAD: Duration = Duration::from_millis(10);
+/// An execution of an artifact at least this large with no preloaded sandbox on the way starts one
+/// and waits for it (up to [`WAIT_FOR_PRELOAD`]) rather than take a generic sandbox: loading it in
+/// a generic sandbox costs as much, and its memory image is then copied rather than mapped.
+const COLD_WAIT_MIN_BYTES: u64 = 4 << 20;
 /// After a failed preload, the artifact is not preloaded again for this long.
 const FAILED_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -91,6 +95,7 @@ impl Preloaded {
         let this = &core.preloaded;
         let give_up = tokio::time::Instant::now() + WAIT_FOR_PRELOAD;
         let mut stale = Vec::new();
+        let mut started_one = false;
         let found = loop {
             let changed = this.changed.notified();
             let loading = {
@@ -111,6 +116,12 @@ impl Preloaded {
                 }
                 shelf.loading
             };
+            if loading == 0 && !started_one && artifact.len >= COLD_WAIT_MIN_BYTES {
+                // Nothing on the way for a large artifact: loading it into a new sandbox beats
+                // copying its memory image in a generic one.
+                started_one = start_preloads(core, artifact, 0) > 0;
+                continue;
+            }
             if loading == 0 || tokio::time::timeout_at(give_up, changed).await.is_err() {
                 break None;
             }
@@ -169,20 +180,20 @@ impl Preloaded {
     }
 }
 
-/// Starts preloads for `artifact`: `extra` beyond one per execution (an execution that found no
+/// Starts preloads for `artifact` and returns how many: `extra` beyond one per execution (an execution that found no
 /// preloaded sandbox asks for one more, so the shelf grows to the demand), up to the per-artifact
 /// target and the global cap; at the cap, the least recently used other artifact's oldest idle
 /// sandbox makes room.
-fn start_preloads(core: &Arc<Core>, artifact: &Arc<Artifact>, extra: usize) {
+fn start_preloads(core: &Arc<Core>, artifact: &Arc<Artifact>, extra: usize) -> usize {
     let per_artifact = core.settings.preloaded_per_artifact;
     let max = core.settings.preloaded_max;
     let mut evicted = Vec::new();
     let wanted = {
         let mut shelves = core.preloaded.lock();
         let total: usize = shelves.values().map(|s| s.ready.len() + s.loading).sum();
-        let Some(shelf) = shelves.get(&artifact.sha256) else { return };
+        let Some(shelf) = shelves.get(&artifact.sha256) else { return 0 };
         if shelf.failed_until.is_some_and(|t| t > Instant::now()) {
-            return;
+            return 0;
         }
         let have = shelf.ready.len() + shelf.loading;
         let mut wanted = (1 + extra).min(per_artifact.saturating_sub(have));
@@ -214,6 +225,7 @@ fn start_preloads(core: &Arc<Core>, artifact: &Arc<Artifact>, extra: usize) {
     for _ in 0..wanted {
         core.handle.spawn(preload_one(core.clone(), artifact.clone()));
     }
+    wanted
 }
 
 async fn preload_one(core: Arc<Core>, artifact: Arc<Artifact>) {

@@ -130,6 +130,11 @@ fn the_js_sample_runs_under_every_layer() {
     assert_eq!((bomb["status"].as_u64(), bomb["error"].as_str()), (Some(500), Some("memory_limit_exceeded")), "{bomb}");
     // And the extension still works afterwards.
     assert_eq!(call("GET", "/hello?name=Ada", None, json!({}))["status"], 200);
+    // These executions ran on sandboxes that preloaded the artifact (its memory image mapped
+    // copy-on-write from the file), and no preload failed.
+    let preloaded = server.admin_get("/readyz").json()["checks"]["preloaded"].clone();
+    assert!(preloaded["hits"].as_u64() > Some(3), "{preloaded}");
+    assert_eq!(preloaded["failures"], 0, "{preloaded}");
 
     // Built with componentize-js's default features, the component imports wasi:http: refused
     // at publish, naming the import (nothing may bypass the egress policy).

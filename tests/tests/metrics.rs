@@ -63,6 +63,15 @@ fn executions_host_calls_quotas_and_requests_are_counted() {
     assert_eq!(value(&text, "alga_runner_http_requests_total{route=\"/v1/execute\",status=\"200\"}"), 5.0);
     assert!(value(&text, "alga_runner_sandbox_spawn_duration_seconds_count") >= 1.0);
     assert!(text.contains("alga_runner_sandbox_pool_ready "), "{text}");
+    assert!(text.contains("alga_runner_sandbox_preloaded_ready "), "{text}");
+    // The first execution found no preloaded sandbox; each later one either did or did not.
+    let count = |result: &str| {
+        let prefix = format!("alga_runner_sandbox_preloads_total{{result=\"{result}\"}}");
+        if text.contains(&prefix) { value(&text, &prefix) } else { 0.0 }
+    };
+    assert!(count("miss") >= 1.0, "{text}");
+    assert_eq!(count("hit") + count("miss"), 4.0, "{text}");
+    assert_eq!(count("failed"), 0.0, "{text}");
     assert!(text.contains("alga_runner_egress_bytes_total"), "{text}");
     assert!(!text.contains(&d.extension_id), "no extension label unless asked for:\n{text}");
     assert!(!text.contains("t1"), "never a tenant label");
