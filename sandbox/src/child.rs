@@ -132,6 +132,12 @@ fn run(server: &Server, ipc: OwnedFd, artifact: Option<OwnedFd>, mode: SandboxMo
             }
         }
     }
+    // A preloaded artifact is instantiated now too, in the hardened sandbox, so the job only
+    // calls; if that fails it is instantiated again with the job, which reports the failure.
+    let mut ahead = preloaded.as_ref().and_then(|pre| {
+        let memory = alga_shared::limits::Limits::default().memory_bytes;
+        execute::instantiate_ahead(server.prepared(), server.runtime(), pre, memory).ok()
+    });
     if end.ready(layers).is_err() {
         return exit_code::CHANNEL;
     }
@@ -149,8 +155,13 @@ fn run(server: &Server, ipc: OwnedFd, artifact: Option<OwnedFd>, mode: SandboxMo
             let _ = sys::arm_alarm(Duration::from_millis(job.limits.timeout_ms));
             let end = Arc::new(Mutex::new(end));
             let bridge = Box::new(IpcBridge(end.clone()));
-            let (result, stats) =
-                execute::run(server.prepared(), server.runtime(), &pre, &job, bridge, 1, (start, ExecStats::default()));
+            let (result, stats) = match ahead.take() {
+                Some(instance) => execute::call_instantiated(instance, server.runtime(), &job, bridge, 1, start),
+                None => {
+                    let loaded = (start, ExecStats::default());
+                    execute::run(server.prepared(), server.runtime(), &pre, &job, bridge, 1, loaded)
+                }
+            };
             let mut end = end.lock().unwrap_or_else(|p| p.into_inner());
             return report(&mut end, result, stats);
         }

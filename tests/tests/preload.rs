@@ -70,7 +70,10 @@ type Case = (&'static str, &'static str, Limits, fn(&Outcome) -> bool);
 fn limits_and_outcomes_hold_on_preloaded_sandboxes() {
     let h = Harness::new();
     // Each fixture runs once to get preloaded, then is checked on a preloaded sandbox.
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
+        // Less memory than the component's initial memory: refused as on a generic sandbox, even
+        // though the preloaded sandbox instantiated it ahead, under the default limit.
+        ("echo", "/", Limits { memory_bytes: 64 << 10, ..Limits::default() }, |o| *o == Outcome::MemoryLimit),
         ("spin", "/", Limits { timeout_ms: 200, ..Limits::default() }, |o| *o == Outcome::Timeout),
         ("membomb", "/", Limits { memory_bytes: 32 << 20, ..Limits::default() }, |o| *o == Outcome::MemoryLimit),
         (

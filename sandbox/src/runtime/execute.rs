@@ -1,13 +1,14 @@
 //! Running `handler` once.
 
 use std::ptr::NonNull;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use alga_shared::bindings::{ExecuteResponse, RunnerPre};
+use alga_shared::bindings::{ExecuteResponse, Runner, RunnerPre};
 use alga_shared::channel::micros_since;
-use alga_shared::protocol::{ExecStats, ExecuteJob, Failure, Phases};
-use wasmtime::Trap;
+use alga_shared::limits::Limits;
+use alga_shared::protocol::{ExecStats, ExecuteJob, Failure, HostCall, HostReply, LogLevel, Phases};
 use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
 
 use super::guest::{GuestState, Prepared};
 use super::host::{BridgeError, HostBridge, HostCallLimit, WrongReply};
@@ -102,6 +103,96 @@ pub unsafe fn preload(prep: &Prepared, path: &str) -> wasmtime::Result<Loaded> {
     // Now rather than at the first instantiation: the images that map from the file.
     component.initialize_copy_on_write_image()?;
     link(prep, &component)
+}
+
+/// An instance made before its job arrived (in a preloaded sandbox, while it waits): its store
+/// holds placeholder limits and a bridge that answers nothing; [`call_instantiated`] sets the
+/// job's before calling.
+pub struct Instantiated {
+    store: Store<GuestState>,
+    runner: Runner,
+    capture: Capture,
+}
+
+/// Most fuel and time a guest's instantiation may take before its job: component start
+/// functions are guest code.
+const AHEAD_FUEL: u64 = 1_000_000_000;
+const AHEAD_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Instantiates `pre` before its job: with a memory budget of `memory_bytes`, host calls answered
+/// with their deny value (no tenant is known yet) and a deadline of [`AHEAD_DEADLINE`]. Guest
+/// code may run (a component's start functions) but sees nothing of any tenant. On error the
+/// caller instantiates at the job instead, which reports the failure under the job's limits.
+pub fn instantiate_ahead(
+    prep: &Prepared,
+    rt: &tokio::runtime::Runtime,
+    pre: &Loaded,
+    memory_bytes: u64,
+) -> wasmtime::Result<Instantiated> {
+    let capture = Capture::new(Limits::default().max_output_bytes as usize);
+    let limits = Limits { memory_bytes, ..Limits::default() };
+    let mut store = prep.store(limits, Box::new(DenyAll), &capture);
+    store.set_fuel(AHEAD_FUEL)?;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_trap();
+    crate::sys::arm_alarm(AHEAD_DEADLINE)?;
+    let runner = rt.block_on(pre.instantiate_async(&mut store));
+    // Disarmed; had it fired, the epoch moved on, and the job's deadline counts from there.
+    crate::sys::arm_alarm(Duration::ZERO)?;
+    Ok(Instantiated { store, runner: runner?, capture })
+}
+
+/// Host calls before any job: each gets its interface's deny value.
+struct DenyAll;
+
+impl HostBridge for DenyAll {
+    fn call(&mut self, call: HostCall) -> Result<HostReply, BridgeError> {
+        Ok(call.deny_reply())
+    }
+    fn log(&mut self, _: LogLevel, _: String) -> Result<(), BridgeError> {
+        Ok(())
+    }
+}
+
+/// Calls `handler` of an instance made ahead, under the job's memory, output, fuel and epoch
+/// limits and with its host bridge.
+pub fn call_instantiated(
+    ahead: Instantiated,
+    rt: &tokio::runtime::Runtime,
+    job: &ExecuteJob,
+    bridge: Box<dyn HostBridge>,
+    epoch_deadline: u64,
+    start: Instant,
+) -> (Result<ExecuteResponse, Failure>, ExecStats) {
+    let Instantiated { mut store, runner, capture } = ahead;
+    let mut stats = ExecStats::default();
+    let state = store.data_mut();
+    state.bridge = bridge;
+    state.limits = job.limits;
+    let within = state.budget.set_limit(job.limits.memory_bytes);
+    capture.set_budget(job.limits.max_output_bytes as usize);
+    let fuel_set = store.set_fuel(job.limits.fuel).is_ok();
+    store.set_epoch_deadline(epoch_deadline);
+    store.epoch_deadline_trap();
+    let result = if within {
+        let called = Instant::now();
+        let response = rt.block_on(runner.call_handler(&mut store, &job.request));
+        stats.phases_us.call_us = micros_since(called);
+        response.map_err(|e| classify(&e)).and_then(|r| check_response(r, job.limits.max_response_bytes))
+    } else {
+        // The instance already holds more than this job allows: as if instantiating had failed.
+        Err(Failure::MemoryLimit)
+    };
+    if fuel_set {
+        stats.fuel_consumed = job.limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    }
+    stats.memory_peak_bytes = store.data().budget.peak();
+    let captured = capture.take();
+    stats.stdout = captured.stdout;
+    stats.stderr = captured.stderr;
+    stats.output_truncated = captured.truncated;
+    stats.run_us = micros_since(start);
+    (result, stats)
 }
 
 /// Instantiates the loaded component and calls `handler` with `job.request`, under the job's

@@ -25,6 +25,12 @@ impl Budget {
         Budget { limit, in_use: 0, peak: 0 }
     }
 
+    /// Sets the limit for further growth; false when what is in use already exceeds it.
+    pub fn set_limit(&mut self, limit: u64) -> bool {
+        self.limit = limit;
+        self.in_use <= limit
+    }
+
     /// The largest total seen, in bytes.
     pub fn peak(&self) -> u64 {
         self.peak

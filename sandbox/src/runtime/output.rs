@@ -53,6 +53,11 @@ impl Capture {
         CaptureStream { capture: self.clone(), which: Which::Stderr }
     }
 
+    /// Sets how many bytes of both streams together are kept (what is already kept stays).
+    pub fn set_budget(&self, budget: usize) {
+        self.lock().budget = budget;
+    }
+
     /// Takes what was captured so far.
     pub fn take(&self) -> Captured {
         let mut b = self.lock();

@@ -318,6 +318,11 @@ fn js(path: &str, n: usize) {
     }
     let ready = server.admin_get("/readyz").json();
     let preload_stats = ready["checks"]["preloaded"].clone();
+    // The sandbox's own per-execution cost, without HTTP: a preloaded, hardened sandbox gets the
+    // job, instantiates, calls, answers (the same measure as the in-process rows below).
+    let mut hot = hot_path(n / 4, &wasm, ("GET", "/time"), true);
+    hot.name = "JS sample, hot path: preloaded sandbox, no HTTP".into();
+    println!("{}", hot.row());
     for c in [1, 4] {
         println!("{}", in_process_of("JS sample, in-process, warm engine", &wasm, ("GET", "/time"), n, c).row());
     }
@@ -356,6 +361,21 @@ fn js(path: &str, n: usize) {
     rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     if let Some((pid, rss_kib, (minflt, majflt))) = rows.first() {
         let idle: Vec<u64> = rows.iter().filter(|r| pool.contains(&r.0) && r.0 != *pid).map(|r| r.1).collect();
+        // Resident, proportional and private memory of each idle sandbox (kB), from smaps_rollup.
+        let rollup = |pid: u32| -> (u64, u64, u64) {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+            let field = |name: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            (field("Rss:"), field("Pss:"), field("Private_Clean:") + field("Private_Dirty:"))
+        };
+        let idle_memory: Vec<(u64, u64, u64)> =
+            rows.iter().filter(|r| pool.contains(&r.0) && r.0 != *pid).map(|r| rollup(r.0)).collect();
+        println!("idle sandboxes (Rss, Pss, private) kB: {idle_memory:?}");
         println!(
             "a JS sandbox while it runs (pid {pid}): VmRSS {rss_kib} kB, {minflt} minor and {majflt} major page faults; idle pool sandboxes: {idle:?} kB"
         );
