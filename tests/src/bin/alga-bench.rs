@@ -3,9 +3,10 @@
 //!
 //! - in-process: the component instantiated and called on a warm engine in this process (what
 //!   in-process runners do; the lower bound);
-//! - hardened, warm pool: alga-runner's path (fork server, every layer, a pre-hardened sandbox
-//!   taken from the pool);
-//! - hardened, no pool: the same, but each sandbox is created and hardened on the request path;
+//! - hardened, warm pool: alga-runner's path (fork server, every layer, a pre-hardened sandbox:
+//!   one that preloaded the artifact, else one from the pool);
+//! - hardened, no pool: the same without the generic pool (`--no-preload`: without preloaded
+//!   sandboxes either, so each sandbox is created and hardened on the request path);
 //! - exec per sandbox: the alternative process model, a freshly exec'd `alga-runner` process
 //!   (engine set-up included) per sandbox instead of the fork server;
 //! - naive: a fresh `alga-runner exec` process per request that compiles the component each time.
@@ -17,7 +18,10 @@
 //! creating and hardening a sandbox with and without each namespace), `--hot-path`, `--ping`
 //! (the IPC hand-over alone), `--deserialize` (artifact loading in this process),
 //! `--cgroup-ops` (cgroup file operations), `--http` (`POST /v1/execute` end to end against the
-//! real `alga-runner serve`: HTTP, envelope, registry lookups, the execution record made durable).
+//! real `alga-runner serve`: HTTP, envelope, registry lookups, the execution record made durable),
+//! `--js FILE.wasm` (the JS sample: publish, HTTP, the hot path and in-process, memory),
+//! `--hot-path [--preloaded] [--js FILE.wasm]`, `--phases --js FILE.wasm` (in-process load,
+//! link, instantiate and call; `COW=1` with copy-on-write memory images).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -225,23 +229,14 @@ fn js_phases(path: &str, cow: bool) {
     let mut config = engine::config();
     config.memory_init_cow(cow);
     let prep = Prepared::new(wasmtime::Engine::new(&config).unwrap()).unwrap();
-    let file = std::env::temp_dir().join(format!("alga-js-phases-{cow}.cwasm"));
-    if std::env::var("LOADS").is_err() || !file.exists() {
-        let artifact = prep.engine.precompile_component(&wasm).unwrap();
-        std::fs::write(&file, &artifact).unwrap();
-    }
+    let artifact = prep.engine.precompile_component(&wasm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("js.cwasm");
+    std::fs::write(&file, &artifact).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let mut req = request("/time");
     req.http.method = "GET".into();
     req.http.body = None;
-    if std::env::var("LOADS").is_ok() {
-        for _ in 0..3000 {
-            // SAFETY: just compiled by this engine configuration.
-            let c = unsafe { wasmtime::component::Component::deserialize_file(&prep.engine, &file) }.unwrap();
-            std::hint::black_box(c);
-        }
-        return;
-    }
     for round in 0..5 {
         let t = Instant::now();
         // SAFETY: just compiled by this engine configuration.
@@ -385,7 +380,14 @@ fn js(path: &str, n: usize) {
 }
 
 fn core(pool: usize) -> (tokio::runtime::Runtime, Arc<Core>, tempfile::TempDir) {
-    alga_tests::start_core(|s| s.pool_size = pool)
+    // `--no-preload`: executions take generic sandboxes only (to compare).
+    let preload = !std::env::args().any(|a| a == "--no-preload");
+    alga_tests::start_core(|s| {
+        s.pool_size = pool;
+        if !preload {
+            s.preloaded_per_artifact = 0;
+        }
+    })
 }
 
 fn hardened(name: &str, pool: usize, n: usize, concurrency: usize) -> Figures {
