@@ -76,6 +76,7 @@ impl Core {
             metrics: Arc::default(),
         });
         Pool::start_refill(&core);
+        Preloaded::start_retiring(&core);
         Ok(core)
     }
 

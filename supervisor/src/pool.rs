@@ -117,7 +117,6 @@ async fn refill(core: Weak<Core>) {
             let idle_check = c.settings.pool_max_idle / 2;
             let _ = tokio::time::timeout(idle_check, c.pool.wake.notified()).await;
             retire_idle(&c);
-            crate::preload::Preloaded::retire_idle(&c);
             continue;
         }
         match Sandbox::create(&c, SandboxMode::Execute).await {

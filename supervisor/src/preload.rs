@@ -155,6 +155,25 @@ impl Preloaded {
         }
     }
 
+    /// Starts the background task that retires idle preloaded sandboxes.
+    pub fn start_retiring(core: &Arc<Core>) {
+        if core.settings.preloaded_per_artifact == 0 {
+            return;
+        }
+        let weak = Arc::downgrade(core);
+        let every = core.settings.pool_max_idle / 2;
+        core.handle.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(core) = weak.upgrade() else { return };
+                if core.preloaded.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                Preloaded::retire_idle(&core);
+            }
+        });
+    }
+
     /// Retires preloaded sandboxes idle for longer than the pool's idle limit, and forgets
     /// artifacts with nothing on their shelf.
     pub fn retire_idle(core: &Arc<Core>) {
@@ -180,10 +199,10 @@ impl Preloaded {
     }
 }
 
-/// Starts preloads for `artifact` and returns how many: `extra` beyond one per execution (an execution that found no
-/// preloaded sandbox asks for one more, so the shelf grows to the demand), up to the per-artifact
-/// target and the global cap; at the cap, the least recently used other artifact's oldest idle
-/// sandbox makes room.
+/// Starts preloads for `artifact` and returns how many: `extra` beyond one per execution (an
+/// execution that found no preloaded sandbox asks for one more, so the shelf grows to the
+/// demand), up to the per-artifact target and the global cap; at the cap, the least recently used
+/// other artifact's oldest idle sandbox makes room.
 fn start_preloads(core: &Arc<Core>, artifact: &Arc<Artifact>, extra: usize) -> usize {
     let per_artifact = core.settings.preloaded_per_artifact;
     let max = core.settings.preloaded_max;

@@ -2,19 +2,12 @@
 //! while they were created serve its next executions — with every limit and outcome exactly as
 //! on a generic sandbox, each sandbox still running one job, and never for another artifact.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alga_shared::limits::Limits;
 use alga_shared::outcome::Outcome;
+use alga_tests::server::wait_until;
 use alga_tests::{Harness, request};
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn executions_after_the_first_run_on_preloaded_sandboxes() {
@@ -111,4 +104,17 @@ fn preloading_can_be_turned_off() {
     }
     let stats = h.core.preloaded.stats();
     assert_eq!((stats.hits, stats.misses, stats.ready, stats.loading), (0, 0, 0, 0), "{stats:?}");
+}
+
+#[test]
+fn idle_preloaded_sandboxes_retire() {
+    let h = Harness::with(|s| s.pool_max_idle = Duration::from_millis(300));
+    let echo = h.artifact("echo");
+    let r = h.execute_artifact(&echo, request("/"), Limits::default(), &[]);
+    assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.detail);
+    wait_until("a preloaded sandbox", || h.core.preloaded.stats().ready > 0);
+    let fork_server = h.core.fork.pid();
+    // No more executions: the idle ones retire (checked every half idle limit) and are reaped.
+    wait_until("the preloaded sandboxes retired", || h.core.preloaded.stats().ready == 0);
+    wait_until("and reaped", || alga_tests::children_of(fork_server).is_empty());
 }

@@ -16,10 +16,13 @@ pub fn apply(programs: &[BpfProgram], log_only: bool) -> io::Result<LayerStatus>
     for program in programs.iter().rev() {
         seccompiler::apply_filter(program).map_err(io::Error::other)?;
     }
-    let filter = allowlist;
+    let answered = if programs.len() > 1 { "; some allowed syscalls answered with an errno" } else { "" };
     Ok(if log_only {
         LayerStatus::partial("log mode: syscalls outside the allowlist are logged, not refused")
     } else {
-        LayerStatus::full(format!("allowlist of {} BPF instructions; anything else kills the process", filter.len()))
+        LayerStatus::full(format!(
+            "allowlist of {} BPF instructions; anything else kills the process{answered}",
+            allowlist.len()
+        ))
     })
 }

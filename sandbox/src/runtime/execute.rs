@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use alga_shared::bindings::{ExecuteResponse, Runner, RunnerPre};
 use alga_shared::channel::micros_since;
 use alga_shared::limits::Limits;
-use alga_shared::protocol::{ExecStats, ExecuteJob, Failure, HostCall, HostReply, LogLevel, Phases};
+use alga_shared::protocol::{ExecStats, ExecuteJob, Failure, Phases};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
 use super::guest::{GuestState, Prepared};
-use super::host::{BridgeError, HostBridge, HostCallLimit, WrongReply};
+use super::host::{BridgeError, DenyAll, HostBridge, HostCallLimit, WrongReply};
 use super::limiter::MemoryLimitExceeded;
 use super::output::Capture;
 
@@ -142,18 +142,6 @@ pub fn instantiate_ahead(
     Ok(Instantiated { store, runner: runner?, capture })
 }
 
-/// Host calls before any job: each gets its interface's deny value.
-struct DenyAll;
-
-impl HostBridge for DenyAll {
-    fn call(&mut self, call: HostCall) -> Result<HostReply, BridgeError> {
-        Ok(call.deny_reply())
-    }
-    fn log(&mut self, _: LogLevel, _: String) -> Result<(), BridgeError> {
-        Ok(())
-    }
-}
-
 /// Calls `handler` of an instance made ahead, under the job's memory, output, fuel and epoch
 /// limits and with its host bridge.
 pub fn call_instantiated(
@@ -183,6 +171,19 @@ pub fn call_instantiated(
         // The instance already holds more than this job allows: as if instantiating had failed.
         Err(Failure::MemoryLimit)
     };
+    finish(&store, &capture, job, fuel_set, start, &mut stats);
+    (result, stats)
+}
+
+/// Fills in what the store and the capture know once the call ended.
+fn finish(
+    store: &Store<GuestState>,
+    capture: &Capture,
+    job: &ExecuteJob,
+    fuel_set: bool,
+    start: Instant,
+    stats: &mut ExecStats,
+) {
     if fuel_set {
         stats.fuel_consumed = job.limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     }
@@ -192,7 +193,6 @@ pub fn call_instantiated(
     stats.stderr = captured.stderr;
     stats.output_truncated = captured.truncated;
     stats.run_us = micros_since(start);
-    (result, stats)
 }
 
 /// Instantiates the loaded component and calls `handler` with `job.request`, under the job's
@@ -225,15 +225,7 @@ pub fn run(
         response
     });
 
-    if fuel_set {
-        stats.fuel_consumed = job.limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-    }
-    stats.memory_peak_bytes = store.data().budget.peak();
-    let captured = capture.take();
-    stats.stdout = captured.stdout;
-    stats.stderr = captured.stderr;
-    stats.output_truncated = captured.truncated;
-    stats.run_us = micros_since(start);
+    finish(&store, &capture, job, fuel_set, start, &mut stats);
 
     let result = match result {
         Ok(response) => check_response(response, job.limits.max_response_bytes),

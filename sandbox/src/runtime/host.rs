@@ -17,6 +17,19 @@ pub trait HostBridge: Send {
     fn log(&mut self, level: LogLevel, message: String) -> Result<(), BridgeError>;
 }
 
+/// A bridge for guest code that runs with no job (a warm-up, an instantiation ahead of its job):
+/// every host call gets its interface's deny value, log lines go nowhere.
+pub struct DenyAll;
+
+impl HostBridge for DenyAll {
+    fn call(&mut self, call: HostCall) -> Result<HostReply, BridgeError> {
+        Ok(call.deny_reply())
+    }
+    fn log(&mut self, _: LogLevel, _: String) -> Result<(), BridgeError> {
+        Ok(())
+    }
+}
+
 /// The channel to the supervisor failed; the guest traps.
 #[derive(Debug, thiserror::Error)]
 #[error("host call channel failed: {0}")]

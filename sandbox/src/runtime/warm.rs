@@ -5,11 +5,10 @@
 use std::time::Instant;
 
 use alga_shared::limits::Limits;
-use alga_shared::protocol::{HostCall, HostReply, LogLevel};
 use wasmtime::component::Component;
 
 use super::guest::Prepared;
-use super::host::{BridgeError, HostBridge};
+use super::host::DenyAll;
 use super::output::Capture;
 
 /// The warm-up component, built from `warm/warm.wat`.
@@ -20,17 +19,6 @@ pub fn compile(prep: &Prepared) -> wasmtime::Result<Vec<u8>> {
     Component::new(&prep.engine, WARM_WASM)?.serialize()
 }
 
-struct Unreachable;
-
-impl HostBridge for Unreachable {
-    fn call(&mut self, call: HostCall) -> Result<HostReply, BridgeError> {
-        Ok(call.deny_reply())
-    }
-    fn log(&mut self, _: LogLevel, _: String) -> Result<(), BridgeError> {
-        Ok(())
-    }
-}
-
 /// Runs the warm-up component once; returns how long it took, in microseconds.
 pub fn run(prep: &Prepared, rt: &tokio::runtime::Runtime, artifact: &[u8]) -> wasmtime::Result<u64> {
     let start = Instant::now();
@@ -39,7 +27,7 @@ pub fn run(prep: &Prepared, rt: &tokio::runtime::Runtime, artifact: &[u8]) -> wa
     let component = unsafe { Component::deserialize(&prep.engine, artifact) }?;
     let pre = prep.linker.instantiate_pre(&component)?;
     let capture = Capture::new(0);
-    let mut store = prep.store(Limits::default(), Box::new(Unreachable), &capture);
+    let mut store = prep.store(Limits::default(), Box::new(DenyAll), &capture);
     store.set_fuel(1_000_000)?;
     store.set_epoch_deadline(u64::MAX / 2);
     let value = rt.block_on(async {

@@ -31,11 +31,11 @@ use alga_runner::executor;
 use alga_runner::forkserver;
 use alga_runner::sandbox::Sandbox;
 use alga_runner::settings::Settings;
-use alga_sandbox::runtime::{compile, engine, guest::Prepared, host::BridgeError, host::HostBridge};
+use alga_sandbox::runtime::{compile, engine, guest::Prepared, host::DenyAll};
 use alga_shared::bindings::RunnerPre;
 use alga_shared::capability::CapabilitySet;
 use alga_shared::limits::Limits;
-use alga_shared::protocol::{ExecuteJob, HostCall, HostReply, LogLevel};
+use alga_shared::protocol::ExecuteJob;
 use alga_shared::protocol::{NamespaceSet, SandboxMode};
 use alga_tests::{fixture, fixture_bytes, host_context, request, runner_bin};
 
@@ -62,17 +62,6 @@ impl Figures {
             pct(0.99),
             self.latencies.len() as f64 / self.wall.as_secs_f64()
         )
-    }
-}
-
-struct NullBridge;
-
-impl HostBridge for NullBridge {
-    fn call(&mut self, call: HostCall) -> Result<HostReply, BridgeError> {
-        Ok(call.deny_reply())
-    }
-    fn log(&mut self, _: LogLevel, _: String) -> Result<(), BridgeError> {
-        Ok(())
     }
 }
 
@@ -203,7 +192,7 @@ fn in_process_of(name: &str, wasm: &[u8], (method, url): (&str, &str), n: usize,
                 for _ in 0..per_thread {
                     let t = Instant::now();
                     let capture = alga_sandbox::runtime::output::Capture::new(64 * 1024);
-                    let mut store = prep.store(Limits::default(), Box::new(NullBridge), &capture);
+                    let mut store = prep.store(Limits::default(), Box::new(DenyAll), &capture);
                     store.set_fuel(u64::MAX / 2).unwrap();
                     store.set_epoch_deadline(u64::MAX / 2);
                     let resp = rt
@@ -249,7 +238,7 @@ fn js_phases(path: &str, cow: bool) {
         let n = 50;
         for _ in 0..n {
             let capture = alga_sandbox::runtime::output::Capture::new(64 * 1024);
-            let mut store = prep.store(Limits::default(), Box::new(NullBridge), &capture);
+            let mut store = prep.store(Limits::default(), Box::new(DenyAll), &capture);
             store.set_fuel(u64::MAX / 2).unwrap();
             store.set_epoch_deadline(u64::MAX / 2);
             rt.block_on(async {
