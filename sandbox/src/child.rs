@@ -155,7 +155,7 @@ fn run(server: &Server, ipc: OwnedFd, artifact: Option<OwnedFd>, mode: SandboxMo
             let _ = sys::arm_alarm(Duration::from_millis(job.limits.timeout_ms));
             let end = Arc::new(Mutex::new(end));
             let bridge = Box::new(IpcBridge(end.clone()));
-            let (result, stats) = match ahead.take() {
+            let (result, stats, remains) = match ahead.take() {
                 Some(instance) => execute::call_instantiated(instance, server.runtime(), &job, bridge, 1, start),
                 None => {
                     let loaded = (start, ExecStats::default());
@@ -163,7 +163,7 @@ fn run(server: &Server, ipc: OwnedFd, artifact: Option<OwnedFd>, mode: SandboxMo
                 }
             };
             let mut end = end.lock().unwrap_or_else(|p| p.into_inner());
-            return report(&mut end, result, stats);
+            exit_keeping(report(&mut end, result, stats), (remains, pre));
         }
         Job::Execute(_, Some(_)) if preloaded.is_some() => {
             let message = "an execution with an artifact, but another one was preloaded".to_string();
@@ -188,10 +188,10 @@ fn run(server: &Server, ipc: OwnedFd, artifact: Option<OwnedFd>, mode: SandboxMo
             // shrink, so the bytes mapped here are exactly the checked ones, and `map` outlives the
             // call. This is Wasmtime's contract for `deserialize` (the bytes are trusted native
             // code).
-            let (result, stats) =
+            let (result, stats, remains) =
                 unsafe { execute::execute(server.prepared(), server.runtime(), artifact, &job, bridge, 1) };
             let mut end = end.lock().unwrap_or_else(|p| p.into_inner());
-            return report(&mut end, result, stats);
+            exit_keeping(report(&mut end, result, stats), (remains, map));
         }
         Job::Compile(job, wasm) => {
             let map = match Mapping::new(wasm.as_fd(), job.wasm_len as usize) {
@@ -222,6 +222,14 @@ fn run(server: &Server, ipc: OwnedFd, artifact: Option<OwnedFd>, mode: SandboxMo
         Job::Probe(_) => return exit_code::CHANNEL,
     };
     if sent.is_ok() { 0 } else { exit_code::CHANNEL }
+}
+
+/// Exits with `code` once an execution has answered, without dropping `kept` (the instance, the
+/// component and its mapping) or anything else: the exit unmaps the whole address space in one
+/// pass, where dropping them first would unmap region by region, for nothing.
+fn exit_keeping<T>(code: i32, kept: T) -> ! {
+    std::mem::forget(kept);
+    sys::exit_now(code)
 }
 
 fn report(

@@ -73,7 +73,7 @@ fn run(prep: &Prepared, name: &str, url: &str, limits: Limits) -> (Result<Execut
     };
     let deadline_ticks = limits.timeout_ms / 10;
     // SAFETY: `artifact` was just produced by `compile` with an engine of the same configuration.
-    let (result, _stats) = unsafe {
+    let (result, _stats, _remains) = unsafe {
         execute::execute(
             prep,
             &rt,

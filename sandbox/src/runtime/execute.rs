@@ -35,8 +35,8 @@ pub enum ArtifactBytes<'a> {
 /// # Safety
 /// `artifact` must be the output of [`super::compile::compile`] by an engine with the same
 /// fingerprint as `prep.engine`, unmodified since (Wasmtime's contract for `deserialize`: the
-/// bytes are trusted native code); an `InPlace` region must stay mapped and unmodified until this
-/// function returns.
+/// bytes are trusted native code); an `InPlace` region must stay mapped and unmodified as long as
+/// the returned [`Remains`] lives (they hold the component that runs from it).
 pub unsafe fn execute(
     prep: &Prepared,
     rt: &tokio::runtime::Runtime,
@@ -44,15 +44,28 @@ pub unsafe fn execute(
     job: &ExecuteJob,
     bridge: Box<dyn HostBridge>,
     epoch_deadline: u64,
-) -> (Result<ExecuteResponse, Failure>, ExecStats) {
+) -> (Result<ExecuteResponse, Failure>, ExecStats, Remains) {
     let start = Instant::now();
     let mut stats = ExecStats::default();
     // SAFETY: the caller's contract is this function's.
     let pre = match unsafe { load(prep, artifact, &mut stats.phases_us) } {
         Ok(pre) => pre,
-        Err(failure) => return (Err(failure), stats),
+        Err(failure) => return (Err(failure), stats, Remains::default()),
     };
-    run(prep, rt, &pre, job, bridge, epoch_deadline, (start, stats))
+    let (result, stats, mut remains) = run(prep, rt, &pre, job, bridge, epoch_deadline, (start, stats));
+    remains._loaded = Some(pre);
+    (result, stats, remains)
+}
+
+/// What an execution leaves behind: the instance's store (its memory) and, when the execution
+/// loaded the artifact itself, the component. Dropping them unmaps their memory, page by page;
+/// a sandbox answers first and exits without dropping them, so the answer does not wait for
+/// that and the exit frees the whole address space in one pass.
+#[derive(Default)]
+#[must_use]
+pub struct Remains {
+    _store: Option<Store<GuestState>>,
+    _loaded: Option<Loaded>,
 }
 
 /// Deserializes `artifact` and links it.
@@ -63,8 +76,8 @@ unsafe fn load(prep: &Prepared, artifact: ArtifactBytes<'_>, phases: &mut Phases
     let start = Instant::now();
     let loaded = match artifact {
         // SAFETY: the caller guarantees the region holds our compiler's output for this engine
-        // configuration and stays mapped and unmodified while the component lives (it is
-        // dropped before `execute` returns).
+        // configuration and stays mapped and unmodified while the component lives (in the
+        // `Remains` that `execute` returns).
         ArtifactBytes::InPlace(region) => unsafe { Component::deserialize_raw(&prep.engine, region) }.or_else(|_| {
             // The kernel may refuse to make a memfd mapping executable (vm.memfd_noexec): copy.
             // SAFETY: as above; the same bytes, copied.
@@ -151,7 +164,7 @@ pub fn call_instantiated(
     bridge: Box<dyn HostBridge>,
     epoch_deadline: u64,
     start: Instant,
-) -> (Result<ExecuteResponse, Failure>, ExecStats) {
+) -> (Result<ExecuteResponse, Failure>, ExecStats, Remains) {
     let Instantiated { mut store, runner, capture } = ahead;
     let mut stats = ExecStats::default();
     let state = store.data_mut();
@@ -172,7 +185,7 @@ pub fn call_instantiated(
         Err(Failure::MemoryLimit)
     };
     finish(&store, &capture, job, fuel_set, start, &mut stats);
-    (result, stats)
+    (result, stats, Remains { _store: Some(store), _loaded: None })
 }
 
 /// Fills in what the store and the capture know once the call ended.
@@ -206,7 +219,7 @@ pub fn run(
     bridge: Box<dyn HostBridge>,
     epoch_deadline: u64,
     (start, mut stats): (Instant, ExecStats),
-) -> (Result<ExecuteResponse, Failure>, ExecStats) {
+) -> (Result<ExecuteResponse, Failure>, ExecStats, Remains) {
     let mark = Instant::now();
     let capture = Capture::new(job.limits.max_output_bytes as usize);
     let mut store = prep.store(job.limits, bridge, &capture);
@@ -231,7 +244,7 @@ pub fn run(
         Ok(response) => check_response(response, job.limits.max_response_bytes),
         Err(e) => Err(classify(&e)),
     };
-    (result, stats)
+    (result, stats, Remains { _store: Some(store), _loaded: None })
 }
 
 fn check_response(response: ExecuteResponse, max_body: u64) -> Result<ExecuteResponse, Failure> {
