@@ -59,6 +59,7 @@ fn the_js_sample_runs_under_every_layer() {
     let index = std::fs::read(example().join("bundle/ui/index.html")).unwrap();
     let bytes = pack_with_ui(&manifest, &component, &[("index.html", &index)]);
     let started = Instant::now();
+    let published_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let published = server.publish(&bytes, &signer.sign(&bytes, "com.example.hello-js", "1.0.0"));
     assert_eq!(published.status, 201, "{}", String::from_utf8_lossy(&published.body));
     let hash = published.json()["content_hash"].as_str().unwrap().to_string();
@@ -111,15 +112,38 @@ fn the_js_sample_runs_under_every_layer() {
     let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     assert!(real.abs_diff(now) < 60_000, "Date.now() is the real time: {now} vs {real}");
 
+    // The newest execution record's outcome and log lines.
+    let last_record = || -> (String, Vec<String>) {
+        let records = server.admin_get("/v1/tenants/t1/executions?limit=1").json();
+        let record = &records["items"][0];
+        let logs = record["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+        (record["outcome"].as_str().unwrap_or("").to_string(), logs)
+    };
+    // console.log / console.error: the guest's stdout and stderr, in the record.
+    assert_eq!(call("GET", "/console", None, json!({}))["status"], 200);
+    let (_, logs) = last_record();
+    assert!(logs.iter().any(|l| l == "[stdout] to stdout from console.log"), "{logs:?}");
+    assert!(logs.iter().any(|l| l == "[stderr] to stderr from console.error"), "{logs:?}");
+    // A promise callback queued by the handler runs before the execution ends; a timer never does.
+    assert_eq!(call("GET", "/later", None, json!({}))["status"], 200);
+    let (_, logs) = last_record();
+    assert!(logs.iter().any(|l| l == "[stdout] the promise callback ran"), "{logs:?}");
+    assert!(!logs.iter().any(|l| l.contains("the timer ran")), "{logs:?}");
+    // Math.random and crypto.getRandomValues differ between executions (each instance seeds
+    // its own, though preloaded sandboxes instantiate before their job).
+    let (r1, r2) = (body(&call("GET", "/random", None, json!({}))), body(&call("GET", "/random", None, json!({}))));
+    assert_ne!(r1["math"], r2["math"], "{r1} {r2}");
+    assert_ne!(r1["bytes"], r2["bytes"], "{r1} {r2}");
+    // Module-level code ran when the component was built (componentize-js snapshots the module).
+    assert_eq!(r1["moduleEvaluatedAt"], r2["moduleEvaluatedAt"], "{r1} {r2}");
+    assert!(r1["moduleEvaluatedAt"].as_u64().unwrap() < published_at, "{r1}");
+
     // An uncaught exception: guest_trap for the caller, message and stack in the record.
     let thrown = call("GET", "/throw", None, json!({}));
     assert_eq!(thrown["status"], 500);
     assert!(thrown["error"].as_str().unwrap().starts_with("execute_failed"), "{thrown}");
-    let records = server.admin_get("/v1/tenants/t1/executions?limit=1").json();
-    let record = &records["items"][0];
-    assert_eq!(record["outcome"], "guest_trap");
-    let logs: Vec<String> =
-        record["logs"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+    let (outcome, logs) = last_record();
+    assert_eq!(outcome, "guest_trap");
     assert!(logs.iter().any(|l| l == "[stderr] the sample threw on purpose"), "{logs:?}");
     assert!(logs.iter().any(|l| l.contains("handler@source.js")), "the stack too: {logs:?}");
 

@@ -4,6 +4,9 @@
 //   GET  /whoami           context and user
 //   POST /fetch            http.fetch of the URL in the body (allowed only by the egress lists)
 //   GET  /secret?key=k     whether the install has that secret (never its value)
+//   GET  /console          console.log and console.error (captured into the execution record)
+//   GET  /later            a timer and a promise callback scheduled, then the answer
+//   GET  /random           Math.random() and crypto.getRandomValues (different every execution)
 //   GET  /throw            an uncaught exception (what the execution record shows)
 //   GET  /spin             an infinite loop (stopped at the deadline)
 //   GET  /bomb             allocates until the memory limit
@@ -13,6 +16,10 @@ import { get as storageGet, put as storagePut } from "alga:extension/storage";
 import { fetch } from "alga:extension/http";
 import { get as secretGet } from "alga:extension/secrets";
 import { getUser } from "alga:extension/user-v2";
+
+// Module-level code runs once, when componentize-js builds the component (it snapshots the
+// initialized module): this is the build's time, the same in every execution.
+const moduleEvaluatedAt = Date.now();
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -104,6 +111,20 @@ export function handler(request) {
     }
     case "GET /time":
       return json(200, { now: Date.now(), iso: new Date().toISOString() });
+    case "GET /console":
+      console.log("to stdout from console.log");
+      console.error("to stderr from console.error");
+      return json(200, { logged: true });
+    case "GET /later": {
+      setTimeout(() => console.log("the timer ran"), 0);
+      Promise.resolve().then(() => console.log("the promise callback ran"));
+      return json(200, { scheduled: true });
+    }
+    case "GET /random": {
+      const bytes = new Uint8Array(16);
+      crypto.getRandomValues(bytes);
+      return json(200, { math: Math.random(), bytes: Array.from(bytes), moduleEvaluatedAt });
+    }
     case "GET /throw":
       throw new Error("the sample threw on purpose");
     case "GET /spin": {
