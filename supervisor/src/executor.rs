@@ -365,7 +365,9 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
                 m = sandbox.end.recv() => m,
                 _ = sleep_until(deadline) => {
                     return Err(ArtifactError::Invalid(format!(
-                        "compilation did not finish within {:?}", core.settings.compile_timeout
+                        "compilation did not finish within {} ms (the operator's limit, \
+                         `sandbox.compile_timeout_ms`)",
+                        core.settings.compile_timeout.as_millis()
                     )));
                 }
             };
@@ -393,9 +395,13 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
                 Err(FrameError::Closed | FrameError::Io(_)) => {
                     let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
                     return Err(match outcome_of_death(status, sandbox.oom_killed(core)) {
-                        Outcome::Crashed { signal } if signal == libc::SIGKILL => ArtifactError::Invalid(
-                            "compilation was killed (most likely it needed more memory than the compile limit)".into(),
-                        ),
+                        Outcome::MemoryLimit | Outcome::Crashed { signal: libc::SIGKILL } => {
+                            ArtifactError::Invalid(format!(
+                                "compilation was killed, most likely for needing more than the compile sandbox's \
+                             {} MiB of memory (the operator's limit, `sandbox.compile_memory_mb`)",
+                                core.settings.compile_memory_bytes >> 20
+                            ))
+                        }
                         other => failed(format!("compile sandbox died: {other:?}")),
                     });
                 }
