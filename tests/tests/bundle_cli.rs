@@ -283,3 +283,33 @@ fn invalid_configuration_exits_78_naming_every_field() {
     assert_eq!(o.status.code(), Some(78), "{}", text(&o));
     assert!(text(&o).contains("line 2"), "{}", text(&o));
 }
+
+#[test]
+fn publish_shows_its_progress_on_a_terminal() {
+    let script = Command::new("script").arg("--version").output();
+    skip_unless!(
+        script.is_ok_and(|o| o.status.success()),
+        "`script` (util-linux) is needed to give the CLI a terminal"
+    );
+    let signer = Signer::new();
+    let server = Server::start(&signer);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let dir = bundle_dir(d, "com.example.tty", "1.0.0");
+    assert!(run(d, &["pack", dir.to_str().unwrap(), "-o", "b.tar.zst"]).status.success());
+    let bytes = std::fs::read(d.join("b.tar.zst")).unwrap();
+    std::fs::write(d.join("b.tar.zst.minisig"), signer.sign(&bytes, "com.example.tty", "1.0.0")).unwrap();
+    std::fs::write(d.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let command = format!("{} publish b.tar.zst --url {} --token-file admin.token", runner_bin().display(), server.url);
+    // `script` runs the command on a pseudo-terminal: stdout and stderr both arrive here.
+    let o = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .current_dir(d)
+        .env_remove("ALGA_RUNNER_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{shown}");
+    assert!(shown.contains("verifying and compiling… 0 s"), "the elapsed time while it compiles: {shown:?}");
+    assert!(shown.contains("\"content_hash\""), "then the answer: {shown:?}");
+}

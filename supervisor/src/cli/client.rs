@@ -240,8 +240,14 @@ impl Progress {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let start = std::time::Instant::now();
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(500)) {
+            loop {
                 eprint!("\r  {what}… {:.0} s", start.elapsed().as_secs_f64());
+                if !matches!(
+                    rx.recv_timeout(Duration::from_millis(500)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    break;
+                }
             }
             eprint!("\r{}\r", " ".repeat(what.len() + 16));
         });
