@@ -178,17 +178,25 @@ fn the_debian_minisign_tool_interoperates() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
-#[test]
-fn client_commands_drive_a_running_supervisor() {
+/// A running supervisor, and a directory holding `b.tar.zst` (bundle `name` 1.0.0), its
+/// signature `b.tar.zst.minisig` by a publisher the supervisor trusts, and `admin.token`.
+fn signed_bundle_and_server(name: &str) -> (Server, tempfile::TempDir) {
     let signer = Signer::new();
     let server = Server::start(&signer);
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let dir = bundle_dir(d, "com.example.client", "1.0.0");
+    let dir = bundle_dir(d, name, "1.0.0");
     assert!(run(d, &["pack", dir.to_str().unwrap(), "-o", "b.tar.zst"]).status.success());
     let bytes = std::fs::read(d.join("b.tar.zst")).unwrap();
-    std::fs::write(d.join("b.tar.zst.minisig"), signer.sign(&bytes, "com.example.client", "1.0.0")).unwrap();
+    std::fs::write(d.join("b.tar.zst.minisig"), signer.sign(&bytes, name, "1.0.0")).unwrap();
     std::fs::write(d.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    (server, tmp)
+}
+
+#[test]
+fn client_commands_drive_a_running_supervisor() {
+    let (server, tmp) = signed_bundle_and_server("com.example.client");
+    let d = tmp.path();
     let client = |args: &[&str]| {
         Command::new(runner_bin())
             .args(args)
@@ -291,15 +299,8 @@ fn publish_shows_its_progress_on_a_terminal() {
         script.is_ok_and(|o| o.status.success()),
         "`script` (util-linux) is needed to give the CLI a terminal"
     );
-    let signer = Signer::new();
-    let server = Server::start(&signer);
-    let tmp = tempfile::tempdir().unwrap();
+    let (server, tmp) = signed_bundle_and_server("com.example.tty");
     let d = tmp.path();
-    let dir = bundle_dir(d, "com.example.tty", "1.0.0");
-    assert!(run(d, &["pack", dir.to_str().unwrap(), "-o", "b.tar.zst"]).status.success());
-    let bytes = std::fs::read(d.join("b.tar.zst")).unwrap();
-    std::fs::write(d.join("b.tar.zst.minisig"), signer.sign(&bytes, "com.example.tty", "1.0.0")).unwrap();
-    std::fs::write(d.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
     let command = format!("{} publish b.tar.zst --url {} --token-file admin.token", runner_bin().display(), server.url);
     // `script` runs the command on a pseudo-terminal: stdout and stderr both arrive here.
     let o = Command::new("script")
