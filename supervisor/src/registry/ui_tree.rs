@@ -96,6 +96,10 @@ impl UiTrees {
         })();
         if written.is_err() {
             let _ = remove_tree(&tmp);
+            if target.is_dir() {
+                // A concurrent publish of the same bundle extracted it first: the same files.
+                return Ok(());
+            }
         }
         written.map_err(|e| io::Error::new(e.kind(), format!("extracting the UI of {content_hash}: {e}")))
     }
@@ -159,5 +163,38 @@ mod tests {
         assert_eq!(trees.list().unwrap(), ["sha256:00ff"]);
         trees.remove(hash).unwrap();
         assert!(trees.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_extractions_of_one_tree_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let trees = UiTrees::open(dir.path().join("ui")).unwrap();
+        let files: BTreeMap<String, Vec<u8>> = (0..50).map(|i| (format!("ui/f{i}.js"), vec![b'x'; 4096])).collect();
+        for round in 0..20 {
+            let hash = format!("sha256:{round:04x}");
+            let start = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            trees.extract(&hash, &files)
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap().unwrap();
+                }
+            });
+            assert_eq!(fs::read_dir(trees.root(&hash)).unwrap().count(), 50);
+        }
+        // No temporary directory is left behind.
+        assert_eq!(trees.list().unwrap().len(), 20);
+        assert!(
+            fs::read_dir(dir.path().join("ui"))
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+        );
     }
 }
