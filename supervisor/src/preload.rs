@@ -25,10 +25,6 @@ use crate::sandbox::{Sandbox, SpawnError};
 
 /// How long an execution waits for a preload already under way before taking a generic sandbox.
 const WAIT_FOR_PRELOAD: Duration = Duration::from_millis(10);
-/// An execution of an artifact at least this large with no preloaded sandbox on the way starts one
-/// and waits for it (up to [`WAIT_FOR_PRELOAD`]) rather than take a generic sandbox: loading it in
-/// a generic sandbox costs as much, and its memory image is then copied rather than mapped.
-const COLD_WAIT_MIN_BYTES: u64 = 4 << 20;
 /// After a failed preload, the artifact is not preloaded again for this long.
 const FAILED_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -95,7 +91,7 @@ impl Preloaded {
         let this = &core.preloaded;
         let give_up = tokio::time::Instant::now() + WAIT_FOR_PRELOAD;
         let mut stale = Vec::new();
-        let mut started_one = false;
+        let mut tried_cold_start = false;
         let found = loop {
             let changed = this.changed.notified();
             let loading = {
@@ -116,11 +112,15 @@ impl Preloaded {
                 }
                 shelf.loading
             };
-            if loading == 0 && !started_one && artifact.len >= COLD_WAIT_MIN_BYTES {
+            if loading == 0 && !tried_cold_start && artifact.len >= core.settings.preload_wait_min_bytes {
                 // Nothing on the way for a large artifact: loading it into a new sandbox beats
-                // copying its memory image in a generic one.
-                started_one = start_preloads(core, artifact, 0) > 0;
-                continue;
+                // copying its memory image in a generic one (`preload_wait_min_bytes`). Tried
+                // once: none may start (after a failure, or at the cap), and then a generic
+                // sandbox it is.
+                tried_cold_start = true;
+                if start_preloads(core, artifact, 0) > 0 {
+                    continue;
+                }
             }
             if loading == 0 || tokio::time::timeout_at(give_up, changed).await.is_err() {
                 break None;

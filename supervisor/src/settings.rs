@@ -20,6 +20,10 @@ pub struct Settings {
     /// Preloaded sandboxes in all, ready or being created (default 16); at the cap, the least
     /// recently used artifact's idle sandbox makes room.
     pub preloaded_max: usize,
+    /// An execution of an artifact at least this large with no preloaded sandbox on the way
+    /// starts one and waits for it briefly rather than take a generic sandbox, where its memory
+    /// image would be copied (default 4 MiB; fixed, not a configuration key).
+    pub preload_wait_min_bytes: u64,
     /// Bytes added to an execution's memory limit for its cgroup: the runtime itself, the
     /// mapped artifact, stacks (default 128 MiB).
     pub runtime_overhead_bytes: u64,
@@ -55,6 +59,7 @@ impl Settings {
             pool_max_idle: Duration::from_secs(60),
             preloaded_per_artifact: 4,
             preloaded_max: 16,
+            preload_wait_min_bytes: 4 * MIB,
             runtime_overhead_bytes: 128 * MIB,
             pids_max: 8,
             cpu_percent: Some(100),

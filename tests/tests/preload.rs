@@ -118,3 +118,24 @@ fn idle_preloaded_sandboxes_retire() {
     wait_until("the preloaded sandboxes retired", || h.core.preloaded.stats().ready == 0);
     wait_until("and reaped", || alga_tests::children_of(fork_server).is_empty());
 }
+
+#[test]
+fn an_execution_does_not_wait_for_a_preload_that_cannot_start() {
+    // No room for any preloaded sandbox, and every artifact counts as large: the execution tries
+    // to start a preload once, none starts, and it runs on a generic sandbox (it used to spin).
+    let h = std::sync::Arc::new(Harness::with(|s| {
+        s.preloaded_max = 0;
+        s.preload_wait_min_bytes = 0;
+    }));
+    let echo = h.artifact("echo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = h.clone();
+    std::thread::spawn(move || {
+        let r = runner.execute_artifact(&echo, request("/"), Limits::default(), &[]);
+        let _ = tx.send(r);
+    });
+    let r = rx.recv_timeout(Duration::from_secs(20)).expect("the execution never ended");
+    assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.detail);
+    let stats = h.core.preloaded.stats();
+    assert_eq!((stats.hits, stats.misses, stats.ready, stats.loading), (0, 1, 0, 0), "{stats:?}");
+}
