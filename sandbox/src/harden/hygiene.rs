@@ -36,11 +36,12 @@ pub fn apply(
     sys::set_rlimit(libc::RLIMIT_FSIZE, 0)?;
     sys::set_rlimit(libc::RLIMIT_NOFILE, max_open_files)?;
     nix::unistd::setsid()?;
+    let kept = if artifact.is_some() { "IPC and the artifact to preload (read-only)" } else { "IPC" };
     Ok((
         ipc,
         artifact,
         LayerStatus::full(format!(
-            "descriptors closed but IPC; empty environment; not dumpable; RLIMIT_CORE=0, RLIMIT_FSIZE=0, \
+            "descriptors closed but {kept}; empty environment; not dumpable; RLIMIT_CORE=0, RLIMIT_FSIZE=0, \
              RLIMIT_NOFILE={max_open_files}; own session; oom_score_adj=1000 (set by the fork server); dies \
              with its parent"
         )),

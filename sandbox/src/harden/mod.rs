@@ -65,8 +65,9 @@ pub struct HardenError {
     pub ipc: Option<OwnedFd>,
 }
 
-/// A compiled artifact to load right after hygiene, while the process can still open a file (its
-/// own descriptor, through `/proc/self/fd`) and before anything of a tenant has arrived.
+/// A compiled artifact to load once the namespaces and credentials are in place, while the
+/// process can still open a file (its own descriptor, through the host's `/proc/self/fd`: Landlock
+/// and seccomp come after) and before the job — the first bytes of a tenant's request — arrives.
 pub struct Preload<'a> {
     /// The artifact's sealed memfd.
     pub artifact: OwnedFd,
@@ -91,12 +92,8 @@ pub fn harden(ipc: OwnedFd, input: &Input<'_>, preload: Option<Preload<'_>>) -> 
     let (ipc, artifact, hygiene) = hygiene::apply(ipc, artifact, input.plan.max_open_files)
         .map_err(|source| HardenError { layer: "hygiene", source, ipc: None })?;
     let hygiene_us = micros(start);
-    if let (Some(artifact), Some(load)) = (artifact, load)
-        && let Err(source) = load(artifact.as_fd())
-    {
-        return Err(HardenError { layer: "preload", source, ipc: Some(ipc) });
-    }
-    match harden_rest(input, hygiene, hygiene_us, ipc.as_fd()) {
+    let preload = artifact.zip(load);
+    match harden_rest(input, hygiene, hygiene_us, ipc.as_fd(), preload) {
         Ok(report) => Ok(Hardened { ipc, report }),
         Err((layer, source)) => Err(HardenError { layer, source, ipc: Some(ipc) }),
     }
@@ -111,6 +108,7 @@ fn harden_rest(
     hygiene: LayerStatus,
     hygiene_us: u32,
     ipc: BorrowedFd<'_>,
+    preload: Option<(OwnedFd, &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>)>,
 ) -> Result<HardeningReport, (&'static str, io::Error)> {
     let at = |layer: &'static str| move |e: io::Error| (layer, e);
     let mut step_us = [hygiene_us, 0, 0, 0, 0, 0];
@@ -140,6 +138,13 @@ fn harden_rest(
         return Err(("credentials", io::Error::other("the supervisor is gone")));
     }
     lap(2);
+
+    // The artifact is loaded here: in the sandbox's namespaces and with its credentials, but
+    // before Landlock and seccomp, which would forbid opening it as a file.
+    if let Some((artifact, load)) = preload {
+        load(artifact.as_fd()).map_err(at("preload"))?;
+        lap(3); // restarts the clock: Landlock's own time overwrites this slot below
+    }
 
     let (landlock, landlock_abi) = landlock::apply().map_err(at("landlock"))?;
     lap(3);
