@@ -92,7 +92,7 @@ pub fn harden(ipc: OwnedFd, input: &Input<'_>, preload: Option<Preload<'_>>) -> 
     let (ipc, artifact, hygiene) = hygiene::apply(ipc, artifact, input.plan.max_open_files)
         .map_err(|source| HardenError { layer: "hygiene", source, ipc: None })?;
     let hygiene_us = micros(start);
-    let preload = artifact.zip(load);
+    let preload = artifact.zip(load).map(|(artifact, load)| Preload { artifact, load });
     match harden_rest(input, hygiene, hygiene_us, ipc.as_fd(), preload) {
         Ok(report) => Ok(Hardened { ipc, report }),
         Err((layer, source)) => Err(HardenError { layer, source, ipc: Some(ipc) }),
@@ -108,7 +108,7 @@ fn harden_rest(
     hygiene: LayerStatus,
     hygiene_us: u32,
     ipc: BorrowedFd<'_>,
-    preload: Option<(OwnedFd, &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>)>,
+    preload: Option<Preload<'_>>,
 ) -> Result<HardeningReport, (&'static str, io::Error)> {
     let at = |layer: &'static str| move |e: io::Error| (layer, e);
     let mut step_us = [hygiene_us, 0, 0, 0, 0, 0];
@@ -141,7 +141,7 @@ fn harden_rest(
 
     // The artifact is loaded here: in the sandbox's namespaces and with its credentials, but
     // before Landlock and seccomp, which would forbid opening it as a file.
-    if let Some((artifact, load)) = preload {
+    if let Some(Preload { artifact, load }) = preload {
         load(artifact.as_fd()).map_err(at("preload"))?;
         lap(3); // restarts the clock: Landlock's own time overwrites this slot below
     }
