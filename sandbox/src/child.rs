@@ -152,10 +152,14 @@ fn run(server: &Server, ipc: OwnedFd, artifact: Option<OwnedFd>, mode: SandboxMo
                 return report(&mut end, Err(Failure::Internal { message }), ExecStats::default());
             };
             let start = Instant::now();
-            let _ = sys::arm_alarm(Duration::from_millis(job.limits.timeout_ms));
+            let ahead = ahead.take();
+            // The time instantiating ahead took counts against the job's, as it would have with it.
+            let charged = ahead.as_ref().map_or(Duration::ZERO, execute::Instantiated::took);
+            let timeout = Duration::from_millis(job.limits.timeout_ms).saturating_sub(charged);
+            let _ = sys::arm_alarm(timeout.max(Duration::from_millis(1)));
             let end = Arc::new(Mutex::new(end));
             let bridge = Box::new(IpcBridge(end.clone()));
-            let (result, stats, remains) = match ahead.take() {
+            let (result, stats, remains) = match ahead {
                 Some(instance) => execute::call_instantiated(instance, server.runtime(), &job, bridge, 1, start),
                 None => {
                     let loaded = (start, ExecStats::default());

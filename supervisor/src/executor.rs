@@ -299,11 +299,12 @@ fn take_stats(report: &mut Report, stats: ExecStats, limits: &Limits) {
     report.phases_us = stats.phases_us;
     report.memory_peak_bytes = stats.memory_peak_bytes.min(limits.memory_bytes);
     let budget = limits.max_output_bytes as usize;
+    let over = stats.stdout.len() + stats.stderr.len() > budget;
     let mut stdout = stats.stdout;
     stdout.truncate(budget);
     let mut stderr = stats.stderr;
     stderr.truncate(budget - stdout.len());
-    report.output_truncated = stats.output_truncated;
+    report.output_truncated = stats.output_truncated || over;
     report.stdout = stdout;
     report.stderr = stderr;
 }

@@ -125,12 +125,23 @@ pub struct Instantiated {
     store: Store<GuestState>,
     runner: Runner,
     capture: Capture,
+    /// Fuel and time the instantiation took; the job is charged both.
+    fuel_used: u64,
+    took: Duration,
+}
+
+impl Instantiated {
+    /// How long instantiating took (charged to the job's deadline).
+    pub fn took(&self) -> Duration {
+        self.took
+    }
 }
 
 /// Most fuel and time a guest's instantiation may take before its job: component start
-/// functions are guest code.
-const AHEAD_FUEL: u64 = 1_000_000_000;
-const AHEAD_DEADLINE: Duration = Duration::from_secs(1);
+/// functions are guest code, and a sandbox is preloaded for every execution, so this is kept
+/// small; an instantiation that needs more happens with the job instead, under its limits.
+const AHEAD_FUEL: u64 = 100_000_000;
+const AHEAD_DEADLINE: Duration = Duration::from_millis(100);
 
 /// Instantiates `pre` before its job: with a memory budget of `memory_bytes`, host calls answered
 /// with their deny value (no tenant is known yet) and a deadline of [`AHEAD_DEADLINE`]. Guest
@@ -148,11 +159,13 @@ pub fn instantiate_ahead(
     store.set_fuel(AHEAD_FUEL)?;
     store.set_epoch_deadline(1);
     store.epoch_deadline_trap();
+    let start = Instant::now();
     crate::sys::arm_alarm(AHEAD_DEADLINE)?;
     let runner = rt.block_on(pre.instantiate_async(&mut store));
     // Disarmed; had it fired, the epoch moved on, and the job's deadline counts from there.
     crate::sys::arm_alarm(Duration::ZERO)?;
-    Ok(Instantiated { store, runner: runner?, capture })
+    let fuel_used = AHEAD_FUEL.saturating_sub(store.get_fuel()?);
+    Ok(Instantiated { store, runner: runner?, capture, fuel_used, took: start.elapsed() })
 }
 
 /// Calls `handler` of an instance made ahead, under the job's memory, output, fuel and epoch
@@ -165,17 +178,21 @@ pub fn call_instantiated(
     epoch_deadline: u64,
     start: Instant,
 ) -> (Result<ExecuteResponse, Failure>, ExecStats, Remains) {
-    let Instantiated { mut store, runner, capture } = ahead;
+    let Instantiated { mut store, runner, capture, fuel_used, took: _ } = ahead;
     let mut stats = ExecStats::default();
     let state = store.data_mut();
     state.bridge = bridge;
     state.limits = job.limits;
     let within = state.budget.set_limit(job.limits.memory_bytes);
     capture.set_budget(job.limits.max_output_bytes as usize);
-    let fuel_set = store.set_fuel(job.limits.fuel).is_ok();
+    // The fuel instantiating took counts, as it would have with the job.
+    let fuel_left = job.limits.fuel.saturating_sub(fuel_used);
+    let fuel_set = store.set_fuel(fuel_left).is_ok();
     store.set_epoch_deadline(epoch_deadline);
     store.epoch_deadline_trap();
-    let result = if within {
+    let result = if fuel_left == 0 {
+        Err(Failure::FuelExhausted)
+    } else if within {
         let called = Instant::now();
         let response = rt.block_on(runner.call_handler(&mut store, &job.request));
         stats.phases_us.call_us = micros_since(called);

@@ -53,9 +53,18 @@ impl Capture {
         CaptureStream { capture: self.clone(), which: Which::Stderr }
     }
 
-    /// Sets how many bytes of both streams together are kept (what is already kept stays).
+    /// Sets how many bytes of both streams together are kept; what is already kept counts
+    /// against it (stdout first), and what no longer fits is dropped and marks the output truncated.
     pub fn set_budget(&self, budget: usize) {
-        self.lock().budget = budget;
+        let mut b = self.lock();
+        b.budget = budget;
+        if b.stdout.len() + b.stderr.len() > budget {
+            b.truncated = true;
+            let stdout = b.stdout.len().min(budget);
+            b.stdout.truncate(stdout);
+            let stderr = budget - stdout;
+            b.stderr.truncate(stderr);
+        }
     }
 
     /// Takes what was captured so far.
@@ -158,5 +167,23 @@ mod tests {
         assert_eq!(got.stdout, b"123456");
         assert_eq!(got.stderr, b"abcd");
         assert!(got.truncated);
+    }
+
+    #[test]
+    fn a_smaller_budget_counts_what_is_already_kept() {
+        // Output of an instance made ahead, before its job's budget was known.
+        let cap = Capture::new(100);
+        let (mut out, mut err) = (cap.stdout(), cap.stderr());
+        out.write(Bytes::from_static(b"123456")).unwrap();
+        err.write(Bytes::from_static(b"abcdef")).unwrap();
+        cap.set_budget(8);
+        out.write(Bytes::from_static(b"more")).unwrap();
+        let got = cap.take();
+        assert_eq!((got.stdout.as_slice(), got.stderr.as_slice(), got.truncated), (&b"123456"[..], &b"ab"[..], true));
+        // A larger budget keeps everything.
+        let cap = Capture::new(100);
+        cap.stdout().write(Bytes::from_static(b"123456")).unwrap();
+        cap.set_budget(50);
+        assert!(!cap.take().truncated);
     }
 }
