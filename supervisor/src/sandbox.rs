@@ -92,6 +92,19 @@ impl Sandbox {
         preload: Option<&Artifact>,
     ) -> Result<Sandbox, SpawnError> {
         let slot = core.cgroups.acquire().map_err(SpawnError::Cgroup)?;
+        // The usual limit, set before the process exists: a reused slot still has its last
+        // job's, and a preloaded sandbox runs guest code (start functions) before it is ready.
+        let memory = match mode {
+            SandboxMode::Execute => Limits::default().memory_bytes + core.settings.runtime_overhead_bytes,
+            SandboxMode::Compile => core.settings.compile_memory_bytes,
+        };
+        let mut memory_limit = None;
+        if let Some(held) = &slot {
+            match core.cgroups.set_memory(held, memory) {
+                Ok(()) => memory_limit = Some(memory),
+                Err(e) => tracing::warn!(error = %e, "setting the sandbox memory limit failed"),
+            }
+        }
         let dirs: Vec<String> =
             slot.iter().flat_map(|s| s.dirs.iter()).map(|d| d.to_string_lossy().into_owned()).collect();
         let procs = slot.as_ref().map(|s| s.procs()).unwrap_or_default();
@@ -116,7 +129,7 @@ impl Sandbox {
             mode,
             ready_at: Instant::now(),
             finished: false,
-            memory_limit: None,
+            memory_limit,
             oom_baseline: None,
             preloaded: preload.map(|a| a.sha256.clone()),
         };
@@ -126,12 +139,6 @@ impl Sandbox {
                 if let Some(slot) = &sandbox.slot {
                     sandbox.oom_baseline = Some(core.cgroups.oom_kills(slot));
                 }
-                // The usual limit, set now so the request path rarely has to.
-                let memory = match mode {
-                    SandboxMode::Execute => Limits::default().memory_bytes + core.settings.runtime_overhead_bytes,
-                    SandboxMode::Compile => core.settings.compile_memory_bytes,
-                };
-                sandbox.limit_memory(core, memory);
                 sandbox.ready_at = Instant::now();
                 Ok(sandbox)
             }
