@@ -150,7 +150,6 @@ impl SeccompPolicy {
         serde_json::to_string_pretty(&self.filters).unwrap_or_default()
     }
 
-    /// Compiles every filter to BPF for this architecture.
     /// The syscalls of `filter` that fail with ENOSYS.
     pub fn enosys(&self, filter: &str) -> Vec<&str> {
         self.filters.get(filter).map(|f| f.enosys.iter().map(|r| r.syscall.as_str()).collect()).unwrap_or_default()

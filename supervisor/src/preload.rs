@@ -204,6 +204,9 @@ impl Preloaded {
 /// demand), up to the per-artifact target and the global cap; at the cap, the least recently used
 /// other artifact's oldest idle sandbox makes room.
 fn start_preloads(core: &Arc<Core>, artifact: &Arc<Artifact>, extra: usize) -> usize {
+    if core.preloaded.stopped.load(Ordering::Relaxed) {
+        return 0;
+    }
     let per_artifact = core.settings.preloaded_per_artifact;
     let max = core.settings.preloaded_max;
     let mut evicted = Vec::new();
