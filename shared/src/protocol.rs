@@ -563,7 +563,7 @@ pub enum ForkRequest {
         /// The cgroup directories, for the hardening report.
         cgroups: Vec<String>,
         /// Preload this compiled artifact: its sealed memfd comes right after the IPC socket. The
-        /// sandbox loads it from that file before its namespaces, so the job that follows needs
+        /// sandbox loads it from that file before Landlock and seccomp, so the job that follows needs
         /// no artifact and Wasmtime maps memory images copy-on-write from the file.
         preload: bool,
     },

@@ -67,7 +67,7 @@ impl Sandbox {
         Sandbox::create_with(core, mode, None).await
     }
 
-    /// Creates and hardens an execution sandbox that loaded `artifact` before its namespaces
+    /// Creates and hardens an execution sandbox that loaded `artifact` while hardening
     /// (see [`alga_shared::protocol::ForkRequest::Spawn`]); it runs only a job for that artifact.
     pub async fn create_preloaded(core: &Arc<Core>, artifact: &Artifact) -> Result<Sandbox, SpawnError> {
         Sandbox::create_with(core, SandboxMode::Execute, Some(artifact)).await
