@@ -50,6 +50,7 @@ pub struct Runner {
     /// preloads that failed (`"failed"`).
     pub preloads: Family<Labels, Counter>,
     pub spawn_duration_seconds: Histogram,
+    pub preload_duration_seconds: Histogram,
     pub violations: Family<Labels, Counter>,
     pub bundle_verifications: Family<Labels, Counter>,
     pub quota_rejections: Family<Labels, Counter>,
@@ -147,6 +148,7 @@ impl Metrics {
             preloaded_ready: Gauge::default(),
             preloads: Family::default(),
             spawn_duration_seconds: seconds_buckets(),
+            preload_duration_seconds: seconds_buckets(),
             violations: Family::default(),
             bundle_verifications: Family::default(),
             quota_rejections: Family::default(),
@@ -176,8 +178,13 @@ impl Metrics {
         );
         registry.register(
             "sandbox_spawn_duration_seconds",
-            "Time to create, harden and warm up a sandbox",
+            "Time to create, harden and warm up a generic sandbox",
             r.spawn_duration_seconds.clone(),
+        );
+        registry.register(
+            "sandbox_preload_duration_seconds",
+            "Time to create a preloaded sandbox: hardening, loading its artifact, instantiating it",
+            r.preload_duration_seconds.clone(),
         );
         registry.register("sandbox_violations", "Sandboxes stopped for a violation, by kind", r.violations.clone());
         registry.register(

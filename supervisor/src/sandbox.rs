@@ -81,7 +81,10 @@ impl Sandbox {
         let started = Instant::now();
         let sandbox = Sandbox::create_timed(core, mode, preload).await;
         if sandbox.is_ok() {
-            core.metrics.runner.spawn_duration_seconds.observe(started.elapsed().as_secs_f64());
+            let runner = &core.metrics.runner;
+            let histogram =
+                if preload.is_some() { &runner.preload_duration_seconds } else { &runner.spawn_duration_seconds };
+            histogram.observe(started.elapsed().as_secs_f64());
         }
         sandbox
     }

@@ -62,6 +62,10 @@ fn executions_host_calls_quotas_and_requests_are_counted() {
     );
     assert_eq!(value(&text, "alga_runner_http_requests_total{route=\"/v1/execute\",status=\"200\"}"), 5.0);
     assert!(value(&text, "alga_runner_sandbox_spawn_duration_seconds_count") >= 1.0);
+    // Preloaded sandboxes are created in the background: one has been by now, or soon is.
+    alga_tests::server::wait_until("a preloaded sandbox's creation timed", || {
+        value(&scrape(&server), "alga_runner_sandbox_preload_duration_seconds_count") >= 1.0
+    });
     assert!(text.contains("alga_runner_sandbox_pool_ready "), "{text}");
     assert!(text.contains("alga_runner_sandbox_preloaded_ready "), "{text}");
     // The first execution found no preloaded sandbox; each later one either did or did not.
