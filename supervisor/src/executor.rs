@@ -352,8 +352,8 @@ fn outcome_of_death(status: Option<ExitStatus>, oom: bool) -> Outcome {
 pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, ComponentInfo), ArtifactError> {
     let failed = |e: String| ArtifactError::Failed(e);
     let memfd = sealed_memfd("alga-component", wasm).map_err(|e| failed(format!("memfd for the component: {e}")))?;
+    // Created with the compile memory limit.
     let mut sandbox = Sandbox::create(core, SandboxMode::Compile).await.map_err(|e| failed(crate::error_chain(&e)))?;
-    sandbox.limit_memory(core, core.settings.compile_memory_bytes);
     let max = core.settings.max_artifact_bytes;
     let job = CompileJob { wasm_len: wasm.len() as u64, max_artifact_bytes: max };
     let deadline = tokio::time::Instant::now() + core.settings.compile_timeout;

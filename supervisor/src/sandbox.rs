@@ -101,13 +101,7 @@ impl Sandbox {
             SandboxMode::Execute => Limits::default().memory_bytes + core.settings.runtime_overhead_bytes,
             SandboxMode::Compile => core.settings.compile_memory_bytes,
         };
-        let mut memory_limit = None;
-        if let Some(held) = &slot {
-            match core.cgroups.set_memory(held, memory) {
-                Ok(()) => memory_limit = Some(memory),
-                Err(e) => tracing::warn!(error = %e, "setting the sandbox memory limit failed"),
-            }
-        }
+        let memory_limit = slot.as_ref().and_then(|held| set_memory(core, held, memory));
         let dirs: Vec<String> =
             slot.iter().flat_map(|s| s.dirs.iter()).map(|d| d.to_string_lossy().into_owned()).collect();
         let procs = slot.as_ref().map(|s| s.procs()).unwrap_or_default();
@@ -189,9 +183,8 @@ impl Sandbox {
         if self.memory_limit == Some(bytes) {
             return;
         }
-        match core.cgroups.set_memory(slot, bytes) {
-            Ok(()) => self.memory_limit = Some(bytes),
-            Err(e) => tracing::warn!(error = %e, "setting the sandbox memory limit failed"),
+        if let Some(set) = set_memory(core, slot, bytes) {
+            self.memory_limit = Some(set);
         }
     }
 
@@ -255,6 +248,18 @@ impl Sandbox {
                 let _ = tokio::task::spawn_blocking(move || cgroups.cgroups.release(slot)).await;
             }
         });
+    }
+}
+
+/// Sets the memory limit of `slot`; returns it when set (a failure is logged: the sandbox keeps
+/// Wasmtime's own limit).
+fn set_memory(core: &Core, slot: &HeldSlot, bytes: u64) -> Option<u64> {
+    match core.cgroups.set_memory(slot, bytes) {
+        Ok(()) => Some(bytes),
+        Err(e) => {
+            tracing::warn!(error = %e, "setting the sandbox memory limit failed");
+            None
+        }
     }
 }
 
