@@ -1,24 +1,16 @@
 //! alga-runner's supervisor: creates hardened single-use sandboxes through a fork server, runs
 //! executions on them, answers their host calls, and exposes it all through the CLI and HTTP.
 
-pub mod artifacts;
-pub mod broker;
-pub mod cgroups;
 pub mod cli;
 pub mod config;
-pub mod core;
-pub mod executor;
-pub mod forkserver;
+pub mod exec;
+pub mod fsutil;
+pub mod hostapi;
 pub mod http;
-pub mod metrics;
-pub mod pool;
-pub mod preload;
+pub mod ops;
 pub mod registry;
-pub mod sandbox;
 pub mod secrets;
 pub mod service;
-pub mod settings;
-pub mod systemd;
 
 /// An error and its sources on one line: `outer: inner: root`.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -8,7 +8,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     // The fork server is this same binary, exec'd; it must start before anything else runs.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    alga_runner::forkserver::run_if_requested(&args);
+    alga_runner::exec::forkserver::run_if_requested(&args);
 
     let cli = Cli::parse();
     let default_format = if matches!(cli.command, Command::Serve(_)) { LogFormat::Json } else { LogFormat::Text };

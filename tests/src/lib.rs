@@ -9,12 +9,12 @@ pub mod webdriver;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use alga_runner::artifacts::Artifact;
-use alga_runner::broker::{HostContext, HostEnv};
-use alga_runner::core::Core;
-use alga_runner::executor::{self, Report};
-use alga_runner::forkserver;
-use alga_runner::settings::Settings;
+use alga_runner::exec::Core;
+use alga_runner::exec::artifacts::Artifact;
+use alga_runner::exec::executor::{self, Report};
+use alga_runner::exec::forkserver;
+use alga_runner::exec::settings::Settings;
+use alga_runner::hostapi::{HostContext, HostEnv};
 use alga_shared::bindings::{ContextData, ExecuteRequest, HttpHeader, HttpRequest};
 use alga_shared::capability::{Capability, CapabilitySet};
 use alga_shared::limits::Limits;

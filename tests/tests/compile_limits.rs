@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use alga_runner::artifacts::ArtifactError;
-use alga_runner::executor;
+use alga_runner::exec::artifacts::ArtifactError;
+use alga_runner::exec::executor;
 use alga_tests::server::wait_until;
 use alga_tests::{Harness, fixture_bytes, skip_unless};
 
@@ -16,7 +16,7 @@ fn compile(h: &Harness, name: &str) -> Result<(), ArtifactError> {
 /// Compiles `echo` and expects it refused with a message holding each of `said`; then the
 /// compile sandbox must be gone.
 fn assert_refused(h: &Harness, said: &[&str]) {
-    let fork_server = h.core.fork.pid();
+    let fork_server = h.core.spawner.fork.pid();
     match compile(h, "echo") {
         Err(ArtifactError::Invalid(message)) => {
             for s in said {
@@ -40,6 +40,9 @@ fn a_compilation_past_its_time_limit_is_stopped() {
 #[test]
 fn a_compilation_over_its_memory_limit_is_killed() {
     let h = Harness::with(|s| s.compile_memory_bytes = 1 << 20);
-    skip_unless!(h.core.cgroups.version().is_some(), "no cgroup memory controller to limit the compile sandbox");
+    skip_unless!(
+        h.core.spawner.cgroups.version().is_some(),
+        "no cgroup memory controller to limit the compile sandbox"
+    );
     assert_refused(&h, &["1 MiB of memory", "sandbox.compile_memory_mb"]);
 }

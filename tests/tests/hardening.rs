@@ -4,7 +4,7 @@
 
 use std::net::TcpListener;
 
-use alga_runner::executor::Report;
+use alga_runner::exec::executor::Report;
 use alga_shared::outcome::Outcome;
 use alga_shared::protocol::{Level, ProbeAction};
 use alga_tests::{Harness, skip_unless};
@@ -31,7 +31,7 @@ fn forbidden_syscalls_kill_the_sandbox() {
     let h = Harness::new();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let fork_server = h.core.fork.pid() as i32;
+    let fork_server = h.core.spawner.fork.pid() as i32;
     let cases: Vec<(ProbeAction, &str)> = vec![
         (ProbeAction::Open { path: "/etc/passwd".into() }, "openat"),
         (ProbeAction::SocketInet, "socket"),
@@ -53,7 +53,7 @@ fn forbidden_syscalls_kill_the_sandbox() {
         killed_for(&report, syscall);
     }
     // The fork server (and with it the supervisor) is untouched.
-    assert!(h.core.fork.is_alive());
+    assert!(h.core.spawner.fork.is_alive());
     assert!(std::path::Path::new(&format!("/proc/{fork_server}")).exists());
 }
 
@@ -63,7 +63,7 @@ fn with_seccomp_only_logging_the_other_layers_still_stop_escapes() {
     let h = Harness::with(|s| s.plan.seccomp_log_only = true);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let fork_server = h.core.fork.pid() as i32;
+    let fork_server = h.core.spawner.fork.pid() as i32;
 
     // No filesystem: the root is an empty tmpfs, and Landlock denies everything anyway.
     let open = body(&h.probe(ProbeAction::Open { path: "/etc/passwd".into() }));
@@ -74,7 +74,7 @@ fn with_seccomp_only_logging_the_other_layers_still_stop_escapes() {
     // No signal to anything outside: the fork server is invisible (pid namespace) and scoped out.
     let kill = body(&h.probe(ProbeAction::Kill { pid: fork_server }));
     assert!(kill.starts_with("returned -1"), "{kill}");
-    assert!(h.core.fork.is_alive());
+    assert!(h.core.spawner.fork.is_alive());
     // No capability: mount and raising a hard limit are refused.
     let mount = body(&h.probe(ProbeAction::Mount));
     assert!(mount.starts_with("returned -1"), "{mount}");
@@ -87,10 +87,13 @@ fn every_layer_reports_full_on_this_host() {
     skip_unless!(alga_sandbox::harden::landlock_abi() >= 6, "Landlock ABI 6 is missing");
     let h = Harness::new();
     let sandbox =
-        h.rt.block_on(alga_runner::sandbox::Sandbox::create(&h.core, alga_shared::protocol::SandboxMode::Execute))
-            .unwrap();
+        h.rt.block_on(alga_runner::exec::sandbox::Sandbox::create(
+            &h.core.spawner,
+            alga_shared::protocol::SandboxMode::Execute,
+        ))
+        .unwrap();
     for (name, layer) in sandbox.layers.layers() {
-        if name == "cgroup" && h.core.cgroups.version().is_none() {
+        if name == "cgroup" && h.core.spawner.cgroups.version().is_none() {
             continue;
         }
         if name == "namespaces" && sandbox.layers.namespace_set != alga_shared::protocol::NamespaceSet::ALL {
@@ -100,6 +103,6 @@ fn every_layer_reports_full_on_this_host() {
         assert_eq!(layer.level, Level::Full, "{name}: {}", layer.detail);
     }
     assert!(sandbox.layers.landlock_abi >= 6);
-    sandbox.kill(&h.core);
-    h.rt.block_on(async { sandbox.reap(&h.core) });
+    sandbox.kill(&h.core.spawner);
+    h.rt.block_on(async { sandbox.reap(&h.core.spawner) });
 }

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alga_runner::executor;
-use alga_runner::pool::Pool;
-use alga_runner::preload::Preloaded;
+use alga_runner::exec::executor;
 use alga_shared::capability::CapabilitySet;
 use alga_shared::limits::Limits;
 use alga_shared::outcome::Outcome;
@@ -68,16 +66,16 @@ fn thousands_of_executions_leave_nothing_behind() {
     assert!(preloaded.hits > 0, "preloaded sandboxes served executions: {preloaded:?}");
 
     // Only the refilled pool and the preloaded sandboxes remain: every executed sandbox was reaped.
-    let fork_server = h.core.fork.pid();
+    let fork_server = h.core.spawner.fork.pid();
     let waiting = || h.core.pool.stats().ready + h.core.preloaded.stats().ready + h.core.preloaded.stats().loading;
     wait_until("only pooled and preloaded sandboxes remain", || children_of(fork_server).len() <= waiting());
 
     // Stop the pool and drop the preloaded: then nothing at all is left, in the process table or
     // in any cgroup slot.
-    Pool::stop(&h.core);
-    Preloaded::stop(&h.core);
+    h.core.pool.stop();
+    h.core.preloaded.stop();
     wait_until("every sandbox is gone", || children_of(fork_server).is_empty());
-    if let Some(_version) = h.core.cgroups.version() {
+    if let Some(_version) = h.core.spawner.cgroups.version() {
         for base in slot_dirs(&h) {
             let procs = std::fs::read_to_string(base.join("cgroup.procs")).unwrap_or_default();
             assert!(procs.trim().is_empty(), "{} still has members: {procs}", base.display());
@@ -123,7 +121,7 @@ fn two_executions_get_different_random_bytes() {
     let a = h.execute("random", "/", Limits::default(), &[]);
     let b = h.execute("random", "/", Limits::default(), &[]);
     let body =
-        |r: &alga_runner::executor::Report| String::from_utf8(r.response.clone().unwrap().body.unwrap()).unwrap();
+        |r: &alga_runner::exec::executor::Report| String::from_utf8(r.response.clone().unwrap().body.unwrap()).unwrap();
     let (a, b) = (body(&a), body(&b));
     let (a_secure, a_insecure) = a.split_once(':').unwrap();
     let (b_secure, b_insecure) = b.split_once(':').unwrap();

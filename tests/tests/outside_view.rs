@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use alga_runner::executor;
+use alga_runner::exec::executor;
 use alga_shared::capability::CapabilitySet;
 use alga_shared::limits::{Limits, MIB};
 use alga_shared::outcome::Outcome;
@@ -24,7 +24,7 @@ fn a_running_sandbox_is_locked_down() {
     let artifact = h.artifact("spin");
     // The compile sandbox is hardened too: let it go before looking for the execution's sandbox.
     let settle = Instant::now() + Duration::from_secs(5);
-    while !children_of(h.core.fork.pid()).is_empty() {
+    while !children_of(h.core.spawner.fork.pid()).is_empty() {
         assert!(Instant::now() < settle, "the compile sandbox did not exit");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -44,7 +44,7 @@ fn a_running_sandbox_is_locked_down() {
     // Find the sandbox among the fork server's children once it is hardened and running.
     let deadline = Instant::now() + Duration::from_secs(3);
     let pid = loop {
-        let found = children_of(h.core.fork.pid()).into_iter().find(|pid| {
+        let found = children_of(h.core.spawner.fork.pid()).into_iter().find(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.contains("Seccomp:\t2"))
         });
         if let Some(pid) = found {
@@ -60,8 +60,8 @@ fn a_running_sandbox_is_locked_down() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
-    assert_eq!(ppid(pid), h.core.fork.pid());
-    assert_eq!(ppid(h.core.fork.pid()), std::process::id());
+    assert_eq!(ppid(pid), h.core.spawner.fork.pid());
+    assert_eq!(ppid(h.core.spawner.fork.pid()), std::process::id());
 
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert_eq!(status_field(&status, "NoNewPrivs"), "1");
@@ -84,8 +84,8 @@ fn a_running_sandbox_is_locked_down() {
 
     // Its own cgroup, with the execution's memory limit (plus the runtime overhead) set.
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    if let Some(version) = h.core.cgroups.version() {
-        let expected = limits.memory_bytes + h.core.settings.runtime_overhead_bytes;
+    if let Some(version) = h.core.spawner.cgroups.version() {
+        let expected = limits.memory_bytes + h.core.spawner.settings.runtime_overhead_bytes;
         let memory_dir = match version {
             alga_sandbox::cgroup::Version::V1 => {
                 let path = cgroup.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string())).unwrap();
@@ -108,7 +108,7 @@ fn a_running_sandbox_is_locked_down() {
     let report = h.rt.block_on(running).unwrap();
     assert_eq!(report.outcome, Outcome::Timeout);
     skip_unless!(
-        h.core.cgroups.version().is_some(),
+        h.core.spawner.cgroups.version().is_some(),
         "no usable cgroup hierarchy (the cgroup checks above did not run)"
     );
 }

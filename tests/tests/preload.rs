@@ -113,7 +113,7 @@ fn idle_preloaded_sandboxes_retire() {
     let r = h.execute_artifact(&echo, request("/"), Limits::default(), &[]);
     assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.detail);
     wait_until("a preloaded sandbox", || h.core.preloaded.stats().ready > 0);
-    let fork_server = h.core.fork.pid();
+    let fork_server = h.core.spawner.fork.pid();
     // No more executions: the idle ones retire (checked every half idle limit) and are reaped.
     wait_until("the preloaded sandboxes retired", || h.core.preloaded.stats().ready == 0);
     wait_until("and reaped", || alga_tests::children_of(fork_server).is_empty());

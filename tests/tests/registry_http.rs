@@ -418,7 +418,7 @@ fn stored_copies_are_checked_at_load_and_restored_by_a_reupload() {
     // Compiled code swapped in the cache (with its neighbouring hash file, so the cache's own
     // check passes): refused, because it is not the code compiled at publish.
     let cache = server.state_dir().join("cache");
-    let dir_of = |wasm: &[u8]| cache.join(alga_runner::artifacts::sha256_hex(wasm));
+    let dir_of = |wasm: &[u8]| cache.join(alga_runner::exec::artifacts::sha256_hex(wasm));
     let (mine, theirs) = (dir_of(&fixture_bytes("echo")), dir_of(&fixture_bytes("sleeper")));
     server.kill9();
     for name in alga_tests::server::list_names(&theirs) {

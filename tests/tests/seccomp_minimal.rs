@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use alga_policies::{COMPILE, EXECUTE, SeccompPolicy};
-use alga_runner::executor::{self, Report};
+use alga_runner::exec::executor::{self, Report};
 use alga_shared::bindings::HttpHeader;
 use alga_shared::capability::Capability;
 use alga_shared::limits::Limits;
@@ -75,7 +75,7 @@ fn execute_workload(h: &Harness) -> Vec<String> {
 /// A sandbox that reported its result must still exit cleanly (exit_group is allowed).
 fn unclean_exits(h: &Harness, problems: &mut Vec<String>) {
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let unclean = h.core.counters.unclean_exits.load(std::sync::atomic::Ordering::Relaxed);
+    let unclean = h.core.spawner.counters.unclean_exits.load(std::sync::atomic::Ordering::Relaxed);
     if unclean > 0 {
         problems.push(format!("{unclean} sandboxes did not exit cleanly after their result"));
     }

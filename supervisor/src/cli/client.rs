@@ -189,16 +189,12 @@ fn report(status: u16, body: &Value) -> u8 {
     }
 }
 
+/// What a path segment or query value keeps verbatim: RFC 3986 unreserved characters and `:`.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b':');
+
 fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 pub fn publish(args: PublishArgs) -> anyhow::Result<u8> {

@@ -9,10 +9,10 @@ use alga_shared::protocol::{HardeningReport, Level, NamespaceSet, SandboxMode};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::core::Core;
-use crate::forkserver;
-use crate::sandbox::Sandbox;
-use crate::settings::Settings;
+use crate::exec::Core;
+use crate::exec::forkserver;
+use crate::exec::sandbox::Sandbox;
+use crate::exec::settings::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
@@ -179,11 +179,11 @@ fn self_test() -> anyhow::Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let core: Arc<Core> = Core::start(process, cgroups, settings).await.context("starting the sandbox core")?;
-        let result = match Sandbox::create(&core, SandboxMode::Execute).await {
+        let result = match Sandbox::create(&core.spawner, SandboxMode::Execute).await {
             Ok(sandbox) => {
                 let v = json!({ "status": "ok", "layers": report_value(&sandbox.layers) });
-                sandbox.kill(&core);
-                sandbox.reap(&core);
+                sandbox.kill(&core.spawner);
+                sandbox.reap(&core.spawner);
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 v
             }

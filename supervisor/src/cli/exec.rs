@@ -13,12 +13,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::artifacts::ArtifactError;
-use crate::broker::{HostContext, HostEnv};
-use crate::core::Core;
-use crate::executor::{self, Report};
-use crate::forkserver;
-use crate::settings::Settings;
+use crate::exec::Core;
+use crate::exec::artifacts::ArtifactError;
+use crate::exec::executor::{self, Report};
+use crate::exec::forkserver;
+use crate::exec::settings::Settings;
+use crate::hostapi::{HostContext, HostEnv};
 
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
@@ -174,7 +174,7 @@ async fn execute(core: &Arc<Core>, args: &ExecArgs, p: Parsed) -> anyhow::Result
     let limits = Limits::default().resolve(
         &LimitRequest { timeout_ms: Some(args.timeout_ms), memory_mb: Some(args.memory_mb), fuel: Some(args.fuel) },
         &LimitRequest::default(),
-        &core.settings.ceilings,
+        &core.spawner.settings.ceilings,
     );
     let capabilities = CapabilitySet::effective(&p.capabilities, &p.capabilities, None);
     let request_id = format!("exec-{}", std::process::id());

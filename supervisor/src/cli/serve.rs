@@ -10,15 +10,15 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::EXIT_CONFIG;
-use crate::broker::SledKv;
 use crate::config::Config;
-use crate::core::Core;
-use crate::forkserver;
+use crate::exec::Core;
+use crate::exec::forkserver;
+use crate::exec::sandbox::Sandbox;
+use crate::exec::settings::Settings;
+use crate::hostapi::SledKv;
 use crate::registry::{BlobStore, RegistryStore, SledRegistry, StoreError, UiTrees, VersionState};
-use crate::sandbox::Sandbox;
 use crate::secrets::{NodeKey, SecretStore};
 use crate::service::Service;
-use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -244,11 +244,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     // The sandbox self-test: a real sandbox, every layer, before the service says it is ready.
     let layers = rt
         .block_on(async {
-            let sandbox = Sandbox::create(&core, alga_shared::protocol::SandboxMode::Execute).await?;
+            let sandbox = Sandbox::create(&core.spawner, alga_shared::protocol::SandboxMode::Execute).await?;
             let layers = sandbox.layers.clone();
-            sandbox.kill(&core);
-            sandbox.reap(&core);
-            Ok::<_, crate::sandbox::SpawnError>(layers)
+            sandbox.kill(&core.spawner);
+            sandbox.reap(&core.spawner);
+            Ok::<_, crate::exec::sandbox::SpawnError>(layers)
         })
         .map_err(|e| anyhow::anyhow!("the sandbox self-test failed: {}", crate::error_chain(&e)))?;
     let mut report = serde_json::Map::new();
@@ -299,18 +299,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            crate::systemd::notify(&format!("READY=1\nSTATUS=serving on {bound}"));
-            if let Some(interval) = crate::systemd::watchdog_interval() {
+            crate::ops::systemd::notify(&format!("READY=1\nSTATUS=serving on {bound}"));
+            if let Some(interval) = crate::ops::systemd::watchdog_interval() {
                 let mut tick = tokio::time::interval(interval / 2);
                 loop {
                     tick.tick().await;
-                    if !core.fork.is_alive() {
+                    if !core.spawner.fork.is_alive() {
                         tracing::error!(
                             "the fork server is gone: no more watchdog keep-alives, systemd will restart the service"
                         );
                         return;
                     }
-                    crate::systemd::notify("WATCHDOG=1");
+                    crate::ops::systemd::notify("WATCHDOG=1");
                 }
             }
         });
@@ -321,7 +321,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     // Stopped (SIGTERM/SIGINT): running requests had their grace period; now stop every sandbox,
     // remove every cgroup, and make the last records durable.
     service.shutting_down.store(true, Ordering::Relaxed);
-    crate::systemd::notify("STOPPING=1\nSTATUS=stopping sandboxes");
+    crate::ops::systemd::notify("STOPPING=1\nSTATUS=stopping sandboxes");
     rt.block_on(core.shutdown());
     if let Err(e) = registry.flush() {
         tracing::error!(error = %crate::error_chain(&e), "final flush failed");

@@ -12,8 +12,9 @@ use actix_web::dev::{Service as _, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpMessage, HttpRequest, HttpServer, web};
 use futures_util::StreamExt;
+use subtle::ConstantTimeEq;
 
-use crate::service::Service;
+use crate::service::{Service, valid_request_id};
 use problem::Problem;
 
 /// The request id of a request: the caller's `x-request-id` when valid, else a new one.
@@ -22,11 +23,6 @@ pub struct RequestId {
     pub id: String,
     /// True when the caller sent it.
     pub from_caller: bool,
-}
-
-/// A request id a caller may choose: 1..128 of `[A-Za-z0-9._:-]`.
-pub fn valid_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 pub fn request_id(req: &HttpRequest) -> RequestId {
@@ -40,14 +36,6 @@ fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Compares two secrets in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks `Authorization: Bearer <token>` when `token` is configured.
 pub fn authorize(req: &HttpRequest, token: &Option<String>, which: &str) -> Result<(), Problem> {
     let Some(expected) = token else { return Ok(()) };
@@ -58,7 +46,8 @@ pub fn authorize(req: &HttpRequest, token: &Option<String>, which: &str) -> Resu
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     match given {
-        Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
+        // Constant time in the token's content (`subtle`): only its length can leak.
+        Some(g) if bool::from(g.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
         Some(_) => Err(Problem::unauthorized(format!("the bearer token is not the {which} token"))),
         None => Err(Problem::unauthorized(format!("this route needs `Authorization: Bearer <{which} token>`"))),
     }
@@ -91,7 +80,7 @@ pub async fn serve(
     listener: std::net::TcpListener,
     grace: std::time::Duration,
 ) -> std::io::Result<()> {
-    let metrics = service.core.metrics.clone();
+    let metrics = service.core.spawner.metrics.clone();
     let data = web::Data::from(service);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     HttpServer::new(move || {
@@ -171,19 +160,4 @@ pub async fn file_stream(
             Err(e) => Some((Err(e), (f, 0))),
         }
     }))
-}
-
-/// Parses a JSON request body into `T`: 400 `invalid_json` when it is not JSON, 422 `code`
-/// (with `title`) naming the field when it does not fit.
-pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], code: &'static str, title: &str) -> Result<T, Problem> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Problem::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
-    serde_path_to_error::deserialize(value).map_err(|e| Problem::new(422, code, title).detail(json_error_detail(&e)))
-}
-
-/// Names where in a JSON body a field was wrong: `$.context: missing field `tenant_id``.
-pub fn json_error_detail(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let path = e.path().to_string();
-    let at = if path == "." { "$".to_string() } else { format!("$.{path}") };
-    format!("{at}: {}", e.inner())
 }

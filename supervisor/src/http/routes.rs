@@ -102,7 +102,7 @@ async fn readyz(svc: Svc) -> HttpResponse {
     let preloaded = svc.core.preloaded.stats();
     let pool_ok = pool.target == 0 || pool.ready > 0 || pool.hits > 0;
     let shutting_down = svc.shutting_down.load(Ordering::Relaxed);
-    let ready = storage && self_test && pool_ok && !shutting_down && svc.core.fork.is_alive();
+    let ready = storage && self_test && pool_ok && !shutting_down && svc.core.spawner.fork.is_alive();
     let layers = svc.self_test.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or(json!(null));
     let body = json!({
         "ready": ready,
@@ -110,7 +110,7 @@ async fn readyz(svc: Svc) -> HttpResponse {
             "storage": storage,
             "trust": { "loaded": true, "keys": svc.trust().bundle.keys().len() },
             "self_test": self_test,
-            "fork_server": svc.core.fork.is_alive(),
+            "fork_server": svc.core.spawner.fork.is_alive(),
             "pool": { "ready": pool.ready, "target": pool.target, "hits": pool.hits, "misses": pool.misses },
             "preloaded": {
                 "ready": preloaded.ready, "loading": preloaded.loading, "hits": preloaded.hits,
@@ -119,15 +119,15 @@ async fn readyz(svc: Svc) -> HttpResponse {
             "shutting_down": shutting_down,
         },
         "layers": layers,
-        "cgroup": svc.core.cgroups.version().map_or("none".to_string(), |v| v.to_string()),
+        "cgroup": svc.core.spawner.cgroups.version().map_or("none".to_string(), |v| v.to_string()),
     });
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
 /// Prometheus metrics (no token, like `/healthz`).
 async fn metrics(svc: Svc) -> HttpResponse {
-    svc.core.metrics.runner.pool_ready.set(svc.core.pool.stats().ready as i64);
-    svc.core.metrics.runner.preloaded_ready.set(svc.core.preloaded.stats().ready as i64);
+    svc.core.spawner.metrics.runner.pool_ready.set(svc.core.pool.stats().ready as i64);
+    svc.core.spawner.metrics.runner.preloaded_ready.set(svc.core.preloaded.stats().ready as i64);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .insert_header(("cache-control", "no-store"))
@@ -226,7 +226,7 @@ async fn put_install(
     let (tenant, extension) = path.into_inner();
     let body = read_body(&req, payload, SMALL_BODY).await?;
     let request: installs::InstallRequest =
-        crate::http::json_body(&body, "invalid_install", "the install request is not valid")?;
+        crate::service::json::json_body(&body, "invalid_install", "the install request is not valid")?;
     let (created, view) = installs::put(&svc.into_inner(), &tenant, &extension, request).await?;
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
     Ok(response.json(view))
@@ -380,7 +380,7 @@ async fn events_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Resu
     authorize(&req, &svc.service_token, "service")?;
     let body = read_body(&req, payload, svc.config.execute.max_request_mb << 20).await?;
     let event: crate::service::events::EventRequest =
-        crate::http::json_body(&body, "invalid_event", "the event is not valid")?;
+        crate::service::json::json_body(&body, "invalid_event", "the event is not valid")?;
     let ids = crate::service::events::publish(&svc.into_inner(), event, request_id(&req).id).await?;
     Ok(HttpResponse::Accepted().json(json!({ "execution_ids": ids })))
 }

@@ -40,7 +40,7 @@ impl BlobStore {
             return Ok(());
         }
         // A name no concurrent writer (of the same bundle, too) shares, created exclusively.
-        let (tmp, mut f) = crate::artifacts::create_unique(&self.dir, &format!(".tmp-{}", hex_of(content_hash)))?;
+        let (tmp, mut f) = crate::fsutil::create_unique(&self.dir, &format!(".tmp-{}", hex_of(content_hash)))?;
         let written = (|| {
             f.write_all(bytes)?;
             f.sync_all()?;

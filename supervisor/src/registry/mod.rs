@@ -4,6 +4,7 @@
 
 pub mod blobs;
 pub mod chain;
+pub mod commit;
 pub mod model;
 mod sled_store;
 pub mod ui_tree;

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 
 use super::Service;
 use super::execute::{self, ExecuteCommand, Target, Trigger};
-use crate::http::problem::Problem;
 use crate::registry::new_id;
 use crate::secrets::SecretMap;
+use crate::service::problem::Problem;
 
 #[derive(Debug, Deserialize)]
 pub struct EventRequest {
@@ -49,7 +49,7 @@ pub async fn publish(svc: &Arc<Service>, event: EventRequest, request_id: String
         let cmd = command(&target, &event, &sub.handler, &request_id);
         let (svc2, id) = (svc.clone(), execution_id.clone());
         let trigger = Trigger::Event { topic: event.topic.clone(), handler: sub.handler.clone() };
-        svc.core.handle.spawn(async move {
+        svc.core.spawner.handle.spawn(async move {
             match execute::run(&svc2, &target, cmd, trigger, Some(id.clone())).await {
                 // Refused before running (a quota): no record carries this id; say so here.
                 Ok(answer) if matches!(answer.status, 429 | 503) && answer.error.is_some() => {

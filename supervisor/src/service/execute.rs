@@ -22,12 +22,12 @@ use super::loader::LoadError;
 use super::quotas::Refused;
 use super::secret_envelope::SecretEnvelope;
 use super::usage;
-use crate::broker::{Egress, HostContext, UserInfo};
-use crate::executor::{self, Report};
-use crate::http::problem::Problem;
-use crate::metrics::Finished;
+use crate::exec::executor::{self, Report};
+use crate::hostapi::{Egress, HostContext, UserInfo};
+use crate::ops::metrics::Finished;
 use crate::registry::{ExecutionRecord, ExtensionRecord, InstallRecord, VersionRecord, new_id, now_ms};
 use crate::secrets::SecretMap;
+use crate::service::problem::Problem;
 use alga_shared::egress::Rule;
 
 /// Request headers that reach the guest; `authorization` and `cookie` never do.
@@ -279,7 +279,7 @@ impl Envelope {
         Ok(ExecuteCommand {
             secrets,
             request_id: request_id
-                .or(c.request_id.filter(|r| crate::http::valid_request_id(r)))
+                .or(c.request_id.filter(|r| super::valid_request_id(r)))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             tenant: c.tenant_id,
             extension: c.extension_id,
@@ -449,7 +449,7 @@ async fn run_in_span(
         Ok(p) => p,
         Err(r) => {
             tracing::info!(tenant = %cmd.tenant, extension = %ext.name, refused = ?r, "execution not admitted");
-            svc.core.metrics.quota_rejection(r.status_and_error().1);
+            svc.core.spawner.metrics.quota_rejection(r.status_and_error().1);
             return Ok(refused(r));
         }
     };
@@ -463,7 +463,7 @@ async fn run_in_span(
         Err(LoadError::Internal(detail)) => return Err(Problem::internal(detail)),
     };
 
-    let limits = svc.default_limits().resolve(&install.limits, &cmd.limits, &svc.core.settings.ceilings);
+    let limits = svc.default_limits().resolve(&install.limits, &cmd.limits, &svc.core.spawner.settings.ceilings);
     let mut config = cmd.config.clone();
     config.extend(install.config.clone());
     // Both lists were validated when stored; an entry that no longer parses allows nothing.
@@ -517,7 +517,7 @@ async fn run_in_span(
     let response = answer_of(&mut report);
     let egress_bytes = egress_bytes.load(Ordering::Relaxed);
     usage::add(svc, &cmd.tenant, &ext.id, &report, egress_bytes);
-    svc.core.metrics.finished(Finished {
+    svc.core.spawner.metrics.finished(Finished {
         outcome: report.outcome.label(),
         extension_id: &ext.id,
         duration: report.duration,
@@ -667,5 +667,5 @@ fn record(
 
 /// Parses the request body of `/v1/execute`.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, Problem> {
-    crate::http::json_body(body, "invalid_request", "the envelope is not valid")
+    crate::service::json::json_body(body, "invalid_request", "the envelope is not valid")
 }

@@ -12,9 +12,9 @@ use alga_shared::manifest::Endpoint;
 
 use super::Service;
 use super::execute::{self, Answer, ExecuteCommand, INBOUND_HEADERS, Trigger};
-use crate::broker::UserInfo;
-use crate::http::problem::Problem;
+use crate::hostapi::UserInfo;
 use crate::secrets::SecretMap;
+use crate::service::problem::Problem;
 
 /// One gateway request, as the HTTP layer read it.
 #[derive(Debug)]

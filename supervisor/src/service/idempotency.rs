@@ -1,6 +1,12 @@
 //! The idempotency cache of `/v1/execute`: keyed by (tenant, extension, key), bounded by count
 //! and by bytes (least recently used goes first) and by age, holding completed executions only
 //! (Alga gap: it was global and unbounded).
+//!
+//! Kept by hand rather than taken from a crate, on purpose: it must bound count, bytes and age at
+//! once and evict exactly the least recently used entry. `quick_cache` weighs by one measure and
+//! has no expiry; `moka` has both, but evicts by an approximate admission policy, expires entries
+//! during its own housekeeping, and brings a dozen crates (crossbeam, parking_lot, …) for what is
+//! a hundred lines here under the service's one lock, tested to the entry.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

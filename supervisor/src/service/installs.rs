@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Service;
 use super::publish::signature_problem;
-use crate::http::problem::Problem;
 use crate::registry::{
     ExtensionRecord, InstallRecord, SubscriptionRecord, VersionRecord, VersionState, new_id, now_ms,
 };
 use crate::secrets::SecretMap;
+use crate::service::problem::Problem;
 
 /// The body of `PUT /v1/tenants/{tenant}/installs/{extension}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -186,7 +186,7 @@ async fn reverify(svc: &Arc<Service>, ext: &ExtensionRecord, version: &VersionRe
             ))
         })?;
         if bundle::content_hash(&bytes) != *hash {
-            svc2.core.metrics.verification("install", false);
+            svc2.core.spawner.metrics.verification("install", false);
             return Err(Problem::new(
                 502,
                 "bundle_verification_failed",
@@ -194,7 +194,7 @@ async fn reverify(svc: &Arc<Service>, ext: &ExtensionRecord, version: &VersionRe
             ));
         }
         let verified = signing::verify_bytes(&trust.bundle, &bytes, &record.signature);
-        svc2.core.metrics.verification("install", verified.is_ok());
+        svc2.core.spawner.metrics.verification("install", verified.is_ok());
         let verified = verified.map_err(|e| signature_problem(&e))?;
         let id = Identity { name: &ext.name, version: &version.version, publisher: &ext.publisher, content_hash: hash };
         signing::check_identity(&verified, id).map_err(|e| signature_problem(&e))
@@ -271,7 +271,7 @@ pub fn delete(svc: &Service, tenant: &str, extension: &str) -> Result<InstallVie
     svc.secrets.delete(tenant, &record.install_id).map_err(|e| {
         Problem::internal(format!("uninstalled, but deleting the install's secrets failed: {}", crate::error_chain(&e)))
     })?;
-    let scope = crate::broker::storage::Scope { tenant: tenant.to_string(), install: record.install_id.clone() };
+    let scope = crate::hostapi::storage::Scope { tenant: tenant.to_string(), install: record.install_id.clone() };
     let storage = &svc.host_env.storage;
     let purged = storage.purge(&scope).and_then(|n| storage.flush().map(|()| n)).map_err(|e| {
         Problem::internal(format!(

@@ -10,8 +10,8 @@ use alga_shared::bundle;
 use alga_shared::signing::{self, Identity, TrustBundle};
 
 use super::Service;
-use crate::artifacts::{Artifact, ArtifactError};
-use crate::executor;
+use crate::exec::artifacts::{Artifact, ArtifactError};
+use crate::exec::executor;
 use crate::registry::{BundleRecord, ExtensionRecord, VersionRecord};
 
 /// A bundle ready to execute.
@@ -61,7 +61,7 @@ impl Loader {
         // Reading, hashing, verifying and unpacking a bundle is blocking work: off the async workers.
         let (record, wasm) = {
             let (svc, ext, version, trust) = (svc.clone(), ext.clone(), version.clone(), trust.clone());
-            let metrics = svc.core.metrics.clone();
+            let metrics = svc.core.spawner.metrics.clone();
             let checked = svc
                 .clone()
                 .blocking(move || verify_and_extract(&svc, &ext, &version, &trust.bundle))
@@ -83,7 +83,7 @@ impl Loader {
             })?;
         // The compiled code must be the code compiled at publish (compilation is deterministic;
         // the cache's own check only proves the file matches its neighbouring hash file).
-        if let Some(expected) = record.artifacts.get(svc.core.fork.fingerprint())
+        if let Some(expected) = record.artifacts.get(svc.core.spawner.fork.fingerprint())
             && *expected != artifact.sha256
         {
             return Err(LoadError::Verification(format!(

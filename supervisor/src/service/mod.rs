@@ -2,13 +2,14 @@
 //! layer hands over (publish, installs, execute, reads). Handlers parse and validate; the work
 //! happens here.
 
-pub mod commit;
 pub mod events;
 pub mod execute;
 pub mod gateway;
 pub mod idempotency;
 pub mod installs;
+pub mod json;
 pub mod loader;
+pub mod problem;
 pub mod publish;
 pub mod quotas;
 pub mod reads;
@@ -23,14 +24,14 @@ use alga_shared::bundle::ArchiveLimits;
 use alga_shared::limits::{Limits, MIB};
 use alga_shared::signing::{TrustBundle, TrustError};
 
-use crate::broker::fetch::FetchSettings;
-use crate::broker::host_api::HostApi;
-use crate::broker::{HostEnv, KvStore};
 use crate::config::Config;
-use crate::core::Core;
-use crate::http::problem::Problem;
+use crate::exec::Core;
+use crate::hostapi::fetch::FetchSettings;
+use crate::hostapi::forwarded::transport::HostApi;
+use crate::hostapi::{HostEnv, KvStore};
 use crate::registry::chain::Retention;
 use crate::registry::{BlobStore, RegistryStore};
+use crate::service::problem::Problem;
 use alga_shared::egress::Rule;
 
 /// The trust bundle in force, and a generation that changes on every reload (so bundles in the
@@ -39,6 +40,11 @@ use alga_shared::egress::Rule;
 pub struct Trust {
     pub bundle: TrustBundle,
     pub generation: u64,
+}
+
+/// A request id a caller may choose: 1..128 of `[A-Za-z0-9._:-]`.
+pub fn valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 pub struct Service {
@@ -64,7 +70,7 @@ pub struct Service {
     pub self_test: Mutex<Option<serde_json::Value>>,
     pub shutting_down: AtomicBool,
     /// Makes execution records durable before their answer, one flush per group.
-    pub commit: Arc<commit::GroupCommit>,
+    pub commit: Arc<crate::registry::commit::GroupCommit>,
 }
 
 impl Service {
@@ -84,7 +90,7 @@ impl Service {
             (config.execute.idempotency_max_mb << 20) as usize,
             config.execute.idempotency_ttl_s,
         );
-        let commit = Arc::new(commit::GroupCommit::default());
+        let commit = Arc::new(crate::registry::commit::GroupCommit::default());
         // The configuration was validated at load: every operator entry parses.
         let operator = Rule::parse_list(&config.egress.allowlist).map_err(std::io::Error::other)?;
         let fetch = FetchSettings::new(
@@ -103,7 +109,7 @@ impl Service {
             _ => None,
         };
         let ui_trees = crate::registry::UiTrees::open(config.state.dir.join("ui"))?;
-        core.metrics.set_per_extension(config.metrics.per_extension);
+        core.spawner.metrics.set_per_extension(config.metrics.per_extension);
         Ok(Service {
             ui_trees,
             quotas: quotas::Quotas::new(config.quotas.clone()),
@@ -113,7 +119,7 @@ impl Service {
                 commit: Some(commit.clone()),
                 fetch,
                 host_api,
-                metrics: core.metrics.clone(),
+                metrics: core.spawner.metrics.clone(),
             }),
             core,
             registry,
@@ -135,9 +141,9 @@ impl Service {
     /// ages execution records out.
     pub fn start_flusher(self: &Arc<Self>) {
         let registry = Arc::downgrade(&self.registry);
-        self.core.handle.spawn(self.commit.clone().run(registry, self.core.handle.clone()));
+        self.core.spawner.handle.spawn(self.commit.clone().run(registry, self.core.spawner.handle.clone()));
         let (registry, retention) = (Arc::downgrade(&self.registry), self.retention());
-        self.core.handle.spawn(async move {
+        self.core.spawner.handle.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
                 every.tick().await;
@@ -198,7 +204,12 @@ impl Service {
 
     /// Runs blocking work (database, files) off the async threads.
     pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
-        self.core.handle.spawn_blocking(f).await.map_err(|e| Problem::internal(format!("background task failed: {e}")))
+        self.core
+            .spawner
+            .handle
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| Problem::internal(format!("background task failed: {e}")))
     }
 
     /// Runs a future on the execution core's runtime (where sandboxes' sockets live), from any
@@ -207,6 +218,6 @@ impl Service {
         &self,
         f: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, Problem> {
-        self.core.handle.spawn(f).await.map_err(|e| Problem::internal(format!("execution task failed: {e}")))
+        self.core.spawner.handle.spawn(f).await.map_err(|e| Problem::internal(format!("execution task failed: {e}")))
     }
 }

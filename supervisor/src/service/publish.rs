@@ -10,13 +10,13 @@ use alga_shared::signing::{self, Identity, SignatureError};
 use serde::Serialize;
 
 use super::Service;
-use crate::artifacts::{ArtifactError, sha256_hex};
-use crate::executor;
-use crate::http::problem::Problem;
+use crate::exec::artifacts::{ArtifactError, sha256_hex};
+use crate::exec::executor;
 use crate::registry::ui_tree::UI_PREFIX;
 use crate::registry::{
     BundleRecord, ExtensionRecord, PublishOutcome, UiTrees, VersionRecord, VersionState, new_id, now_ms,
 };
+use crate::service::problem::Problem;
 
 /// What `POST /v1/bundles` answers.
 #[derive(Debug, Clone, Serialize)]
@@ -55,7 +55,7 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     let limits = svc.archive_limits();
     // Verifying (hashing the whole upload) and unpacking are blocking work: off the async workers.
     let sig = signature.clone();
-    let metrics = svc.core.metrics.clone();
+    let metrics = svc.core.spawner.metrics.clone();
     let (bytes, verified, opened) = svc
         .blocking(move || -> Result<_, Problem> {
             let verified = signing::verify_bytes(&trust.bundle, &bytes, &sig);
@@ -116,7 +116,7 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
                     }
                     ArtifactError::Failed(m) => Problem::internal(format!("compiling the component: {m}")),
                 })?;
-            artifacts.insert(svc.core.fork.fingerprint().to_string(), artifact.sha256.clone());
+            artifacts.insert(svc.core.spawner.fork.fingerprint().to_string(), artifact.sha256.clone());
             Some(sha)
         }
         None => None,

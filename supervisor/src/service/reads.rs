@@ -4,8 +4,8 @@ use serde::Serialize;
 
 use super::Service;
 use super::installs::{check_tenant, find_extension};
-use crate::http::problem::Problem;
 use crate::registry::{ExecutionQuery, ExecutionRecord, ExtensionRecord, VersionRecord, VersionState};
+use crate::service::problem::Problem;
 
 /// A page of results with the cursor of the next one.
 #[derive(Debug, Serialize)]

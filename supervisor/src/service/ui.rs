@@ -8,8 +8,8 @@ use std::sync::Arc;
 use alga_shared::bundle;
 
 use super::Service;
-use crate::http::problem::Problem;
 use crate::registry::{BundleRecord, UiTrees};
+use crate::service::problem::Problem;
 
 /// One request, as the HTTP layer read it.
 #[derive(Debug)]
@@ -72,24 +72,14 @@ fn invalid_path(detail: impl Into<String>) -> Problem {
     Problem::bad_request("invalid_path", detail)
 }
 
+/// Decodes `%XX` escapes once; a `%` not followed by two hex digits is refused rather than kept.
 fn percent_decode(raw: &str) -> Result<Vec<u8>, Problem> {
-    let b = raw.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                Some(v) => out.push(v),
-                None => return Err(invalid_path("a `%` not followed by two hex digits")),
-            }
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let well_formed =
+        raw.split('%').skip(1).all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !well_formed {
+        return Err(invalid_path("a `%` not followed by two hex digits"));
     }
-    Ok(out)
+    Ok(percent_encoding::percent_decode_str(raw).collect())
 }
 
 /// The path rules: decoded once; no NUL or control characters, no backslash; repeated and
@@ -126,28 +116,15 @@ pub enum Range {
     Unsatisfiable,
 }
 
-/// Parses a single `bytes=` range against a file of `len` bytes. Several ranges, or another
-/// unit, are ignored (the whole file is sent).
+/// Parses a `Range` header against a file of `len` bytes, with RFC 9110's grammar
+/// (`http-range-header`). A header that does not parse (another unit, a reversed range) or asks
+/// for several ranges is ignored: the whole file is sent. A valid one no byte satisfies is 416.
 pub fn parse_range(header: &str, len: u64) -> Range {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Range::Whole };
-    if spec.contains(',') {
-        return Range::Whole;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else { return Range::Whole };
-    let bounds = match (a.trim(), b.trim()) {
-        ("", n) => match n.parse::<u64>() {
-            Ok(n) if n > 0 && len > 0 => Some((len.saturating_sub(n), len - 1)),
-            _ => None,
-        },
-        (s, "") => s.parse::<u64>().ok().map(|s| (s, len.saturating_sub(1))),
-        (s, e) => match (s.parse::<u64>(), e.parse::<u64>()) {
-            (Ok(s), Ok(e)) if e >= s => Some((s, e.min(len.saturating_sub(1)))),
-            _ => None,
-        },
-    };
-    match bounds {
-        Some((start, end)) if start < len => Range::Part(start, end),
-        _ => Range::Unsatisfiable,
+    let Ok(parsed) = http_range_header::parse_range_header(header.trim()) else { return Range::Whole };
+    match parsed.validate(len).as_deref() {
+        Ok([one]) => Range::Part(*one.start(), *one.end()),
+        Ok(_) => Range::Whole,
+        Err(_) => Range::Unsatisfiable,
     }
 }
 
@@ -281,7 +258,7 @@ mod tests {
         assert_eq!(parse_range("bytes=-10", 100), Range::Part(90, 99));
         assert_eq!(parse_range("bytes=50-500", 100), Range::Part(50, 99));
         assert_eq!(parse_range("bytes=100-", 100), Range::Unsatisfiable);
-        assert_eq!(parse_range("bytes=5-1", 100), Range::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), Range::Whole, "a reversed range is invalid: ignored");
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Range::Whole, "several ranges: the whole file");
         assert_eq!(parse_range("items=0-1", 100), Range::Whole);
     }

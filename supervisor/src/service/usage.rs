@@ -5,9 +5,9 @@ use serde::Serialize;
 
 use super::Service;
 use super::quotas::Refused;
-use crate::executor::Report;
-use crate::http::problem::Problem;
+use crate::exec::executor::Report;
 use crate::registry::{UsageRecord, now_ms};
+use crate::service::problem::Problem;
 
 /// The start (Unix seconds) of the window holding `now_s`.
 pub fn window_start(now_s: u64, window_s: u64) -> u64 {

@@ -26,11 +26,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alga_runner::core::Core;
-use alga_runner::executor;
-use alga_runner::forkserver;
-use alga_runner::sandbox::Sandbox;
-use alga_runner::settings::Settings;
+use alga_runner::exec::Core;
+use alga_runner::exec::executor;
+use alga_runner::exec::forkserver;
+use alga_runner::exec::sandbox::Sandbox;
+use alga_runner::exec::settings::Settings;
 use alga_sandbox::runtime::{compile, engine, guest::Prepared, host::DenyAll};
 use alga_shared::bindings::RunnerPre;
 use alga_shared::capability::CapabilitySet;
@@ -437,11 +437,11 @@ fn spawn_cost(name: &str, ns: alga_shared::protocol::NamespaceSet, n: usize) -> 
     let mut steps: Vec<[u32; 6]> = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let sb = rt.block_on(Sandbox::create(&core, SandboxMode::Execute)).unwrap();
+        let sb = rt.block_on(Sandbox::create(&core.spawner, SandboxMode::Execute)).unwrap();
         latencies.push(t.elapsed());
         steps.push(sb.layers.step_us);
-        sb.kill(&core);
-        rt.block_on(async { sb.reap(&core) });
+        sb.kill(&core.spawner);
+        rt.block_on(async { sb.reap(&core.spawner) });
     }
     let wall = start.elapsed();
     rt.block_on(core.shutdown());
@@ -478,9 +478,9 @@ fn hot_path(n: usize, wasm: &[u8], (method, url): (&'static str, &'static str), 
                     let mut batch = Vec::new();
                     for _ in 0..50.min(n - latencies.len()) {
                         batch.push(if preloaded {
-                            Sandbox::create_preloaded(&core, &artifact).await.unwrap()
+                            Sandbox::create_preloaded(&core.spawner, &artifact).await.unwrap()
                         } else {
-                            Sandbox::create(&core, SandboxMode::Execute).await.unwrap()
+                            Sandbox::create(&core.spawner, SandboxMode::Execute).await.unwrap()
                         });
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -550,7 +550,7 @@ fn ping(n: usize) -> Figures {
                 while lat.len() < n {
                     let mut batch = Vec::new();
                     for _ in 0..50.min(n - lat.len()) {
-                        batch.push(Sandbox::create(&core, SandboxMode::Execute).await.unwrap());
+                        batch.push(Sandbox::create(&core.spawner, SandboxMode::Execute).await.unwrap());
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     for sb in batch {
@@ -596,8 +596,8 @@ fn idle_memory() {
             field(pid, "Private_Dirty:")
         )
     };
-    show("fork server", core.fork.pid());
-    for pid in alga_tests::children_of(core.fork.pid()) {
+    show("fork server", core.spawner.fork.pid());
+    for pid in alga_tests::children_of(core.spawner.fork.pid()) {
         show("idle pooled sandbox", pid);
     }
     rt.block_on(core.shutdown());
@@ -680,7 +680,7 @@ fn main() {
                 std::hint::black_box(prep.linker.instantiate_pre(&c).unwrap());
             }
             let pre_each = t2.elapsed() / 100;
-            let memfd = alga_runner::artifacts::sealed_memfd("bench", &artifact).unwrap();
+            let memfd = alga_runner::exec::artifacts::sealed_memfd("bench", &artifact).unwrap();
             let map = alga_sandbox::sys::Mapping::new(std::os::fd::AsFd::as_fd(&memfd), artifact.len()).unwrap();
             let t3 = Instant::now();
             for _ in 0..rounds {
@@ -700,24 +700,24 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--cgroup-ops") {
         let (rt, core, _cache) = core(0);
-        let slot = core.cgroups.acquire().unwrap().expect("cgroups in use");
+        let slot = core.spawner.cgroups.acquire().unwrap().expect("cgroups in use");
         let t = Instant::now();
         for i in 0..1000u64 {
-            core.cgroups.set_memory(&slot, (256 + (i % 2)) << 20).unwrap();
+            core.spawner.cgroups.set_memory(&slot, (256 + (i % 2)) << 20).unwrap();
         }
         let set = t.elapsed() / 1000;
         let t = Instant::now();
         for _ in 0..1000 {
-            std::hint::black_box(core.cgroups.oom_kills(&slot));
+            std::hint::black_box(core.spawner.cgroups.oom_kills(&slot));
         }
         let oom = t.elapsed() / 1000;
         let t = Instant::now();
         for _ in 0..1000 {
-            std::hint::black_box(core.cgroups.pids(&slot));
+            std::hint::black_box(core.spawner.cgroups.pids(&slot));
         }
         let pids_read = t.elapsed() / 1000;
         // Attaching: move a sleeping child between two slots, one hierarchy at a time.
-        let other = core.cgroups.acquire().unwrap().unwrap();
+        let other = core.spawner.cgroups.acquire().unwrap().unwrap();
         let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
         let pid = child.id().to_string();
         for (i, (a, b)) in slot.procs_files().iter().zip(other.procs_files().iter()).enumerate() {
@@ -731,8 +731,8 @@ fn main() {
         child.kill().unwrap();
         child.wait().unwrap();
         println!("cgroup set_memory {set:?}, oom_kills {oom:?}, pids {pids_read:?}");
-        core.cgroups.release(other);
-        core.cgroups.release(slot);
+        core.spawner.cgroups.release(other);
+        core.spawner.cgroups.release(slot);
         rt.block_on(core.shutdown());
         return;
     }

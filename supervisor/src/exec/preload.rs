@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::artifacts::Artifact;
-use crate::core::Core;
-use crate::pool::Pool;
-use crate::sandbox::{Sandbox, SpawnError};
+use crate::exec::artifacts::Artifact;
+use crate::exec::pool::Pool;
+use crate::exec::sandbox::{Sandbox, SpawnError, Spawner};
 
 /// How long an execution waits for a preload already under way before taking a generic sandbox.
 const WAIT_FOR_PRELOAD: Duration = Duration::from_millis(10);
@@ -38,8 +37,10 @@ struct Shelf {
 }
 
 /// The preloaded sandboxes, by the SHA-256 of their artifact.
-#[derive(Default)]
 pub struct Preloaded {
+    spawner: Arc<Spawner>,
+    /// Where an execution goes when no preloaded sandbox is ready.
+    pool: Arc<Pool>,
     shelves: Mutex<HashMap<String, Shelf>>,
     /// Woken when a preload ends (ready or failed).
     changed: Notify,
@@ -61,6 +62,21 @@ pub struct PreloadStats {
 }
 
 impl Preloaded {
+    /// Preloaded sandboxes made by `spawner`, falling back on `pool`.
+    pub fn new(spawner: Arc<Spawner>, pool: Arc<Pool>) -> Self {
+        Preloaded {
+            spawner,
+            pool,
+            shelves: Mutex::default(),
+            changed: Notify::new(),
+            stopped: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_failure: Mutex::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shelf>> {
         self.shelves.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -84,11 +100,11 @@ impl Preloaded {
     /// A sandbox for one execution of `artifact`: a preloaded one when one is ready or becomes
     /// ready within [`WAIT_FOR_PRELOAD`], else a generic one from the warm pool. Either way a
     /// replacement preload for `artifact` is started.
-    pub async fn take(core: &Arc<Core>, artifact: &Arc<Artifact>) -> Result<Sandbox, SpawnError> {
-        if core.settings.preloaded_per_artifact == 0 {
-            return Pool::take(core).await;
+    pub async fn take(self: &Arc<Self>, artifact: &Arc<Artifact>) -> Result<Sandbox, SpawnError> {
+        let this = self;
+        if this.spawner.settings.preloaded_per_artifact == 0 {
+            return this.pool.take().await;
         }
-        let this = &core.preloaded;
         let give_up = tokio::time::Instant::now() + WAIT_FOR_PRELOAD;
         let mut stale = Vec::new();
         let mut tried_cold_start = false;
@@ -100,7 +116,7 @@ impl Preloaded {
                 shelf.last_used = Some(Instant::now());
                 let mut found = None;
                 while let Some(mut sandbox) = shelf.ready.pop_front() {
-                    if sandbox.has_exited() || sandbox.ready_at.elapsed() > core.settings.pool_max_idle {
+                    if sandbox.has_exited() || sandbox.ready_at.elapsed() > this.spawner.settings.pool_max_idle {
                         stale.push(sandbox);
                     } else {
                         found = Some(sandbox);
@@ -112,13 +128,13 @@ impl Preloaded {
                 }
                 shelf.loading
             };
-            if loading == 0 && !tried_cold_start && artifact.len >= core.settings.preload_wait_min_bytes {
+            if loading == 0 && !tried_cold_start && artifact.len >= this.spawner.settings.preload_wait_min_bytes {
                 // Nothing on the way for a large artifact: loading it into a new sandbox beats
                 // copying its memory image in a generic one (`preload_wait_min_bytes`). Tried
                 // once: none may start (after a failure, or at the cap), and then a generic
                 // sandbox it is.
                 tried_cold_start = true;
-                if start_preloads(core, artifact, 0) > 0 {
+                if start_preloads(this, artifact, 0) > 0 {
                     continue;
                 }
             }
@@ -127,60 +143,63 @@ impl Preloaded {
             }
         };
         for sandbox in stale {
-            sandbox.kill(core);
-            sandbox.reap(core);
+            sandbox.kill(&this.spawner);
+            sandbox.reap(&this.spawner);
         }
-        start_preloads(core, artifact, usize::from(found.is_none()));
+        start_preloads(this, artifact, usize::from(found.is_none()));
         match found {
             Some(sandbox) => {
                 this.hits.fetch_add(1, Ordering::Relaxed);
-                core.metrics.preload("hit");
+                this.spawner.metrics.preload("hit");
                 Ok(sandbox)
             }
             None => {
                 this.misses.fetch_add(1, Ordering::Relaxed);
-                core.metrics.preload("miss");
-                Pool::take(core).await
+                this.spawner.metrics.preload("miss");
+                this.pool.take().await
             }
         }
     }
 
     /// Kills every preloaded sandbox (shutdown); preloads still under way are discarded.
-    pub fn stop(core: &Arc<Core>) {
-        core.preloaded.stopped.store(true, Ordering::Relaxed);
-        let all: Vec<Sandbox> = core.preloaded.lock().drain().flat_map(|(_, shelf)| shelf.ready).collect();
+    pub fn stop(&self) {
+        let this = self;
+        this.stopped.store(true, Ordering::Relaxed);
+        let all: Vec<Sandbox> = this.lock().drain().flat_map(|(_, shelf)| shelf.ready).collect();
         for sandbox in all {
-            sandbox.kill(core);
-            sandbox.reap(core);
+            sandbox.kill(&this.spawner);
+            sandbox.reap(&this.spawner);
         }
     }
 
     /// Starts the background task that retires idle preloaded sandboxes.
-    pub fn start_retiring(core: &Arc<Core>) {
-        if core.settings.preloaded_per_artifact == 0 {
+    pub fn start_retiring(self: &Arc<Self>) {
+        let settings = &self.spawner.settings;
+        if settings.preloaded_per_artifact == 0 {
             return;
         }
-        let weak = Arc::downgrade(core);
-        let every = core.settings.pool_max_idle / 2;
-        core.handle.spawn(async move {
+        let weak = Arc::downgrade(self);
+        let every = settings.pool_max_idle / 2;
+        self.spawner.handle.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let Some(core) = weak.upgrade() else { return };
-                if core.preloaded.stopped.load(Ordering::Relaxed) {
+                let Some(this) = weak.upgrade() else { return };
+                if this.stopped.load(Ordering::Relaxed) {
                     return;
                 }
-                Preloaded::retire_idle(&core);
+                this.retire_idle();
             }
         });
     }
 
     /// Retires preloaded sandboxes idle for longer than the pool's idle limit, and forgets
     /// artifacts with nothing on their shelf.
-    pub fn retire_idle(core: &Arc<Core>) {
-        let max_idle = core.settings.pool_max_idle;
+    pub fn retire_idle(&self) {
+        let this = self;
+        let max_idle = this.spawner.settings.pool_max_idle;
         let mut stale = Vec::new();
         {
-            let mut shelves = core.preloaded.lock();
+            let mut shelves = this.lock();
             for shelf in shelves.values_mut() {
                 let (keep, old): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
                     shelf.ready.drain(..).partition(|s| s.ready_at.elapsed() <= max_idle);
@@ -193,8 +212,8 @@ impl Preloaded {
         }
         for mut sandbox in stale {
             let _ = sandbox.has_exited();
-            sandbox.kill(core);
-            sandbox.reap(core);
+            sandbox.kill(&this.spawner);
+            sandbox.reap(&this.spawner);
         }
     }
 }
@@ -203,15 +222,15 @@ impl Preloaded {
 /// execution that found no preloaded sandbox asks for one more, so the shelf grows to the
 /// demand), up to the per-artifact target and the global cap; at the cap, the least recently used
 /// other artifact's oldest idle sandbox makes room.
-fn start_preloads(core: &Arc<Core>, artifact: &Arc<Artifact>, extra: usize) -> usize {
-    if core.preloaded.stopped.load(Ordering::Relaxed) {
+fn start_preloads(this: &Arc<Preloaded>, artifact: &Arc<Artifact>, extra: usize) -> usize {
+    if this.stopped.load(Ordering::Relaxed) {
         return 0;
     }
-    let per_artifact = core.settings.preloaded_per_artifact;
-    let max = core.settings.preloaded_max;
+    let per_artifact = this.spawner.settings.preloaded_per_artifact;
+    let max = this.spawner.settings.preloaded_max;
     let mut evicted = Vec::new();
     let wanted = {
-        let mut shelves = core.preloaded.lock();
+        let mut shelves = this.lock();
         let total: usize = shelves.values().map(|s| s.ready.len() + s.loading).sum();
         let Some(shelf) = shelves.get(&artifact.sha256) else { return 0 };
         if shelf.failed_until.is_some_and(|t| t > Instant::now()) {
@@ -241,44 +260,44 @@ fn start_preloads(core: &Arc<Core>, artifact: &Arc<Artifact>, extra: usize) -> u
         wanted
     };
     for sandbox in evicted {
-        sandbox.kill(core);
-        sandbox.reap(core);
+        sandbox.kill(&this.spawner);
+        sandbox.reap(&this.spawner);
     }
     for _ in 0..wanted {
-        core.handle.spawn(preload_one(core.clone(), artifact.clone()));
+        this.spawner.handle.spawn(preload_one(this.clone(), artifact.clone()));
     }
     wanted
 }
 
-async fn preload_one(core: Arc<Core>, artifact: Arc<Artifact>) {
-    let created = Sandbox::create_preloaded(&core, &artifact).await;
+async fn preload_one(this: Arc<Preloaded>, artifact: Arc<Artifact>) {
+    let created = Sandbox::create_preloaded(&this.spawner, &artifact).await;
     let mut discard = None;
     {
-        let mut shelves = core.preloaded.lock();
+        let mut shelves = this.lock();
         let shelf = shelves.entry(artifact.sha256.clone()).or_default();
         shelf.loading = shelf.loading.saturating_sub(1);
         match created {
             Ok(sandbox)
-                if shelf.ready.len() < core.settings.preloaded_per_artifact
-                    && !core.preloaded.stopped.load(Ordering::Relaxed) =>
+                if shelf.ready.len() < this.spawner.settings.preloaded_per_artifact
+                    && !this.stopped.load(Ordering::Relaxed) =>
             {
                 shelf.ready.push_back(sandbox)
             }
             Ok(sandbox) => discard = Some(sandbox),
             Err(e) => {
                 shelf.failed_until = Some(Instant::now() + FAILED_BACKOFF);
-                core.preloaded.failures.fetch_add(1, Ordering::Relaxed);
-                core.metrics.preload("failed");
+                this.failures.fetch_add(1, Ordering::Relaxed);
+                this.spawner.metrics.preload("failed");
                 let error = crate::error_chain(&e);
                 tracing::warn!(artifact = %artifact.sha256, %error,
                     "preloading a sandbox failed; this artifact runs on generic sandboxes for a while");
-                *core.preloaded.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+                *this.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
             }
         }
     }
     if let Some(sandbox) = discard {
-        sandbox.kill(&core);
-        sandbox.reap(&core);
+        sandbox.kill(&this.spawner);
+        sandbox.reap(&this.spawner);
     }
-    core.preloaded.changed.notify_waiters();
+    this.changed.notify_waiters();
 }

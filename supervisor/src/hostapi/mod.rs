@@ -5,10 +5,8 @@
 pub mod config;
 pub mod context;
 pub mod fetch;
-pub mod forward;
-pub mod host_api;
+pub mod forwarded;
 pub mod secrets;
-pub mod sled_kv;
 pub mod storage;
 pub mod user;
 
@@ -19,11 +17,11 @@ use std::sync::atomic::AtomicU64;
 use alga_shared::capability::CapabilitySet;
 use alga_shared::protocol::{HostCall, HostReply};
 
-pub use sled_kv::SledKv;
 pub use storage::KvStore;
+pub use storage::sled::SledKv;
 pub use user::UserInfo;
 
-use crate::service::commit::GroupCommit;
+use crate::registry::commit::GroupCommit;
 
 /// What the broker needs beyond one execution: the backends, shared by every execution.
 #[derive(Clone)]
@@ -35,9 +33,9 @@ pub struct HostEnv {
     /// The operator's side of `http.fetch`.
     pub fetch: fetch::FetchSettings,
     /// The host application's internal API (`None`: the host-forwarded interfaces deny).
-    pub host_api: Option<host_api::HostApi>,
+    pub host_api: Option<forwarded::transport::HostApi>,
     /// Where the `metrics` host API's series go.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::ops::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for HostEnv {
@@ -155,7 +153,17 @@ pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::In
         | HostCall::ClientsList { .. }
         | HostCall::ClientsGet { .. }
         | HostCall::ServicesList { .. }
-        | HostCall::ServicesGet { .. }) => host_api::call(ctx, forwarded, deadline).await,
+        | HostCall::ServicesGet { .. }) => forwarded::transport::call(ctx, forwarded, deadline).await,
+    }
+}
+
+impl crate::exec::HostCalls for HostContext {
+    fn call(&self, call: HostCall, deadline: tokio::time::Instant) -> impl Future<Output = HostReply> + Send {
+        handle(self, call, deadline)
+    }
+
+    fn over_budget(&self, call: &HostCall) {
+        self.env.metrics.host_call(call.api(), "limit");
     }
 }
 

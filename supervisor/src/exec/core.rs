@@ -1,40 +1,26 @@
-//! The execution core as one value: settings, the fork server, cgroup slots, the warm pool and
-//! the artifact cache.
+//! The execution core as one value: the spawner (settings, fork server, cgroup slots), the warm
+//! pool, the preloaded sandboxes and the artifact cache.
 
 use std::sync::Arc;
 
 use alga_sandbox::cgroup::SlotLimits;
 use alga_shared::limits::MIB;
 
-use crate::artifacts::ArtifactCache;
-use crate::cgroups::CgroupSlots;
-use crate::forkserver::{self, ForkServer, ForkServerError};
-use crate::pool::Pool;
-use crate::preload::Preloaded;
-use crate::settings::Settings;
-
-/// Counters of events worth an operator's attention.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Sandboxes that reported their result and then did not exit cleanly (e.g. seccomp killed
-    /// them on the way out).
-    pub unclean_exits: std::sync::atomic::AtomicU64,
-}
+use crate::exec::artifacts::ArtifactCache;
+use crate::exec::cgroups::CgroupSlots;
+use crate::exec::forkserver::{self, ForkServer, ForkServerError};
+use crate::exec::pool::Pool;
+use crate::exec::preload::Preloaded;
+use crate::exec::sandbox::{Counters, Spawner};
+use crate::exec::settings::Settings;
 
 pub struct Core {
-    /// The runtime the core's background tasks (reapers, pool refill) run on, whichever runtime
-    /// a caller is on.
-    pub handle: tokio::runtime::Handle,
-    pub settings: Settings,
-    pub fork: Arc<ForkServer>,
-    pub cgroups: CgroupSlots,
-    pub pool: Pool,
+    /// Creates, kills and reaps sandboxes; holds the settings and the metrics.
+    pub spawner: Arc<Spawner>,
+    pub pool: Arc<Pool>,
     /// Sandboxes that preloaded one artifact, for its next executions.
-    pub preloaded: Preloaded,
+    pub preloaded: Arc<Preloaded>,
     pub artifacts: ArtifactCache,
-    pub counters: Counters,
-    /// The runner's metrics (`/metrics`).
-    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The cgroup limits every slot is created with (memory is set again per job).
@@ -62,31 +48,29 @@ impl Core {
     ) -> Result<Arc<Core>, ForkServerError> {
         let fork = ForkServer::connect(process, settings.plan.clone()).await?;
         let artifacts = ArtifactCache::new(settings.cache_dir.clone(), fork.fingerprint().to_string());
-        let pool = Pool::new(settings.pool_size);
-        let handle = tokio::runtime::Handle::current();
-        let core = Arc::new(Core {
-            handle,
+        let pool_size = settings.pool_size;
+        let spawner = Arc::new(Spawner {
+            handle: tokio::runtime::Handle::current(),
             settings,
             fork,
             cgroups,
-            pool,
-            preloaded: Preloaded::default(),
-            artifacts,
             counters: Counters::default(),
             metrics: Arc::default(),
         });
-        Pool::start_refill(&core);
-        Preloaded::start_retiring(&core);
-        Ok(core)
+        let pool = Arc::new(Pool::new(spawner.clone(), pool_size));
+        let preloaded = Arc::new(Preloaded::new(spawner.clone(), pool.clone()));
+        pool.start_refill();
+        preloaded.start_retiring();
+        Ok(Arc::new(Core { spawner, pool, preloaded, artifacts }))
     }
 
     /// Stops the pool and the fork server (every sandbox dies with it) and removes every cgroup.
-    pub async fn shutdown(self: &Arc<Self>) {
-        Pool::stop(self);
-        Preloaded::stop(self);
+    pub async fn shutdown(&self) {
+        self.pool.stop();
+        self.preloaded.stop();
         // Give the reapers a moment to collect what was just killed, then stop everything.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        self.fork.stop();
-        self.cgroups.shutdown();
+        self.spawner.fork.stop();
+        self.spawner.cgroups.shutdown();
     }
 }

@@ -1,4 +1,4 @@
-//! The transport of the host-forwarded interfaces: the request [`super::forward`] describes is
+//! The transport of the host-forwarded interfaces: the request [`super`] describes is
 //! sent to the host application configured by the operator (`host_api.base_url`), bounded by the
 //! execution's deadline and a response size, and the answer mapped back. The destination is the
 //! operator's, not the tenant's: the egress allowlists do not apply to it.
@@ -11,8 +11,8 @@ use alga_shared::protocol::{HostCall, HostReply};
 use tokio::time::Instant;
 use tokio_rustls::rustls;
 
-use super::HostContext;
-use super::forward::{self, ForwardContext, TransportFailure};
+use super::{self as forward, ForwardContext, TransportFailure};
+use crate::hostapi::HostContext;
 
 /// Where the host application is.
 #[derive(Clone)]
@@ -71,7 +71,7 @@ async fn send(api: &HostApi, request: forward::ForwardRequest) -> Result<(u16, V
     let headers: Vec<HttpHeader> =
         request.headers.into_iter().map(|(name, value)| HttpHeader { name, value }).collect();
     let body = request.body.unwrap_or_default();
-    let out = super::fetch::Outgoing { url: &url, method, headers: &headers, body };
-    let sent = super::fetch::send(&api.tls, &addrs, out, api.max_response_bytes).await;
+    let out = crate::hostapi::fetch::Outgoing { url: &url, method, headers: &headers, body };
+    let sent = crate::hostapi::fetch::send(&api.tls, &addrs, out, api.max_response_bytes).await;
     sent.result.map(|(status, _, body)| (status, body)).map_err(|f| failure(f.1))
 }

@@ -135,7 +135,7 @@ impl ArtifactCache {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let stem = format!(".{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-    let (tmp, mut f) = create_unique(dir, &stem)?;
+    let (tmp, mut f) = crate::fsutil::create_unique(dir, &stem)?;
     let written = (|| {
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -146,21 +146,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written
-}
-
-/// Creates `<dir>/<stem>-<pid>-<n>` exclusively (`O_EXCL`): a temporary file no other writer,
-/// in this process or another, shares.
-pub fn create_unique(dir: &Path, stem: &str) -> io::Result<(PathBuf, fs::File)> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    loop {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("{stem}-{}-{n}", std::process::id()));
-        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => return Ok((path, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `storage`: a key-value store scoped by (tenant, install), with the semantics and limits of
 //! 04-host-api.md. The rules live here; a [`KvStore`] backend only stores (on sled:
-//! [`super::sled_kv`]). A write is durable before the guest hears of it.
+//! [`sled`]). A write is durable before the guest hears of it.
 
 use std::fmt;
 
@@ -10,6 +10,8 @@ use alga_shared::protocol::HostReply;
 use super::HostContext;
 
 /// Limits of the storage API (04-host-api.md).
+pub mod sled;
+
 pub mod limits {
     pub const NAMESPACE_CHARS: usize = 128;
     pub const KEY_CHARS: usize = 256;

@@ -10,16 +10,23 @@ use alga_shared::frame::FrameError;
 use alga_shared::limits::Limits;
 use alga_shared::outcome::Outcome;
 use alga_shared::protocol::{
-    CompileJob, ComponentInfo, ExecStats, ExecuteJob, ExitStatus, Failure, HostReply, LogLevel, ProbeAction,
+    CompileJob, ComponentInfo, ExecStats, ExecuteJob, ExitStatus, Failure, HostCall, HostReply, LogLevel, ProbeAction,
     SandboxMode, SandboxMsg,
 };
 use tokio::time::sleep_until;
 
-use crate::artifacts::{Artifact, ArtifactError, sealed_memfd, sha256_hex};
-use crate::broker::{self, HostContext};
-use crate::core::Core;
-use crate::preload::Preloaded;
-use crate::sandbox::{Sandbox, msg_name};
+use crate::exec::Core;
+use crate::exec::artifacts::{Artifact, ArtifactError, sealed_memfd, sha256_hex};
+use crate::exec::sandbox::{Sandbox, msg_name};
+
+/// Who answers an execution's host calls: the supervisor's host-API broker
+/// ([`crate::hostapi::HostContext`]), or a stand-in that denies them all.
+pub trait HostCalls: Sync {
+    /// Answers one call; calls that wait on the network end by `deadline`.
+    fn call(&self, call: HostCall, deadline: tokio::time::Instant) -> impl Future<Output = HostReply> + Send;
+    /// Notes a call refused unperformed because the execution's host-call budget is spent.
+    fn over_budget(&self, call: &HostCall);
+}
 
 /// One guest log line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -89,8 +96,8 @@ impl Report {
 
 /// Takes a sandbox (one that preloaded `artifact`, else one from the warm pool) and runs `job`
 /// on it.
-pub async fn execute(core: &Arc<Core>, artifact: &Arc<Artifact>, job: ExecuteJob, host: &HostContext) -> Report {
-    match Preloaded::take(core, artifact).await {
+pub async fn execute(core: &Arc<Core>, artifact: &Arc<Artifact>, job: ExecuteJob, host: &impl HostCalls) -> Report {
+    match core.preloaded.take(artifact).await {
         Ok(sandbox) => run(core, sandbox, artifact, job, host).await,
         Err(e) => Report::spawn_failed(crate::error_chain(&e)),
     }
@@ -124,32 +131,32 @@ pub async fn run(
     sandbox: Sandbox,
     artifact: &Artifact,
     job: ExecuteJob,
-    host: &HostContext,
+    host: &impl HostCalls,
 ) -> Report {
     drive(core, sandbox, Work::Execute(Box::new(job), artifact), host).await
 }
 
 /// Runs a test probe in a fresh sandbox (the fork server must allow probes).
-pub async fn probe(core: &Arc<Core>, action: ProbeAction, limits: Limits, host: &HostContext) -> Report {
-    match Sandbox::create(core, SandboxMode::Execute).await {
+pub async fn probe(core: &Arc<Core>, action: ProbeAction, limits: Limits, host: &impl HostCalls) -> Report {
+    match Sandbox::create(&core.spawner, SandboxMode::Execute).await {
         Ok(sandbox) => drive(core, sandbox, Work::Probe(action, limits), host).await,
         Err(e) => Report::spawn_failed(crate::error_chain(&e)),
     }
 }
 
 /// Hands `work` to `sandbox` and drives it to its end.
-pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &HostContext) -> Report {
+pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &impl HostCalls) -> Report {
     let limits = match &work {
         Work::Execute(job, _) => job.limits,
         Work::Probe(_, limits) => *limits,
     };
     let mut report = Report::new(sandbox.pid);
     let mut sandbox = sandbox;
-    sandbox.limit_memory(core, limits.memory_bytes + core.settings.runtime_overhead_bytes);
+    sandbox.limit_memory(&core.spawner, limits.memory_bytes + core.spawner.settings.runtime_overhead_bytes);
 
     let start = Instant::now();
     let time_up = start + Duration::from_millis(limits.timeout_ms);
-    let deadline = time_up + core.settings.kill_grace;
+    let deadline = time_up + core.spawner.settings.kill_grace;
     let sent = match work {
         Work::Execute(job, artifact) => match &sandbox.preloaded {
             Some(sha256) if *sha256 == artifact.sha256 => sandbox.end.execute(*job, None).await,
@@ -172,7 +179,7 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
             match check_response(&response, limits.max_response_bytes) {
                 Ok(()) => report.response = Some(response),
                 Err(detail) => {
-                    sandbox.kill(core);
+                    sandbox.kill(&core.spawner);
                     report.outcome = Outcome::ProtocolViolation { detail: detail.clone() };
                     report.detail = Some(detail);
                 }
@@ -185,32 +192,32 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &Ho
             report.detail = detail;
         }
         End::Deadline => {
-            sandbox.kill(core);
+            sandbox.kill(&core.spawner);
             report.outcome = Outcome::Timeout;
             report.detail = Some(format!("no result within {} ms; killed", limits.timeout_ms));
         }
         End::Violation(detail) => {
-            sandbox.kill(core);
+            sandbox.kill(&core.spawner);
             report.outcome = Outcome::ProtocolViolation { detail: detail.clone() };
             report.detail = Some(detail);
         }
         End::Died => {
             // Learn how it died: seccomp (SIGSYS), the OOM killer, or something else.
-            let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
-            report.outcome = outcome_of_death(status, sandbox.oom_killed(core));
+            let status = sandbox.wait_exit(&core.spawner, Duration::from_secs(2)).await;
+            report.outcome = outcome_of_death(status, sandbox.oom_killed(&core.spawner));
             report.detail = Some(format!("sandbox died: {status:?}"));
         }
     }
     if report.outcome.is_violation() {
         tracing::warn!(pid = report.pid, outcome = report.outcome.label(), detail = ?report.detail, "sandbox violation");
     }
-    sandbox.reap(core);
+    sandbox.reap(&core.spawner);
     report
 }
 
 async fn message_loop(
     sandbox: &Sandbox,
-    host: &HostContext,
+    host: &impl HostCalls,
     limits: &Limits,
     (time_up, deadline): (Instant, Instant),
     report: &mut Report,
@@ -246,7 +253,7 @@ async fn message_loop(
                 let over =
                     report.host_calls > limits.max_host_calls || report.host_call_bytes > limits.max_host_call_bytes;
                 if over {
-                    host.env.metrics.host_call(call.api(), "limit");
+                    host.over_budget(&call);
                 }
                 let reply = if report.host_calls > limits.max_host_calls {
                     over_budget = true;
@@ -258,7 +265,7 @@ async fn message_loop(
                     }
                 } else {
                     tokio::select! {
-                        r = broker::handle(host, call, time_up) => r,
+                        r = host.call(call, time_up) => r,
                         _ = sleep_until(deadline) => return End::Deadline,
                     }
                 };
@@ -353,10 +360,11 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
     let failed = |e: String| ArtifactError::Failed(e);
     let memfd = sealed_memfd("alga-component", wasm).map_err(|e| failed(format!("memfd for the component: {e}")))?;
     // Created with the compile memory limit.
-    let mut sandbox = Sandbox::create(core, SandboxMode::Compile).await.map_err(|e| failed(crate::error_chain(&e)))?;
-    let max = core.settings.max_artifact_bytes;
+    let mut sandbox =
+        Sandbox::create(&core.spawner, SandboxMode::Compile).await.map_err(|e| failed(crate::error_chain(&e)))?;
+    let max = core.spawner.settings.max_artifact_bytes;
     let job = CompileJob { wasm_len: wasm.len() as u64, max_artifact_bytes: max };
-    let deadline = tokio::time::Instant::now() + core.settings.compile_timeout;
+    let deadline = tokio::time::Instant::now() + core.spawner.settings.compile_timeout;
     let result = async {
         sandbox.end.compile(job, std::os::fd::AsFd::as_fd(&memfd)).await.map_err(|e| failed(e.to_string()))?;
         let mut expected: Option<(u64, ComponentInfo)> = None;
@@ -368,7 +376,7 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
                     return Err(ArtifactError::Invalid(format!(
                         "compilation did not finish within {} ms (the operator's limit, \
                          `sandbox.compile_timeout_ms`)",
-                        core.settings.compile_timeout.as_millis()
+                        core.spawner.settings.compile_timeout.as_millis()
                     )));
                 }
             };
@@ -394,13 +402,13 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
                 Ok(SandboxMsg::Failed { failure, .. }) => return Err(failed(format!("compile sandbox: {failure:?}"))),
                 Ok(other) => return Err(failed(format!("compile sandbox sent an unexpected {}", msg_name(&other)))),
                 Err(FrameError::Closed | FrameError::Io(_)) => {
-                    let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
-                    return Err(match outcome_of_death(status, sandbox.oom_killed(core)) {
+                    let status = sandbox.wait_exit(&core.spawner, Duration::from_secs(2)).await;
+                    return Err(match outcome_of_death(status, sandbox.oom_killed(&core.spawner)) {
                         Outcome::MemoryLimit | Outcome::Crashed { signal: libc::SIGKILL } => {
                             ArtifactError::Invalid(format!(
                                 "compilation was killed, most likely for needing more than the compile sandbox's \
                              {} MiB of memory (the operator's limit, `sandbox.compile_memory_mb`)",
-                                core.settings.compile_memory_bytes >> 20
+                                core.spawner.settings.compile_memory_bytes >> 20
                             ))
                         }
                         other => failed(format!("compile sandbox died: {other:?}")),
@@ -415,9 +423,9 @@ pub async fn compile(core: &Arc<Core>, wasm: &[u8]) -> Result<(Vec<u8>, Componen
         // It sent everything and exits by itself.
         sandbox.finished = true;
     } else {
-        sandbox.kill(core);
+        sandbox.kill(&core.spawner);
     }
-    sandbox.reap(core);
+    sandbox.reap(&core.spawner);
     result
 }
 

@@ -13,7 +13,7 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::storage::{KvError, KvStore, PutResult, Scope, Stored, limits};
+use super::{KvError, KvStore, PutResult, Scope, Stored, limits};
 
 /// Layout version of stored values and usage records.
 const VALUE_SCHEMA: u8 = 1;

@@ -11,10 +11,11 @@ use alga_shared::limits::Limits;
 use alga_shared::protocol::{ExitStatus, Failure, HardeningReport, Level, Requirement, SandboxMode, SandboxMsg};
 use tokio::sync::oneshot;
 
-use crate::artifacts::Artifact;
-use crate::cgroups::HeldSlot;
-use crate::core::Core;
-use crate::forkserver::ForkServerError;
+use crate::exec::artifacts::Artifact;
+use crate::exec::cgroups::{CgroupSlots, HeldSlot};
+use crate::exec::forkserver::{ForkServer, ForkServerError};
+use crate::exec::settings::Settings;
+use crate::ops::metrics::Metrics;
 
 /// Why no sandbox could be created.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,26 @@ pub enum SpawnError {
     Died(Option<ExitStatus>),
     #[error("sandbox is not in the cgroup it was given ({0})")]
     NotInCgroup(String),
+}
+
+/// What creating, killing and reaping sandboxes takes: the settings, the fork server, the cgroup
+/// slots, the runtime background tasks (reapers) run on, and where their figures go.
+pub struct Spawner {
+    pub handle: tokio::runtime::Handle,
+    pub settings: Settings,
+    pub fork: Arc<ForkServer>,
+    pub cgroups: CgroupSlots,
+    pub counters: Counters,
+    /// The runner's metrics (`/metrics`).
+    pub metrics: Arc<Metrics>,
+}
+
+/// Counters of events worth an operator's attention.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Sandboxes that reported their result and then did not exit cleanly (e.g. seccomp killed
+    /// them on the way out).
+    pub unclean_exits: std::sync::atomic::AtomicU64,
 }
 
 /// One live, hardened sandbox waiting for (or running) its only job.
@@ -63,25 +84,25 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Creates and hardens a sandbox; returns once it reported ready and was checked.
-    pub async fn create(core: &Arc<Core>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
-        Sandbox::create_with(core, mode, None).await
+    pub async fn create(spawner: &Arc<Spawner>, mode: SandboxMode) -> Result<Sandbox, SpawnError> {
+        Sandbox::create_with(spawner, mode, None).await
     }
 
     /// Creates and hardens an execution sandbox that loaded `artifact` while hardening
     /// (see [`alga_shared::protocol::ForkRequest::Spawn`]); it runs only a job for that artifact.
-    pub async fn create_preloaded(core: &Arc<Core>, artifact: &Artifact) -> Result<Sandbox, SpawnError> {
-        Sandbox::create_with(core, SandboxMode::Execute, Some(artifact)).await
+    pub async fn create_preloaded(spawner: &Arc<Spawner>, artifact: &Artifact) -> Result<Sandbox, SpawnError> {
+        Sandbox::create_with(spawner, SandboxMode::Execute, Some(artifact)).await
     }
 
     async fn create_with(
-        core: &Arc<Core>,
+        spawner: &Arc<Spawner>,
         mode: SandboxMode,
         preload: Option<&Artifact>,
     ) -> Result<Sandbox, SpawnError> {
         let started = Instant::now();
-        let sandbox = Sandbox::create_timed(core, mode, preload).await;
+        let sandbox = Sandbox::create_timed(spawner, mode, preload).await;
         if sandbox.is_ok() {
-            let runner = &core.metrics.runner;
+            let runner = &spawner.metrics.runner;
             let histogram =
                 if preload.is_some() { &runner.preload_duration_seconds } else { &runner.spawn_duration_seconds };
             histogram.observe(started.elapsed().as_secs_f64());
@@ -90,31 +111,31 @@ impl Sandbox {
     }
 
     async fn create_timed(
-        core: &Arc<Core>,
+        spawner: &Arc<Spawner>,
         mode: SandboxMode,
         preload: Option<&Artifact>,
     ) -> Result<Sandbox, SpawnError> {
-        let slot = core.cgroups.acquire().map_err(SpawnError::Cgroup)?;
+        let slot = spawner.cgroups.acquire().map_err(SpawnError::Cgroup)?;
         // The usual limit, set before the process exists: a reused slot still has its last
         // job's, and a preloaded sandbox runs guest code (start functions) before it is ready.
         let memory = match mode {
-            SandboxMode::Execute => Limits::default().memory_bytes + core.settings.runtime_overhead_bytes,
-            SandboxMode::Compile => core.settings.compile_memory_bytes,
+            SandboxMode::Execute => Limits::default().memory_bytes + spawner.settings.runtime_overhead_bytes,
+            SandboxMode::Compile => spawner.settings.compile_memory_bytes,
         };
-        let memory_limit = slot.as_ref().and_then(|held| set_memory(core, held, memory));
+        let memory_limit = slot.as_ref().and_then(|held| set_memory(spawner, held, memory));
         let dirs: Vec<String> =
             slot.iter().flat_map(|s| s.dirs.iter()).map(|d| d.to_string_lossy().into_owned()).collect();
         let procs = slot.as_ref().map(|s| s.procs()).unwrap_or_default();
-        let spawned = match core.fork.spawn(mode, dirs, &procs, preload.map(Artifact::fd)).await {
+        let spawned = match spawner.fork.spawn(mode, dirs, &procs, preload.map(Artifact::fd)).await {
             Ok(s) => s,
             Err(e) => {
                 if let Some(slot) = slot {
-                    core.cgroups.release(slot);
+                    spawner.cgroups.release(slot);
                 }
                 return Err(e.into());
             }
         };
-        let end = SupervisorEnd::new(spawned.ipc, core.settings.plan.max_frame).map_err(FrameError::Io)?;
+        let end = SupervisorEnd::new(spawned.ipc, spawner.settings.plan.max_frame).map_err(FrameError::Io)?;
         let mut sandbox = Sandbox {
             pid: spawned.pid,
             pidfd: spawned.pidfd,
@@ -130,31 +151,31 @@ impl Sandbox {
             oom_baseline: None,
             preloaded: preload.map(|a| a.sha256.clone()),
         };
-        match sandbox.await_ready(core).await {
+        match sandbox.await_ready(spawner).await {
             Ok(layers) => {
                 sandbox.layers = layers;
                 if let Some(slot) = &sandbox.slot {
-                    sandbox.oom_baseline = Some(core.cgroups.oom_kills(slot));
+                    sandbox.oom_baseline = Some(spawner.cgroups.oom_kills(slot));
                 }
                 sandbox.ready_at = Instant::now();
                 Ok(sandbox)
             }
             Err(SpawnError::Channel(FrameError::Closed)) => {
                 // It died before reporting: say how.
-                let status = sandbox.wait_exit(core, Duration::from_secs(2)).await;
-                sandbox.reap(core);
+                let status = sandbox.wait_exit(spawner, Duration::from_secs(2)).await;
+                sandbox.reap(spawner);
                 Err(SpawnError::Died(status))
             }
             Err(e) => {
-                sandbox.kill(core);
-                sandbox.reap(core);
+                sandbox.kill(spawner);
+                sandbox.reap(spawner);
                 Err(e)
             }
         }
     }
 
-    async fn await_ready(&self, core: &Core) -> Result<HardeningReport, SpawnError> {
-        let timeout = core.settings.ready_timeout;
+    async fn await_ready(&self, spawner: &Spawner) -> Result<HardeningReport, SpawnError> {
+        let timeout = spawner.settings.ready_timeout;
         let first = tokio::time::timeout(timeout, self.end.recv()).await.map_err(|_| SpawnError::NotReady(timeout))?;
         let layers = match first {
             Ok((SandboxMsg::Ready { layers }, _)) => layers,
@@ -166,10 +187,10 @@ impl Sandbox {
             }
             Err(e) => return Err(e.into()),
         };
-        check_layers(&layers, core)?;
+        check_layers(&layers, spawner)?;
         if let Some(slot) = &self.slot {
             // The sandbox's own report is informational; the supervisor checks membership itself.
-            let members = core.cgroups.pids(slot);
+            let members = spawner.cgroups.pids(slot);
             if !members.contains(&self.pid) {
                 return Err(SpawnError::NotInCgroup(format!("{} lists {members:?}", slot.name)));
             }
@@ -178,30 +199,30 @@ impl Sandbox {
     }
 
     /// Sets the cgroup memory limit to `bytes` unless it already is.
-    pub fn limit_memory(&mut self, core: &Core, bytes: u64) {
+    pub fn limit_memory(&mut self, spawner: &Spawner, bytes: u64) {
         let Some(slot) = &self.slot else { return };
         if self.memory_limit == Some(bytes) {
             return;
         }
-        if let Some(set) = set_memory(core, slot, bytes) {
+        if let Some(set) = set_memory(spawner, slot, bytes) {
             self.memory_limit = Some(set);
         }
     }
 
     /// True when the cgroup's OOM killer struck since the sandbox was created.
-    pub fn oom_killed(&self, core: &Core) -> bool {
+    pub fn oom_killed(&self, spawner: &Spawner) -> bool {
         match (&self.slot, self.oom_baseline) {
-            (Some(slot), Some(before)) => core.cgroups.oom_kills(slot) > before,
+            (Some(slot), Some(before)) => spawner.cgroups.oom_kills(slot) > before,
             _ => false,
         }
     }
 
     /// Kills the sandbox (through its pidfd, which cannot hit a recycled pid) and anything in
     /// its cgroup.
-    pub fn kill(&self, core: &Core) {
+    pub fn kill(&self, spawner: &Spawner) {
         let _ = alga_sandbox::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
         if let Some(slot) = &self.slot {
-            core.cgroups.kill(slot);
+            spawner.cgroups.kill(slot);
         }
     }
 
@@ -215,14 +236,14 @@ impl Sandbox {
 
     /// Waits (at most `limit`) for the fork server to report the exit; kills the sandbox if it
     /// is still running after `limit`.
-    pub async fn wait_exit(&mut self, core: &Core, limit: Duration) -> Option<ExitStatus> {
+    pub async fn wait_exit(&mut self, spawner: &Spawner, limit: Duration) -> Option<ExitStatus> {
         let Some(mut rx) = self.exit.take() else {
             return self.status;
         };
         self.status = match tokio::time::timeout(limit, &mut rx).await {
             Ok(status) => status.ok(),
             Err(_) => {
-                self.kill(core);
+                self.kill(spawner);
                 tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok)
             }
         };
@@ -231,20 +252,20 @@ impl Sandbox {
 
     /// Hands the sandbox to a background task that waits for its exit and returns its cgroup
     /// slot. Its process was killed or is about to exit by itself.
-    pub fn reap(mut self, core: &Arc<Core>) {
-        let core = core.clone();
-        core.handle.clone().spawn(async move {
+    pub fn reap(mut self, spawner: &Arc<Spawner>) {
+        let spawner = spawner.clone();
+        spawner.handle.clone().spawn(async move {
             // A sandbox with a result waits for this before it exits (see `SandboxEnd::wait_closed`).
             self.end.close();
-            let status = self.wait_exit(&core, Duration::from_secs(10)).await;
+            let status = self.wait_exit(&spawner, Duration::from_secs(10)).await;
             if status.is_none() {
                 tracing::error!(pid = self.pid, "sandbox exit was never reported");
             } else if self.finished && status != Some(ExitStatus::Code(0)) {
-                core.counters.unclean_exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                spawner.counters.unclean_exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(pid = self.pid, exit = %describe_exit(&status), "sandbox reported its result, then did not exit cleanly");
             }
             if let Some(slot) = self.slot.take() {
-                let cgroups = core.clone();
+                let cgroups = spawner.clone();
                 let _ = tokio::task::spawn_blocking(move || cgroups.cgroups.release(slot)).await;
             }
         });
@@ -253,8 +274,8 @@ impl Sandbox {
 
 /// Sets the memory limit of `slot`; returns it when set (a failure is logged: the sandbox keeps
 /// Wasmtime's own limit).
-fn set_memory(core: &Core, slot: &HeldSlot, bytes: u64) -> Option<u64> {
-    match core.cgroups.set_memory(slot, bytes) {
+fn set_memory(spawner: &Spawner, slot: &HeldSlot, bytes: u64) -> Option<u64> {
+    match spawner.cgroups.set_memory(slot, bytes) {
         Ok(()) => Some(bytes),
         Err(e) => {
             tracing::warn!(error = %e, "setting the sandbox memory limit failed");
@@ -264,8 +285,8 @@ fn set_memory(core: &Core, slot: &HeldSlot, bytes: u64) -> Option<u64> {
 }
 
 /// Refuses a sandbox whose hardening is weaker than the plan requires.
-fn check_layers(layers: &HardeningReport, core: &Core) -> Result<(), SpawnError> {
-    let plan = &core.settings.plan;
+fn check_layers(layers: &HardeningReport, spawner: &Spawner) -> Result<(), SpawnError> {
+    let plan = &spawner.settings.plan;
     if layers.seccomp.level != Level::Full && !plan.seccomp_log_only {
         return Err(SpawnError::Hardening(format!("seccomp not enforced: {}", layers.seccomp.detail)));
     }

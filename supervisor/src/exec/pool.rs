@@ -9,10 +9,10 @@ use std::time::Duration;
 use alga_shared::protocol::SandboxMode;
 use tokio::sync::Notify;
 
-use crate::core::Core;
-use crate::sandbox::{Sandbox, SpawnError};
+use crate::exec::sandbox::{Sandbox, SpawnError, Spawner};
 
 pub struct Pool {
+    spawner: Arc<Spawner>,
     ready: Mutex<VecDeque<Sandbox>>,
     target: usize,
     wake: Notify,
@@ -33,8 +33,10 @@ pub struct PoolStats {
 }
 
 impl Pool {
-    pub fn new(target: usize) -> Self {
+    /// A pool of `target` sandboxes made by `spawner` (filled once [`Pool::start_refill`] runs).
+    pub fn new(spawner: Arc<Spawner>, target: usize) -> Self {
         Pool {
+            spawner,
             ready: Mutex::new(VecDeque::new()),
             target,
             wake: Notify::new(),
@@ -60,14 +62,15 @@ impl Pool {
     }
 
     /// A ready execution sandbox: from the pool when one is there, else created now.
-    pub async fn take(core: &Arc<Core>) -> Result<Sandbox, SpawnError> {
-        let pool = &core.pool;
+    pub async fn take(&self) -> Result<Sandbox, SpawnError> {
+        let pool = self;
+        let spawner = &self.spawner;
         loop {
             let next = pool.lock().pop_front();
             let Some(mut sandbox) = next else { break };
-            if sandbox.has_exited() || sandbox.ready_at.elapsed() > core.settings.pool_max_idle {
-                sandbox.kill(core);
-                sandbox.reap(core);
+            if sandbox.has_exited() || sandbox.ready_at.elapsed() > spawner.settings.pool_max_idle {
+                sandbox.kill(spawner);
+                sandbox.reap(spawner);
                 continue;
             }
             pool.hits.fetch_add(1, Ordering::Relaxed);
@@ -78,59 +81,58 @@ impl Pool {
             pool.misses.fetch_add(1, Ordering::Relaxed);
             pool.wake.notify_one();
         }
-        Sandbox::create(core, SandboxMode::Execute).await
+        Sandbox::create(spawner, SandboxMode::Execute).await
     }
 
     /// Starts the background task that keeps `target` sandboxes ready.
-    pub fn start_refill(core: &Arc<Core>) {
-        if core.pool.target == 0 {
+    pub fn start_refill(self: &Arc<Self>) {
+        if self.target == 0 {
             return;
         }
-        let weak = Arc::downgrade(core);
-        core.handle.spawn(refill(weak));
-        core.pool.wake.notify_one();
+        self.spawner.handle.spawn(refill(Arc::downgrade(self)));
+        self.wake.notify_one();
     }
 
     /// Stops refilling and kills the idle sandboxes.
-    pub fn stop(core: &Arc<Core>) {
-        let pool = &core.pool;
+    pub fn stop(&self) {
+        let pool = self;
         pool.stopped.store(true, Ordering::Relaxed);
         pool.wake.notify_one();
         let idle: Vec<Sandbox> = pool.lock().drain(..).collect();
         for sandbox in idle {
-            sandbox.kill(core);
-            sandbox.reap(core);
+            sandbox.kill(&self.spawner);
+            sandbox.reap(&self.spawner);
         }
     }
 }
 
-async fn refill(core: Weak<Core>) {
+async fn refill(pool: Weak<Pool>) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let Some(c) = core.upgrade() else { return };
-        if c.pool.stopped.load(Ordering::Relaxed) {
+        let Some(c) = pool.upgrade() else { return };
+        if c.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let missing = c.pool.target.saturating_sub(c.pool.lock().len());
+        let missing = c.target.saturating_sub(c.lock().len());
         if missing == 0 {
             // Wake on demand (a take, or stop), or now and then to retire sandboxes idle for too long.
-            let idle_check = c.settings.pool_max_idle / 2;
-            let _ = tokio::time::timeout(idle_check, c.pool.wake.notified()).await;
+            let idle_check = c.spawner.settings.pool_max_idle / 2;
+            let _ = tokio::time::timeout(idle_check, c.wake.notified()).await;
             retire_idle(&c);
             continue;
         }
-        match Sandbox::create(&c, SandboxMode::Execute).await {
+        match Sandbox::create(&c.spawner, SandboxMode::Execute).await {
             Ok(sandbox) => {
                 backoff = Duration::from_millis(50);
-                if c.pool.stopped.load(Ordering::Relaxed) {
-                    sandbox.kill(&c);
-                    sandbox.reap(&c);
+                if c.stopped.load(Ordering::Relaxed) {
+                    sandbox.kill(&c.spawner);
+                    sandbox.reap(&c.spawner);
                     return;
                 }
-                c.pool.lock().push_back(sandbox);
+                c.lock().push_back(sandbox);
             }
             Err(e) => {
-                c.pool.spawn_failures.fetch_add(1, Ordering::Relaxed);
+                c.spawn_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "warm pool could not create a sandbox");
                 drop(c);
                 tokio::time::sleep(backoff).await;
@@ -140,17 +142,17 @@ async fn refill(core: Weak<Core>) {
     }
 }
 
-fn retire_idle(core: &Arc<Core>) {
+fn retire_idle(pool: &Pool) {
     let stale: Vec<Sandbox> = {
-        let mut ready = core.pool.lock();
+        let mut ready = pool.lock();
         let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
-            ready.drain(..).partition(|s| s.ready_at.elapsed() <= core.settings.pool_max_idle);
+            ready.drain(..).partition(|s| s.ready_at.elapsed() <= pool.spawner.settings.pool_max_idle);
         *ready = keep;
         stale.into()
     };
     for mut s in stale {
         let _ = s.has_exited();
-        s.kill(core);
-        s.reap(core);
+        s.kill(&pool.spawner);
+        s.reap(&pool.spawner);
     }
 }
