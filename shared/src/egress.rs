@@ -5,6 +5,11 @@
 //! the same in all three: `host`, `*.domain`, `host:port`, an IP, `IP:port`, `[v6]:port`, or a
 //! CIDR. An entry without a port allows the scheme's default port (80/443) only.
 //!
+//! Names and addresses: a URL's host name must match a name entry (`host`, `*.domain`) of every
+//! list before it is resolved, so a guest cannot make the supervisor look up a name no list names
+//! (a DNS side channel). An IP or CIDR entry matches IP-literal URLs, and vets the addresses a
+//! listed name resolves to, but never opens a name by itself.
+//!
 //! SSRF: after DNS resolution, loopback, private, link-local, multicast, unspecified (and the
 //! other non-public ranges below) are refused unless every list names that address or a CIDR
 //! holding it explicitly — a host name entry never opens an internal address.
@@ -112,20 +117,30 @@ impl Rule {
         }
     }
 
-    /// Whether this entry allows connecting to `addr` for the URL host `host` and `port`.
-    fn allows(&self, host: &Destination, addr: IpAddr) -> bool {
-        if !self.port_ok(host.port, host.default_port) {
+    /// Whether this entry admits the destination before resolution: a name entry the URL's
+    /// host name matches, or an address entry for an IP-literal URL (its address is checked
+    /// by [`Rule::allows`]).
+    fn admits(&self, dest: &Destination) -> bool {
+        if !self.port_ok(dest.port, dest.default_port) {
             return false;
         }
-        match &self.target {
-            Target::Host(name) => host.name.as_deref() == Some(name.as_str()),
-            Target::Below(domain) => host.name.as_deref().is_some_and(|n| {
+        match (&self.target, dest.name.as_deref()) {
+            (Target::Host(name), Some(n)) => n == name,
+            (Target::Below(domain), Some(n)) => {
                 n.len() > domain.len() + 1
                     && n.ends_with(domain.as_str())
                     && n.as_bytes()[n.len() - domain.len() - 1] == b'.'
-            }),
-            Target::Ip(_) | Target::Cidr(..) => self.names_address(addr),
+            }
+            (Target::Host(_) | Target::Below(_), None) => false,
+            (Target::Ip(_) | Target::Cidr(..), name) => name.is_none(),
         }
+    }
+
+    /// Whether this entry allows connecting to `addr` for the destination: a name entry for a
+    /// name it matches (any address; internal ones are vetted apart), an address entry for an
+    /// IP-literal URL of that address.
+    fn allows(&self, dest: &Destination, addr: IpAddr) -> bool {
+        self.admits(dest) && (dest.name.is_some() || self.names_address(addr))
     }
 }
 
@@ -168,21 +183,11 @@ impl<'a> Policy<'a> {
         [self.operator, self.manifest].into_iter().chain(self.install)
     }
 
-    /// Whether any entry could match the destination before resolution (a cheap early refusal
-    /// that saves a DNS lookup for a host nobody listed).
+    /// Whether the destination may be resolved at all: every list has a name entry matching its
+    /// host name (or, for an IP-literal URL, an address entry on its port). Decided before any
+    /// DNS lookup, so no name a list does not name is ever looked up.
     pub fn may_allow(&self, dest: &Destination) -> bool {
-        self.lists().all(|list| {
-            list.iter().any(|r| {
-                r.port_ok(dest.port, dest.default_port)
-                    && match (&r.target, &dest.name) {
-                        (Target::Host(_) | Target::Below(_), Some(_)) => {
-                            r.allows(dest, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-                        }
-                        (Target::Host(_) | Target::Below(_), None) => false,
-                        (Target::Ip(_) | Target::Cidr(..), _) => true,
-                    }
-            })
-        })
+        self.lists().all(|list| list.iter().any(|r| r.admits(dest)))
     }
 
     /// Decides one resolved address.
@@ -251,7 +256,17 @@ pub fn is_public(addr: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
                 || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x0064 && s[1] == 0xff9b))
+                || (s[0] == 0x0064 && s[1] == 0xff9b)
+                // ::/96, IPv4-compatible (deprecated): the last 32 bits are an IPv4 address.
+                || s[..6] == [0; 6]
+                // fec0::/10, site-local (deprecated, still routed internally by some stacks).
+                || (s[0] & 0xffc0) == 0xfec0
+                // 2002::/16, 6to4: relays tunnel to the embedded IPv4 address.
+                || s[0] == 0x2002
+                // 100::/64, discard-only.
+                || s[..4] == [0x0100, 0, 0, 0]
+                // 2001::/23, IETF protocol assignments (Teredo 2001::/32 among them).
+                || (s[0] == 0x2001 && s[1] < 0x0200))
         }
     }
 }
@@ -364,5 +379,36 @@ mod tests {
         // A host name plus a CIDR naming its internal address: allowed.
         let mixed = policy(&["db.internal", "10.0.0.0/8"]);
         assert_eq!(mixed.check(&dest(Some("db.internal"), 443), "10.0.0.5".parse().unwrap()), Ok(()));
+    }
+
+    #[test]
+    fn an_address_entry_never_opens_a_name() {
+        // Only IP and CIDR entries: no name may be resolved, whatever it would resolve to.
+        let addresses = policy(&["0.0.0.0/0", "93.184.216.34", "::/0"]);
+        for name in ["exfil.attacker.example", "api.example.com"] {
+            assert!(!addresses.may_allow(&dest(Some(name), 443)), "{name} must not be resolved");
+            assert_eq!(addresses.check(&dest(Some(name), 443), PUBLIC), Err(Refusal::NotListed), "{name}");
+        }
+        assert!(addresses.may_allow(&dest(None, 443)), "an IP-literal URL is decided by its address");
+        assert_eq!(addresses.check(&dest(None, 443), PUBLIC), Ok(()));
+        // A name entry beside them opens that name only.
+        let mixed = policy(&["api.example.com", "10.0.0.0/8"]);
+        assert!(mixed.may_allow(&dest(Some("api.example.com"), 443)));
+        assert!(!mixed.may_allow(&dest(Some("other.example.com"), 443)));
+        assert!(!mixed.may_allow(&dest(Some("api.example.com"), 8443)), "on its port only");
+        // A name entry does not open IP-literal URLs.
+        assert!(!policy(&["api.example.com"]).may_allow(&dest(None, 443)));
+    }
+
+    #[test]
+    fn special_purpose_v6_ranges_are_internal() {
+        for addr in
+            ["::7f00:1", "::a00:1", "fec0::1", "2002:7f00:1::1", "100::1", "2001::1", "2001:1ff::1", "2001:db8::1"]
+        {
+            assert!(!is_public(addr.parse().unwrap()), "{addr}");
+        }
+        for addr in ["2001:4860:4860::8888", "2606:4700::1111", "2a00:1450::1"] {
+            assert!(is_public(addr.parse().unwrap()), "{addr}");
+        }
     }
 }

@@ -100,6 +100,20 @@ fn loopback_by_name_is_refused_without_an_address_entry() {
 }
 
 #[test]
+fn an_address_entry_does_not_let_a_name_be_resolved() {
+    let up = upstream();
+    let entry = format!("127.0.0.1:{}", up.port);
+    let s = setup(&entry, std::slice::from_ref(&entry), json!({ "granted_capabilities": ["http.fetch"] }));
+    // No list names a host: no name is looked up, whether it resolves to the listed address
+    // (`localhost`) or not at all — both answer alike, so DNS is neither a channel nor an oracle.
+    assert_eq!(fetch(&s, &format!("http://localhost:{}/ok", up.port)), json!({ "err": "not-allowed" }));
+    assert_eq!(fetch(&s, &format!("http://no-such-name.invalid:{}/ok", up.port)), json!({ "err": "not-allowed" }));
+    assert!(up.received().is_empty(), "nothing reached the upstream");
+    // The address itself stays reachable.
+    assert_eq!(fetch(&s, &up.url("/ok"))["status"], 200);
+}
+
+#[test]
 fn the_install_list_narrows_and_the_capability_gates() {
     let up = upstream();
     let entry = format!("127.0.0.1:{}", up.port);
