@@ -176,6 +176,13 @@ pub fn open(bytes: &[u8], limits: &ArchiveLimits) -> Result<Bundle, BundleError>
         entry.read_to_end(&mut content).map_err(|e| invalid(format!("reading `{name}`: {e}")))?;
         files.insert(name, content);
     }
+    // A file that is also another entry's directory (`x` and `x/y`) has no place on a disk.
+    for name in files.keys() {
+        let below = format!("{name}/");
+        if let Some(inner) = seen.range(below.clone()..).next().filter(|n| n.starts_with(&below)) {
+            return Err(invalid(format!("`{name}` is a file and also the directory of `{inner}`")));
+        }
+    }
     let names: BTreeSet<String> = files.keys().cloned().collect();
     let manifest_bytes =
         files.get(MANIFEST).ok_or_else(|| invalid(format!("`{MANIFEST}` is missing from the bundle")))?;
@@ -339,6 +346,19 @@ pub(crate) mod tests {
         let mut e = good();
         e.push(("dist/main.wasm", tar::EntryType::Regular, b"again"));
         assert!(refused(&e).contains("appears twice"));
+        // A file that is also a directory, whichever comes first.
+        for (first, second) in [("ui/x", "ui/x/y"), ("ui/x/y", "ui/x")] {
+            let mut e = good();
+            e.push((first, tar::EntryType::Regular, b"1"));
+            e.push((second, tar::EntryType::Regular, b"2"));
+            let msg = refused(&e);
+            assert!(msg.contains("`ui/x` is a file and also the directory of `ui/x/y`"), "{msg}");
+        }
+        let mut e = good();
+        e.push(("ui/x", tar::EntryType::Regular, b"1"));
+        e.push(("ui/x-y", tar::EntryType::Regular, b"2"));
+        e.push(("ui/x.d/z", tar::EntryType::Regular, b"3"));
+        assert!(open(&raw_bundle(&e), &ArchiveLimits::default()).is_ok(), "siblings that share a prefix are fine");
     }
 
     #[test]

@@ -147,6 +147,16 @@ fn unsafe_archives_are_refused() {
                 Entry::File("dist/main.wasm", b"\0asm\x01\0\0\0"),
             ]),
         ),
+        (
+            "a file that is also a directory",
+            raw_bundle(&[
+                Entry::File("manifest.json", &m),
+                Entry::File("dist/main.wasm", &wasm),
+                Entry::File("ui/index.html", html),
+                Entry::File("ui/x", b"file"),
+                Entry::File("ui/x/y", b"below the file"),
+            ]),
+        ),
         ("no manifest", raw_bundle(&[Entry::File("dist/main.wasm", &wasm), Entry::File("ui/index.html", html)])),
         ("not zstd at all", b"PK\x03\x04 this is a zip file, not a tar.zst".to_vec()),
     ];
@@ -154,6 +164,10 @@ fn unsafe_archives_are_refused() {
         let sig = signer.sign(bytes, "com.example.archive", "1.0.0");
         let problem = refused(&server, what, bytes, &sig, 400, "invalid_bundle");
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: no detail: {problem}");
+        if *what == "a file that is also a directory" {
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("`ui/x`") && detail.contains("`ui/x/y`"), "the entries are named: {detail}");
+        }
     }
 
     // A decompression bomb: 200 MiB of zeros that compress to a few hundred KiB.

@@ -172,9 +172,11 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
         let svc = svc.clone();
         svc.clone()
             .blocking(move || -> Result<PublishOutcome, Problem> {
-                svc.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
-                // Content-addressed: a tree left by a lost race is the same tree.
+                // The UI tree first: it is the step that can still find a bundle unusable, and the
+                // blob is stored only once it is done. Content-addressed: a tree left by a lost
+                // race is the same tree; one left by a failed blob write is swept at start.
                 svc.ui_trees.extract(&hash, &ui_files).map_err(|e| Problem::internal(e.to_string()))?;
+                svc.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
                 let outcome = match svc.registry.publish(extension, version, record) {
                     Ok(o) => o,
                     Err(e) => {
