@@ -2,8 +2,10 @@
 //! bincode-2 (serde mode) message. The length counts the version and the body.
 //!
 //! A frame's length is checked against the receiver's limit before any buffer is allocated, and
-//! decoding runs with bincode's own allocation limit on top, so a hostile peer can neither make
-//! the receiver allocate more than one frame nor claim a huge collection inside a small frame.
+//! decoding runs within a memory budget proportional to the frame ([`crate::budget`]): every
+//! element of every collection is charged its in-memory size before it is decoded. So a hostile
+//! peer can neither make the receiver allocate more than one frame, nor claim a huge collection
+//! inside a small frame, nor turn a frame of tiny elements into many times its size in memory.
 
 use std::io::{self, Read, Write};
 
@@ -19,6 +21,11 @@ pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME_CEILING: u32 = 64 * 1024 * 1024;
 /// bincode's allocation limit while decoding one frame; never above the frame ceiling.
 const DECODE_LIMIT: usize = MAX_FRAME_CEILING as usize;
+/// What decoding a frame of `n` bytes may allocate for collection elements: twice the frame,
+/// plus 1 MiB for small frames of many small elements (a response's headers).
+pub fn decode_budget(n: usize) -> usize {
+    n.saturating_mul(2).saturating_add(1 << 20)
+}
 
 const HEADER: usize = 4;
 const VERSION: usize = 2;
@@ -94,8 +101,10 @@ pub fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, FrameError> {
     if got != PROTOCOL_VERSION {
         return Err(FrameError::WrongVersion { got });
     }
-    let (msg, used) =
-        bincode::serde::decode_from_slice(rest, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let budget = crate::budget::Budget::new(decode_budget(rest.len()));
+    let within = crate::budget::Within { budget: &budget, marker: std::marker::PhantomData::<M> };
+    let (msg, used) = bincode::serde::seed_decode_from_slice(within, rest, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != rest.len() {
         return Err(FrameError::TrailingBytes { extra: rest.len() - used });
     }
@@ -239,6 +248,34 @@ mod tests {
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
         let err = decode::<SandboxMsg>(&body).unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn a_frame_of_tiny_elements_cannot_decode_into_many_times_its_size() {
+        use crate::bindings::{ExecuteResponse, HttpHeader};
+        use crate::protocol::ExecStats;
+        // 400 000 empty headers: 2 bytes each on the wire, 48 bytes each in memory.
+        let headers = vec![HttpHeader { name: String::new(), value: String::new() }; 400_000];
+        let done = SandboxMsg::Done {
+            response: ExecuteResponse { status: 200, headers, body: None },
+            stats: ExecStats::default(),
+        };
+        let frame = encode(&done, DEFAULT_MAX_FRAME).unwrap();
+        assert!(frame.len() < 1_000_000, "the frame is small: {}", frame.len());
+        let err = decode::<SandboxMsg>(&frame[HEADER..]).unwrap_err();
+        assert!(err.to_string().contains("decode budget"), "{err}");
+
+        // Within the budget: a response with a thousand real headers, and a 1 MiB byte chunk.
+        let headers: Vec<HttpHeader> =
+            (0..1000).map(|i| HttpHeader { name: format!("x-h{i}"), value: "v".into() }).collect();
+        let ok = SandboxMsg::Done {
+            response: ExecuteResponse { status: 200, headers, body: Some(vec![7; 1 << 20]) },
+            stats: ExecStats::default(),
+        };
+        let frame = encode(&ok, DEFAULT_MAX_FRAME).unwrap();
+        assert!(matches!(decode::<SandboxMsg>(&frame[HEADER..]).unwrap(), SandboxMsg::Done { .. }));
+        let chunk = encode(&SandboxMsg::ArtifactChunk { bytes: vec![1; 1 << 20] }, DEFAULT_MAX_FRAME).unwrap();
+        assert!(matches!(decode::<SandboxMsg>(&chunk[HEADER..]).unwrap(), SandboxMsg::ArtifactChunk { .. }));
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! manifest v2, archive reading and packing, signatures and the trust bundle.
 
 pub mod bindings;
+pub mod budget;
 pub mod bundle;
 pub mod capability;
 pub mod channel;
