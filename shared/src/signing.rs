@@ -29,11 +29,99 @@ pub struct TrustedKey {
     pub key: PublicKey,
     /// When set, the key signs only manifests whose `publisher` is exactly this.
     pub publisher: Option<String>,
+    /// When set, the key signs only these extension names (`names=`).
+    pub names: Option<NameScope>,
+}
+
+/// The extension names a key may sign (`names=<pattern>[,<pattern>…]`): each pattern an exact
+/// name, or `prefix.*` for every name below `prefix.` (at any depth, not `prefix` itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameScope(Vec<String>);
+
+impl NameScope {
+    fn parse(list: &str) -> Result<Self, String> {
+        let mut patterns = Vec::new();
+        for p in list.split(',') {
+            let p = p.trim();
+            let name = p.strip_suffix(".*").unwrap_or(p);
+            let valid = !name.is_empty()
+                && name
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)));
+            if !valid {
+                return Err(format!("`{p}` in `names=` is not an extension name or `prefix.*`"));
+            }
+            patterns.push(p.to_string());
+        }
+        Ok(NameScope(patterns))
+    }
+
+    /// Whether `name` is inside the scope.
+    pub fn allows(&self, name: &str) -> bool {
+        self.0.iter().any(|p| match p.strip_suffix(".*") {
+            Some(prefix) => {
+                name.len() > prefix.len() + 1 && name.starts_with(prefix) && name.as_bytes()[prefix.len()] == b'.'
+            }
+            None => p == name,
+        })
+    }
+}
+
+impl std::fmt::Display for NameScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// Splits what follows a key on its line into `publisher` and `names`: `publisher=` takes a
+/// quoted value, or the rest of the line up to ` names=`; `names=` a comma list.
+fn parse_scopes(rest: &str) -> Result<(Option<String>, Option<NameScope>), String> {
+    let mut publisher = None;
+    let mut names = None;
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("publisher=") {
+            if publisher.is_some() {
+                return Err("`publisher=` is given twice".into());
+            }
+            let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+                let end = quoted.find('"').ok_or("`publisher=\"` has no closing quote")?;
+                (&quoted[..end], &quoted[end + 1..])
+            } else {
+                match after.find(" names=") {
+                    Some(at) => (&after[..at], &after[at..]),
+                    None => (after, ""),
+                }
+            };
+            let value = value.trim();
+            if value.is_empty() {
+                return Err("`publisher=` needs a name".into());
+            }
+            publisher = Some(value.to_string());
+            rest = next.trim_start();
+        } else if let Some(after) = rest.strip_prefix("names=") {
+            if names.is_some() {
+                return Err("`names=` is given twice".into());
+            }
+            let (list, next) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
+            names = Some(NameScope::parse(list)?);
+            rest = next.trim_start();
+        } else {
+            return Err(format!(
+                "after the key, expected `publisher=<name>` and/or `names=<pattern>[,<pattern>…]`, found `{rest}`"
+            ));
+        }
+    }
+    Ok((publisher, names))
 }
 
 impl std::fmt::Debug for TrustedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustedKey").field("key_id", &self.key_id).field("publisher", &self.publisher).finish()
+        f.debug_struct("TrustedKey")
+            .field("key_id", &self.key_id)
+            .field("publisher", &self.publisher)
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -55,7 +143,8 @@ pub enum TrustError {
 impl TrustBundle {
     /// Parses the text format: `#` comments, blank lines, minisign `untrusted comment:` lines
     /// (so a `.pub` file can be pasted), and one key per line, optionally followed by
-    /// `publisher=<name>` (the rest of the line).
+    /// `publisher=<name>` (quoted, or up to ` names=`) and `names=<pattern>[,<pattern>…]`.
+    /// PEM certificates are refused with a sentence saying what is expected instead.
     pub fn parse(text: &str) -> Result<Self, TrustError> {
         let mut keys: Vec<TrustedKey> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -63,29 +152,26 @@ impl TrustBundle {
             if line.is_empty() || line.starts_with('#') || line.starts_with("untrusted comment:") {
                 continue;
             }
+            if line.starts_with("-----BEGIN") {
+                return Err(TrustError::Line {
+                    line: i + 1,
+                    message: "this is a PEM certificate or key; the trust bundle lists minisign public keys \
+                              (`RW…`, one per line, as `alga-runner keygen` or `minisign -G` writes them in \
+                              the .pub file), each optionally followed by `publisher=` and `names=`"
+                        .into(),
+                });
+            }
             let (key_text, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
             let key = PublicKey::from_base64(key_text).map_err(|e| TrustError::Line {
                 line: i + 1,
                 message: format!("`{key_text}` is not a minisign public key ({e})"),
             })?;
-            let rest = rest.trim();
-            let publisher = if rest.is_empty() {
-                None
-            } else {
-                let p = rest.strip_prefix("publisher=").ok_or_else(|| TrustError::Line {
-                    line: i + 1,
-                    message: format!("after the key, expected `publisher=<name>`, found `{rest}`"),
-                })?;
-                if p.is_empty() {
-                    return Err(TrustError::Line { line: i + 1, message: "`publisher=` needs a name".into() });
-                }
-                Some(p.to_string())
-            };
+            let (publisher, names) = parse_scopes(rest).map_err(|message| TrustError::Line { line: i + 1, message })?;
             let key_id = key_id(key.keynum());
             if keys.iter().any(|k| k.key_id == key_id) {
                 return Err(TrustError::Line { line: i + 1, message: format!("key {key_id} is listed twice") });
             }
-            keys.push(TrustedKey { key_id, key, publisher });
+            keys.push(TrustedKey { key_id, key, publisher, names });
         }
         Ok(TrustBundle { keys })
     }
@@ -122,13 +208,20 @@ pub enum SignatureError {
     Mismatch { key_id: String },
     #[error("key {key_id} may sign only for publisher `{scope}`, the manifest says `{publisher}`")]
     PublisherScope { key_id: String, scope: String, publisher: String },
+    #[error("key {key_id} may sign only the extension names `{scope}`, the manifest says `{name}`")]
+    NameScope { key_id: String, scope: String, name: String },
     #[error("the trusted comment says {field}={signed}, the bundle has {actual}")]
     Comment { field: &'static str, signed: String, actual: String },
 }
 
 impl SignatureError {
     pub fn is_untrusted(&self) -> bool {
-        matches!(self, SignatureError::UnknownKey { .. } | SignatureError::PublisherScope { .. })
+        matches!(
+            self,
+            SignatureError::UnknownKey { .. }
+                | SignatureError::PublisherScope { .. }
+                | SignatureError::NameScope { .. }
+        )
     }
 }
 
@@ -137,6 +230,7 @@ impl SignatureError {
 pub struct Verified {
     pub key_id: String,
     pub publisher_scope: Option<String>,
+    pub name_scope: Option<NameScope>,
     pub trusted_comment: String,
 }
 
@@ -149,7 +243,12 @@ pub fn verify_bytes(trust: &TrustBundle, bytes: &[u8], signature: &str) -> Resul
     minisign::verify(&trusted.key, &sig, Cursor::new(bytes), true, false, false)
         .map_err(|_| SignatureError::Mismatch { key_id: key_id.clone() })?;
     let trusted_comment = sig.trusted_comment().map_err(|e| SignatureError::Malformed(e.to_string()))?;
-    Ok(Verified { key_id, publisher_scope: trusted.publisher.clone(), trusted_comment })
+    Ok(Verified {
+        key_id,
+        publisher_scope: trusted.publisher.clone(),
+        name_scope: trusted.names.clone(),
+        trusted_comment,
+    })
 }
 
 /// What a signature must agree with: the bundle's manifest identity and content hash.
@@ -167,7 +266,7 @@ impl<'a> Identity<'a> {
     }
 }
 
-/// Step two, once the manifest is known: the key's publisher scope, and the identity in the
+/// Step two, once the manifest is known: the key's publisher and name scopes, and the identity in the
 /// trusted comment when it is an `alga-bundle` comment.
 pub fn check_identity(verified: &Verified, id: Identity<'_>) -> Result<(), SignatureError> {
     if let Some(scope) = &verified.publisher_scope
@@ -177,6 +276,15 @@ pub fn check_identity(verified: &Verified, id: Identity<'_>) -> Result<(), Signa
             key_id: verified.key_id.clone(),
             scope: scope.clone(),
             publisher: id.publisher.to_string(),
+        });
+    }
+    if let Some(scope) = &verified.name_scope
+        && !scope.allows(id.name)
+    {
+        return Err(SignatureError::NameScope {
+            key_id: verified.key_id.clone(),
+            scope: scope.to_string(),
+            name: id.name.to_string(),
         });
     }
     if let Some(fields) = verified.trusted_comment.strip_prefix(COMMENT_PREFIX) {
@@ -253,6 +361,46 @@ mod tests {
         let e = TrustBundle::parse(&format!("{} owner=x", kp.pk.to_base64())).unwrap_err();
         assert!(e.to_string().contains("publisher="), "{e}");
         assert_eq!(TrustBundle::parse("").unwrap().keys().len(), 0, "empty is valid");
+    }
+
+    #[test]
+    fn name_scopes_bind_a_key_to_its_names() {
+        let kp = KeyPair::generate_unencrypted_keypair().unwrap();
+        let pk = kp.pk.to_base64();
+        let scoped = |line: &str| TrustBundle::parse(&format!("{pk} {line}")).unwrap().keys()[0].clone();
+        let k = scoped(r#"publisher="Example Inc" names=com.example.*,com.example"#);
+        assert_eq!(k.publisher.as_deref(), Some("Example Inc"));
+        let names = k.names.unwrap();
+        for ok in ["com.example", "com.example.hello", "com.example.a.b"] {
+            assert!(names.allows(ok), "{ok}");
+        }
+        for no in ["com.examplex", "com.exampl", "org.example.hello", "com", ""] {
+            assert!(!names.allows(no), "{no}");
+        }
+        // The unquoted publisher runs up to ` names=`; names alone; publisher alone.
+        let k = scoped("publisher=Example Inc names=com.acme.crm");
+        assert_eq!(k.publisher.as_deref(), Some("Example Inc"));
+        assert!(k.names.as_ref().unwrap().allows("com.acme.crm") && !k.names.unwrap().allows("com.acme.crm2"));
+        assert_eq!(scoped("names=com.acme.*").publisher, None);
+        assert_eq!(scoped("publisher=Example Inc").names, None);
+        for bad in ["names=", "names=com..x", "names=*", r#"publisher="open"#, "names=a names=b", "publisher="] {
+            assert!(TrustBundle::parse(&format!("{pk} {bad}")).is_err(), "{bad}");
+        }
+
+        // Checked with the identity: a name outside the scope is untrusted, naming key and scope.
+        let trust = TrustBundle::parse(&format!("{pk} names=com.other.*")).unwrap();
+        let bytes = b"bundle bytes";
+        let hash = crate::bundle::content_hash(bytes);
+        let v = verify_bytes(&trust, bytes, &sign(&kp, bytes, &trusted_comment(&manifest(), &hash))).unwrap();
+        let e = check_identity(&v, Identity::of(&manifest(), &hash)).unwrap_err();
+        assert!(e.is_untrusted(), "{e}");
+        assert!(e.to_string().contains(&v.key_id) && e.to_string().contains("com.other.*"), "{e}");
+    }
+
+    #[test]
+    fn a_pem_trust_bundle_is_refused_with_what_to_use() {
+        let e = TrustBundle::parse("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap_err();
+        assert!(e.to_string().contains("minisign public keys"), "{e}");
     }
 
     #[test]

@@ -386,6 +386,35 @@ fn a_publisher_scoped_key_signs_only_its_publisher() {
 }
 
 #[test]
+fn a_name_scoped_key_cannot_take_another_publishers_names() {
+    let (owner, squatter) = (Signer::new(), Signer::new());
+    let options = alga_tests::server::Options {
+        trust_lines: vec![
+            format!(r#"{} publisher="Example Inc" names=com.example.*"#, owner.public()),
+            format!("{} names=org.squat.*,org.squat", squatter.public()),
+        ],
+        ..Default::default()
+    };
+    let server = Server::start_with(options);
+    // The squatter's key is trusted, but not for this name: refused before anything is stored.
+    let mut m = manifest("com.example.taken", "1.0.0", &[]);
+    m["publisher"] = json!("Example Inc");
+    let bytes = pack(&m, &fixture_bytes("echo"));
+    let a = server.publish(&bytes, &squatter.sign(&bytes, "com.example.taken", "1.0.0"));
+    assert_eq!((a.status, a.code().as_str()), (403, "signer_untrusted"), "{}", String::from_utf8_lossy(&a.body));
+    let detail = a.json()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("org.squat.*,org.squat") && detail.contains("com.example.taken"), "{detail}");
+    assert!(detail.contains("key "), "the key is named: {detail}");
+    assert!(server.blob_files().is_empty());
+    assert!(server.all_versions().is_empty());
+    // The owner publishes it; the squatter keeps its own names.
+    let a = server.publish(&bytes, &owner.sign(&bytes, "com.example.taken", "1.0.0"));
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let own = pack(&manifest("org.squat.tool", "1.0.0", &[]), &fixture_bytes("echo"));
+    assert_eq!(server.publish(&own, &squatter.sign(&own, "org.squat.tool", "1.0.0")).status, 201);
+}
+
+#[test]
 fn concurrent_publishes_of_one_bundle_store_it_once() {
     let signer = Signer::new();
     let server = Server::start(&signer);

@@ -239,6 +239,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     println!("verified: {} {} ({})", opened.manifest.name, opened.manifest.version, opened.content_hash);
     println!("signer key id: {}", verified.key_id);
     println!("publisher scope: {}", verified.publisher_scope.as_deref().unwrap_or("any publisher"));
+    println!("name scope: {}", verified.name_scope.as_ref().map_or("any name".to_string(), ToString::to_string));
     Ok(0)
 }
 
