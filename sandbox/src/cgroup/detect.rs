@@ -227,10 +227,37 @@ fn prepare_v2(ours: &Path, name: &str, cpu: bool) -> io::Result<V2> {
     Ok(V2 { base, cpu })
 }
 
-/// Removes what crashed earlier instances left behind: sibling directories named
-/// `<prefix><pid>` or `<prefix><pid>-<n>` whose process no longer exists (their members are
-/// killed first).
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`), which the names of its
+/// cgroup directories carry: a pid means something only inside its namespace.
+pub fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+/// The name of a supervisor's cgroup directory: `<prefix><pid>-<instance>-ns<pid namespace>`.
+pub fn dir_name(prefix: &str, pid: u32, instance: u64, namespace: u64) -> String {
+    format!("{prefix}{pid}-{instance}-ns{namespace}")
+}
+
+/// The pid of the supervisor that made the directory `name`, when that supervisor was in
+/// `namespace` too: only then does "no such pid" mean it is gone. A directory of another pid
+/// namespace (another container's supervisor, whose pid may well be alive there), of the old
+/// unqualified form, or naming pid 0 is never claimed.
+fn owner_in(name: &str, prefix: &str, namespace: u64) -> Option<u32> {
+    let mut parts = name.strip_prefix(prefix)?.split('-');
+    let (pid, instance, ns) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || instance.parse::<u64>().is_err() {
+        return None;
+    }
+    let pid = pid.parse::<u32>().ok().filter(|&p| p != 0)?;
+    (ns.strip_prefix("ns")?.parse::<u64>().ok()? == namespace).then_some(pid)
+}
+
+/// Removes what crashed earlier supervisors of this pid namespace left behind: sibling
+/// directories named by [`dir_name`] whose supervisor no longer exists (their members are killed
+/// first). Returns how many went.
 pub fn sweep_stale(driver: &dyn Cgroups, prefix: &str) -> usize {
+    let Some(namespace) = pid_namespace() else { return 0 };
     let mut removed = 0;
     for base in driver.base() {
         let Some(parent) = base.parent() else {
@@ -241,12 +268,7 @@ pub fn sweep_stale(driver: &dyn Cgroups, prefix: &str) -> usize {
         };
         for entry in entries.flatten() {
             let file_name = entry.file_name();
-            let Some(pid) = file_name
-                .to_str()
-                .and_then(|n| n.strip_prefix(prefix))
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
+            let Some(pid) = file_name.to_str().and_then(|n| owner_in(n, prefix, namespace)) else {
                 continue;
             };
             if Path::new(&format!("/proc/{pid}")).exists() {
@@ -278,6 +300,24 @@ mod tests {
 34 30 0:30 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
 35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
 ";
+
+    #[test]
+    fn only_directories_of_this_pid_namespace_are_claimed() {
+        let p = "alga-runner.";
+        assert_eq!(dir_name(p, 42, 3, 4026531836), "alga-runner.42-3-ns4026531836");
+        assert_eq!(owner_in("alga-runner.42-3-ns4026531836", p, 4026531836), Some(42));
+        for other in [
+            "alga-runner.42-3-ns4026531999", // another container's supervisor
+            "alga-runner.42-3",              // the old form: whose pid it is cannot be told
+            "alga-runner.0-3-ns4026531836",  // pid 0 is nobody's
+            "alga-runner.42-x-ns4026531836",
+            "alga-runner.42-3-ns4026531836-9",
+            "other.42-3-ns4026531836",
+        ] {
+            assert_eq!(owner_in(other, p, 4026531836), None, "{other}");
+        }
+        assert!(pid_namespace().is_some(), "this host has /proc/self/ns/pid");
+    }
 
     #[test]
     fn parses_hybrid_mounts() {

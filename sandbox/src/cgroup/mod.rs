@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use detect::{Detected, detect, probe, sweep_stale};
+pub use detect::{Detected, detect, dir_name, pid_namespace, probe, sweep_stale};
 pub use v1::V1;
 pub use v2::V2;
 

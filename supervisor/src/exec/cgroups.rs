@@ -79,7 +79,10 @@ impl CgroupSlots {
             };
         }
         let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let detected = cgroup::detect(&format!("{DIR_PREFIX}{}-{instance}", std::process::id()));
+        // The name carries the pid namespace, so a sweep by a supervisor in another container
+        // sharing this hierarchy can tell the directory is not its own.
+        let namespace = cgroup::pid_namespace().unwrap_or(0);
+        let detected = cgroup::detect(&cgroup::dir_name(DIR_PREFIX, std::process::id(), instance, namespace));
         if let Some(driver) = &detected.driver {
             let swept = cgroup::sweep_stale(driver.as_ref(), DIR_PREFIX);
             if swept > 0 {
