@@ -311,8 +311,12 @@ pub struct HostApiConfig {
     pub token: Option<String>,
     /// File holding the token, e.g. a systemd credential (default none).
     pub token_file: Option<PathBuf>,
-    /// Base of `ui-proxy` routes when not `base_url` (default none; env `UI_PROXY_BASE_URL`).
+    /// Base of `ui-proxy` routes (default none: ui-proxy answers `route-not-found`; env
+    /// `UI_PROXY_BASE_URL`). Never falls back to `base_url`.
     pub ui_proxy_base_url: Option<String>,
+    /// Send `token` as `x-runner-auth` on ui-proxy requests too (default false: the guest
+    /// chooses ui-proxy routes, so the credential stays with the internal API).
+    pub ui_proxy_sends_token: bool,
 }
 
 /// `[execute]`

@@ -16,6 +16,16 @@ fn host_app(r: &Received) -> Reply {
     let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     let op = body["operation"].as_str().unwrap_or("");
     let path = r.target.split('?').next().unwrap_or("");
+    if !path.starts_with("/api/internal/") {
+        // ui-proxy: the guest's routes never carry the runner's credential.
+        if r.header("x-runner-auth").is_some() {
+            return Reply::new(400, "a ui-proxy request carried x-runner-auth");
+        }
+        if path.ends_with("/hello") {
+            return Reply::new(200, "proxied hello");
+        }
+        return Reply::new(404, "no route");
+    }
     if r.header("x-runner-auth") != Some(HOST_TOKEN) {
         return Reply::new(401, "no token");
     }
@@ -54,19 +64,24 @@ fn host_app(r: &Received) -> Reply {
             &json!({ "success": true, "invoice": { "invoiceId": "inv-1", "invoiceNumber": "INV-0001", "total": 100.0 } }),
         );
     }
-    if path.ends_with("/hello") {
-        return Reply::new(200, "proxied hello");
-    }
     Reply::new(404, "no route")
 }
 
 fn setup(with_host_api: bool) -> (Server, Deployed, Option<Upstream>) {
+    setup_with(with_host_api, true)
+}
+
+/// `ui_proxy`: whether `host_api.ui_proxy_base_url` is set (to the same host application).
+fn setup_with(with_host_api: bool, ui_proxy: bool) -> (Server, Deployed, Option<Upstream>) {
     let signer = Signer::new();
     let host = with_host_api.then(|| Upstream::start(host_app));
     let mut env = Vec::new();
     if let Some(h) = &host {
         env.push(("ALGA_RUNNER_HOST_API__BASE_URL".to_string(), h.url("")));
         env.push(("ALGA_RUNNER_HOST_API__TOKEN".to_string(), HOST_TOKEN.to_string()));
+        if ui_proxy {
+            env.push(("UI_PROXY_BASE_URL".to_string(), h.url("")));
+        }
     }
     let server = Server::start_with(Options { trust_lines: vec![signer.public()], env });
     let grants: Vec<&str> = CAPS.iter().map(|c| c.trim_start_matches("cap:")).collect();
@@ -146,4 +161,42 @@ fn without_a_host_api_the_interfaces_answer_their_deny_values() {
     assert_eq!(server.report("t1", &d, "/ui-proxy?route=%2Fhello", None), json!({ "err": "route-not-found" }));
     let invoice = server.report("t1", &d, "/invoice", None);
     assert!(text(&invoice).contains("success: false"), "{invoice}");
+}
+
+#[test]
+fn ui_proxy_cannot_forge_the_runners_internal_calls() {
+    // Only `base_url`: ui-proxy has nowhere to go and does not fall back to the internal API.
+    let (server, d, host) = setup_with(true, false);
+    let host = host.unwrap();
+    let install_id = server.admin_get(&format!("/v1/tenants/t1/installs/{}", d.name)).json()["install_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let route = format!("api%2Finternal%2Fext-invoicing%2Finstall%2F{install_id}");
+    assert_eq!(server.report("t1", &d, &format!("/ui-proxy?route={route}"), None), json!({ "err": "route-not-found" }));
+    assert_eq!(server.report("t1", &d, "/ui-proxy?route=%2Fhello", None), json!({ "err": "route-not-found" }));
+    assert!(host.received().is_empty(), "nothing reached the host: {:?}", host.received());
+
+    // ui-proxy pointed at the same host application: the internal API stays out of reach in
+    // every spelling, and ordinary routes arrive without the runner's credential.
+    let (server, d, host) = setup_with(true, true);
+    let host = host.unwrap();
+    for route in [
+        "api%2Finternal%2Fext-invoicing%2Finstall%2Fi1",
+        "%2Fapi%2Finternal%2Fext-invoicing%2Finstall%2Fi1",
+        "api%2F%2Finternal%2Fext-scheduler%2Finstall%2Fi1",
+        "api%2FInternal%2Fext-clients%2Finstall%2Fi1",
+        "api%2F%2569nternal%2Fext-services%2Finstall%2Fi1",
+    ] {
+        let answer = server.report("t1", &d, &format!("/ui-proxy?route={route}"), None);
+        assert_eq!(answer, json!({ "err": "route-not-found" }), "{route}");
+    }
+    assert_eq!(
+        server.report("t1", &d, "/ui-proxy?route=api%2F.%2Finternal%2Fext-invoicing%2Finstall%2Fi1", None),
+        json!({ "err": "bad-request" })
+    );
+    assert!(host.received().is_empty(), "nothing reached the host: {:?}", host.received());
+    assert_eq!(server.report("t1", &d, "/ui-proxy?route=%2Fhello", None), json!({ "ok": "proxied hello" }));
+    let proxied = host.received().pop().unwrap();
+    assert_eq!(proxied.header("x-runner-auth"), None);
 }

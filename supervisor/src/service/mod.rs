@@ -101,8 +101,9 @@ impl Service {
         let host_api = match (&config.host_api.base_url, config.host_api_token()?) {
             (Some(base), Some(token)) => Some(HostApi {
                 base_url: base.clone(),
-                ui_proxy_base_url: config.host_api.ui_proxy_base_url.clone().unwrap_or_else(|| base.clone()),
+                ui_proxy_base_url: config.host_api.ui_proxy_base_url.clone(),
                 token,
+                ui_proxy_sends_token: config.host_api.ui_proxy_sends_token,
                 max_response_bytes: (config.egress.max_response_kb << 10) as usize,
                 tls: fetch.tls.clone(),
             }),

@@ -43,10 +43,14 @@ use wire::{REDACTED, Refused, is_credential, operation, usable_id};
 pub struct ForwardContext<'a> {
     /// `host_api.base_url`, e.g. `http://127.0.0.1:3000` (may end with `/`).
     pub base_url: &'a str,
-    /// The base for ui-proxy (the caller passes `host_api.base_url` when there is no separate one).
-    pub ui_proxy_base_url: &'a str,
-    /// The host API token, sent as `x-runner-auth`.
+    /// `host_api.ui_proxy_base_url`: where ui-proxy routes go; `None`, ui-proxy answers
+    /// `route-not-found` (it never falls back to `base_url`, where the internal API is).
+    pub ui_proxy_base_url: Option<&'a str>,
+    /// The host API token, sent as `x-runner-auth` to the internal API.
     pub token: &'a str,
+    /// Whether ui-proxy requests carry the token too (`host_api.ui_proxy_sends_token`, default
+    /// false: Alga's runner never sends a credential there).
+    pub ui_proxy_sends_token: bool,
     pub request_id: Option<&'a str>,
     pub tenant_id: &'a str,
     pub extension_id: &'a str,
@@ -306,8 +310,9 @@ mod tests {
     pub(super) fn ctx() -> ForwardContext<'static> {
         ForwardContext {
             base_url: "http://127.0.0.1:3000/",
-            ui_proxy_base_url: "http://127.0.0.1:3000/api/ui-proxy/",
+            ui_proxy_base_url: Some("http://127.0.0.1:3000/api/ui-proxy/"),
             token: "tok-123",
+            ui_proxy_sends_token: false,
             request_id: Some("req-1"),
             tenant_id: "t1",
             extension_id: "com.example.ext",

@@ -18,8 +18,11 @@ use crate::hostapi::HostContext;
 #[derive(Clone)]
 pub struct HostApi {
     pub base_url: String,
-    pub ui_proxy_base_url: String,
+    /// Where ui-proxy routes go (`None`: ui-proxy answers `route-not-found`).
+    pub ui_proxy_base_url: Option<String>,
     pub token: String,
+    /// Whether ui-proxy requests carry `token` too (operator's choice; default no).
+    pub ui_proxy_sends_token: bool,
     pub max_response_bytes: usize,
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -34,8 +37,9 @@ pub async fn call(ctx: &HostContext, call: HostCall, deadline: Instant) -> HostR
     let Some(api) = &ctx.env.host_api else { return forward::not_configured(&call) };
     let fctx = ForwardContext {
         base_url: &api.base_url,
-        ui_proxy_base_url: &api.ui_proxy_base_url,
+        ui_proxy_base_url: api.ui_proxy_base_url.as_deref(),
         token: &api.token,
+        ui_proxy_sends_token: api.ui_proxy_sends_token,
         request_id: ctx.request_id.as_deref(),
         tenant_id: &ctx.tenant_id,
         extension_id: &ctx.extension_id,

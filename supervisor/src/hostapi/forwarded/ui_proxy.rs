@@ -77,12 +77,48 @@ fn ui_proxy_url(base: &BaseUrl, route: &str, extension_id: &str) -> Result<Strin
     Ok(url)
 }
 
+/// Whether `url` would land in the host's internal API (`{base_url}/api/internal/…`, where the
+/// other forwarded interfaces go with the runner's credential), however a lenient server reads
+/// its path: percent-encoding decoded until it no longer changes, any case, `\` as `/`,
+/// `;parameters` dropped, empty and `.` segments skipped, `..` resolved. Compared by path
+/// alone: the same application answers under other names of its host too.
+fn reaches_internal_api(url: &str, base_url: &str) -> bool {
+    let path_of = |u: &str| url::Url::parse(u).map(|u| u.path().to_string());
+    let (Ok(target), Ok(base)) = (path_of(url), path_of(base_url)) else { return true };
+    let mut internal = lenient_segments(&base);
+    internal.extend(["api".to_string(), "internal".to_string()]);
+    lenient_segments(&target).starts_with(&internal)
+}
+
+/// A URL path's segments as the most lenient server would see them (see [`reaches_internal_api`]).
+fn lenient_segments(path: &str) -> Vec<String> {
+    let mut text = path.replace('\\', "/");
+    for _ in 0..4 {
+        let decoded = percent_encoding::percent_decode_str(&text).decode_utf8_lossy().replace('\\', "/");
+        if decoded == text {
+            break;
+        }
+        text = decoded;
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for raw in text.to_lowercase().split('/') {
+        match raw.split(';').next().unwrap_or_default().trim() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s.to_string()),
+        }
+    }
+    segments
+}
+
 pub(super) fn ui_proxy_request(
     route: &str,
     payload: Option<&[u8]>,
     ctx: &ForwardContext,
 ) -> Result<ForwardRequest, ProxyError> {
-    let base = BaseUrl::parse(ctx.ui_proxy_base_url).ok_or(ProxyError::RouteNotFound)?;
+    let base = ctx.ui_proxy_base_url.and_then(BaseUrl::parse).ok_or(ProxyError::RouteNotFound)?;
     if ctx.tenant_id.is_empty() || !usable_id(ctx.extension_id) {
         return Err(ProxyError::Internal);
     }
@@ -91,6 +127,9 @@ pub(super) fn ui_proxy_request(
         return Err(ProxyError::BadRequest);
     }
     let url = ui_proxy_url(&base, route, ctx.extension_id)?;
+    if reaches_internal_api(&url, ctx.base_url) {
+        return Err(ProxyError::RouteNotFound);
+    }
     let headers = ui_proxy_headers(ctx, payload.is_some());
     let method = if payload.is_some() { "POST" } else { "GET" };
     Ok(ForwardRequest { method, url, headers, body: payload.map(<[u8]>::to_vec) })
@@ -108,7 +147,9 @@ fn ui_proxy_headers(ctx: &ForwardContext, has_body: bool) -> Vec<(String, String
         h.push("x-user-id", &u.user_id);
         h.push("x-user-email", &u.user_email);
     }
-    h.push("x-runner-auth", ctx.token);
+    if ctx.ui_proxy_sends_token {
+        h.push("x-runner-auth", ctx.token);
+    }
     if has_body {
         h.push("content-type", "application/json");
     }
@@ -184,7 +225,7 @@ mod tests {
     #[test]
     fn ui_proxy_base_url_variants() {
         let url = |base: &'static str| {
-            let c = ForwardContext { ui_proxy_base_url: base, ..ctx() };
+            let c = ForwardContext { ui_proxy_base_url: Some(base), ..ctx() };
             ui_proxy_request("/x", None, &c).map(|r| r.url)
         };
         assert_eq!(url("http://h:1").unwrap(), "http://h:1/com.example.ext/x");
@@ -193,9 +234,12 @@ mod tests {
         for bad in ["", "   ", "h:1/x", "ftp://h/", "http://", "http:///x", "http://h x/", "http://hé/"] {
             assert_eq!(url(bad), Err(ProxyError::RouteNotFound), "{bad}");
         }
-        // An unusable base wins over an empty route, as in Alga.
-        let c = ForwardContext { ui_proxy_base_url: "", ..ctx() };
-        assert_eq!(request(&proxy_call("", None), &c), Err(HostReply::Proxy(Err(ProxyError::RouteNotFound))));
+        // An unusable base wins over an empty route, as in Alga; no base at all is the same.
+        for base in [Some(""), None] {
+            let c = ForwardContext { ui_proxy_base_url: base, ..ctx() };
+            assert_eq!(request(&proxy_call("", None), &c), Err(HostReply::Proxy(Err(ProxyError::RouteNotFound))));
+            assert_eq!(request(&proxy_call("/x", None), &c), Err(HostReply::Proxy(Err(ProxyError::RouteNotFound))));
+        }
     }
 
     #[test]
@@ -225,7 +269,6 @@ mod tests {
             ("x-api-key", "key-9"),
             ("x-user-id", "u1"),
             ("x-user-email", "u1@example.com"),
-            ("x-runner-auth", "tok-123"),
             ("content-type", "application/json"),
         ];
         let got: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
@@ -240,8 +283,46 @@ mod tests {
         let r = request(&proxy_call("/x", None), &c).unwrap();
         assert_eq!((r.method, r.body.as_deref()), ("GET", None));
         let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["x-request-id", "x-alga-tenant", "x-alga-extension", "x-runner-auth"]);
+        assert_eq!(names, ["x-request-id", "x-alga-tenant", "x-alga-extension"]);
         assert_eq!(header(&r, "x-request-id"), Some("ui-proxy-call"));
+
+        // The host-API credential only when the operator asks for it.
+        let c = ForwardContext { ui_proxy_sends_token: true, ..ctx() };
+        assert_eq!(header(&request(&proxy_call("/x", None), &c).unwrap(), "x-runner-auth"), Some("tok-123"));
+    }
+
+    #[test]
+    fn ui_proxy_never_reaches_the_internal_api() {
+        // The ui-proxy base is the host application's root, as when an operator points both at it.
+        for base in ["http://127.0.0.1:3000/", "http://localhost:3000"] {
+            let c = ForwardContext { ui_proxy_base_url: Some(base), ..ctx() };
+            let url = |route: &str| ui_proxy_request(route, None, &c).map(|r| r.url);
+            for route in [
+                "api/internal/ext-invoicing/install/inst-1",
+                "/api/internal/ext-invoicing/install/inst-1",
+                "api//internal/ext-scheduler/install/x",
+                "/api///internal//ext-clients/install/x",
+                "api/INTERNAL/ext-services/install/x",
+                "api/%69nternal/ext-invoicing/install/x",
+                "api/%2569nternal/ext-invoicing/install/x",
+                "api/internal;x=1/ext-invoicing/install/x",
+                "api/internal%2Fext-invoicing/install/x",
+                "api/internal",
+            ] {
+                assert_eq!(url(route), Err(ProxyError::RouteNotFound), "{base} {route}");
+            }
+            for dot in ["api/./internal/x", "api/internal/../internal/x"] {
+                assert_eq!(url(dot), Err(ProxyError::BadRequest), "{dot}");
+            }
+            // Other platform APIs and extension routes still go through.
+            assert!(url("/api/v1/tickets").is_ok());
+            assert!(url("/internal/x").is_ok(), "under the extension id");
+            assert!(url("API/internal/x").is_ok(), "not a platform route: under the extension id");
+        }
+        // Under a base path: the internal API is below the base's path.
+        let c = ForwardContext { base_url: "http://h/psa/", ui_proxy_base_url: Some("http://h/psa"), ..ctx() };
+        assert_eq!(ui_proxy_request("api/internal/x", None, &c).map(|r| r.url), Err(ProxyError::RouteNotFound));
+        assert_eq!(lenient_segments("/a/%252e%252e/b;v=1//C"), ["b", "c"], "decoded twice, then resolved");
     }
 
     #[test]
