@@ -93,24 +93,23 @@ fn user_of(headers: &[(String, String)]) -> Option<UserInfo> {
     })
 }
 
-/// A `location` the guest set: relative, or absolute on this very origin.
+/// A `location` the guest set: one that resolves, by the WHATWG URL rules a browser follows, to
+/// this very origin (`host`, the request's `Host`). Control characters and backslashes are
+/// refused outright: browsers drop the first and read the second as `/`, which is how
+/// `/\evil.example/` or `/<TAB>/evil.example/` would leave the origin.
 fn location_allowed(value: &str, host: Option<&str>) -> bool {
-    if value.starts_with('/') && !value.starts_with("//") {
-        return true;
+    if value.is_empty() || value.chars().any(|c| c.is_control() || c == '\\') {
+        return false;
     }
-    if !value.contains("://") && !value.starts_with("//") {
-        return !value.contains(':');
-    }
-    match (url::Url::parse(value), host) {
-        (Ok(u), Some(h)) => {
-            let authority = match u.port() {
-                Some(p) => format!("{}:{p}", u.host_str().unwrap_or("")),
-                None => u.host_str().unwrap_or("").to_string(),
-            };
-            matches!(u.scheme(), "http" | "https") && authority.eq_ignore_ascii_case(h)
-        }
-        _ => false,
-    }
+    // Without a `Host`, only values that stay on whatever origin this is: a stand-in origin.
+    let origin = host.unwrap_or("origin.invalid");
+    let Ok(base) = url::Url::parse(&format!("http://{origin}/")) else { return false };
+    let Ok(target) = base.join(value) else { return false };
+    matches!(target.scheme(), "http" | "https")
+        && target.host_str().is_some_and(|h| base.host_str().is_some_and(|b| h.eq_ignore_ascii_case(b)))
+        && target.port() == base.port()
+        && target.username().is_empty()
+        && target.password().is_none()
 }
 
 /// The guest's headers the caller may see.
@@ -263,6 +262,18 @@ mod tests {
             ("https://evil.example/", false),
             ("https://runner.example/x", true),
             ("javascript:alert(1)", false),
+            ("/\\evil.example/", false),
+            ("\\\\evil.example/", false),
+            ("/\t/evil.example/", false),
+            ("\t//evil.example/", false),
+            ("/\n/evil.example/", false),
+            ("https:evil.example", false),
+            ("http://runner.example:8080/", false),
+            ("https://user@runner.example/", false),
+            ("///evil.example/", false),
+            ("/%2F/evil.example/", true),
+            ("../up?x=1#f", true),
+            ("", false),
         ] {
             assert_eq!(location_allowed(loc, Some("runner.example")), ok, "{loc}");
         }
