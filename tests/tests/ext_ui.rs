@@ -175,11 +175,23 @@ fn refuses_with_clear_errors_and_no_immutable_header() {
         400,
         "invalid_content_hash",
     );
-    refused(&s.ui("missing.js"), 404, "not_found");
-    refused(&s.ui("index.html?tenant=t2"), 404, "not_found");
-    refused(&s.get(&format!("com.example.other/{}/index.html", s.hash), &[]), 404, "not_found");
+    // Every not-found answers one body, so it tells nothing about which tenant has what.
     let unknown_hash = format!("sha256:{}", "ab".repeat(32));
-    refused(&s.get(&format!("com.example.ui/{unknown_hash}/index.html"), &[]), 404, "not_found");
+    let not_found = [
+        s.ui("missing.js"),
+        s.ui("index.html?tenant=t2"),
+        s.ui("index.html?tenant=no-such-tenant"),
+        s.get(&format!("com.example.other/{}/index.html", s.hash), &[]),
+        s.get(&format!("com.example.other/{}/index.html?tenant=t1", s.hash), &[]),
+        s.get(&format!("com.example.ui/{unknown_hash}/index.html"), &[]),
+        s.get(&format!("com.example.ui/{unknown_hash}/index.html?tenant=t1"), &[]),
+    ];
+    for a in &not_found {
+        refused(a, 404, "not_found");
+        assert_eq!(a.body, not_found[0].body, "one body for every not-found");
+    }
+    let body = String::from_utf8_lossy(&not_found[0].body);
+    assert!(!body.contains("t2") && !body.contains("tenant t") && !body.contains("com.example"), "{body}");
     refused(&s.ui("big.bin"), 413, "payload_too_large");
 }
 

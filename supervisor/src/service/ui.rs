@@ -128,8 +128,12 @@ pub fn parse_range(header: &str, len: u64) -> Range {
     }
 }
 
-fn not_found(detail: impl Into<String>) -> Problem {
-    Problem::not_found("not_found", detail)
+/// Every *not found* of `/ext-ui` answers this one body, whatever was missing (the extension,
+/// the hash, the install for the tenant, the file): without credentials, a difference would tell
+/// which tenants have which extension. The reason goes to the debug log only.
+fn not_found(reason: impl std::fmt::Display) -> Problem {
+    tracing::debug!(%reason, "ext-ui not found");
+    Problem::not_found("not_found", "no such UI file: check the extension, the content hash, the tenant and the path")
 }
 
 /// Makes sure the bundle's UI tree is on disk and its ETags recorded (bundles published before
