@@ -19,11 +19,19 @@ pub struct ServerConfig {
     pub public_base: String,
     /// Running executions may finish for this long at shutdown, in milliseconds (default 10 000).
     pub shutdown_grace_ms: u64,
+    /// A request body must have arrived whole this long after its headers, in milliseconds
+    /// (default 30 000); a slower one is answered 408.
+    pub body_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:8080".into(), public_base: String::new(), shutdown_grace_ms: 10_000 }
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            public_base: String::new(),
+            shutdown_grace_ms: 10_000,
+            body_timeout_ms: 30_000,
+        }
     }
 }
 

@@ -479,3 +479,82 @@ fn stored_copies_are_checked_at_load_and_restored_by_a_reupload() {
     assert_eq!(server.install("tenant-b", "com.example.stored", &json!({"version": "1.0.0"})).status, 201);
     assert_eq!(server.execute(&env).json()["status"], 200);
 }
+
+#[test]
+fn the_state_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // A shell's usual umask, which made the database world-readable before.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let signer = Signer::new();
+    let server = Server::start(&signer);
+    let (hash, _) = publish_echo(&server, &signer, "com.example.private", "1.0.0", &[]);
+    assert_eq!(server.install("t1", "com.example.private", &json!({ "version": "1.0.0" })).status, 201);
+    assert_eq!(server.execute(&envelope("t1", "com.example.private", &hash, "/")).status, 200);
+    let mut open = Vec::new();
+    let mut seen = 0;
+    let mut stack = vec![server.state_dir()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        seen += 1;
+        if meta.permissions().mode() & 0o077 != 0 {
+            open.push(format!("{} {:o}", path.display(), meta.permissions().mode() & 0o7777));
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen > 5, "walked only {seen} entries");
+    assert!(open.is_empty(), "state readable by others:\n{}", open.join("\n"));
+}
+
+#[test]
+fn a_loopback_listener_without_tokens_says_so_at_start() {
+    let signer = Signer::new();
+    let options = alga_tests::server::Options {
+        trust_lines: vec![signer.public()],
+        env: vec![("ALGA_RUNNER_ADMIN_TOKEN".into(), String::new())],
+    };
+    let server = Server::start_with(options);
+    let log = server.log_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("listening without a service or an admin token"))
+        .unwrap_or_else(|| panic!("no warning in the start log:\n{log}"));
+    assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
+    assert!(warning.contains("\"admin_token\":false") && warning.contains("\"service_token\":true"), "{warning}");
+}
+
+#[test]
+fn a_body_that_arrives_too_slowly_is_cut_off() {
+    use std::io::{Read, Write};
+    let signer = Signer::new();
+    let options = alga_tests::server::Options {
+        trust_lines: vec![signer.public()],
+        env: vec![("ALGA_RUNNER_SERVER__BODY_TIMEOUT_MS".into(), "1000".into())],
+    };
+    let server = Server::start_with(options);
+    let addr = server.url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    // Headers promise 1 000 bytes; ten arrive, then nothing.
+    write!(
+        s,
+        "POST /v1/execute HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {SERVICE_TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"context\""
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("request_timeout") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer after {:?}: {e}", started.elapsed()),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("server.body_timeout_ms"), "the answer names the setting: {text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "held for {:?}", started.elapsed());
+}

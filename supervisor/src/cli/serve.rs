@@ -188,10 +188,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         eprintln!(
             "WARNING: --insecure-dev: listening on {listen} WITHOUT authentication. Never do this in production."
         );
+    } else if tokens_missing {
+        // Loopback is not a user boundary: every local process, of any user, can reach it.
+        tracing::warn!(
+            %listen,
+            service_token = config.service_token()?.is_some(),
+            admin_token = config.admin_token()?.is_some(),
+            "listening without a service or an admin token: on loopback too, every local process of every user \
+             can publish, install and execute; set ALGA_RUNNER_SERVICE_TOKEN and ALGA_RUNNER_ADMIN_TOKEN \
+             (or auth.* in the config file)"
+        );
     }
 
     let state = &config.state.dir;
+    // The state holds the tenants' stored values, sealed secrets and bundles: private to this
+    // user whatever umask the service was started with (systemd's is 0077; a shell's often 0022).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
+    std::fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("making the state directory {} private (0700)", state.display()))?;
     let registry = match SledRegistry::open(&state.join("db")) {
         Ok(r) => r,
         Err(e @ StoreError::NewerSchema { .. }) => {

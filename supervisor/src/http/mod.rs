@@ -53,8 +53,12 @@ pub fn authorize(req: &HttpRequest, token: &Option<String>, which: &str) -> Resu
     }
 }
 
+/// How long a request body may take to arrive (`server.body_timeout_ms`), as app data.
+#[derive(Debug, Clone, Copy)]
+struct BodyTimeout(std::time::Duration);
+
 /// Reads a request body up to `limit` bytes (413 past it), streaming, without trusting
-/// `Content-Length`.
+/// `Content-Length`, within the body deadline (408 past it: a slow sender holds no worker).
 pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: u64) -> Result<Vec<u8>, Problem> {
     if let Some(len) =
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
@@ -62,15 +66,24 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: u64)
     {
         return Err(Problem::too_large(limit));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Problem::bad_request("invalid_body", format!("reading the body: {e}")))?;
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(Problem::too_large(limit));
+    let timeout = req.app_data::<BodyTimeout>().map_or(std::time::Duration::from_secs(30), |t| t.0);
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| Problem::bad_request("invalid_body", format!("reading the body: {e}")))?;
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(Problem::too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        Ok(body)
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+        Err(Problem::new(408, "request_timeout", "the request body arrived too slowly").detail(format!(
+            "the whole body must arrive within {} ms of the headers (server.body_timeout_ms)",
+            timeout.as_millis()
+        )))
+    })
 }
 
 /// Runs the HTTP server until it is told to stop (SIGTERM, SIGINT); in-flight requests get
@@ -81,12 +94,14 @@ pub async fn serve(
     grace: std::time::Duration,
 ) -> std::io::Result<()> {
     let metrics = service.core.spawner.metrics.clone();
+    let body_timeout = BodyTimeout(std::time::Duration::from_millis(service.config.server.body_timeout_ms));
     let data = web::Data::from(service);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     HttpServer::new(move || {
         let metrics = metrics.clone();
         App::new()
             .app_data(data.clone())
+            .app_data(body_timeout)
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 Problem::bad_request("invalid_query", format!("the query string is not valid: {e}")).into()
             }))

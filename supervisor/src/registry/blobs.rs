@@ -44,7 +44,7 @@ impl BlobStore {
         let written = (|| {
             f.write_all(bytes)?;
             f.sync_all()?;
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o400))?;
             fs::rename(&tmp, &target)?;
             fs::File::open(&self.dir)?.sync_all()
         })();

@@ -89,7 +89,7 @@ impl UiTrees {
                 let mut f = fs::File::create(&dest)?;
                 f.write_all(bytes)?;
                 f.sync_all()?;
-                fs::set_permissions(&dest, fs::Permissions::from_mode(0o444))?;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(0o400))?;
             }
             fs::rename(&tmp, &target)?;
             fs::File::open(&self.dir)?.sync_all()
@@ -116,7 +116,7 @@ fn remove_tree(path: &Path) -> io::Result<()> {
         return Ok(());
     }
     for entry in walk(path)? {
-        let _ = fs::set_permissions(&entry, fs::Permissions::from_mode(0o755));
+        let _ = fs::set_permissions(&entry, fs::Permissions::from_mode(0o700));
     }
     fs::remove_dir_all(path)
 }
@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(fs::read(root.join("js/app.js")).unwrap(), b"console.log(1)");
         assert!(!root.join("manifest.json").exists() && !root.join("main.wasm").exists());
         let mode = fs::metadata(root.join("index.html")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o444);
+        assert_eq!(mode & 0o777, 0o400, "read-only, and for the service user alone");
         let etags = UiTrees::etags(&files);
         assert_eq!(etags.keys().collect::<Vec<_>>(), ["index.html", "js/app.js"]);
         assert_eq!(etags["index.html"], etag_of(b"<p>hi</p>"));
