@@ -184,3 +184,50 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[test]
+fn an_execution_cut_off_by_the_shutdown_is_recorded_as_shutdown() {
+    let signer = Signer::new();
+    let options = alga_tests::server::Options {
+        trust_lines: vec![signer.public()],
+        env: vec![("ALGA_RUNNER_SERVER__SHUTDOWN_GRACE_MS".into(), "300".into())],
+    };
+    let mut server = Server::start_with(options);
+    let bytes = pack(&manifest("com.example.cutoff", "1.0.0", &[]), &fixture_bytes("sleeper"));
+    assert_eq!(server.publish(&bytes, &signer.sign(&bytes, "com.example.cutoff", "1.0.0")).status, 201);
+    let hash = alga_shared::bundle::content_hash(&bytes);
+    assert_eq!(server.install(TENANT, "com.example.cutoff", &json!({"version": "1.0.0"})).status, 201);
+
+    // An execution far longer than the grace, in flight when SIGTERM arrives.
+    let url = server.url.clone();
+    let runner = std::thread::spawn(move || {
+        let mut env = envelope(TENANT, "com.example.cutoff", &hash, "/");
+        env["http"]["query"] = json!({"ms": "20000"});
+        env["limits"] = json!({"timeout_ms": 30000});
+        let _ = ureq::post(&format!("{url}/v1/execute"))
+            .set("authorization", &format!("Bearer {}", alga_tests::server::SERVICE_TOKEN))
+            .send_json(env);
+    });
+    wait_until("the execution is admitted", || {
+        server.admin_get(&format!("/v1/tenants/{TENANT}/quotas")).json()["in_flight"]["tenant_in_flight"] == 1
+    });
+    let pid = server.pid();
+    let started = std::time::Instant::now();
+    let status = server.stop();
+    assert!(status.success(), "graceful shutdown exit status: {status}");
+    assert!(started.elapsed() < Duration::from_secs(15), "the shutdown waited for the execution's own end");
+    runner.join().unwrap();
+    assert!(cgroup_dirs_of(pid).is_empty(), "cgroups survived the stop: {:?}", cgroup_dirs_of(pid));
+    let log = server.log_text();
+    for unwanted in ["sandbox exit was never reported", "sandbox violation", "not reaped in time"] {
+        assert!(!log.contains(unwanted), "`{unwanted}` in the log:\n{log}");
+    }
+
+    // Its record survived the stop, with the `shutdown` outcome.
+    server.restart();
+    let records = server.admin_get(&format!("/v1/tenants/{TENANT}/executions")).json();
+    let items = records["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{records}");
+    assert_eq!(items[0]["outcome"], "shutdown", "{records}");
+    assert_eq!(items[0]["status"], 503, "{records}");
+}

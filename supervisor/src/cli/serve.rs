@@ -337,7 +337,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     // remove every cgroup, and make the last records durable.
     service.shutting_down.store(true, Ordering::Relaxed);
     crate::ops::systemd::notify("STOPPING=1\nSTATUS=stopping sandboxes");
-    rt.block_on(core.shutdown());
+    rt.block_on(async {
+        // Executions still running past the grace end with the `shutdown` outcome, and each is
+        // recorded before the sandboxes and the fork server go.
+        core.spawner.stop_executions();
+        if tokio::time::timeout(std::time::Duration::from_secs(10), service.in_flight.write()).await.is_err() {
+            tracing::warn!("executions still unrecorded 10 s after shutdown began");
+        }
+        core.shutdown().await;
+    });
     if let Err(e) = registry.flush() {
         tracing::error!(error = %crate::error_chain(&e), "final flush failed");
     }

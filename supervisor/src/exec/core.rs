@@ -14,6 +14,10 @@ use crate::exec::preload::Preloaded;
 use crate::exec::sandbox::{Counters, Spawner};
 use crate::exec::settings::Settings;
 
+/// How long shutdown waits for killed sandboxes to be reaped (each takes milliseconds; a busy
+/// host may need more than a few).
+const REAP_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Core {
     /// Creates, kills and reaps sandboxes; holds the settings and the metrics.
     pub spawner: Arc<Spawner>,
@@ -56,6 +60,8 @@ impl Core {
             cgroups,
             counters: Counters::default(),
             metrics: Arc::default(),
+            stop: tokio::sync::watch::Sender::new(false),
+            live: Arc::default(),
         });
         let pool = Arc::new(Pool::new(spawner.clone(), pool_size));
         let preloaded = Arc::new(Preloaded::new(spawner.clone(), pool.clone()));
@@ -64,12 +70,19 @@ impl Core {
         Ok(Arc::new(Core { spawner, pool, preloaded, artifacts }))
     }
 
-    /// Stops the pool and the fork server (every sandbox dies with it) and removes every cgroup.
+    /// Ends running executions (outcome `shutdown`), stops the pool and the preloaded sandboxes,
+    /// waits until every sandbox is reaped while the fork server can still report their exits,
+    /// then stops the fork server and removes every cgroup.
     pub async fn shutdown(&self) {
+        self.spawner.stop_executions();
         self.pool.stop();
         self.preloaded.stop();
-        // Give the reapers a moment to collect what was just killed, then stop everything.
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if !self.spawner.all_reaped(REAP_AT_SHUTDOWN).await {
+            tracing::warn!(
+                limit_s = REAP_AT_SHUTDOWN.as_secs(),
+                "some sandboxes were not reaped in time at shutdown; stopping the fork server kills them"
+            );
+        }
         self.spawner.fork.stop();
         self.spawner.cgroups.shutdown();
     }

@@ -113,6 +113,8 @@ enum End {
     Violation(String),
     /// The channel closed: the process died.
     Died,
+    /// The runner is shutting down: the execution is cut off.
+    Shutdown,
 }
 
 /// The one job a sandbox gets.
@@ -165,8 +167,9 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &im
         },
         Work::Probe(action, _) => sandbox.end.probe(action).await,
     };
+    let stop = core.spawner.stop.subscribe();
     let end = match sent {
-        Ok(()) => message_loop(&sandbox, host, &limits, (time_up, deadline), &mut report).await,
+        Ok(()) => message_loop(&sandbox, host, &limits, (time_up, deadline), stop, &mut report).await,
         Err(FrameError::Closed | FrameError::Io(_)) => End::Died,
         Err(e) => End::Violation(format!("sending the job: {e}")),
     };
@@ -201,6 +204,16 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &im
             report.outcome = Outcome::ProtocolViolation { detail: detail.clone() };
             report.detail = Some(detail);
         }
+        End::Shutdown => {
+            sandbox.kill(&core.spawner);
+            report.outcome = Outcome::Shutdown;
+            report.detail = Some("the runner shut down during the execution; its sandbox was stopped".into());
+        }
+        End::Died if *core.spawner.stop.borrow() => {
+            // Killed by the shutdown between the signal and this loop noticing it.
+            report.outcome = Outcome::Shutdown;
+            report.detail = Some("the runner shut down during the execution; its sandbox was stopped".into());
+        }
         End::Died => {
             // Learn how it died: seccomp (SIGSYS), the OOM killer, or something else.
             let status = sandbox.wait_exit(&core.spawner, Duration::from_secs(2)).await;
@@ -220,6 +233,7 @@ async fn message_loop(
     host: &impl HostCalls,
     limits: &Limits,
     (time_up, deadline): (Instant, Instant),
+    mut stop: tokio::sync::watch::Receiver<bool>,
     report: &mut Report,
 ) -> End {
     // Host calls that wait (the network) end when the guest's time is up; the supervisor's own
@@ -232,6 +246,7 @@ async fn message_loop(
         let msg = tokio::select! {
             m = sandbox.end.recv() => m,
             _ = sleep_until(deadline) => return End::Deadline,
+            Ok(_) = stop.wait_for(|stopping| *stopping) => return End::Shutdown,
         };
         let (msg, size) = match msg {
             Ok(m) => m,
@@ -267,6 +282,7 @@ async fn message_loop(
                     tokio::select! {
                         r = host.call(call, time_up) => r,
                         _ = sleep_until(deadline) => return End::Deadline,
+                        Ok(_) = stop.wait_for(|stopping| *stopping) => return End::Shutdown,
                     }
                 };
                 match sandbox.end.reply(call_id, reply).await {

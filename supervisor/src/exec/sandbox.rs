@@ -48,6 +48,57 @@ pub struct Spawner {
     pub counters: Counters,
     /// The runner's metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Turns true once, at shutdown: running executions end with the `shutdown` outcome.
+    pub stop: tokio::sync::watch::Sender<bool>,
+    /// Sandboxes created and not yet reaped.
+    pub live: Arc<Live>,
+}
+
+impl Spawner {
+    /// Ends every running execution (outcome `shutdown`); their sandboxes are killed and reaped.
+    pub fn stop_executions(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Waits until every sandbox created so far has been reaped (its exit reported by the fork
+    /// server, its slot returned), at most `limit`; false when some were not.
+    pub async fn all_reaped(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.live.idle.notified();
+            if self.live.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, idle).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// How many sandboxes are alive or not yet reaped: each [`Sandbox`] holds a [`LiveGuard`].
+#[derive(Debug, Default)]
+pub struct Live {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One sandbox's share of [`Live`]; gives it back when the sandbox is dropped (reaped).
+struct LiveGuard(Arc<Live>);
+
+impl LiveGuard {
+    fn new(live: &Arc<Live>) -> Self {
+        live.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        LiveGuard(live.clone())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Counters of events worth an operator's attention.
@@ -80,6 +131,7 @@ pub struct Sandbox {
     /// The SHA-256 of the artifact it preloaded: it takes a job for that artifact only, sent
     /// without the memfd.
     pub preloaded: Option<String>,
+    _live: LiveGuard,
 }
 
 impl Sandbox {
@@ -150,6 +202,7 @@ impl Sandbox {
             memory_limit,
             oom_baseline: None,
             preloaded: preload.map(|a| a.sha256.clone()),
+            _live: LiveGuard::new(&spawner.live),
         };
         match sandbox.await_ready(spawner).await {
             Ok(layers) => {

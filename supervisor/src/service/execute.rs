@@ -408,6 +408,7 @@ async fn run_in_span(
     trigger: Trigger,
     execution_id: Option<String>,
 ) -> Result<Answer, Problem> {
+    use tracing::Instrument;
     let Target { ext, install, version } = target;
     // Effective capabilities: manifest ∩ grants (∩ providers) ∪ defaults. Asking for a capability
     // that is unknown or not granted is refused.
@@ -509,35 +510,47 @@ async fn run_in_span(
         },
     };
     let job = ExecuteJob { request, limits, capabilities, artifact_len: loaded.artifact.len };
-    let core = svc.core.clone();
     let artifact = loaded.artifact.clone();
-    let mut report = svc.on_core(async move { executor::execute(&core, &artifact, job, &host).await }).await?;
-    drop(permit);
-
-    let response = answer_of(&mut report);
-    let egress_bytes = egress_bytes.load(Ordering::Relaxed);
-    usage::add(svc, &cmd.tenant, &ext.id, &report, egress_bytes);
-    svc.core.spawner.metrics.finished(Finished {
-        outcome: report.outcome.label(),
-        extension_id: &ext.id,
-        duration: report.duration,
-        memory_peak_bytes: report.memory_peak_bytes,
-        fuel: report.fuel_consumed,
-        egress_bytes,
-        violation: report.outcome.is_violation().then(|| report.outcome.label()),
-    });
-    let record = Recorded { install, trigger: &trigger, execution_id, egress_bytes };
-    if self::record(svc, &cmd, &record, &report, &response) {
-        // A failed flush is logged by the flusher; the caller still gets its answer.
-        let _ = svc.commit.durable().await;
-    }
-    if report.outcome == Outcome::Completed
-        && let Some(key) = &cmd.idempotency_key
-        && let Ok(value) = serde_json::to_value(EnvelopeResponse::from(response.clone()))
-    {
-        svc.idempotency.lock().unwrap_or_else(|p| p.into_inner()).put(&cmd.tenant, &ext.id, key, value);
-    }
-    Ok(response)
+    // From here on the execution and its record are one task on the core's runtime: it runs to
+    // its end (and is recorded) even when the HTTP side stops waiting, e.g. at shutdown.
+    let task = svc.clone();
+    let install = install.clone();
+    let extension_id = ext.id.clone();
+    let running = svc.in_flight.clone().read_owned().await;
+    svc.on_core(
+        async move {
+            let _running = running;
+            let svc = &task;
+            let mut report = executor::execute(&svc.core, &artifact, job, &host).await;
+            drop(permit);
+            let response = answer_of(&mut report);
+            let egress_bytes = egress_bytes.load(Ordering::Relaxed);
+            usage::add(svc, &cmd.tenant, &extension_id, &report, egress_bytes);
+            svc.core.spawner.metrics.finished(Finished {
+                outcome: report.outcome.label(),
+                extension_id: &extension_id,
+                duration: report.duration,
+                memory_peak_bytes: report.memory_peak_bytes,
+                fuel: report.fuel_consumed,
+                egress_bytes,
+                violation: report.outcome.is_violation().then(|| report.outcome.label()),
+            });
+            let record = Recorded { install: &install, trigger: &trigger, execution_id, egress_bytes };
+            if self::record(svc, &cmd, &record, &report, &response) {
+                // A failed flush is logged by the flusher; the caller still gets its answer.
+                let _ = svc.commit.durable().await;
+            }
+            if report.outcome == Outcome::Completed
+                && let Some(key) = &cmd.idempotency_key
+                && let Ok(value) = serde_json::to_value(EnvelopeResponse::from(response.clone()))
+            {
+                svc.idempotency.lock().unwrap_or_else(|p| p.into_inner()).put(&cmd.tenant, &extension_id, key, value);
+            }
+            response
+        }
+        .in_current_span(),
+    )
+    .await
 }
 
 /// The answer of a finished execution (02-http-api.md, outcome table); the guest's body is

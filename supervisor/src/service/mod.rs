@@ -69,6 +69,9 @@ pub struct Service {
     pub self_test_ok: AtomicBool,
     pub self_test: Mutex<Option<serde_json::Value>>,
     pub shutting_down: AtomicBool,
+    /// Held (read) by every execution from admission to its durable record; shutdown takes it
+    /// (write) to wait until each one is recorded.
+    pub in_flight: Arc<tokio::sync::RwLock<()>>,
     /// Makes execution records durable before their answer, one flush per group.
     pub commit: Arc<crate::registry::commit::GroupCommit>,
 }
@@ -133,6 +136,7 @@ impl Service {
             self_test_ok: AtomicBool::new(false),
             self_test: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
+            in_flight: Arc::default(),
             commit,
             config,
         })
