@@ -41,19 +41,32 @@ fn a_running_sandbox_is_locked_down() {
         executor::execute(&core, &artifact, job, &host).await
     });
 
-    // Find the sandbox among the fork server's children once it is hardened and running.
+    // Find the sandbox running the job among the fork server's children: hardened, and the one
+    // burning CPU (the guest spins). Idle pooled or preloaded sandboxes are hardened too, but
+    // wait for a job with the default memory limit: picking one of them was this test's flake.
+    let cpu_ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+    };
     let deadline = Instant::now() + Duration::from_secs(3);
     let pid = loop {
-        let found = children_of(h.core.spawner.fork.pid()).into_iter().find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.contains("Seccomp:\t2"))
-        });
-        if let Some(pid) = found {
+        let hardened: Vec<(u32, u64)> = children_of(h.core.spawner.fork.pid())
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.contains("Seccomp:\t2"))
+            })
+            .map(|pid| (pid, cpu_ticks(pid)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let busiest = hardened.iter().map(|&(pid, before)| (cpu_ticks(pid).saturating_sub(before), pid)).max();
+        if let Some((used, pid)) = busiest
+            && used > 0
+        {
             break pid;
         }
-        assert!(Instant::now() < deadline, "no hardened sandbox appeared");
-        std::thread::sleep(Duration::from_millis(5));
+        assert!(Instant::now() < deadline, "no hardened sandbox started running the job");
     };
-    std::thread::sleep(Duration::from_millis(100));
 
     // A descendant of this (supervising) process: sandbox -> fork server -> us. No double fork.
     let ppid = |pid: u32| -> u32 {
@@ -107,6 +120,7 @@ fn a_running_sandbox_is_locked_down() {
 
     let report = h.rt.block_on(running).unwrap();
     assert_eq!(report.outcome, Outcome::Timeout);
+    assert_eq!(report.pid, pid, "the sandbox inspected is the one that ran the job");
     skip_unless!(
         h.core.spawner.cgroups.version().is_some(),
         "no usable cgroup hierarchy (the cgroup checks above did not run)"
