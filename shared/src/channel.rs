@@ -330,7 +330,7 @@ impl SandboxEnd {
     pub fn call(&mut self, call: HostCall) -> Result<HostReply, CallError> {
         let call_id = self.next_call;
         self.next_call = self.next_call.wrapping_add(1);
-        self.chan.send(&SandboxMsg::HostCall { call_id, call })?;
+        self.chan.send(&host_call(call_id, &call)?)?;
         match self.chan.recv::<SupervisorMsg>()? {
             SupervisorMsg::HostReply { call_id: got, reply } if got == call_id => Ok(reply),
             SupervisorMsg::HostReply { call_id: got, .. } => Err(CallError::WrongCallId { got, want: call_id }),
@@ -349,7 +349,7 @@ impl SandboxEnd {
 
     /// Sends a host call without waiting for its answer (test probes only).
     pub fn send_call_unchecked(&mut self, call_id: u32, call: HostCall) -> Result<(), FrameError> {
-        self.chan.send(&SandboxMsg::HostCall { call_id, call })
+        self.chan.send(&host_call(call_id, &call)?)
     }
 
     pub fn done(&mut self, response: ExecuteResponse, stats: ExecStats) -> Result<(), FrameError> {
@@ -516,4 +516,9 @@ impl ForkClientEnd {
 /// Microseconds since `start`, saturating.
 pub fn micros_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A host call as the sandbox sends it: its kind, and its arguments encoded apart.
+fn host_call(call_id: u32, call: &HostCall) -> Result<SandboxMsg, FrameError> {
+    Ok(SandboxMsg::HostCall { call_id, kind: call.kind(), args: frame::encode_value(call)? })
 }

@@ -101,14 +101,25 @@ pub fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, FrameError> {
     if got != PROTOCOL_VERSION {
         return Err(FrameError::WrongVersion { got });
     }
-    let budget = crate::budget::Budget::new(decode_budget(rest.len()));
-    let within = crate::budget::Within { budget: &budget, marker: std::marker::PhantomData::<M> };
-    let (msg, used) = bincode::serde::seed_decode_from_slice(within, rest, config())
+    decode_value(rest)
+}
+
+/// Encodes a value carried inside a message (a host call's arguments), as frames encode theirs.
+pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| FrameError::Encode(e.to_string()))
+}
+
+/// Decodes a value [`encode_value`] made, within the same memory budget as a frame of its size;
+/// every byte must belong to it.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+    let budget = crate::budget::Budget::new(decode_budget(bytes.len()));
+    let within = crate::budget::Within { budget: &budget, marker: std::marker::PhantomData::<T> };
+    let (value, used) = bincode::serde::seed_decode_from_slice(within, bytes, config())
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if used != rest.len() {
-        return Err(FrameError::TrailingBytes { extra: rest.len() - used });
+    if used != bytes.len() {
+        return Err(FrameError::TrailingBytes { extra: bytes.len() - used });
     }
-    Ok(msg)
+    Ok(value)
 }
 
 /// Reads one frame body from a blocking reader. `header` holds bytes of the length field that

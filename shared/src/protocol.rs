@@ -11,7 +11,7 @@ use crate::capability::{Capability, CapabilitySet};
 use crate::limits::Limits;
 
 /// Bumped whenever a message changes shape. A frame with another version is a protocol violation.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 // ---------------------------------------------------------------------------------------------
 // Supervisor -> sandbox
@@ -95,8 +95,10 @@ pub struct CompileJob {
 pub enum SandboxMsg {
     /// Hardening finished; the sandbox waits for one job.
     Ready { layers: HardeningReport },
-    /// A host import the guest called; the guest is blocked until the matching `HostReply`.
-    HostCall { call_id: u32, call: HostCall },
+    /// A host import the guest called: which one, and its arguments encoded apart (a
+    /// [`HostCall`], see [`crate::frame::encode_value`]), so that the supervisor checks the call's
+    /// capability before it decodes them. The guest is blocked until the matching `HostReply`.
+    HostCall { call_id: u32, kind: CallKind, args: Vec<u8> },
     /// A guest log line (not a host call: no reply, not counted toward the host-call cap).
     Log { level: LogLevel, message: String },
     /// `handler` returned.
@@ -218,35 +220,113 @@ pub enum HostCall {
     MetricsHistogramObserve { name: String, value: f64 },
 }
 
+/// Which host import a [`HostCall`] is, without its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallKind {
+    ContextGet,
+    SecretsGet,
+    SecretsListKeys,
+    HttpFetch,
+    StorageGet,
+    StoragePut,
+    StorageDelete,
+    StorageListEntries,
+    UiProxyCallRoute,
+    UserGet,
+    UserV2Get,
+    SchedulerList,
+    SchedulerGet,
+    SchedulerCreate,
+    SchedulerUpdate,
+    SchedulerDelete,
+    SchedulerGetEndpoints,
+    InvoicingCreateManualInvoice,
+    ClientsList,
+    ClientsGet,
+    ServicesList,
+    ServicesGet,
+    ConfigGet,
+    ConfigList,
+    MetricsCounterAdd,
+    MetricsHistogramObserve,
+}
+
 impl HostCall {
+    /// Which import this is.
+    pub fn kind(&self) -> CallKind {
+        match self {
+            HostCall::ContextGet => CallKind::ContextGet,
+            HostCall::SecretsGet { .. } => CallKind::SecretsGet,
+            HostCall::SecretsListKeys => CallKind::SecretsListKeys,
+            HostCall::HttpFetch { .. } => CallKind::HttpFetch,
+            HostCall::StorageGet { .. } => CallKind::StorageGet,
+            HostCall::StoragePut { .. } => CallKind::StoragePut,
+            HostCall::StorageDelete { .. } => CallKind::StorageDelete,
+            HostCall::StorageListEntries { .. } => CallKind::StorageListEntries,
+            HostCall::UiProxyCallRoute { .. } => CallKind::UiProxyCallRoute,
+            HostCall::UserGet => CallKind::UserGet,
+            HostCall::UserV2Get => CallKind::UserV2Get,
+            HostCall::SchedulerList => CallKind::SchedulerList,
+            HostCall::SchedulerGet { .. } => CallKind::SchedulerGet,
+            HostCall::SchedulerCreate { .. } => CallKind::SchedulerCreate,
+            HostCall::SchedulerUpdate { .. } => CallKind::SchedulerUpdate,
+            HostCall::SchedulerDelete { .. } => CallKind::SchedulerDelete,
+            HostCall::SchedulerGetEndpoints => CallKind::SchedulerGetEndpoints,
+            HostCall::InvoicingCreateManualInvoice { .. } => CallKind::InvoicingCreateManualInvoice,
+            HostCall::ClientsList { .. } => CallKind::ClientsList,
+            HostCall::ClientsGet { .. } => CallKind::ClientsGet,
+            HostCall::ServicesList { .. } => CallKind::ServicesList,
+            HostCall::ServicesGet { .. } => CallKind::ServicesGet,
+            HostCall::ConfigGet { .. } => CallKind::ConfigGet,
+            HostCall::ConfigList => CallKind::ConfigList,
+            HostCall::MetricsCounterAdd { .. } => CallKind::MetricsCounterAdd,
+            HostCall::MetricsHistogramObserve { .. } => CallKind::MetricsHistogramObserve,
+        }
+    }
+
     /// The capability the supervisor checks before performing this call.
     pub fn capability(&self) -> Capability {
-        use HostCall::*;
-        match self {
-            ContextGet => Capability::ContextRead,
-            SecretsGet { .. } | SecretsListKeys => Capability::SecretsGet,
-            HttpFetch { .. } => Capability::HttpFetch,
-            StorageGet { .. } | StoragePut { .. } | StorageDelete { .. } | StorageListEntries { .. } => {
-                Capability::StorageKv
-            }
-            UiProxyCallRoute { .. } => Capability::UiProxy,
-            UserGet | UserV2Get => Capability::UserRead,
-            SchedulerList
-            | SchedulerGet { .. }
-            | SchedulerCreate { .. }
-            | SchedulerUpdate { .. }
-            | SchedulerDelete { .. }
-            | SchedulerGetEndpoints => Capability::SchedulerManage,
-            InvoicingCreateManualInvoice { .. } => Capability::InvoiceManualCreate,
-            ClientsList { .. } | ClientsGet { .. } => Capability::ClientRead,
-            ServicesList { .. } | ServicesGet { .. } => Capability::ServiceRead,
-            ConfigGet { .. } | ConfigList => Capability::ConfigRead,
-            MetricsCounterAdd { .. } | MetricsHistogramObserve { .. } => Capability::MetricsEmit,
-        }
+        self.kind().capability()
     }
 
     /// The interface this call belongs to, as a fixed metric label.
     pub fn api(&self) -> &'static str {
+        self.kind().api()
+    }
+
+    /// The answer this call gets when its capability is not granted (see [`CallKind::deny_reply`]).
+    pub fn deny_reply(&self) -> HostReply {
+        self.kind().deny_reply()
+    }
+}
+
+impl CallKind {
+    /// The capability the supervisor checks before performing this call.
+    pub fn capability(self) -> Capability {
+        use CallKind::*;
+        match self {
+            ContextGet => Capability::ContextRead,
+            SecretsGet | SecretsListKeys => Capability::SecretsGet,
+            HttpFetch => Capability::HttpFetch,
+            StorageGet | StoragePut | StorageDelete | StorageListEntries => Capability::StorageKv,
+            UiProxyCallRoute => Capability::UiProxy,
+            UserGet | UserV2Get => Capability::UserRead,
+            SchedulerList
+            | SchedulerGet
+            | SchedulerCreate
+            | SchedulerUpdate
+            | SchedulerDelete
+            | SchedulerGetEndpoints => Capability::SchedulerManage,
+            InvoicingCreateManualInvoice => Capability::InvoiceManualCreate,
+            ClientsList | ClientsGet => Capability::ClientRead,
+            ServicesList | ServicesGet => Capability::ServiceRead,
+            ConfigGet | ConfigList => Capability::ConfigRead,
+            MetricsCounterAdd | MetricsHistogramObserve => Capability::MetricsEmit,
+        }
+    }
+
+    /// The interface this call belongs to, as a fixed metric label.
+    pub fn api(self) -> &'static str {
         match self.capability() {
             Capability::ContextRead => "context",
             Capability::SecretsGet => "secrets",
@@ -266,8 +346,8 @@ impl HostCall {
 
     /// The answer a call gets when its capability is not granted: the interface's deny value.
     /// Never a trap (Alga gap: `get-context` panicked).
-    pub fn deny_reply(&self) -> HostReply {
-        use HostCall::*;
+    pub fn deny_reply(self) -> HostReply {
+        use CallKind::*;
         match self {
             ContextGet => HostReply::Context(ContextData {
                 request_id: None,
@@ -276,43 +356,43 @@ impl HostCall {
                 install_id: None,
                 version_id: None,
             }),
-            SecretsGet { .. } => HostReply::Secret(Err(SecretError::Denied)),
+            SecretsGet => HostReply::Secret(Err(SecretError::Denied)),
             SecretsListKeys => HostReply::SecretKeys(Vec::new()),
-            HttpFetch { .. } => HostReply::Http(Err(HttpError::NotAllowed)),
-            StorageGet { .. } | StoragePut { .. } => HostReply::StorageEntry(Err(StorageError::Denied)),
-            StorageDelete { .. } => HostReply::StorageUnit(Err(StorageError::Denied)),
-            StorageListEntries { .. } => HostReply::StorageEntries(Err(StorageError::Denied)),
-            UiProxyCallRoute { .. } => HostReply::Proxy(Err(ProxyError::Denied)),
+            HttpFetch => HostReply::Http(Err(HttpError::NotAllowed)),
+            StorageGet | StoragePut => HostReply::StorageEntry(Err(StorageError::Denied)),
+            StorageDelete => HostReply::StorageUnit(Err(StorageError::Denied)),
+            StorageListEntries => HostReply::StorageEntries(Err(StorageError::Denied)),
+            UiProxyCallRoute => HostReply::Proxy(Err(ProxyError::Denied)),
             UserGet => HostReply::User(Err(UserError::NotAllowed)),
             UserV2Get => HostReply::UserV2(Err(UserError::NotAllowed)),
             SchedulerList => HostReply::Schedules(Err(SchedulerError::Denied)),
-            SchedulerGet { .. } => HostReply::Schedule(Err(SchedulerError::Denied)),
-            SchedulerCreate { .. } => HostReply::ScheduleCreated(CreateScheduleResult {
+            SchedulerGet => HostReply::Schedule(Err(SchedulerError::Denied)),
+            SchedulerCreate => HostReply::ScheduleCreated(CreateScheduleResult {
                 success: false,
                 schedule_id: None,
                 error: Some(denied_text(Capability::SchedulerManage)),
                 field_errors: None,
             }),
-            SchedulerUpdate { .. } => HostReply::ScheduleUpdated(UpdateScheduleResult {
+            SchedulerUpdate => HostReply::ScheduleUpdated(UpdateScheduleResult {
                 success: false,
                 error: Some(denied_text(Capability::SchedulerManage)),
                 field_errors: None,
             }),
-            SchedulerDelete { .. } => HostReply::ScheduleDeleted(DeleteScheduleResult {
+            SchedulerDelete => HostReply::ScheduleDeleted(DeleteScheduleResult {
                 success: false,
                 error: Some(denied_text(Capability::SchedulerManage)),
             }),
             SchedulerGetEndpoints => HostReply::Endpoints(Err(SchedulerError::Denied)),
-            InvoicingCreateManualInvoice { .. } => {
+            InvoicingCreateManualInvoice => {
                 HostReply::Invoice(invoice_failure(denied_text(Capability::InvoiceManualCreate)))
             }
-            ClientsList { .. } => HostReply::Clients(Err(ClientReadError::NotAllowed)),
-            ClientsGet { .. } => HostReply::Client(Err(ClientReadError::NotAllowed)),
-            ServicesList { .. } => HostReply::Services(Err(ServiceReadError::NotAllowed)),
-            ServicesGet { .. } => HostReply::Service(Err(ServiceReadError::NotAllowed)),
-            ConfigGet { .. } => HostReply::ConfigValue(None),
+            ClientsList => HostReply::Clients(Err(ClientReadError::NotAllowed)),
+            ClientsGet => HostReply::Client(Err(ClientReadError::NotAllowed)),
+            ServicesList => HostReply::Services(Err(ServiceReadError::NotAllowed)),
+            ServicesGet => HostReply::Service(Err(ServiceReadError::NotAllowed)),
+            ConfigGet => HostReply::ConfigValue(None),
             ConfigList => HostReply::ConfigEntries(Vec::new()),
-            MetricsCounterAdd { .. } | MetricsHistogramObserve { .. } => HostReply::Unit,
+            MetricsCounterAdd | MetricsHistogramObserve => HostReply::Unit,
         }
     }
 }

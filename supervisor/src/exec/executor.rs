@@ -10,7 +10,7 @@ use alga_shared::frame::FrameError;
 use alga_shared::limits::Limits;
 use alga_shared::outcome::Outcome;
 use alga_shared::protocol::{
-    CompileJob, ComponentInfo, ExecStats, ExecuteJob, ExitStatus, Failure, HostCall, HostReply, LogLevel, ProbeAction,
+    CallKind, CompileJob, ComponentInfo, ExecStats, ExecuteJob, ExitStatus, Failure, HostReply, LogLevel, ProbeAction,
     SandboxMode, SandboxMsg,
 };
 use tokio::time::sleep_until;
@@ -22,10 +22,17 @@ use crate::exec::sandbox::{Sandbox, msg_name};
 /// Who answers an execution's host calls: the supervisor's host-API broker
 /// ([`crate::hostapi::HostContext`]), or a stand-in that denies them all.
 pub trait HostCalls: Sync {
-    /// Answers one call; calls that wait on the network end by `deadline`.
-    fn call(&self, call: HostCall, deadline: tokio::time::Instant) -> impl Future<Output = HostReply> + Send;
+    /// Answers one call as it arrived: its kind and its encoded arguments, which are decoded only
+    /// once the kind's capability is granted. Calls that wait on the network end by `deadline`.
+    /// `Err`: the arguments are not a call of that kind (a protocol violation).
+    fn call(
+        &self,
+        kind: CallKind,
+        args: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Result<HostReply, String>> + Send;
     /// Notes a call refused unperformed because the execution's host-call budget is spent.
-    fn over_budget(&self, call: &HostCall);
+    fn over_budget(&self, kind: CallKind);
 }
 
 /// One guest log line.
@@ -254,7 +261,7 @@ async fn message_loop(
             Err(e) => return End::Violation(e.to_string()),
         };
         match msg {
-            SandboxMsg::HostCall { call_id, call } => {
+            SandboxMsg::HostCall { call_id, kind, args } => {
                 if call_id != next_call {
                     return End::Violation(format!("host call id {call_id}, expected {next_call}"));
                 }
@@ -268,7 +275,7 @@ async fn message_loop(
                 let over =
                     report.host_calls > limits.max_host_calls || report.host_call_bytes > limits.max_host_call_bytes;
                 if over {
-                    host.over_budget(&call);
+                    host.over_budget(kind);
                 }
                 let reply = if report.host_calls > limits.max_host_calls {
                     over_budget = true;
@@ -280,7 +287,10 @@ async fn message_loop(
                     }
                 } else {
                     tokio::select! {
-                        r = host.call(call, time_up) => r,
+                        r = host.call(kind, &args, time_up) => match r {
+                            Ok(reply) => reply,
+                            Err(detail) => return End::Violation(detail),
+                        },
                         _ = sleep_until(deadline) => return End::Deadline,
                         Ok(_) = stop.wait_for(|stopping| *stopping) => return End::Shutdown,
                     }

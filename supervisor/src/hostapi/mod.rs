@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use alga_shared::capability::CapabilitySet;
-use alga_shared::protocol::{HostCall, HostReply};
+use alga_shared::protocol::{CallKind, HostCall, HostReply};
 
 pub use storage::KvStore;
 pub use storage::sled::SledKv;
@@ -112,13 +112,46 @@ impl HostContext {
     }
 }
 
+/// The capability check, in this one place: `Some(deny value)` when the execution lacks the
+/// capability of calls of `kind`.
+fn refused(ctx: &HostContext, kind: CallKind) -> Option<HostReply> {
+    if ctx.capabilities.contains(kind.capability()) {
+        return None;
+    }
+    ctx.env.metrics.host_call(kind.api(), "denied");
+    Some(kind.deny_reply())
+}
+
+/// Performs one host call as it arrived from the sandbox: the capability of its kind first, and
+/// only then are its arguments decoded (within a memory budget), so a call the execution may not
+/// make costs no decoding. `Err`: the arguments are not a call of that kind.
+pub async fn handle_encoded(
+    ctx: &HostContext,
+    kind: CallKind,
+    args: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<HostReply, String> {
+    if let Some(deny) = refused(ctx, kind) {
+        return Ok(deny);
+    }
+    let call: HostCall = alga_shared::frame::decode_value(args).map_err(|e| format!("{kind:?} arguments: {e}"))?;
+    if call.kind() != kind {
+        return Err(format!("a {kind:?} call carried the arguments of {:?}", call.kind()));
+    }
+    Ok(perform(ctx, call, deadline).await)
+}
+
 /// Performs one host call. `deadline` is when the execution's time is up: calls that wait on
 /// the network end by then.
 pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::Instant) -> HostReply {
-    if !ctx.capabilities.contains(call.capability()) {
-        ctx.env.metrics.host_call(call.api(), "denied");
-        return call.deny_reply();
+    match refused(ctx, call.kind()) {
+        Some(deny) => deny,
+        None => perform(ctx, call, deadline).await,
     }
+}
+
+/// Performs a call whose capability was checked.
+async fn perform(ctx: &HostContext, call: HostCall, deadline: tokio::time::Instant) -> HostReply {
     ctx.env.metrics.host_call(call.api(), "ok");
     match call {
         HostCall::ContextGet => context::get(ctx),
@@ -158,12 +191,17 @@ pub async fn handle(ctx: &HostContext, call: HostCall, deadline: tokio::time::In
 }
 
 impl crate::exec::HostCalls for HostContext {
-    fn call(&self, call: HostCall, deadline: tokio::time::Instant) -> impl Future<Output = HostReply> + Send {
-        handle(self, call, deadline)
+    fn call(
+        &self,
+        kind: CallKind,
+        args: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Result<HostReply, String>> + Send {
+        handle_encoded(self, kind, args, deadline)
     }
 
-    fn over_budget(&self, call: &HostCall) {
-        self.env.metrics.host_call(call.api(), "limit");
+    fn over_budget(&self, kind: CallKind) {
+        self.env.metrics.host_call(kind.api(), "limit");
     }
 }
 
@@ -206,6 +244,28 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_denied_call_is_answered_without_decoding_its_arguments() {
+        let c = ctx(&[]);
+        // Not even a call: it is never decoded, the deny value comes from the kind alone.
+        let garbage = [0xff_u8; 64];
+        let reply = handle_encoded(&c, CallKind::StoragePut, &garbage, later()).await;
+        assert_eq!(reply, Ok(HostReply::StorageEntry(Err(StorageError::Denied))));
+        // Granted: decoded, and the same garbage is a protocol violation.
+        let c = ctx(&[Capability::StorageKv]);
+        let err = handle_encoded(&c, CallKind::StoragePut, &garbage, later()).await.unwrap_err();
+        assert!(err.contains("StoragePut arguments"), "{err}");
+        // Arguments of another kind than announced: a violation too.
+        let args = alga_shared::frame::encode_value(&HostCall::ConfigList).unwrap();
+        let err = handle_encoded(&c, CallKind::StorageGet, &args, later()).await.unwrap_err();
+        assert!(err.contains("ConfigList"), "{err}");
+        // A well-formed granted call is performed (its deny value would be an empty list).
+        let c = ctx(&[Capability::ConfigRead]);
+        let args = alga_shared::frame::encode_value(&HostCall::ConfigList).unwrap();
+        let performed = HostReply::ConfigEntries(vec![("greeting".into(), "hello".into())]);
+        assert_eq!(handle_encoded(&c, CallKind::ConfigList, &args, later()).await, Ok(performed));
     }
 
     #[tokio::test]
