@@ -302,9 +302,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     tracing::info!(listen = %bound, "serving");
     // systemd (Type=notify): ready once the self-test passed (above) and the warm pool has filled
     // (or after a minute without it: a slow host still serves, with fresh sandboxes); watchdog
-    // keep-alives only while the fork server lives, so a broken sandbox machinery gets restarted.
+    // keep-alives only while the fork server lives and the database flushes, so a broken sandbox
+    // machinery or a failed database gets restarted.
     {
         let core = core.clone();
+        let commit = service.commit.clone();
         rt.spawn(async move {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
             loop {
@@ -322,6 +324,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
                     if !core.spawner.fork.is_alive() {
                         tracing::error!(
                             "the fork server is gone: no more watchdog keep-alives, systemd will restart the service"
+                        );
+                        return;
+                    }
+                    if !commit.healthy() {
+                        // sled stays failed once a flush failed (a full disk): a restart reopens it.
+                        tracing::error!(
+                            "a database flush failed: no more watchdog keep-alives, systemd will restart the service"
                         );
                         return;
                     }

@@ -96,7 +96,8 @@ async fn healthz() -> HttpResponse {
 /// traffic refills in the background and executions meanwhile get fresh sandboxes, so that is no
 /// reason to leave a load balancer's rotation); the body lists every hardening layer's level.
 async fn readyz(svc: Svc) -> HttpResponse {
-    let storage = svc.registry.extensions(None, 1).is_ok();
+    // Readable, and the last flush reached the disk (a full disk fails writes, not reads).
+    let storage = svc.registry.extensions(None, 1).is_ok() && svc.commit.healthy();
     let self_test = svc.self_test_ok.load(Ordering::Relaxed);
     let pool = svc.core.pool.stats();
     let preloaded = svc.core.preloaded.stats();

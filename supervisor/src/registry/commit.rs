@@ -36,6 +36,12 @@ impl GroupCommit {
         }
     }
 
+    /// Whether the last flush succeeded (true before the first): a failed one means writes are
+    /// not reaching the disk, and the service is not ready until a later flush succeeds.
+    pub fn healthy(&self) -> bool {
+        self.flushed.borrow().1.is_none()
+    }
+
     /// The flusher: one flush per wake-up, covering every write announced before it started.
     /// Runs until the store is dropped.
     pub async fn run(self: Arc<Self>, registry: std::sync::Weak<dyn RegistryStore>, rt: tokio::runtime::Handle) {

@@ -536,9 +536,11 @@ async fn run_in_span(
                 violation: report.outcome.is_violation().then(|| report.outcome.label()),
             });
             let record = Recorded { install: &install, trigger: &trigger, execution_id, egress_bytes };
-            if self::record(svc, &cmd, &record, &report, &response) {
-                // A failed flush is logged by the flusher; the caller still gets its answer.
-                let _ = svc.commit.durable().await;
+            // An execution is answered only once its record is durable: one that could not be
+            // recorded (a full disk, a failed flush) is not reported as a success.
+            let durable = self::record(svc, &cmd, &record, &report, &response) && svc.commit.durable().await.is_ok();
+            if !durable {
+                return Answer::error(503, "storage_unavailable");
             }
             if report.outcome == Outcome::Completed
                 && let Some(key) = &cmd.idempotency_key
