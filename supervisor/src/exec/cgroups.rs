@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use alga_sandbox::cgroup::{self, Cgroups, Slot, SlotLimits, Version};
 
-/// Prefix of a supervisor's slot directory, named `alga-runner.<pid>-<n>`: several supervisors
-/// (or several cores in one process, as in tests) never share slots, and a crashed supervisor's
-/// leftovers are recognisable by a pid that no longer runs.
+/// Prefix of a supervisor's slot directory, named `alga-runner.<pid>-<n>-ns<pid namespace>`:
+/// several supervisors (or several cores in one process, as in tests) never share slots, and a
+/// crashed supervisor's leftovers are recognisable, in its own pid namespace only, by a pid that
+/// no longer runs.
 pub const DIR_PREFIX: &str = "alga-runner.";
 
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
