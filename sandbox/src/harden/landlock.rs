@@ -73,3 +73,49 @@ pub fn apply() -> io::Result<(LayerStatus, u8)> {
     };
     Ok((layer, version))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    const CHILD: &str = "ALGA_LANDLOCK_MEMFD_CHILD";
+
+    /// Irreversible, so it runs in a child process: the test binary again, this test alone.
+    #[test]
+    fn under_the_layer_a_memfd_opens_and_no_file_does() {
+        if std::env::var_os(CHILD).is_none() {
+            if kernel_abi() == 0 {
+                assert!(
+                    std::env::var_os("ALGA_RUNNER_REQUIRE_ALL_FEATURES").is_none(),
+                    "required kernel feature missing: Landlock"
+                );
+                eprintln!("SKIPPED under_the_layer_a_memfd_opens_and_no_file_does: no Landlock");
+                return;
+            }
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "harden::landlock::tests::under_the_layer_a_memfd_opens_and_no_file_does"])
+                .env(CHILD, "1")
+                .status()
+                .unwrap();
+            assert!(status.success(), "the child found a file it could read: {status}");
+            return;
+        }
+        let fd = nix::sys::memfd::memfd_create(c"alga-artifact-test", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let mut file = std::fs::File::from(fd);
+        file.write_all(b"artifact").unwrap();
+        let (layer, _) = apply().unwrap();
+        assert_eq!(layer.level, alga_shared::protocol::Level::Full, "{}", layer.detail);
+        // The artifact, opened again through /proc as a preloaded sandbox does: readable.
+        let again = std::fs::read(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+        assert_eq!(again, b"artifact");
+        // Anything else, on any filesystem: refused.
+        for other in ["/proc/self/status", "/proc/1/cmdline", "/etc/hostname", "/dev/null"] {
+            let e = std::fs::read(other).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{other}: {e}");
+        }
+        assert!(std::fs::File::create("/tmp/alga-landlock-test").is_err(), "no file is created");
+    }
+}

@@ -10,7 +10,9 @@
 //!    process still has the capabilities (in its user namespace) that mounting needs;
 //! 4. credentials: drop to the unprivileged user and every capability, then `no_new_privs` —
 //!    after mounting (needs capabilities), before Landlock (which needs `no_new_privs`);
-//! 5. Landlock: no filesystem, no TCP, no abstract sockets, no signals out;
+//! 5. Landlock: no filesystem, no TCP, no abstract sockets, no signals out (a preloaded sandbox
+//!    loads its artifact after this step: Landlock leaves its memfd, on the kernel's internal
+//!    shmem mount, readable and every file refused);
 //! 6. seccomp last: it forbids the very syscalls the steps above use (mount, setuid, prctl,
 //!    landlock_*).
 //!
@@ -65,9 +67,9 @@ pub struct HardenError {
     pub ipc: Option<OwnedFd>,
 }
 
-/// A compiled artifact to load once the namespaces and credentials are in place, while the
-/// process can still open a file (its own descriptor, through the host's `/proc/self/fd`: Landlock
-/// and seccomp come after) and before the job — the first bytes of a tenant's request — arrives.
+/// A compiled artifact to load once the namespaces, credentials and Landlock are in place, while
+/// the process can still open a file (its own descriptor, through the host's `/proc/self/fd`:
+/// seccomp comes after) and before the job — the first bytes of a tenant's request — arrives.
 pub struct Preload<'a> {
     /// The artifact's sealed memfd.
     pub artifact: OwnedFd,
@@ -139,17 +141,19 @@ fn harden_rest(
     }
     lap(2);
 
-    // The artifact is loaded here: in the sandbox's namespaces and with its credentials, but
-    // before Landlock and seccomp, which would forbid opening it as a file.
-    if let Some(Preload { artifact, load }) = preload {
-        load(artifact.as_fd()).map_err(at("preload"))?;
-        lap(3); // restarts the clock: Landlock's own time overwrites this slot below
-    }
-
     let (landlock, landlock_abi) = landlock::apply().map_err(at("landlock"))?;
     lap(3);
     if input.plan.landlock == Requirement::Required && landlock.level != Level::Full {
         return Err(("landlock", io::Error::other(format!("required but not fully enforced: {}", landlock.detail))));
+    }
+
+    // The artifact is loaded here: in the sandbox's namespaces, with its credentials and under
+    // Landlock, which denies every file but leaves a memfd reopened through /proc/self/fd alone
+    // (it lives on the kernel's internal shmem mount): the parse of the compile sandbox's output
+    // can read that artifact and nothing else. Seccomp, which forbids opening files, comes after.
+    if let Some(Preload { artifact, load }) = preload {
+        load(artifact.as_fd()).map_err(at("preload"))?;
+        lap(4); // restarts the clock: seccomp's own time overwrites this slot below
     }
 
     let seccomp = seccomp::apply(input.filter, input.plan.seccomp_log_only).map_err(at("seccomp"))?;
