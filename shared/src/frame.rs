@@ -96,7 +96,11 @@ pub fn check_len(header: [u8; HEADER], max: u32) -> Result<usize, FrameError> {
 
 /// Decodes the body of one frame (everything after the length).
 pub fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, FrameError> {
-    let (version, rest) = body.split_at(VERSION);
+    // Readers check this before they allocate (`check_len`); a body handed over otherwise is
+    // refused, never sliced past its end.
+    let Some((version, rest)) = body.split_at_checked(VERSION) else {
+        return Err(FrameError::Short { len: body.len() as u32 });
+    };
     let got = u16::from_le_bytes([version[0], version[1]]);
     if got != PROTOCOL_VERSION {
         return Err(FrameError::WrongVersion { got });
@@ -235,6 +239,14 @@ mod tests {
         assert!(matches!(err, FrameError::Truncated { .. }), "{err}");
         let err = read_frame(&mut &[][..], DEFAULT_MAX_FRAME).unwrap_err();
         assert!(matches!(err, FrameError::Closed), "{err}");
+    }
+
+    #[test]
+    fn a_body_shorter_than_its_version_is_refused() {
+        // Found by the ipc_frame fuzz target (tests/fuzz/corpus/ipc_frame/short-body-*).
+        for body in [&[][..], &[3][..]] {
+            assert!(matches!(decode::<SandboxMsg>(body), Err(FrameError::Short { .. })), "{body:?}");
+        }
     }
 
     #[test]
