@@ -103,13 +103,18 @@ fn location_allowed(value: &str, host: Option<&str>) -> bool {
     }
     // Without a `Host`, only values that stay on whatever origin this is: a stand-in origin.
     let origin = host.unwrap_or("origin.invalid");
-    let Ok(base) = url::Url::parse(&format!("http://{origin}/")) else { return false };
-    let Ok(target) = base.join(value) else { return false };
-    matches!(target.scheme(), "http" | "https")
-        && target.host_str().is_some_and(|h| base.host_str().is_some_and(|b| h.eq_ignore_ascii_case(b)))
-        && target.port() == base.port()
-        && target.username().is_empty()
-        && target.password().is_none()
+    // The page may be http or https (behind a proxy this service cannot tell), and a value with
+    // a scheme resolves differently against each (`http:evil.example` is a path on an http page
+    // and another host on an https one): it must stay on this origin against both.
+    ["http", "https"].iter().all(|scheme| {
+        let Ok(base) = url::Url::parse(&format!("{scheme}://{origin}/")) else { return false };
+        let Ok(target) = base.join(value) else { return false };
+        matches!(target.scheme(), "http" | "https")
+            && target.host_str().is_some_and(|h| base.host_str().is_some_and(|b| h.eq_ignore_ascii_case(b)))
+            && target.port() == base.port()
+            && target.username().is_empty()
+            && target.password().is_none()
+    })
 }
 
 /// The guest's headers the caller may see.
@@ -268,6 +273,10 @@ mod tests {
             ("\t//evil.example/", false),
             ("/\n/evil.example/", false),
             ("https:evil.example", false),
+            ("http:evil.example", false),
+            ("http:/evil.example", false),
+            ("HTTP:evil.example", false),
+            ("http:next", false),
             ("http://runner.example:8080/", false),
             ("https://user@runner.example/", false),
             ("///evil.example/", false),
