@@ -200,6 +200,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         );
     }
 
+    if config.host_api.base_url.is_some() && config.host_api.ui_proxy_base_url.is_none() {
+        tracing::warn!(
+            "host_api.ui_proxy_base_url is not set: ui-proxy answers route-not-found (it no longer falls back to \
+             host_api.base_url); set it (env UI_PROXY_BASE_URL) to the host application's ui-proxy base"
+        );
+    }
+
     let state = &config.state.dir;
     // The state holds the tenants' stored values, sealed secrets and bundles: private to this
     // user whatever umask the service was started with (systemd's is 0077; a shell's often 0022).
@@ -350,9 +357,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         // Executions still running past the grace end with the `shutdown` outcome, and each is
         // recorded before the sandboxes and the fork server go.
         core.spawner.stop_executions();
-        if tokio::time::timeout(std::time::Duration::from_secs(10), service.in_flight.write()).await.is_err() {
-            tracing::warn!("executions still unrecorded 10 s after shutdown began");
-        }
+        // Held until the end: no execution starts once this is taken (they are refused).
+        let _drained = tokio::time::timeout(std::time::Duration::from_secs(10), service.in_flight.write())
+            .await
+            .inspect_err(|_| tracing::warn!("executions still unrecorded 10 s after shutdown began"));
         core.shutdown().await;
     });
     if let Err(e) = registry.flush() {

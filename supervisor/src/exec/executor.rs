@@ -20,7 +20,7 @@ use crate::exec::artifacts::{Artifact, ArtifactError, sealed_memfd, sha256_hex};
 use crate::exec::sandbox::{Sandbox, msg_name};
 
 /// Who answers an execution's host calls: the supervisor's host-API broker
-/// ([`crate::hostapi::HostContext`]), or a stand-in that denies them all.
+/// ([`crate::hostapi::HostContext`]); the execution core knows nothing more of it.
 pub trait HostCalls: Sync {
     /// Answers one call as it arrived: its kind and its encoded arguments, which are decoded only
     /// once the kind's capability is granted. Calls that wait on the network end by `deadline`.
@@ -166,13 +166,20 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &im
     let start = Instant::now();
     let time_up = start + Duration::from_millis(limits.timeout_ms);
     let deadline = time_up + core.spawner.settings.kill_grace;
-    let sent = match work {
-        Work::Execute(job, artifact) => match &sandbox.preloaded {
-            Some(sha256) if *sha256 == artifact.sha256 => sandbox.end.execute(*job, None).await,
-            Some(_) => Err(FrameError::Malformed("a sandbox preloaded with another artifact".into())),
-            None => sandbox.end.execute(*job, Some(artifact.fd())).await,
-        },
-        Work::Probe(action, _) => sandbox.end.probe(action).await,
+    let send = async {
+        match work {
+            Work::Execute(job, artifact) => match &sandbox.preloaded {
+                Some(sha256) if *sha256 == artifact.sha256 => sandbox.end.execute(*job, None).await,
+                Some(_) => Err(FrameError::Malformed("a sandbox preloaded with another artifact".into())),
+                None => sandbox.end.execute(*job, Some(artifact.fd())).await,
+            },
+            Work::Probe(action, _) => sandbox.end.probe(action).await,
+        }
+    };
+    // Bounded like every other wait on the sandbox: one that does not read its job is killed.
+    let sent = tokio::select! {
+        r = send => r,
+        _ = sleep_until(tokio::time::Instant::from_std(deadline)) => Err(FrameError::Malformed("the sandbox did not take its job before the deadline".into())),
     };
     let stop = core.spawner.stop.subscribe();
     let end = match sent {
@@ -216,16 +223,20 @@ pub async fn drive(core: &Arc<Core>, sandbox: Sandbox, work: Work<'_>, host: &im
             report.outcome = Outcome::Shutdown;
             report.detail = Some("the runner shut down during the execution; its sandbox was stopped".into());
         }
-        End::Died if *core.spawner.stop.borrow() => {
-            // Killed by the shutdown between the signal and this loop noticing it.
-            report.outcome = Outcome::Shutdown;
-            report.detail = Some("the runner shut down during the execution; its sandbox was stopped".into());
-        }
         End::Died => {
-            // Learn how it died: seccomp (SIGSYS), the OOM killer, or something else.
+            // Learn how it died: seccomp (SIGSYS), the OOM killer, or something else. A plain
+            // kill while the runner stops is the shutdown's (between its signal and this loop
+            // noticing it); any other death stays what it was.
             let status = sandbox.wait_exit(&core.spawner, Duration::from_secs(2)).await;
-            report.outcome = outcome_of_death(status, sandbox.oom_killed(&core.spawner));
-            report.detail = Some(format!("sandbox died: {status:?}"));
+            let oom = sandbox.oom_killed(&core.spawner);
+            let killed = matches!(status, Some(ExitStatus::Signal { signal, .. }) if signal == libc::SIGKILL);
+            if *core.spawner.stop.borrow() && killed && !oom {
+                report.outcome = Outcome::Shutdown;
+                report.detail = Some("the runner shut down during the execution; its sandbox was stopped".into());
+            } else {
+                report.outcome = outcome_of_death(status, oom);
+                report.detail = Some(format!("sandbox died: {status:?}"));
+            }
         }
     }
     if report.outcome.is_violation() {
@@ -295,7 +306,14 @@ async fn message_loop(
                         Ok(_) = stop.wait_for(|stopping| *stopping) => return End::Shutdown,
                     }
                 };
-                match sandbox.end.reply(call_id, reply).await {
+                // A sandbox that stops reading cannot hold the reply (and the execution) past
+                // the deadline or the shutdown.
+                let sent = tokio::select! {
+                    r = sandbox.end.reply(call_id, reply) => r,
+                    _ = sleep_until(deadline) => return End::Deadline,
+                    Ok(_) = stop.wait_for(|stopping| *stopping) => return End::Shutdown,
+                };
+                match sent {
                     Ok(sent) => report.host_call_bytes += sent as u64,
                     Err(FrameError::Closed | FrameError::Io(_)) => return End::Died,
                     Err(e) => return End::Violation(format!("replying: {e}")),

@@ -36,6 +36,8 @@ pub enum SpawnError {
     Died(Option<ExitStatus>),
     #[error("sandbox is not in the cgroup it was given ({0})")]
     NotInCgroup(String),
+    #[error("the runner is shutting down: no new sandbox")]
+    Stopping,
 }
 
 /// What creating, killing and reaping sandboxes takes: the settings, the fork server, the cgroup
@@ -167,6 +169,12 @@ impl Sandbox {
         mode: SandboxMode,
         preload: Option<&Artifact>,
     ) -> Result<Sandbox, SpawnError> {
+        // Counted from before the slot is taken, so shutdown waits for creations under way too;
+        // none starts once the runner is stopping.
+        let live = LiveGuard::new(&spawner.live);
+        if *spawner.stop.borrow() {
+            return Err(SpawnError::Stopping);
+        }
         let slot = spawner.cgroups.acquire().map_err(SpawnError::Cgroup)?;
         // The usual limit, set before the process exists: a reused slot still has its last
         // job's, and a preloaded sandbox runs guest code (start functions) before it is ready.
@@ -202,7 +210,7 @@ impl Sandbox {
             memory_limit,
             oom_baseline: None,
             preloaded: preload.map(|a| a.sha256.clone()),
-            _live: LiveGuard::new(&spawner.live),
+            _live: live,
         };
         match sandbox.await_ready(spawner).await {
             Ok(layers) => {

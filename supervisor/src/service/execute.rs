@@ -516,6 +516,9 @@ async fn run_in_span(
     let task = svc.clone();
     let install = install.clone();
     let extension_id = ext.id.clone();
+    if svc.shutting_down.load(Ordering::Relaxed) {
+        return Ok(Answer::error(503, "shutting_down"));
+    }
     let running = svc.in_flight.clone().read_owned().await;
     svc.on_core(
         async move {
