@@ -77,17 +77,14 @@ fn ui_proxy_url(base: &BaseUrl, route: &str, extension_id: &str) -> Result<Strin
     Ok(url)
 }
 
-/// Whether `url` would land in the host's internal API (`{base_url}/api/internal/…`, where the
-/// other forwarded interfaces go with the runner's credential), however a lenient server reads
-/// its path: percent-encoding decoded until it no longer changes, any case, `\` as `/`,
-/// `;parameters` dropped, empty and `.` segments skipped, `..` resolved. Compared by path
-/// alone: the same application answers under other names of its host too.
-fn reaches_internal_api(url: &str, base_url: &str) -> bool {
-    let path_of = |u: &str| url::Url::parse(u).map(|u| u.path().to_string());
-    let (Ok(target), Ok(base)) = (path_of(url), path_of(base_url)) else { return true };
-    let mut internal = lenient_segments(&base);
-    internal.extend(["api".to_string(), "internal".to_string()]);
-    lenient_segments(&target).starts_with(&internal)
+/// Whether `url` would reach an internal API (`…/api/internal/…`, where the other forwarded
+/// interfaces go with the runner's credential) however a lenient server reads its path:
+/// percent-encoding decoded up to four times, any case, `\` as `/`, `;parameters` dropped, empty
+/// and `.` segments skipped, `..` resolved. Anywhere in the path, not only below `base_url`'s:
+/// the same application may answer under several prefixes.
+fn reaches_internal_api(url: &str) -> bool {
+    let Ok(target) = url::Url::parse(url) else { return true };
+    lenient_segments(target.path()).windows(2).any(|pair| pair == ["api", "internal"])
 }
 
 /// A URL path's segments as the most lenient server would see them (see [`reaches_internal_api`]).
@@ -127,7 +124,7 @@ pub(super) fn ui_proxy_request(
         return Err(ProxyError::BadRequest);
     }
     let url = ui_proxy_url(&base, route, ctx.extension_id)?;
-    if reaches_internal_api(&url, ctx.base_url) {
+    if reaches_internal_api(&url) {
         return Err(ProxyError::RouteNotFound);
     }
     let headers = ui_proxy_headers(ctx, payload.is_some());
@@ -317,11 +314,18 @@ mod tests {
             // Other platform APIs and extension routes still go through.
             assert!(url("/api/v1/tickets").is_ok());
             assert!(url("/internal/x").is_ok(), "under the extension id");
-            assert!(url("API/internal/x").is_ok(), "not a platform route: under the extension id");
+            // Not a platform route, so under the extension id, but still an api/internal pair.
+            assert_eq!(url("API/internal/x"), Err(ProxyError::RouteNotFound));
         }
-        // Under a base path: the internal API is below the base's path.
-        let c = ForwardContext { base_url: "http://h/psa/", ui_proxy_base_url: Some("http://h/psa"), ..ctx() };
-        assert_eq!(ui_proxy_request("api/internal/x", None, &c).map(|r| r.url), Err(ProxyError::RouteNotFound));
+        // Under any base path: with base_url `http://h/psa/`, a ui-proxy base of the host's root
+        // still cannot reach `/api/internal/` (the app may answer there too), nor anything deeper.
+        for ui_base in ["http://h/psa", "http://h/"] {
+            let c = ForwardContext { base_url: "http://h/psa/", ui_proxy_base_url: Some(ui_base), ..ctx() };
+            let url = |route: &str| ui_proxy_request(route, None, &c).map(|r| r.url);
+            assert_eq!(url("api/internal/x"), Err(ProxyError::RouteNotFound), "{ui_base}");
+            assert_eq!(url("api/v1/x/api/internal/y"), Err(ProxyError::RouteNotFound), "{ui_base}");
+            assert!(url("api/v1/internal").is_ok(), "{ui_base}");
+        }
         assert_eq!(lenient_segments("/a/%252e%252e/b;v=1//C"), ["b", "c"], "decoded twice, then resolved");
     }
 
