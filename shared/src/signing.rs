@@ -43,11 +43,16 @@ impl NameScope {
         let mut patterns = Vec::new();
         for p in list.split(',') {
             let p = p.trim();
+            // The labels of a manifest name (lower case, digits, `-`): a pattern that no name can
+            // match is a mistake, refused rather than silently matching nothing.
             let name = p.strip_suffix(".*").unwrap_or(p);
-            let valid = !name.is_empty()
-                && name
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)));
+            let label = |l: &str| {
+                !l.is_empty()
+                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            let valid = !name.is_empty() && name.split('.').all(label);
             if !valid {
                 return Err(format!("`{p}` in `names=` is not an extension name or `prefix.*`"));
             }
@@ -383,7 +388,17 @@ mod tests {
         assert!(k.names.as_ref().unwrap().allows("com.acme.crm") && !k.names.unwrap().allows("com.acme.crm2"));
         assert_eq!(scoped("names=com.acme.*").publisher, None);
         assert_eq!(scoped("publisher=Example Inc").names, None);
-        for bad in ["names=", "names=com..x", "names=*", r#"publisher="open"#, "names=a names=b", "publisher="] {
+        let bad_lines = [
+            "names=",
+            "names=com..x",
+            "names=*",
+            "names=Com.Acme",
+            "names=com_acme.x",
+            r#"publisher="open"#,
+            "names=a names=b",
+            "publisher=",
+        ];
+        for bad in bad_lines {
             assert!(TrustBundle::parse(&format!("{pk} {bad}")).is_err(), "{bad}");
         }
 

@@ -540,6 +540,9 @@ impl Config {
         if !matches!(self.sandbox.seccomp.as_str(), "enforce" | "log") {
             e.push(format!("sandbox.seccomp: `{}` must be enforce or log", self.sandbox.seccomp));
         }
+        if self.server.body_timeout_ms == 0 {
+            e.push("server.body_timeout_ms: must be above 0 (milliseconds a request body may take to arrive)".into());
+        }
         if self.sandbox.max_frame_mb == 0 || self.sandbox.max_frame_mb > 64 {
             e.push("sandbox.max_frame_mb: must be 1 to 64".into());
         }

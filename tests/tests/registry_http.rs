@@ -483,10 +483,12 @@ fn stored_copies_are_checked_at_load_and_restored_by_a_reupload() {
 #[test]
 fn the_state_is_private_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
-    // A shell's usual umask, which made the database world-readable before.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // A shell's usual umask, which made the database world-readable before; the server inherits
+    // it at spawn, and this binary's own umask is put back right after.
+    let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let signer = Signer::new();
     let server = Server::start(&signer);
+    nix::sys::stat::umask(before);
     let (hash, _) = publish_echo(&server, &signer, "com.example.private", "1.0.0", &[]);
     assert_eq!(server.install("t1", "com.example.private", &json!({ "version": "1.0.0" })).status, 201);
     assert_eq!(server.execute(&envelope("t1", "com.example.private", &hash, "/")).status, 200);

@@ -135,7 +135,14 @@ async fn perform(ctx: &HostContext, policy: &Policy<'_>, request: HttpRequest) -
     };
     let dest = Destination::new(name, port, default_port);
     if !policy.may_allow(&dest) {
-        return fail(HttpError::NotAllowed, format!("{host}:{port} is not in the egress allowlist"));
+        let why = match name {
+            Some(_) => format!(
+                "{host}:{port} is not in the egress allowlist (a host name needs a name entry in every list; \
+                 IP and CIDR entries only vet the addresses a listed name resolves to)"
+            ),
+            None => format!("{host}:{port} is not in the egress allowlist"),
+        };
+        return fail(HttpError::NotAllowed, why);
     }
     let addrs: Vec<IpAddr> = match &host {
         url::Host::Ipv4(a) => vec![IpAddr::V4(*a)],

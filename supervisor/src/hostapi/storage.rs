@@ -9,9 +9,9 @@ use alga_shared::protocol::HostReply;
 
 use super::HostContext;
 
-/// Limits of the storage API (04-host-api.md).
 pub mod sled;
 
+/// Limits of the storage API (04-host-api.md).
 pub mod limits {
     pub const NAMESPACE_CHARS: usize = 128;
     pub const KEY_CHARS: usize = 256;

@@ -80,7 +80,7 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: u64)
     };
     tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
         Err(Problem::new(408, "request_timeout", "the request body arrived too slowly").detail(format!(
-            "the whole body must arrive within {} ms of the headers (server.body_timeout_ms)",
+            "the whole body must arrive within {} ms (server.body_timeout_ms); send it faster or raise the setting",
             timeout.as_millis()
         )))
     })

@@ -2,9 +2,10 @@
 //! guest's host call becomes an HTTP request to the host application, and how the host
 //! application's answer becomes the guest's reply.
 //!
-//! This module does no networking: [`request`] describes the request, the caller sends it (bounded
-//! by the execution's deadline and a body size limit), and [`reply`] maps what came back. Keeping
-//! the mapping pure makes every wire detail of `10-alga-wire.md` B testable without a server.
+//! Only [`transport`] touches the network: [`request`] describes the request, the transport sends
+//! it (bounded by the execution's deadline and a body size limit), and [`reply`] maps what came
+//! back. Keeping the mapping pure makes every wire detail of `10-alga-wire.md` B testable without a
+//! server.
 //!
 //! Everything in the host application's answer is untrusted: it is parsed from
 //! [`serde_json::Value`] by hand (the bindgen types' serde derive does not speak Alga's JSON), no

@@ -1,5 +1,6 @@
 //! The transport of the host-forwarded interfaces: the request [`super`] describes is
-//! sent to the host application configured by the operator (`host_api.base_url`), bounded by the
+//! sent to the host application configured by the operator (`host_api.base_url`, and
+//! `host_api.ui_proxy_base_url` for ui-proxy), bounded by the
 //! execution's deadline and a response size, and the answer mapped back. The destination is the
 //! operator's, not the tenant's: the egress allowlists do not apply to it.
 
