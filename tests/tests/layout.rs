@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 const PARTS: &[(&str, &[&str])] = &[
     ("main", &["cli", "exec"]),
     ("cli", &["http", "service", "hostapi", "exec", "registry", "config", "secrets", "ops", "fsutil"]),
-    ("http", &["service", "registry", "config", "secrets", "ops"]),
+    ("http", &["service", "registry", "config", "secrets", "ops", "exec"]),
     ("service", &["exec", "hostapi", "registry", "config", "secrets", "ops"]),
     ("hostapi", &["exec", "registry", "secrets", "ops"]),
     ("exec", &["ops", "fsutil"]),
