@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod exec;
 pub mod fsutil;
 pub mod hostapi;

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::db::SledDb;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
@@ -120,10 +122,13 @@ impl NodeKey {
     }
 }
 
+/// The database tree of the sealed maps.
+const TREE: &str = "install_secrets";
+
 /// The `install_secrets` tree: one sealed map per (tenant, install).
 #[derive(Debug)]
 pub struct SecretStore {
-    tree: sled::Tree,
+    db: Arc<SledDb>,
     key: NodeKey,
 }
 
@@ -135,8 +140,12 @@ fn record_key(tenant: &str, install_id: &str) -> Vec<u8> {
 }
 
 impl SecretStore {
-    pub fn new(tree: sled::Tree, key: NodeKey) -> Self {
-        SecretStore { tree, key }
+    pub fn new(db: Arc<SledDb>, key: NodeKey) -> Self {
+        SecretStore { db, key }
+    }
+
+    fn tree(&self) -> Result<sled::Tree, SecretsError> {
+        Ok(self.db.tree(TREE)?)
     }
 
     /// Replaces the install's secrets, durably.
@@ -144,22 +153,22 @@ impl SecretStore {
         let k = record_key(tenant, install_id);
         let json = serde_json::to_vec(&map.0).map_err(|_| SecretsError::Seal)?;
         let sealed = self.key.seal(&k, &json)?;
-        self.tree.insert(k, sealed)?;
-        self.tree.flush()?;
+        self.tree()?.insert(k, sealed)?;
+        self.db.flush()?;
         Ok(())
     }
 
     pub fn get(&self, tenant: &str, install_id: &str) -> Result<SecretMap, SecretsError> {
         let k = record_key(tenant, install_id);
-        let Some(sealed) = self.tree.get(&k)? else { return Ok(SecretMap::default()) };
+        let Some(sealed) = self.tree()?.get(&k)? else { return Ok(SecretMap::default()) };
         let plain = self.key.open(&k, &sealed).ok_or_else(|| SecretsError::Open(install_id.to_string()))?;
         serde_json::from_slice(&plain).map(SecretMap).map_err(|_| SecretsError::Open(install_id.to_string()))
     }
 
     /// Removes the install's secrets (uninstall), durably.
     pub fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
-        self.tree.remove(record_key(tenant, install_id))?;
-        self.tree.flush()?;
+        self.tree()?.remove(record_key(tenant, install_id))?;
+        self.db.flush()?;
         Ok(())
     }
 }
@@ -169,9 +178,8 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> SecretStore {
-        let db = sled::Config::new().temporary(true).open().unwrap();
         SecretStore::new(
-            db.open_tree("install_secrets").unwrap(),
+            Arc::new(SledDb::temporary().unwrap()),
             NodeKey::load_or_create(&dir.join("node.key")).unwrap(),
         )
     }
@@ -184,10 +192,10 @@ mod tests {
         s.put("t1", "i1", &map).unwrap();
         assert_eq!(s.get("t1", "i1").unwrap(), map);
         assert_eq!(s.get("t2", "i1").unwrap(), SecretMap::default(), "another tenant has none");
-        let raw = s.tree.get(record_key("t1", "i1")).unwrap().unwrap();
+        let raw = s.tree().unwrap().get(record_key("t1", "i1")).unwrap().unwrap();
         assert!(!raw.windows(15).any(|w| w == b"PLAINTEXT-VALUE"), "encrypted at rest");
         // Copied under another tenant, the sealed map does not open.
-        s.tree.insert(record_key("t2", "i1"), raw).unwrap();
+        s.tree().unwrap().insert(record_key("t2", "i1"), raw).unwrap();
         assert!(matches!(s.get("t2", "i1"), Err(SecretsError::Open(_))));
         assert_eq!(format!("{map:?}"), "{\"api_key\"} (values redacted)");
         s.delete("t1", "i1").unwrap();

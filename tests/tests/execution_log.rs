@@ -72,7 +72,7 @@ fn records_chain_and_verify() {
     assert_eq!(code, 0, "offline, before the edit: {out}");
     {
         let db = SledRegistry::open(&server.state_dir().join("db")).unwrap();
-        let tree = db.open_tree("extension_execution_log").unwrap();
+        let tree = db.db().tree("extension_execution_log").unwrap();
         let (k, v) = tree
             .iter()
             .find_map(|kv| {
@@ -84,7 +84,7 @@ fn records_chain_and_verify() {
         let mut r: ExecutionRecord = decode(&v).unwrap();
         r.status = 503;
         tree.insert(k, encode(&r)).unwrap();
-        db.open_tree("meta").unwrap().flush().unwrap();
+        db.db().flush().unwrap();
     }
     let (code, out) = verify(&server, "t1", true);
     assert_eq!(code, 1, "{out}");

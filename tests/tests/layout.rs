@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 /// Each part and the parts it may use. Items of the crate root (`error_chain`) are open to all.
 const PARTS: &[(&str, &[&str])] = &[
     ("main", &["cli", "exec"]),
-    ("cli", &["http", "service", "hostapi", "exec", "registry", "config", "secrets", "ops", "fsutil"]),
+    ("cli", &["http", "service", "hostapi", "exec", "registry", "config", "secrets", "ops", "fsutil", "db"]),
     ("http", &["service", "registry", "config", "secrets", "ops", "exec"]),
     ("service", &["exec", "hostapi", "registry", "config", "secrets", "ops"]),
-    ("hostapi", &["exec", "registry", "secrets", "ops"]),
+    ("hostapi", &["exec", "registry", "secrets", "ops", "db"]),
     ("exec", &["ops", "fsutil"]),
-    ("registry", &["fsutil"]),
+    ("registry", &["fsutil", "db"]),
     ("config", &[]),
-    ("secrets", &[]),
+    ("secrets", &["db"]),
+    ("db", &[]),
     ("ops", &[]),
     ("fsutil", &[]),
 ];

@@ -1,8 +1,13 @@
 //! Group commit: writers that must be durable before they answer wait for a flush that started
 //! after their write. Concurrent writers share one flush (one fsync).
+//!
+//! A failed flush (a full disk) makes the store unhealthy: the writers it covered hear of it,
+//! and a recovery task asks the store to recover ([`RegistryStore::recover`]) every second until
+//! it can write durably again, which makes it healthy again without a restart.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
@@ -14,11 +19,21 @@ pub struct GroupCommit {
     /// The highest write number a finished flush covers, and that flush's error, if it failed.
     flushed: watch::Sender<(u64, Option<Arc<str>>)>,
     kick: Notify,
+    /// Whether a recovery task runs.
+    recovering: AtomicBool,
 }
+
+/// How often a failed store is asked to recover.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for GroupCommit {
     fn default() -> Self {
-        GroupCommit { written: AtomicU64::new(0), flushed: watch::Sender::new((0, None)), kick: Notify::new() }
+        GroupCommit {
+            written: AtomicU64::new(0),
+            flushed: watch::Sender::new((0, None)),
+            kick: Notify::new(),
+            recovering: AtomicBool::new(false),
+        }
     }
 }
 
@@ -49,7 +64,8 @@ impl GroupCommit {
             self.kick.notified().await;
             let covered = self.written.load(Ordering::SeqCst);
             let Some(store) = registry.upgrade() else { return };
-            let error: Option<Arc<str>> = match rt.spawn_blocking(move || store.flush()).await {
+            let flushing = store.clone();
+            let error: Option<Arc<str>> = match rt.spawn_blocking(move || flushing.flush()).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => {
                     let e = crate::error_chain(&e);
@@ -63,10 +79,39 @@ impl GroupCommit {
             };
             // Writers are released even when the flush failed, with the error: each decides
             // (an execution's answer does not hang on its log record; a storage write fails).
+            let failed = error.is_some();
             self.flushed.send_modify(|(done, last)| {
                 *done = (*done).max(covered);
                 *last = error;
             });
+            if failed && !self.recovering.swap(true, Ordering::SeqCst) {
+                rt.spawn(self.clone().recover(Arc::downgrade(&store), rt.clone()));
+            }
+        }
+    }
+
+    /// Asks the store to recover until it can write durably again. Writers meanwhile flush as
+    /// usual (and hear of the failure at once).
+    async fn recover(self: Arc<Self>, registry: std::sync::Weak<dyn RegistryStore>, rt: tokio::runtime::Handle) {
+        let started = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(RECOVERY_INTERVAL).await;
+            let Some(store) = registry.upgrade() else { return };
+            match rt.spawn_blocking(move || store.recover()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        after_s = started.elapsed().as_secs(),
+                        "the database recovered: writes are durable again"
+                    );
+                    self.recovering.store(false, Ordering::SeqCst);
+                    self.flushed.send_modify(|(_, last)| *last = None);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %crate::error_chain(&e), "the database cannot write yet")
+                }
+                Err(e) => tracing::error!(error = %e, "the recovery task failed"),
+            }
         }
     }
 }

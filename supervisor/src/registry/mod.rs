@@ -122,4 +122,8 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// After a failed flush: makes the store usable again if it can (sled reopens its
+    /// directory) and proves it with a durable write. `Err` while it still cannot write.
+    fn recover(&self) -> Result<(), StoreError>;
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Db, Transactional, Tree};
+use sled::{Transactional, Tree};
+
+use crate::db::SledDb;
 
 use super::chain::{ChainHead, Retention, hash_of_bytes};
 use super::model::*;
@@ -14,22 +16,24 @@ use super::{ExecutionQuery, PublishOutcome, RegistryStore, StoreError};
 
 const SEP: u8 = 0;
 
+// The trees (06-data.md); `install_by_content_hash` says which bundles are installed
+// (`content hash 0x00 tenant` → nothing), kept with the installs in their transactions, since
+// `/ext-ui` asks it on every asset request; `extension_execution_chain` holds each tenant's chain
+// head.
+const EXTENSIONS: &str = "extension_registry";
+const BY_NAME: &str = "extension_by_name";
+const VERSIONS: &str = "extension_version";
+const BUNDLES: &str = "extension_bundle";
+const INSTALLS: &str = "tenant_extension_install";
+const EXECUTIONS: &str = "extension_execution_log";
+const CHAINS: &str = "extension_execution_chain";
+const SUBSCRIPTIONS: &str = "extension_event_subscription";
+const INSTALLED_HASHES: &str = "install_by_content_hash";
+const USAGE: &str = "extension_quota_usage";
+
 #[derive(Debug, Clone)]
 pub struct SledRegistry {
-    db: Db,
-    extensions: Tree,
-    by_name: Tree,
-    versions: Tree,
-    bundles: Tree,
-    installs: Tree,
-    executions: Tree,
-    /// The chain head of each tenant's execution log.
-    chains: Tree,
-    subscriptions: Tree,
-    /// Which bundles are installed: `content hash 0x00 tenant` → nothing. Kept with the installs
-    /// in their transactions; `/ext-ui` asks it on every asset request.
-    installed_hashes: Tree,
-    usage: Tree,
+    db: Arc<SledDb>,
     /// Appends to a chain are serialized (each needs the previous head).
     chain_lock: Arc<Mutex<()>>,
 }
@@ -90,8 +94,12 @@ impl SledRegistry {
     /// Opens (or creates) the database at `path`. A database written by a newer alga-runner is
     /// refused.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()?;
-        let meta = db.open_tree("meta")?;
+        Self::on(Arc::new(SledDb::open(path)?))
+    }
+
+    /// The registry in an open database.
+    pub fn on(db: Arc<SledDb>) -> Result<Self, StoreError> {
+        let meta = db.tree("meta")?;
         match meta.get("schema")? {
             Some(v) if v.first().copied().unwrap_or(0) > SCHEMA_VERSION => {
                 return Err(StoreError::NewerSchema { found: v[0] });
@@ -102,34 +110,25 @@ impl SledRegistry {
                 db.flush()?;
             }
         }
-        let registry = SledRegistry {
-            extensions: db.open_tree("extension_registry")?,
-            by_name: db.open_tree("extension_by_name")?,
-            versions: db.open_tree("extension_version")?,
-            bundles: db.open_tree("extension_bundle")?,
-            installs: db.open_tree("tenant_extension_install")?,
-            executions: db.open_tree("extension_execution_log")?,
-            chains: db.open_tree("extension_execution_chain")?,
-            subscriptions: db.open_tree("extension_event_subscription")?,
-            installed_hashes: db.open_tree("install_by_content_hash")?,
-            usage: db.open_tree("extension_quota_usage")?,
-            chain_lock: Arc::new(Mutex::new(())),
-            db,
-        };
+        let registry = SledRegistry { db, chain_lock: Arc::new(Mutex::new(())) };
         registry.index_installed_hashes()?;
         Ok(registry)
     }
 
-    /// Another tree of the same database (the guests' storage lives beside the registry, so one
-    /// flush makes both durable).
-    pub fn open_tree(&self, name: &str) -> Result<Tree, StoreError> {
-        Ok(self.db.open_tree(name)?)
+    /// The database (the guests' storage and the secrets live beside the registry, so one flush
+    /// makes all of them durable).
+    pub fn db(&self) -> &Arc<SledDb> {
+        &self.db
+    }
+
+    fn tree(&self, name: &str) -> Result<Tree, StoreError> {
+        Ok(self.db.tree(name)?)
     }
 
     /// Keys of the install's subscriptions (a scan; installs are rare admin operations).
     fn subscription_keys(&self, tenant: &str, install_id: &str) -> Result<Vec<sled::IVec>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.subscriptions.scan_prefix(prefix(tenant)) {
+        for kv in self.tree(SUBSCRIPTIONS)?.scan_prefix(prefix(tenant)) {
             let (k, v) = kv?;
             let s: SubscriptionRecord = decode(&v)?;
             if s.install_id == install_id {
@@ -153,7 +152,7 @@ impl SledRegistry {
         let mut n = 0;
         while n < max && head.len() > 1 {
             let k = execution_key(tenant, head.first_seq);
-            let Some(bytes) = self.executions.get(&k)? else { break };
+            let Some(bytes) = self.tree(EXECUTIONS)?.get(&k)? else { break };
             let oldest: ExecutionRecord = decode(&bytes)?;
             if head.len() <= retention.max_records && oldest.created_at >= cutoff {
                 break;
@@ -168,12 +167,12 @@ impl SledRegistry {
 
     /// Builds the content-hash index of a database written before it existed.
     fn index_installed_hashes(&self) -> Result<(), StoreError> {
-        if !self.installed_hashes.is_empty() {
+        if !self.tree(INSTALLED_HASHES)?.is_empty() {
             return Ok(());
         }
-        for v in self.installs.iter().values() {
+        for v in self.tree(INSTALLS)?.iter().values() {
             let i: InstallRecord = decode(&v?)?;
-            self.installed_hashes.insert(hash_key(&i.content_hash, &i.tenant), &[])?;
+            self.tree(INSTALLED_HASHES)?.insert(hash_key(&i.content_hash, &i.tenant), &[])?;
         }
         Ok(())
     }
@@ -193,11 +192,11 @@ fn semver_order(a: &VersionRecord, b: &VersionRecord) -> std::cmp::Ordering {
 
 impl RegistryStore for SledRegistry {
     fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError> {
-        if let Some(e) = get(&self.extensions, id_or_name)? {
+        if let Some(e) = get(&self.tree(EXTENSIONS)?, id_or_name)? {
             return Ok(Some(e));
         }
-        match self.by_name.get(id_or_name)? {
-            Some(id) => get(&self.extensions, id),
+        match self.tree(BY_NAME)?.get(id_or_name)? {
+            Some(id) => get(&self.tree(EXTENSIONS)?, id),
             None => Ok(None),
         }
     }
@@ -208,9 +207,9 @@ impl RegistryStore for SledRegistry {
             None => Bound::Unbounded,
         };
         let mut out = Vec::new();
-        for kv in self.by_name.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+        for kv in self.tree(BY_NAME)?.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
             let (_, id) = kv?;
-            if let Some(e) = get(&self.extensions, id)? {
+            if let Some(e) = get(&self.tree(EXTENSIONS)?, id)? {
                 out.push(e);
             }
         }
@@ -218,13 +217,13 @@ impl RegistryStore for SledRegistry {
     }
 
     fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError> {
-        let mut v: Vec<VersionRecord> = scan(&self.versions, &prefix(extension_id))?;
+        let mut v: Vec<VersionRecord> = scan(&self.tree(VERSIONS)?, &prefix(extension_id))?;
         v.sort_by(semver_order);
         Ok(v)
     }
 
     fn version(&self, extension_id: &str, version: &str) -> Result<Option<VersionRecord>, StoreError> {
-        get(&self.versions, key(&[extension_id.as_bytes(), version.as_bytes()]))
+        get(&self.tree(VERSIONS)?, key(&[extension_id.as_bytes(), version.as_bytes()]))
     }
 
     fn version_by_id(&self, extension_id: &str, version_id: &str) -> Result<Option<VersionRecord>, StoreError> {
@@ -232,11 +231,11 @@ impl RegistryStore for SledRegistry {
     }
 
     fn bundle(&self, content_hash: &str) -> Result<Option<BundleRecord>, StoreError> {
-        get(&self.bundles, content_hash)
+        get(&self.tree(BUNDLES)?, content_hash)
     }
 
     fn bundles(&self) -> Result<Vec<BundleRecord>, StoreError> {
-        scan(&self.bundles, b"")
+        scan(&self.tree(BUNDLES)?, b"")
     }
 
     fn publish(
@@ -245,7 +244,7 @@ impl RegistryStore for SledRegistry {
         version: VersionRecord,
         bundle: BundleRecord,
     ) -> Result<PublishOutcome, StoreError> {
-        let result = (&self.by_name, &self.extensions, &self.versions, &self.bundles).transaction(
+        let result = (&self.tree(BY_NAME)?, &self.tree(EXTENSIONS)?, &self.tree(VERSIONS)?, &self.tree(BUNDLES)?).transaction(
             |(by_name, exts, vers, bundles)| {
                 let abort = |a| Err(ConflictableTransactionError::Abort(a));
                 let ext: ExtensionRecord = match by_name.get(extension.name.as_bytes())? {
@@ -287,27 +286,27 @@ impl RegistryStore for SledRegistry {
     }
 
     fn put_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
-        self.versions.insert(key(&[version.extension_id.as_bytes(), version.version.as_bytes()]), encode(version))?;
+        self.tree(VERSIONS)?.insert(key(&[version.extension_id.as_bytes(), version.version.as_bytes()]), encode(version))?;
         self.durable(())
     }
 
     fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError> {
-        self.bundles.insert(bundle.content_hash.as_bytes(), encode(bundle))?;
+        self.tree(BUNDLES)?.insert(bundle.content_hash.as_bytes(), encode(bundle))?;
         self.durable(())
     }
 
     fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
-        get(&self.installs, key(&[tenant.as_bytes(), extension_id.as_bytes()]))
+        get(&self.tree(INSTALLS)?, key(&[tenant.as_bytes(), extension_id.as_bytes()]))
     }
 
     fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError> {
-        scan(&self.installs, &prefix(tenant))
+        scan(&self.tree(INSTALLS)?, &prefix(tenant))
     }
 
     fn put_install(&self, install: &InstallRecord, subscriptions: &[SubscriptionRecord]) -> Result<(), StoreError> {
         let stale = self.subscription_keys(&install.tenant, &install.install_id)?;
         let ikey = key(&[install.tenant.as_bytes(), install.extension_id.as_bytes()]);
-        (&self.installs, &self.subscriptions, &self.installed_hashes)
+        (&self.tree(INSTALLS)?, &self.tree(SUBSCRIPTIONS)?, &self.tree(INSTALLED_HASHES)?)
             .transaction(|(installs, subs, hashes)| {
                 if let Some(old) = installs.insert(ikey.as_slice(), encode(install))?
                     && let Ok(old) = decode::<InstallRecord>(&old)
@@ -329,9 +328,9 @@ impl RegistryStore for SledRegistry {
 
     fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
         let ikey = key(&[tenant.as_bytes(), extension_id.as_bytes()]);
-        let Some(old) = get::<InstallRecord>(&self.installs, &ikey)? else { return Ok(None) };
+        let Some(old) = get::<InstallRecord>(&self.tree(INSTALLS)?, &ikey)? else { return Ok(None) };
         let stale = self.subscription_keys(tenant, &old.install_id)?;
-        (&self.installs, &self.subscriptions, &self.installed_hashes)
+        (&self.tree(INSTALLS)?, &self.tree(SUBSCRIPTIONS)?, &self.tree(INSTALLED_HASHES)?)
             .transaction(|(installs, subs, hashes)| {
                 installs.remove(ikey.as_slice())?;
                 hashes.remove(hash_key(&old.content_hash, &old.tenant))?;
@@ -345,11 +344,11 @@ impl RegistryStore for SledRegistry {
     }
 
     fn installed_anywhere(&self, content_hash: &str) -> Result<bool, StoreError> {
-        Ok(self.installed_hashes.scan_prefix(key(&[content_hash.as_bytes(), b""])).next().transpose()?.is_some())
+        Ok(self.tree(INSTALLED_HASHES)?.scan_prefix(key(&[content_hash.as_bytes(), b""])).next().transpose()?.is_some())
     }
 
     fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
-        scan(&self.subscriptions, &key(&[tenant.as_bytes(), topic.as_bytes(), b""]))
+        scan(&self.tree(SUBSCRIPTIONS)?, &key(&[tenant.as_bytes(), topic.as_bytes(), b""]))
     }
 
     fn add_usage(
@@ -360,7 +359,7 @@ impl RegistryStore for SledRegistry {
         delta: &UsageRecord,
     ) -> Result<(), StoreError> {
         let k = key(&[tenant.as_bytes(), extension_id.as_bytes(), &window_start.to_be_bytes()]);
-        self.usage.update_and_fetch(k, |old| {
+        self.tree(USAGE)?.update_and_fetch(k, |old| {
             let mut u: UsageRecord = old.and_then(|b| decode(b).ok()).unwrap_or_default();
             u.add(delta);
             Some(encode(&u))
@@ -370,7 +369,7 @@ impl RegistryStore for SledRegistry {
 
     fn usage(&self, tenant: &str, since: u64) -> Result<Vec<(String, u64, UsageRecord)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.usage.scan_prefix(prefix(tenant)) {
+        for kv in self.tree(USAGE)?.scan_prefix(prefix(tenant)) {
             let (k, v) = kv?;
             let rest = &k[tenant.len() + 1..];
             // extension id, SEP, 8-byte window start
@@ -390,7 +389,7 @@ impl RegistryStore for SledRegistry {
 
     fn record_execution(&self, mut r: ExecutionRecord, retention: &Retention) -> Result<ExecutionRecord, StoreError> {
         let _serial = self.chain_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut head: ChainHead = get(&self.chains, r.tenant.as_bytes())?.unwrap_or_default();
+        let mut head: ChainHead = get(&self.tree(CHAINS)?, r.tenant.as_bytes())?.unwrap_or_default();
         r.seq = head.next_seq;
         r.prev_hash = head.head_hash.clone();
         let bytes = encode(&r);
@@ -400,7 +399,7 @@ impl RegistryStore for SledRegistry {
         batch.insert(execution_key(&r.tenant, r.seq), bytes);
         self.prune_into(&r.tenant, &mut head, retention, PRUNE_PER_APPEND, &mut batch)?;
         // The record and the head change together (one transaction over both trees).
-        (&self.executions, &self.chains)
+        (&self.tree(EXECUTIONS)?, &self.tree(CHAINS)?)
             .transaction(|(execs, chains)| {
                 execs.apply_batch(&batch)?;
                 chains.insert(r.tenant.as_bytes(), encode(&head))?;
@@ -414,13 +413,13 @@ impl RegistryStore for SledRegistry {
         let mut pruned = 0;
         for tenant in self.chain_tenants()? {
             let _serial = self.chain_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut head: ChainHead = get(&self.chains, tenant.as_bytes())?.unwrap_or_default();
+            let mut head: ChainHead = get(&self.tree(CHAINS)?, tenant.as_bytes())?.unwrap_or_default();
             let before = head.first_seq;
             let mut batch = sled::Batch::default();
             self.prune_into(&tenant, &mut head, retention, usize::MAX, &mut batch)?;
             if head.first_seq != before {
                 pruned += head.first_seq - before;
-                (&self.executions, &self.chains)
+                (&self.tree(EXECUTIONS)?, &self.tree(CHAINS)?)
                     .transaction(|(execs, chains)| {
                         execs.apply_batch(&batch)?;
                         chains.insert(tenant.as_bytes(), encode(&head))?;
@@ -433,15 +432,15 @@ impl RegistryStore for SledRegistry {
     }
 
     fn chain_head(&self, tenant: &str) -> Result<ChainHead, StoreError> {
-        Ok(get(&self.chains, tenant.as_bytes())?.unwrap_or_default())
+        Ok(get(&self.tree(CHAINS)?, tenant.as_bytes())?.unwrap_or_default())
     }
 
     fn chain_tenants(&self) -> Result<Vec<String>, StoreError> {
-        self.chains.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k?).into_owned())).collect()
+        self.tree(CHAINS)?.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k?).into_owned())).collect()
     }
 
     fn executions_oldest_first(&self, tenant: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
-        let mut out: Vec<ExecutionRecord> = scan(&self.executions, &prefix(tenant))?;
+        let mut out: Vec<ExecutionRecord> = scan(&self.tree(EXECUTIONS)?, &prefix(tenant))?;
         out.reverse();
         Ok(out)
     }
@@ -462,7 +461,7 @@ impl RegistryStore for SledRegistry {
         };
         let mut out = Vec::new();
         let mut last_key = None;
-        for kv in self.executions.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        for kv in self.tree(EXECUTIONS)?.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
             let (k, v) = kv?;
             if !k.starts_with(&p) {
                 break;
@@ -484,6 +483,14 @@ impl RegistryStore for SledRegistry {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.durable(())
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        self.db.reopen()?;
+        // A write and its flush: on a disk still full, this fails (and the next attempt reopens
+        // again).
+        self.tree("meta")?.insert("probe", &now_ms().to_be_bytes())?;
         self.durable(())
     }
 }
@@ -632,14 +639,15 @@ mod tests {
 
         // Edit a stored record (its status): the chain breaks right after it.
         let k = execution_key("t1", 4);
-        let mut edited: ExecutionRecord = decode(&r.executions.get(&k).unwrap().unwrap()).unwrap();
+        let mut edited: ExecutionRecord = decode(&r.tree(EXECUTIONS).unwrap().get(&k).unwrap().unwrap()).unwrap();
         edited.status = 500;
-        r.executions.insert(&k, encode(&edited)).unwrap();
+        r.tree(EXECUTIONS).unwrap().insert(&k, encode(&edited)).unwrap();
         let report = verify(&r, "t1");
         assert!(report.problems.iter().any(|p| p.contains("record #5")), "{report:?}");
 
         // Remove the newest record: the head no longer matches.
-        r.executions
+        r.tree(EXECUTIONS)
+            .unwrap()
             .insert(
                 &k,
                 encode(&{
@@ -649,7 +657,7 @@ mod tests {
             )
             .unwrap();
         assert!(verify(&r, "t1").intact());
-        r.executions.remove(execution_key("t1", 5)).unwrap();
+        r.tree(EXECUTIONS).unwrap().remove(execution_key("t1", 5)).unwrap();
         assert!(!verify(&r, "t1").intact());
         assert!(verify(&r, "t2").intact(), "another tenant's chain is untouched");
     }
@@ -700,7 +708,7 @@ mod tests {
         assert!(r.installed_anywhere("h2").unwrap());
         assert!(!r.installed_anywhere("h").unwrap(), "a prefix of a hash is not the hash");
         // A database written before the index: rebuilt at open.
-        r.installed_hashes.clear().unwrap();
+        r.tree(INSTALLED_HASHES).unwrap().clear().unwrap();
         drop(r);
         let r = SledRegistry::open(dir.path()).unwrap();
         assert!(r.installed_anywhere("h2").unwrap());

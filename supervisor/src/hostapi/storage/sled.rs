@@ -9,9 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::db::SledDb;
 
 use super::{KvError, KvStore, PutResult, Scope, Stored, limits};
 
@@ -20,8 +23,11 @@ const VALUE_SCHEMA: u8 = 1;
 
 #[derive(Debug, Clone)]
 pub struct SledKv {
-    tree: sled::Tree,
+    db: Arc<SledDb>,
 }
+
+/// The tree of the database the values and usage records live in.
+const TREE: &str = "kv";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Usage {
@@ -108,21 +114,24 @@ fn db_error(e: sled::Error) -> KvError {
 }
 
 impl SledKv {
-    pub fn new(tree: sled::Tree) -> Self {
-        SledKv { tree }
+    pub fn new(db: Arc<SledDb>) -> Self {
+        SledKv { db }
+    }
+
+    fn tree(&self) -> Result<sled::Tree, KvError> {
+        self.db.tree(TREE).map_err(db_error)
     }
 
     /// A backend on a private temporary database (one-off local runs: `alga-runner exec`, tests
     /// of the sandbox core). Gone when the process ends.
     pub fn temporary() -> Result<Self, KvError> {
-        let db = sled::Config::new().temporary(true).open().map_err(db_error)?;
-        Ok(SledKv { tree: db.open_tree("kv").map_err(db_error)? })
+        Ok(SledKv { db: Arc::new(SledDb::temporary().map_err(db_error)?) })
     }
 }
 
 impl KvStore for SledKv {
     fn get(&self, scope: &Scope, namespace: &str, key: &str) -> Result<Option<Stored>, KvError> {
-        self.tree.get(value_key(scope, namespace, key)).map_err(db_error)?.map(|v| decode_value(&v)).transpose()
+        self.tree()?.get(value_key(scope, namespace, key)).map_err(db_error)?.map(|v| decode_value(&v)).transpose()
     }
 
     fn put(
@@ -135,7 +144,7 @@ impl KvStore for SledKv {
     ) -> Result<PutResult, KvError> {
         let vkey = value_key(scope, namespace, key);
         let ukey = usage_key(scope);
-        let result = self.tree.transaction(|t| {
+        let result = self.tree()?.transaction(|t| {
             let stop = |s| Err(ConflictableTransactionError::Abort(s));
             let current = match t.get(&vkey)? {
                 Some(bytes) => match decode_value(&bytes) {
@@ -186,7 +195,7 @@ impl KvStore for SledKv {
     fn delete(&self, scope: &Scope, namespace: &str, key: &str) -> Result<bool, KvError> {
         let vkey = value_key(scope, namespace, key);
         let ukey = usage_key(scope);
-        let result = self.tree.transaction(|t| {
+        let result = self.tree()?.transaction(|t| {
             let Some(old) = t.remove(vkey.as_slice())? else { return Ok(false) };
             let old_len = old.len().saturating_sub(17);
             let mut usage = decode_usage(t.get(&ukey)?.as_deref())
@@ -222,7 +231,7 @@ impl KvStore for SledKv {
             None => Bound::Included(prefix.clone()),
         };
         let mut out = Vec::new();
-        for kv in self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        for kv in self.tree()?.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
             let (k, v) = kv.map_err(db_error)?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
@@ -237,16 +246,16 @@ impl KvStore for SledKv {
     fn purge(&self, scope: &Scope) -> Result<u64, KvError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for k in self.tree.scan_prefix(scope_prefix(scope)).keys() {
+        for k in self.tree()?.scan_prefix(scope_prefix(scope)).keys() {
             batch.remove(k.map_err(db_error)?);
             n += 1;
         }
-        self.tree.apply_batch(batch).map_err(db_error)?;
+        self.tree()?.apply_batch(batch).map_err(db_error)?;
         Ok(n)
     }
 
     fn flush(&self) -> Result<(), KvError> {
-        self.tree.flush().map(|_| ()).map_err(db_error)
+        self.db.flush().map_err(db_error)
     }
 }
 
@@ -277,12 +286,12 @@ mod tests {
         kv.put(&a, "ns", "k", vec![0; 10], None).unwrap();
         kv.put(&a, "ns", "k", vec![0; 20], None).unwrap();
         kv.put(&b, "ns", "k", vec![0; 5], None).unwrap();
-        let usage = decode_usage(kv.tree.get(usage_key(&a)).unwrap().as_deref()).unwrap();
+        let usage = decode_usage(kv.tree().unwrap().get(usage_key(&a)).unwrap().as_deref()).unwrap();
         assert_eq!(usage.bytes, 21);
         assert_eq!(usage.namespaces.get("ns"), Some(&1));
         assert!(kv.delete(&a, "ns", "k").unwrap());
         assert!(!kv.delete(&a, "ns", "k").unwrap());
-        let usage = decode_usage(kv.tree.get(usage_key(&a)).unwrap().as_deref()).unwrap();
+        let usage = decode_usage(kv.tree().unwrap().get(usage_key(&a)).unwrap().as_deref()).unwrap();
         assert_eq!((usage.bytes, usage.namespaces.len()), (0, 0));
         kv.put(&a, "ns", "x", vec![1], None).unwrap();
         assert_eq!(kv.purge(&a).unwrap(), 2, "the value and the usage record");

@@ -1,0 +1,119 @@
+//! The embedded database: one sled directory shared by the registry, the guests' storage and the
+//! install secrets (one flush makes all three durable).
+//!
+//! It can be opened again in place. sled stays failed after one I/O error (a write or a flush on
+//! a full disk sets its global error, and every later operation returns it), so recovering
+//! without a restart means dropping every handle of the failed instance and opening the
+//! directory again: what was flushed is there, what was not was never acknowledged. Callers
+//! therefore never keep a `sled::Tree`; they ask for one per operation ([`SledDb::tree`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// How long a reopen waits for the failed instance's last users to let go of its lock file.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct SledDb {
+    /// `None`: a temporary database (gone with the process; never reopened).
+    path: Option<PathBuf>,
+    current: RwLock<Option<sled::Db>>,
+}
+
+fn config(path: &Path) -> sled::Config {
+    sled::Config::new().path(path).mode(sled::Mode::HighThroughput)
+}
+
+fn closed() -> sled::Error {
+    sled::Error::Io(std::io::Error::other("the database is being opened again after a failure"))
+}
+
+impl SledDb {
+    /// Opens (or creates) the database directory `path`.
+    pub fn open(path: &Path) -> Result<SledDb, sled::Error> {
+        let db = config(path).open()?;
+        Ok(SledDb { path: Some(path.to_path_buf()), current: RwLock::new(Some(db)) })
+    }
+
+    /// A private database removed when it is dropped (one-off runs, tests).
+    pub fn temporary() -> Result<SledDb, sled::Error> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Ok(SledDb { path: None, current: RwLock::new(Some(db)) })
+    }
+
+    /// The open instance.
+    pub fn db(&self) -> Result<sled::Db, sled::Error> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(closed)
+    }
+
+    /// A tree of the open instance (for one operation: drop it when done).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, sled::Error> {
+        self.db()?.open_tree(name)
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.db()?.flush().map(drop)
+    }
+
+    /// Drops the open instance and opens the directory again. Operations meanwhile fail (they
+    /// would fail on the broken instance too); a failed attempt leaves the database closed until
+    /// the next one.
+    pub fn reopen(&self) -> Result<(), sled::Error> {
+        let Some(path) = &self.path else {
+            return Err(sled::Error::Unsupported("a temporary database cannot be opened again".into()));
+        };
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        // Dropping the last handle closes the files (and the lock on them); handles that
+        // operations under way still hold go when those finish, so the open is retried until then.
+        drop(current.take());
+        let started = Instant::now();
+        loop {
+            match config(path).open() {
+                Ok(db) => {
+                    *current = Some(db);
+                    return Ok(());
+                }
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if started.elapsed() > RELEASE_WAIT {
+                        return Err(sled::Error::Io(e));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_keeps_what_was_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledDb::open(dir.path()).unwrap();
+        db.tree("t").unwrap().insert("k", "v").unwrap();
+        db.flush().unwrap();
+        // A tree a caller still holds while the reopen starts (it lets go a moment later).
+        let held = db.tree("t").unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        db.reopen().unwrap();
+        holder.join().unwrap();
+        assert_eq!(db.tree("t").unwrap().get("k").unwrap().as_deref(), Some(&b"v"[..]));
+        db.tree("t").unwrap().insert("k2", "v2").unwrap();
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_temporary_database_is_not_reopened() {
+        let db = SledDb::temporary().unwrap();
+        assert!(db.reopen().is_err());
+        assert!(db.tree("t").is_ok(), "still open");
+    }
+}
