@@ -28,6 +28,8 @@ pub enum SecretsError {
     Key { path: PathBuf, detail: String },
     #[error("database: {0}")]
     Db(#[from] sled::Error),
+    #[error("database: {0}")]
+    Backend(String),
     #[error("the stored secrets of install {0} do not open with this node key (wrong key, or tampered)")]
     Open(String),
     #[error("sealing secrets failed")]
@@ -122,16 +124,62 @@ impl NodeKey {
     }
 }
 
-/// The database tree of the sealed maps.
+/// Where sealed maps are kept: one per (tenant, install), replaced whole. Writes are durable
+/// when they return.
+#[async_trait::async_trait]
+pub trait SealedStore: Send + Sync + std::fmt::Debug {
+    async fn get(&self, tenant: &str, install_id: &str) -> Result<Option<Vec<u8>>, SecretsError>;
+    async fn put(&self, tenant: &str, install_id: &str, sealed: Vec<u8>) -> Result<(), SecretsError>;
+    async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError>;
+}
+
+/// The `install_secrets` tree of the embedded database.
+#[derive(Debug)]
+pub struct SledSecrets {
+    db: Arc<SledDb>,
+}
+
 const TREE: &str = "install_secrets";
 
-/// The `install_secrets` tree: one sealed map per (tenant, install).
+impl SledSecrets {
+    pub fn new(db: Arc<SledDb>) -> Self {
+        SledSecrets { db }
+    }
+
+    async fn flush(&self) -> Result<(), SecretsError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| SecretsError::Backend(format!("the flush task failed: {e}")))??;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl SealedStore for SledSecrets {
+    async fn get(&self, tenant: &str, install_id: &str) -> Result<Option<Vec<u8>>, SecretsError> {
+        Ok(self.db.tree(TREE)?.get(record_key(tenant, install_id))?.map(|v| v.to_vec()))
+    }
+
+    async fn put(&self, tenant: &str, install_id: &str, sealed: Vec<u8>) -> Result<(), SecretsError> {
+        self.db.tree(TREE)?.insert(record_key(tenant, install_id), sealed)?;
+        self.flush().await
+    }
+
+    async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
+        self.db.tree(TREE)?.remove(record_key(tenant, install_id))?;
+        self.flush().await
+    }
+}
+
+/// Install secrets: sealed with the node key, kept in a [`SealedStore`].
 #[derive(Debug)]
 pub struct SecretStore {
-    db: Arc<SledDb>,
+    sealed: Arc<dyn SealedStore>,
     key: NodeKey,
 }
 
+/// The associated data of an install's sealed map: its tenant and install id.
 fn record_key(tenant: &str, install_id: &str) -> Vec<u8> {
     let mut k = tenant.as_bytes().to_vec();
     k.push(0);
@@ -140,36 +188,29 @@ fn record_key(tenant: &str, install_id: &str) -> Vec<u8> {
 }
 
 impl SecretStore {
-    pub fn new(db: Arc<SledDb>, key: NodeKey) -> Self {
-        SecretStore { db, key }
-    }
-
-    fn tree(&self) -> Result<sled::Tree, SecretsError> {
-        Ok(self.db.tree(TREE)?)
+    pub fn new(sealed: Arc<dyn SealedStore>, key: NodeKey) -> Self {
+        SecretStore { sealed, key }
     }
 
     /// Replaces the install's secrets, durably.
-    pub fn put(&self, tenant: &str, install_id: &str, map: &SecretMap) -> Result<(), SecretsError> {
-        let k = record_key(tenant, install_id);
+    pub async fn put(&self, tenant: &str, install_id: &str, map: &SecretMap) -> Result<(), SecretsError> {
         let json = serde_json::to_vec(&map.0).map_err(|_| SecretsError::Seal)?;
-        let sealed = self.key.seal(&k, &json)?;
-        self.tree()?.insert(k, sealed)?;
-        self.db.flush()?;
-        Ok(())
+        let sealed = self.key.seal(&record_key(tenant, install_id), &json)?;
+        self.sealed.put(tenant, install_id, sealed).await
     }
 
-    pub fn get(&self, tenant: &str, install_id: &str) -> Result<SecretMap, SecretsError> {
-        let k = record_key(tenant, install_id);
-        let Some(sealed) = self.tree()?.get(&k)? else { return Ok(SecretMap::default()) };
-        let plain = self.key.open(&k, &sealed).ok_or_else(|| SecretsError::Open(install_id.to_string()))?;
+    pub async fn get(&self, tenant: &str, install_id: &str) -> Result<SecretMap, SecretsError> {
+        let Some(sealed) = self.sealed.get(tenant, install_id).await? else { return Ok(SecretMap::default()) };
+        let plain = self
+            .key
+            .open(&record_key(tenant, install_id), &sealed)
+            .ok_or_else(|| SecretsError::Open(install_id.to_string()))?;
         serde_json::from_slice(&plain).map(SecretMap).map_err(|_| SecretsError::Open(install_id.to_string()))
     }
 
     /// Removes the install's secrets (uninstall), durably.
-    pub fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
-        self.tree()?.remove(record_key(tenant, install_id))?;
-        self.db.flush()?;
-        Ok(())
+    pub async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
+        self.sealed.delete(tenant, install_id).await
     }
 }
 
@@ -177,29 +218,27 @@ impl SecretStore {
 mod tests {
     use super::*;
 
-    fn store(dir: &Path) -> SecretStore {
-        SecretStore::new(
-            Arc::new(SledDb::temporary().unwrap()),
-            NodeKey::load_or_create(&dir.join("node.key")).unwrap(),
-        )
+    fn store(dir: &Path) -> (SecretStore, Arc<SledSecrets>) {
+        let sealed = Arc::new(SledSecrets::new(Arc::new(SledDb::temporary().unwrap())));
+        (SecretStore::new(sealed.clone(), NodeKey::load_or_create(&dir.join("node.key")).unwrap()), sealed)
     }
 
-    #[test]
-    fn sealed_at_rest_and_bound_to_the_install() {
+    #[tokio::test]
+    async fn sealed_at_rest_and_bound_to_the_install() {
         let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
+        let (s, raw_store) = store(dir.path());
         let map = SecretMap(BTreeMap::from([("api_key".to_string(), "PLAINTEXT-VALUE".to_string())]));
-        s.put("t1", "i1", &map).unwrap();
-        assert_eq!(s.get("t1", "i1").unwrap(), map);
-        assert_eq!(s.get("t2", "i1").unwrap(), SecretMap::default(), "another tenant has none");
-        let raw = s.tree().unwrap().get(record_key("t1", "i1")).unwrap().unwrap();
+        s.put("t1", "i1", &map).await.unwrap();
+        assert_eq!(s.get("t1", "i1").await.unwrap(), map);
+        assert_eq!(s.get("t2", "i1").await.unwrap(), SecretMap::default(), "another tenant has none");
+        let raw = raw_store.get("t1", "i1").await.unwrap().unwrap();
         assert!(!raw.windows(15).any(|w| w == b"PLAINTEXT-VALUE"), "encrypted at rest");
         // Copied under another tenant, the sealed map does not open.
-        s.tree().unwrap().insert(record_key("t2", "i1"), raw).unwrap();
-        assert!(matches!(s.get("t2", "i1"), Err(SecretsError::Open(_))));
+        raw_store.put("t2", "i1", raw).await.unwrap();
+        assert!(matches!(s.get("t2", "i1").await, Err(SecretsError::Open(_))));
         assert_eq!(format!("{map:?}"), "{\"api_key\"} (values redacted)");
-        s.delete("t1", "i1").unwrap();
-        assert_eq!(s.get("t1", "i1").unwrap(), SecretMap::default());
+        s.delete("t1", "i1").await.unwrap();
+        assert_eq!(s.get("t1", "i1").await.unwrap(), SecretMap::default());
     }
 
     #[test]

@@ -315,7 +315,10 @@ fn verify_chain(args: &ExecutionsArgs) -> anyhow::Result<u8> {
             let db = crate::registry::SledRegistry::open(&dir.join("db"))
                 .with_context(|| format!("opening the database in {} (is the service stopped?)", dir.display()))?;
             use crate::registry::RegistryStore;
-            (db.chain_head(&args.tenant)?, db.executions_oldest_first(&args.tenant)?)
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                anyhow::Ok((db.chain_head(&args.tenant).await?, db.executions_oldest_first(&args.tenant).await?))
+            })?
         }
         None => {
             let client = Client::new(&args.remote)?;

@@ -17,7 +17,7 @@ use crate::exec::sandbox::Sandbox;
 use crate::exec::settings::Settings;
 use crate::hostapi::SledKv;
 use crate::registry::{BlobStore, RegistryStore, SledRegistry, StoreError, UiTrees, VersionState};
-use crate::secrets::{NodeKey, SecretStore};
+use crate::secrets::{NodeKey, SecretStore, SledSecrets};
 use crate::service::Service;
 
 #[derive(Debug, clap::Args)]
@@ -131,8 +131,8 @@ pub fn settings_of(config: &Config) -> Settings {
 
 /// Makes the database and the blob store agree: a blob without a record is removed; a record
 /// without its blob marks the version unavailable.
-fn reconcile(registry: &dyn RegistryStore, blobs: &BlobStore, ui: &UiTrees) -> Result<(), StoreError> {
-    let records = registry.bundles()?;
+async fn reconcile(registry: &dyn RegistryStore, blobs: &BlobStore, ui: &UiTrees) -> Result<(), StoreError> {
+    let records = registry.bundles().await?;
     let known: std::collections::HashSet<&str> = records.iter().map(|r| r.content_hash.as_str()).collect();
     for tree in ui.list().unwrap_or_default() {
         if !known.contains(tree.as_str()) {
@@ -148,12 +148,12 @@ fn reconcile(registry: &dyn RegistryStore, blobs: &BlobStore, ui: &UiTrees) -> R
     }
     for r in &records {
         if !blobs.exists(&r.content_hash)
-            && let Some(mut v) = registry.version_by_id(&r.extension_id, &r.version_id)?
+            && let Some(mut v) = registry.version_by_id(&r.extension_id, &r.version_id).await?
             && v.state != VersionState::Unavailable
         {
             tracing::error!(content_hash = %r.content_hash, version = %v.version, "bundle missing from the blob store; version marked unavailable");
             v.state = VersionState::Unavailable;
-            registry.put_version(&v)?;
+            registry.put_version(&v).await?;
         }
     }
     Ok(())
@@ -224,7 +224,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     };
     let blobs = BlobStore::open(state.join("bundles").join("sha256"))?;
     let ui_trees = UiTrees::open(state.join("ui"))?;
-    reconcile(&registry, &blobs, &ui_trees).context("checking the database against the blob store")?;
     let trust = if config.trust.bundle.is_empty() {
         TrustBundle::default()
     } else {
@@ -247,6 +246,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the execution runtime")?;
+    rt.block_on(reconcile(&registry, &blobs, &ui_trees)).context("checking the database against the blob store")?;
     let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
     let storage = Arc::new(SledKv::new(registry.db().clone()));
     let node_key = match NodeKey::load_or_create(&state.join("node.key")) {
@@ -256,7 +256,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_CONFIG);
         }
     };
-    let secrets = SecretStore::new(registry.db().clone(), node_key);
+    let secrets = SecretStore::new(Arc::new(SledSecrets::new(registry.db().clone())), node_key);
     let registry: Arc<dyn RegistryStore> = Arc::new(registry);
     let service =
         Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust, storage, secrets)?);
@@ -355,7 +355,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             .inspect_err(|_| tracing::warn!("executions still unrecorded 10 s after shutdown began"));
         core.shutdown().await;
     });
-    if let Err(e) = registry.flush() {
+    if let Err(e) = rt.block_on(registry.flush()) {
         tracing::error!(error = %crate::error_chain(&e), "final flush failed");
     }
     if let Some(d) = &dev {

@@ -61,13 +61,7 @@ impl HostEnv {
     pub async fn durable(&self) -> Result<(), String> {
         match &self.commit {
             Some(c) => c.durable().await.map_err(|e| e.to_string()),
-            None => {
-                let store = self.storage.clone();
-                tokio::task::spawn_blocking(move || store.flush())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            }
+            None => self.storage.flush().await.map_err(|e| e.to_string()),
         }
     }
 }
@@ -159,10 +153,10 @@ async fn perform(ctx: &HostContext, call: HostCall, deadline: tokio::time::Insta
         HostCall::UserV2Get => user::get_v2(ctx),
         HostCall::ConfigGet { key } => config::get(ctx, &key),
         HostCall::ConfigList => config::list(ctx),
-        HostCall::StorageGet { namespace, key } => storage::get(ctx, &namespace, &key),
+        HostCall::StorageGet { namespace, key } => storage::get(ctx, &namespace, &key).await,
         HostCall::StoragePut { entry } => storage::put(ctx, entry).await,
         HostCall::StorageDelete { namespace, key } => storage::delete(ctx, &namespace, &key).await,
-        HostCall::StorageListEntries { namespace, cursor } => storage::list(ctx, &namespace, cursor.as_deref()),
+        HostCall::StorageListEntries { namespace, cursor } => storage::list(ctx, &namespace, cursor.as_deref()).await,
         HostCall::HttpFetch { request } => fetch::fetch(ctx, request, deadline).await,
         HostCall::SecretsGet { key } => secrets::get(ctx, &key),
         HostCall::SecretsListKeys => secrets::list_keys(ctx),

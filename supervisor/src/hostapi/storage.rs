@@ -52,9 +52,10 @@ pub enum PutResult {
 pub struct KvError(pub String);
 
 /// A storage backend. Implementations enforce the quotas in [`limits`] atomically with writes.
+#[async_trait::async_trait]
 pub trait KvStore: Send + Sync + fmt::Debug {
-    fn get(&self, scope: &Scope, namespace: &str, key: &str) -> Result<Option<Stored>, KvError>;
-    fn put(
+    async fn get(&self, scope: &Scope, namespace: &str, key: &str) -> Result<Option<Stored>, KvError>;
+    async fn put(
         &self,
         scope: &Scope,
         namespace: &str,
@@ -63,9 +64,9 @@ pub trait KvStore: Send + Sync + fmt::Debug {
         expected: Option<u64>,
     ) -> Result<PutResult, KvError>;
     /// Returns whether the key existed.
-    fn delete(&self, scope: &Scope, namespace: &str, key: &str) -> Result<bool, KvError>;
+    async fn delete(&self, scope: &Scope, namespace: &str, key: &str) -> Result<bool, KvError>;
     /// Up to `limit` entries in key order, strictly after `after`.
-    fn list(
+    async fn list(
         &self,
         scope: &Scope,
         namespace: &str,
@@ -73,9 +74,9 @@ pub trait KvStore: Send + Sync + fmt::Debug {
         limit: usize,
     ) -> Result<Vec<(String, Stored)>, KvError>;
     /// Deletes everything of one install (uninstall); returns how many records went.
-    fn purge(&self, scope: &Scope) -> Result<u64, KvError>;
+    async fn purge(&self, scope: &Scope) -> Result<u64, KvError>;
     /// Makes every write so far durable.
-    fn flush(&self) -> Result<(), KvError>;
+    async fn flush(&self) -> Result<(), KvError>;
 }
 
 fn valid_namespace(ns: &str) -> bool {
@@ -97,36 +98,43 @@ fn backend_failure(e: KvError) -> StorageError {
     StorageError::Internal
 }
 
-pub fn get(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
-    HostReply::StorageEntry((|| {
-        if !valid_namespace(namespace) || !valid_key(key) {
-            return Err(StorageError::Denied);
+pub async fn get(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
+    HostReply::StorageEntry(
+        async {
+            if !valid_namespace(namespace) || !valid_key(key) {
+                return Err(StorageError::Denied);
+            }
+            match ctx.env.storage.get(&ctx.storage_scope(), namespace, key).await.map_err(backend_failure)? {
+                Some(s) => Ok(entry(namespace, key, s)),
+                None => Err(StorageError::Missing),
+            }
         }
-        match ctx.env.storage.get(&ctx.storage_scope(), namespace, key).map_err(backend_failure)? {
-            Some(s) => Ok(entry(namespace, key, s)),
-            None => Err(StorageError::Missing),
-        }
-    })())
+        .await,
+    )
 }
 
 pub async fn put(ctx: &HostContext, e: StorageEntry) -> HostReply {
-    let reply = HostReply::StorageEntry((|| {
-        if !valid_namespace(&e.namespace) || !valid_key(&e.key) || e.value.len() > limits::VALUE_BYTES {
-            return Err(StorageError::Denied);
-        }
-        let result = ctx
-            .env
-            .storage
-            .put(&ctx.storage_scope(), &e.namespace, &e.key, e.value.clone(), e.revision)
-            .map_err(backend_failure)?;
-        match result {
-            PutResult::Written { revision } => {
-                Ok(StorageEntry { namespace: e.namespace, key: e.key, value: e.value, revision: Some(revision) })
+    let reply = HostReply::StorageEntry(
+        async {
+            if !valid_namespace(&e.namespace) || !valid_key(&e.key) || e.value.len() > limits::VALUE_BYTES {
+                return Err(StorageError::Denied);
             }
-            PutResult::Conflict => Err(StorageError::Conflict),
-            PutResult::QuotaExceeded => Err(StorageError::Denied),
+            let result = ctx
+                .env
+                .storage
+                .put(&ctx.storage_scope(), &e.namespace, &e.key, e.value.clone(), e.revision)
+                .await
+                .map_err(backend_failure)?;
+            match result {
+                PutResult::Written { revision } => {
+                    Ok(StorageEntry { namespace: e.namespace, key: e.key, value: e.value, revision: Some(revision) })
+                }
+                PutResult::Conflict => Err(StorageError::Conflict),
+                PutResult::QuotaExceeded => Err(StorageError::Denied),
+            }
         }
-    })());
+        .await,
+    );
     durable(ctx, reply).await
 }
 
@@ -150,31 +158,38 @@ async fn durable(ctx: &HostContext, reply: HostReply) -> HostReply {
 }
 
 pub async fn delete(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
-    let reply = HostReply::StorageUnit((|| {
-        if !valid_namespace(namespace) || !valid_key(key) {
-            return Err(StorageError::Denied);
+    let reply = HostReply::StorageUnit(
+        async {
+            if !valid_namespace(namespace) || !valid_key(key) {
+                return Err(StorageError::Denied);
+            }
+            // Alga gap: deleting a missing key said `conflict`; here it is `missing`.
+            match ctx.env.storage.delete(&ctx.storage_scope(), namespace, key).await.map_err(backend_failure)? {
+                true => Ok(()),
+                false => Err(StorageError::Missing),
+            }
         }
-        // Alga gap: deleting a missing key said `conflict`; here it is `missing`.
-        match ctx.env.storage.delete(&ctx.storage_scope(), namespace, key).map_err(backend_failure)? {
-            true => Ok(()),
-            false => Err(StorageError::Missing),
-        }
-    })());
+        .await,
+    );
     durable(ctx, reply).await
 }
 
-pub fn list(ctx: &HostContext, namespace: &str, cursor: Option<&str>) -> HostReply {
-    HostReply::StorageEntries((|| {
-        if !valid_namespace(namespace) {
-            return Err(StorageError::Denied);
+pub async fn list(ctx: &HostContext, namespace: &str, cursor: Option<&str>) -> HostReply {
+    HostReply::StorageEntries(
+        async {
+            if !valid_namespace(namespace) {
+                return Err(StorageError::Denied);
+            }
+            let page = ctx
+                .env
+                .storage
+                .list(&ctx.storage_scope(), namespace, cursor, limits::LIST_PAGE)
+                .await
+                .map_err(backend_failure)?;
+            Ok(page.into_iter().map(|(k, s)| entry(namespace, &k, s)).collect())
         }
-        let page = ctx
-            .env
-            .storage
-            .list(&ctx.storage_scope(), namespace, cursor, limits::LIST_PAGE)
-            .map_err(backend_failure)?;
-        Ok(page.into_iter().map(|(k, s)| entry(namespace, &k, s)).collect())
-    })())
+        .await,
+    )
 }
 
 #[cfg(test)]
@@ -202,13 +217,13 @@ mod tests {
         assert_eq!(rev(put(&c, e("a", "3", Some(1))).await), Err(StorageError::Conflict));
         assert_eq!(rev(put(&c, e("a", "3", Some(2))).await), Ok(Some(3)));
         assert_eq!(rev(put(&c, e("new", "x", Some(1))).await), Err(StorageError::Conflict), "CAS on a missing key");
-        assert_eq!(rev(get(&c, "ns", "a")), Ok(Some(3)));
+        assert_eq!(rev(get(&c, "ns", "a").await), Ok(Some(3)));
     }
 
     #[tokio::test]
     async fn missing_keys_are_missing_for_get_and_delete() {
         let c = ctx(&[Capability::StorageKv]);
-        assert_eq!(rev(get(&c, "ns", "nope")), Err(StorageError::Missing));
+        assert_eq!(rev(get(&c, "ns", "nope").await), Err(StorageError::Missing));
         assert_eq!(delete(&c, "ns", "nope").await, HostReply::StorageUnit(Err(StorageError::Missing)));
     }
 
@@ -222,10 +237,10 @@ mod tests {
             HostReply::StorageEntries(Ok(v)) => v.into_iter().map(|e| e.key).collect::<Vec<_>>(),
             other => panic!("{other:?}"),
         };
-        let first = keys(list(&c, "ns", None));
+        let first = keys(list(&c, "ns", None).await);
         assert_eq!(first.len(), 100);
         assert_eq!(first[0], "k000");
-        let second = keys(list(&c, "ns", Some(first.last().unwrap())));
+        let second = keys(list(&c, "ns", Some(first.last().unwrap())).await);
         assert_eq!(second.len(), 50);
         assert_eq!(second[0], "k100");
     }
@@ -252,9 +267,9 @@ mod tests {
         let mut b = a.clone();
         b.install_id = Some("other".into());
         put(&a, e("secret", "a's", None)).await;
-        assert_eq!(rev(get(&b, "ns", "secret")), Err(StorageError::Missing));
+        assert_eq!(rev(get(&b, "ns", "secret").await), Err(StorageError::Missing));
         let mut other_tenant = a.clone();
         other_tenant.tenant_id = "t2".into();
-        assert_eq!(rev(get(&other_tenant, "ns", "secret")), Err(StorageError::Missing));
+        assert_eq!(rev(get(&other_tenant, "ns", "secret").await), Err(StorageError::Missing));
     }
 }

@@ -97,7 +97,7 @@ async fn healthz() -> HttpResponse {
 /// reason to leave a load balancer's rotation); the body lists every hardening layer's level.
 async fn readyz(svc: Svc) -> HttpResponse {
     // Readable, and the last flush reached the disk (a full disk fails writes, not reads).
-    let storage = svc.registry.extensions(None, 1).is_ok() && svc.commit.healthy();
+    let storage = svc.registry.extensions(None, 1).await.is_ok() && svc.commit.healthy();
     let self_test = svc.self_test_ok.load(Ordering::Relaxed);
     let pool = svc.core.pool.stats();
     let preloaded = svc.core.preloaded.stats();
@@ -193,28 +193,28 @@ fn limit(q: &Query) -> Result<Option<usize>, Problem> {
 
 async fn list_extensions(req: HttpRequest, svc: Svc, q: Query) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
-    Ok(HttpResponse::Ok().json(reads::extensions(&svc, q.get("cursor").map(String::as_str), limit(&q)?)?))
+    Ok(HttpResponse::Ok().json(reads::extensions(&svc, q.get("cursor").map(String::as_str), limit(&q)?).await?))
 }
 
 async fn get_extension(req: HttpRequest, svc: Svc, id: web::Path<String>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
-    Ok(HttpResponse::Ok().json(reads::extension(&svc, &id)?))
+    Ok(HttpResponse::Ok().json(reads::extension(&svc, &id).await?))
 }
 
 async fn list_versions(req: HttpRequest, svc: Svc, id: web::Path<String>, q: Query) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
-    Ok(HttpResponse::Ok().json(reads::versions(&svc, &id, q.get("cursor").map(String::as_str), limit(&q)?)?))
+    Ok(HttpResponse::Ok().json(reads::versions(&svc, &id, q.get("cursor").map(String::as_str), limit(&q)?).await?))
 }
 
 async fn yank_version(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
     let (id, version) = path.into_inner();
-    Ok(HttpResponse::Ok().json(reads::yank(&svc, &id, &version)?))
+    Ok(HttpResponse::Ok().json(reads::yank(&svc, &id, &version).await?))
 }
 
 async fn list_installs(req: HttpRequest, svc: Svc, tenant: web::Path<String>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
-    Ok(HttpResponse::Ok().json(json!({ "items": installs::list(&svc, &tenant)? })))
+    Ok(HttpResponse::Ok().json(json!({ "items": installs::list(&svc, &tenant).await? })))
 }
 
 async fn put_install(
@@ -236,7 +236,7 @@ async fn put_install(
 async fn get_install(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
     let (tenant, extension) = path.into_inner();
-    Ok(HttpResponse::Ok().json(installs::get(&svc, &tenant, &extension)?))
+    Ok(HttpResponse::Ok().json(installs::get(&svc, &tenant, &extension).await?))
 }
 
 async fn delete_install(
@@ -246,7 +246,7 @@ async fn delete_install(
 ) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
     let (tenant, extension) = path.into_inner();
-    installs::delete(&svc, &tenant, &extension)?;
+    installs::delete(&svc, &tenant, &extension).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -263,14 +263,14 @@ async fn put_secrets(
         Problem::new(422, "invalid_secrets", "the secrets are not valid")
             .detail("the body must be a JSON object whose values are all strings")
     })?;
-    let keys = installs::put_secrets(&svc, &tenant, &extension, crate::secrets::SecretMap(map))?;
+    let keys = installs::put_secrets(&svc, &tenant, &extension, crate::secrets::SecretMap(map)).await?;
     Ok(HttpResponse::Ok().json(json!({ "keys": keys })))
 }
 
 async fn get_secrets(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
     let (tenant, extension) = path.into_inner();
-    Ok(HttpResponse::Ok().json(json!({ "keys": installs::secret_keys(&svc, &tenant, &extension)? })))
+    Ok(HttpResponse::Ok().json(json!({ "keys": installs::secret_keys(&svc, &tenant, &extension).await? })))
 }
 
 async fn list_executions(
@@ -287,7 +287,8 @@ async fn list_executions(
         q.get("status").map(String::as_str),
         q.get("cursor").cloned(),
         limit(&q)?,
-    )?;
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -296,12 +297,12 @@ async fn list_executions(
 async fn execution_chain(req: HttpRequest, svc: Svc, tenant: web::Path<String>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
     installs::check_tenant(&tenant)?;
-    Ok(HttpResponse::Ok().json(svc.registry.chain_head(&tenant)?))
+    Ok(HttpResponse::Ok().json(svc.registry.chain_head(&tenant).await?))
 }
 
 async fn tenant_quotas(req: HttpRequest, svc: Svc, tenant: web::Path<String>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
-    Ok(HttpResponse::Ok().json(crate::service::usage::view(&svc, &tenant)?))
+    Ok(HttpResponse::Ok().json(crate::service::usage::view(&svc, &tenant).await?))
 }
 
 /// `ANY /api/ext/{extension}/{path...}`: the gateway. CORS headers only for configured origins.
@@ -400,8 +401,7 @@ async fn ext_ui(req: HttpRequest, svc: Svc, q: Query) -> Result<HttpResponse, Pr
         if_none_match: header(&req, "if-none-match"),
         range: header(&req, "range"),
     };
-    let svc2 = svc.clone().into_inner();
-    let answer = svc.blocking(move || ui::resolve(&svc2, &request)).await??;
+    let answer = ui::resolve(&svc.clone().into_inner(), &request).await?;
     const IMMUTABLE: &str = "public, max-age=31536000, immutable";
     let mut r = match &answer {
         UiAnswer::NotModified { .. } => HttpResponse::NotModified(),

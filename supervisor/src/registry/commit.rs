@@ -59,22 +59,17 @@ impl GroupCommit {
 
     /// The flusher: one flush per wake-up, covering every write announced before it started.
     /// Runs until the store is dropped.
-    pub async fn run(self: Arc<Self>, registry: std::sync::Weak<dyn RegistryStore>, rt: tokio::runtime::Handle) {
+    pub async fn run(self: Arc<Self>, registry: std::sync::Weak<dyn RegistryStore>) {
         loop {
             self.kick.notified().await;
             let covered = self.written.load(Ordering::SeqCst);
             let Some(store) = registry.upgrade() else { return };
-            let flushing = store.clone();
-            let error: Option<Arc<str>> = match rt.spawn_blocking(move || flushing.flush()).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => {
+            let error: Option<Arc<str>> = match store.flush().await {
+                Ok(()) => None,
+                Err(e) => {
                     let e = crate::error_chain(&e);
                     tracing::error!(error = %e, "flushing the database failed");
                     Some(e.into())
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the flush task failed");
-                    Some(e.to_string().into())
                 }
             };
             // Writers are released even when the flush failed, with the error: each decides
@@ -85,20 +80,20 @@ impl GroupCommit {
                 *last = error;
             });
             if failed && !self.recovering.swap(true, Ordering::SeqCst) {
-                rt.spawn(self.clone().recover(Arc::downgrade(&store), rt.clone()));
+                tokio::spawn(self.clone().recover(Arc::downgrade(&store)));
             }
         }
     }
 
     /// Asks the store to recover until it can write durably again. Writers meanwhile flush as
     /// usual (and hear of the failure at once).
-    async fn recover(self: Arc<Self>, registry: std::sync::Weak<dyn RegistryStore>, rt: tokio::runtime::Handle) {
+    async fn recover(self: Arc<Self>, registry: std::sync::Weak<dyn RegistryStore>) {
         let started = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RECOVERY_INTERVAL).await;
             let Some(store) = registry.upgrade() else { return };
-            match rt.spawn_blocking(move || store.recover()).await {
-                Ok(Ok(())) => {
+            match store.recover().await {
+                Ok(()) => {
                     tracing::info!(
                         after_s = started.elapsed().as_secs(),
                         "the database recovered: writes are durable again"
@@ -107,10 +102,7 @@ impl GroupCommit {
                     self.flushed.send_modify(|(_, last)| *last = None);
                     return;
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %crate::error_chain(&e), "the database cannot write yet")
-                }
-                Err(e) => tracing::error!(error = %e, "the recovery task failed"),
+                Err(e) => tracing::debug!(error = %crate::error_chain(&e), "the database cannot write yet"),
             }
         }
     }

@@ -54,40 +54,45 @@ pub struct ExecutionQuery {
 
 /// Storage of the registry. Every write returns only once it is durable (survives `kill -9`),
 /// except `record_execution`, which is made durable by the next `flush` (group commit).
+#[async_trait::async_trait]
 pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// By registry id or manifest name.
-    fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError>;
+    async fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError>;
     /// In name order, after the name `after`.
-    fn extensions(&self, after: Option<&str>, limit: usize) -> Result<Vec<ExtensionRecord>, StoreError>;
+    async fn extensions(&self, after: Option<&str>, limit: usize) -> Result<Vec<ExtensionRecord>, StoreError>;
     /// Every version, newest (highest semver) first.
-    fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError>;
-    fn version(&self, extension_id: &str, version: &str) -> Result<Option<VersionRecord>, StoreError>;
-    fn version_by_id(&self, extension_id: &str, version_id: &str) -> Result<Option<VersionRecord>, StoreError>;
-    fn bundle(&self, content_hash: &str) -> Result<Option<BundleRecord>, StoreError>;
-    fn bundles(&self) -> Result<Vec<BundleRecord>, StoreError>;
+    async fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError>;
+    async fn version(&self, extension_id: &str, version: &str) -> Result<Option<VersionRecord>, StoreError>;
+    async fn version_by_id(&self, extension_id: &str, version_id: &str) -> Result<Option<VersionRecord>, StoreError>;
+    async fn bundle(&self, content_hash: &str) -> Result<Option<BundleRecord>, StoreError>;
+    async fn bundles(&self) -> Result<Vec<BundleRecord>, StoreError>;
     /// Stores a new version (and its extension on first publish) atomically.
-    fn publish(
+    async fn publish(
         &self,
         extension: ExtensionRecord,
         version: VersionRecord,
         bundle: BundleRecord,
     ) -> Result<PublishOutcome, StoreError>;
-    fn put_version(&self, version: &VersionRecord) -> Result<(), StoreError>;
-    fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError>;
+    async fn put_version(&self, version: &VersionRecord) -> Result<(), StoreError>;
+    async fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError>;
 
-    fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
-    fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError>;
+    async fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
+    async fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError>;
     /// Saves the install and replaces its event subscriptions, in one transaction.
-    fn put_install(&self, install: &InstallRecord, subscriptions: &[SubscriptionRecord]) -> Result<(), StoreError>;
+    async fn put_install(
+        &self,
+        install: &InstallRecord,
+        subscriptions: &[SubscriptionRecord],
+    ) -> Result<(), StoreError>;
     /// Removes the install and its subscriptions, in one transaction.
-    fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
+    async fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
     /// Whether some tenant's install is on this content hash (a bundle belongs to one extension).
-    fn installed_anywhere(&self, content_hash: &str) -> Result<bool, StoreError>;
+    async fn installed_anywhere(&self, content_hash: &str) -> Result<bool, StoreError>;
     /// The tenant's subscriptions to `topic`.
-    fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
+    async fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
 
     /// Adds to the usage of (tenant, extension) in the window starting at `window_start` (Unix s).
-    fn add_usage(
+    async fn add_usage(
         &self,
         tenant: &str,
         extension_id: &str,
@@ -95,35 +100,35 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         delta: &UsageRecord,
     ) -> Result<(), StoreError>;
     /// The tenant's usage windows since `since` (Unix s): (extension id, window start, usage).
-    fn usage(&self, tenant: &str, since: u64) -> Result<Vec<(String, u64, UsageRecord)>, StoreError>;
+    async fn usage(&self, tenant: &str, since: u64) -> Result<Vec<(String, u64, UsageRecord)>, StoreError>;
 
     /// Appends to the tenant's chain (filling `seq` and `prev_hash`) and applies retention;
     /// returns the record as stored.
-    fn record_execution(
+    async fn record_execution(
         &self,
         record: ExecutionRecord,
         retention: &chain::Retention,
     ) -> Result<ExecutionRecord, StoreError>;
     /// Removes what retention no longer keeps, for every tenant (records age out without new
     /// executions too). Returns how many went.
-    fn prune_executions(&self, retention: &chain::Retention) -> Result<u64, StoreError>;
+    async fn prune_executions(&self, retention: &chain::Retention) -> Result<u64, StoreError>;
     /// The tenant's chain head (default when it has no records).
-    fn chain_head(&self, tenant: &str) -> Result<chain::ChainHead, StoreError>;
+    async fn chain_head(&self, tenant: &str) -> Result<chain::ChainHead, StoreError>;
     /// Every tenant with an execution log.
-    fn chain_tenants(&self) -> Result<Vec<String>, StoreError>;
+    async fn chain_tenants(&self) -> Result<Vec<String>, StoreError>;
     /// Every record of the tenant, oldest first (verification).
-    fn executions_oldest_first(&self, tenant: &str) -> Result<Vec<ExecutionRecord>, StoreError>;
+    async fn executions_oldest_first(&self, tenant: &str) -> Result<Vec<ExecutionRecord>, StoreError>;
     /// Newest first; returns the page and the cursor of the next one.
-    fn executions(
+    async fn executions(
         &self,
         tenant: &str,
         query: &ExecutionQuery,
     ) -> Result<(Vec<ExecutionRecord>, Option<String>), StoreError>;
 
     /// Makes every write so far durable.
-    fn flush(&self) -> Result<(), StoreError>;
+    async fn flush(&self) -> Result<(), StoreError>;
 
     /// After a failed flush: makes the store usable again if it can (sled reopens its
     /// directory) and proves it with a durable write. `Err` while it still cannot write.
-    fn recover(&self) -> Result<(), StoreError>;
+    async fn recover(&self) -> Result<(), StoreError>;
 }

@@ -177,8 +177,12 @@ impl SledRegistry {
         Ok(())
     }
 
-    fn durable<T>(&self, value: T) -> Result<T, StoreError> {
-        self.db.flush()?;
+    /// Flushes (off the async workers: an fsync), then answers `value`.
+    async fn durable<T>(&self, value: T) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Transaction(format!("the flush task failed: {e}")))??;
         Ok(value)
     }
 }
@@ -190,8 +194,9 @@ fn semver_order(a: &VersionRecord, b: &VersionRecord) -> std::cmp::Ordering {
     }
 }
 
+#[async_trait::async_trait]
 impl RegistryStore for SledRegistry {
-    fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError> {
+    async fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError> {
         if let Some(e) = get(&self.tree(EXTENSIONS)?, id_or_name)? {
             return Ok(Some(e));
         }
@@ -201,7 +206,7 @@ impl RegistryStore for SledRegistry {
         }
     }
 
-    fn extensions(&self, after: Option<&str>, limit: usize) -> Result<Vec<ExtensionRecord>, StoreError> {
+    async fn extensions(&self, after: Option<&str>, limit: usize) -> Result<Vec<ExtensionRecord>, StoreError> {
         let start = match after {
             Some(a) => Bound::Excluded(a.as_bytes().to_vec()),
             None => Bound::Unbounded,
@@ -216,36 +221,36 @@ impl RegistryStore for SledRegistry {
         Ok(out)
     }
 
-    fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError> {
+    async fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError> {
         let mut v: Vec<VersionRecord> = scan(&self.tree(VERSIONS)?, &prefix(extension_id))?;
         v.sort_by(semver_order);
         Ok(v)
     }
 
-    fn version(&self, extension_id: &str, version: &str) -> Result<Option<VersionRecord>, StoreError> {
+    async fn version(&self, extension_id: &str, version: &str) -> Result<Option<VersionRecord>, StoreError> {
         get(&self.tree(VERSIONS)?, key(&[extension_id.as_bytes(), version.as_bytes()]))
     }
 
-    fn version_by_id(&self, extension_id: &str, version_id: &str) -> Result<Option<VersionRecord>, StoreError> {
-        Ok(self.versions(extension_id)?.into_iter().find(|v| v.version_id == version_id))
+    async fn version_by_id(&self, extension_id: &str, version_id: &str) -> Result<Option<VersionRecord>, StoreError> {
+        Ok(self.versions(extension_id).await?.into_iter().find(|v| v.version_id == version_id))
     }
 
-    fn bundle(&self, content_hash: &str) -> Result<Option<BundleRecord>, StoreError> {
+    async fn bundle(&self, content_hash: &str) -> Result<Option<BundleRecord>, StoreError> {
         get(&self.tree(BUNDLES)?, content_hash)
     }
 
-    fn bundles(&self) -> Result<Vec<BundleRecord>, StoreError> {
+    async fn bundles(&self) -> Result<Vec<BundleRecord>, StoreError> {
         scan(&self.tree(BUNDLES)?, b"")
     }
 
-    fn publish(
+    async fn publish(
         &self,
         extension: ExtensionRecord,
         version: VersionRecord,
         bundle: BundleRecord,
     ) -> Result<PublishOutcome, StoreError> {
-        let result = (&self.tree(BY_NAME)?, &self.tree(EXTENSIONS)?, &self.tree(VERSIONS)?, &self.tree(BUNDLES)?).transaction(
-            |(by_name, exts, vers, bundles)| {
+        let result = (&self.tree(BY_NAME)?, &self.tree(EXTENSIONS)?, &self.tree(VERSIONS)?, &self.tree(BUNDLES)?)
+            .transaction(|(by_name, exts, vers, bundles)| {
                 let abort = |a| Err(ConflictableTransactionError::Abort(a));
                 let ext: ExtensionRecord = match by_name.get(extension.name.as_bytes())? {
                     Some(id) => match exts.get(&id)? {
@@ -275,35 +280,39 @@ impl RegistryStore for SledRegistry {
                 vers.insert(vkey, encode(&version))?;
                 bundles.insert(bundle.content_hash.as_bytes(), encode(&bundle))?;
                 Ok(PublishOutcome::Created { extension: ext, version })
-            },
-        );
+            });
         match result {
-            Ok(outcome) => self.durable(outcome),
+            Ok(outcome) => self.durable(outcome).await,
             Err(TransactionError::Abort(Abort::Outcome(o))) => Ok(*o),
             Err(TransactionError::Abort(Abort::Decode(e))) => Err(e.into()),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
     }
 
-    fn put_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
-        self.tree(VERSIONS)?.insert(key(&[version.extension_id.as_bytes(), version.version.as_bytes()]), encode(version))?;
-        self.durable(())
+    async fn put_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
+        self.tree(VERSIONS)?
+            .insert(key(&[version.extension_id.as_bytes(), version.version.as_bytes()]), encode(version))?;
+        self.durable(()).await
     }
 
-    fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError> {
+    async fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError> {
         self.tree(BUNDLES)?.insert(bundle.content_hash.as_bytes(), encode(bundle))?;
-        self.durable(())
+        self.durable(()).await
     }
 
-    fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
+    async fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
         get(&self.tree(INSTALLS)?, key(&[tenant.as_bytes(), extension_id.as_bytes()]))
     }
 
-    fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError> {
+    async fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError> {
         scan(&self.tree(INSTALLS)?, &prefix(tenant))
     }
 
-    fn put_install(&self, install: &InstallRecord, subscriptions: &[SubscriptionRecord]) -> Result<(), StoreError> {
+    async fn put_install(
+        &self,
+        install: &InstallRecord,
+        subscriptions: &[SubscriptionRecord],
+    ) -> Result<(), StoreError> {
         let stale = self.subscription_keys(&install.tenant, &install.install_id)?;
         let ikey = key(&[install.tenant.as_bytes(), install.extension_id.as_bytes()]);
         (&self.tree(INSTALLS)?, &self.tree(SUBSCRIPTIONS)?, &self.tree(INSTALLED_HASHES)?)
@@ -323,10 +332,10 @@ impl RegistryStore for SledRegistry {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
-        self.durable(())
+        self.durable(()).await
     }
 
-    fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
+    async fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
         let ikey = key(&[tenant.as_bytes(), extension_id.as_bytes()]);
         let Some(old) = get::<InstallRecord>(&self.tree(INSTALLS)?, &ikey)? else { return Ok(None) };
         let stale = self.subscription_keys(tenant, &old.install_id)?;
@@ -340,18 +349,18 @@ impl RegistryStore for SledRegistry {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
-        self.durable(Some(old))
+        self.durable(Some(old)).await
     }
 
-    fn installed_anywhere(&self, content_hash: &str) -> Result<bool, StoreError> {
+    async fn installed_anywhere(&self, content_hash: &str) -> Result<bool, StoreError> {
         Ok(self.tree(INSTALLED_HASHES)?.scan_prefix(key(&[content_hash.as_bytes(), b""])).next().transpose()?.is_some())
     }
 
-    fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
+    async fn subscriptions(&self, tenant: &str, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
         scan(&self.tree(SUBSCRIPTIONS)?, &key(&[tenant.as_bytes(), topic.as_bytes(), b""]))
     }
 
-    fn add_usage(
+    async fn add_usage(
         &self,
         tenant: &str,
         extension_id: &str,
@@ -367,7 +376,7 @@ impl RegistryStore for SledRegistry {
         Ok(())
     }
 
-    fn usage(&self, tenant: &str, since: u64) -> Result<Vec<(String, u64, UsageRecord)>, StoreError> {
+    async fn usage(&self, tenant: &str, since: u64) -> Result<Vec<(String, u64, UsageRecord)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.tree(USAGE)?.scan_prefix(prefix(tenant)) {
             let (k, v) = kv?;
@@ -387,7 +396,11 @@ impl RegistryStore for SledRegistry {
         Ok(out)
     }
 
-    fn record_execution(&self, mut r: ExecutionRecord, retention: &Retention) -> Result<ExecutionRecord, StoreError> {
+    async fn record_execution(
+        &self,
+        mut r: ExecutionRecord,
+        retention: &Retention,
+    ) -> Result<ExecutionRecord, StoreError> {
         let _serial = self.chain_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut head: ChainHead = get(&self.tree(CHAINS)?, r.tenant.as_bytes())?.unwrap_or_default();
         r.seq = head.next_seq;
@@ -409,9 +422,9 @@ impl RegistryStore for SledRegistry {
         Ok(r)
     }
 
-    fn prune_executions(&self, retention: &Retention) -> Result<u64, StoreError> {
+    async fn prune_executions(&self, retention: &Retention) -> Result<u64, StoreError> {
         let mut pruned = 0;
-        for tenant in self.chain_tenants()? {
+        for tenant in self.chain_tenants().await? {
             let _serial = self.chain_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut head: ChainHead = get(&self.tree(CHAINS)?, tenant.as_bytes())?.unwrap_or_default();
             let before = head.first_seq;
@@ -431,21 +444,21 @@ impl RegistryStore for SledRegistry {
         Ok(pruned)
     }
 
-    fn chain_head(&self, tenant: &str) -> Result<ChainHead, StoreError> {
+    async fn chain_head(&self, tenant: &str) -> Result<ChainHead, StoreError> {
         Ok(get(&self.tree(CHAINS)?, tenant.as_bytes())?.unwrap_or_default())
     }
 
-    fn chain_tenants(&self) -> Result<Vec<String>, StoreError> {
+    async fn chain_tenants(&self) -> Result<Vec<String>, StoreError> {
         self.tree(CHAINS)?.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k?).into_owned())).collect()
     }
 
-    fn executions_oldest_first(&self, tenant: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
+    async fn executions_oldest_first(&self, tenant: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
         let mut out: Vec<ExecutionRecord> = scan(&self.tree(EXECUTIONS)?, &prefix(tenant))?;
         out.reverse();
         Ok(out)
     }
 
-    fn executions(
+    async fn executions(
         &self,
         tenant: &str,
         q: &ExecutionQuery,
@@ -482,16 +495,20 @@ impl RegistryStore for SledRegistry {
         Ok((out, cursor))
     }
 
-    fn flush(&self) -> Result<(), StoreError> {
-        self.durable(())
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.durable(()).await
     }
 
-    fn recover(&self) -> Result<(), StoreError> {
-        self.db.reopen()?;
+    async fn recover(&self) -> Result<(), StoreError> {
+        // Reopening waits for the failed instance's files: off the async workers.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.reopen())
+            .await
+            .map_err(|e| StoreError::Transaction(format!("the reopen task failed: {e}")))??;
         // A write and its flush: on a disk still full, this fails (and the next attempt reopens
         // again).
         self.tree("meta")?.insert("probe", &now_ms().to_be_bytes())?;
-        self.durable(())
+        self.durable(()).await
     }
 }
 
@@ -537,47 +554,47 @@ mod tests {
         }
     }
 
-    #[test]
-    fn publish_is_idempotent_and_detects_conflicts() {
+    #[tokio::test]
+    async fn publish_is_idempotent_and_detects_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         let r = SledRegistry::open(dir.path()).unwrap();
         let e = ext("com.example.a", "P");
-        let first = r.publish(e.clone(), version("1.0.0", "h1"), bundle("h1")).unwrap();
+        let first = r.publish(e.clone(), version("1.0.0", "h1"), bundle("h1")).await.unwrap();
         let PublishOutcome::Created { extension, .. } = first else { panic!("{first:?}") };
         assert!(matches!(
-            r.publish(ext("com.example.a", "P"), version("1.0.0", "h1"), bundle("h1")).unwrap(),
+            r.publish(ext("com.example.a", "P"), version("1.0.0", "h1"), bundle("h1")).await.unwrap(),
             PublishOutcome::AlreadyPublished { .. }
         ));
         assert!(matches!(
-            r.publish(ext("com.example.a", "P"), version("1.0.0", "h2"), bundle("h2")).unwrap(),
+            r.publish(ext("com.example.a", "P"), version("1.0.0", "h2"), bundle("h2")).await.unwrap(),
             PublishOutcome::VersionConflict { .. }
         ));
         assert!(matches!(
-            r.publish(ext("com.example.a", "Q"), version("2.0.0", "h3"), bundle("h3")).unwrap(),
+            r.publish(ext("com.example.a", "Q"), version("2.0.0", "h3"), bundle("h3")).await.unwrap(),
             PublishOutcome::NameTaken { .. }
         ));
-        r.publish(ext("com.example.a", "P"), version("1.10.0", "h4"), bundle("h4")).unwrap();
-        r.publish(ext("com.example.a", "P"), version("1.2.0", "h5"), bundle("h5")).unwrap();
-        let versions: Vec<String> = r.versions(&extension.id).unwrap().into_iter().map(|v| v.version).collect();
+        r.publish(ext("com.example.a", "P"), version("1.10.0", "h4"), bundle("h4")).await.unwrap();
+        r.publish(ext("com.example.a", "P"), version("1.2.0", "h5"), bundle("h5")).await.unwrap();
+        let versions: Vec<String> = r.versions(&extension.id).await.unwrap().into_iter().map(|v| v.version).collect();
         assert_eq!(versions, ["1.10.0", "1.2.0", "1.0.0"], "newest semver first");
-        assert_eq!(r.extension("com.example.a").unwrap().unwrap().id, extension.id, "by name");
-        assert_eq!(r.extension(&extension.id).unwrap().unwrap().name, "com.example.a", "by id");
-        assert!(r.bundle("h2").unwrap().is_none(), "a conflicting bundle is not stored");
+        assert_eq!(r.extension("com.example.a").await.unwrap().unwrap().id, extension.id, "by name");
+        assert_eq!(r.extension(&extension.id).await.unwrap().unwrap().name, "com.example.a", "by id");
+        assert!(r.bundle("h2").await.unwrap().is_none(), "a conflicting bundle is not stored");
     }
 
-    #[test]
-    fn executions_page_newest_first_per_tenant() {
+    #[tokio::test]
+    async fn executions_page_newest_first_per_tenant() {
         let dir = tempfile::tempdir().unwrap();
         let r = SledRegistry::open(dir.path()).unwrap();
         for i in 0..5u64 {
             for tenant in ["t1", "t2"] {
-                r.record_execution(execution(tenant, i), &KEEP_ALL).unwrap();
+                r.record_execution(execution(tenant, i), &KEEP_ALL).await.unwrap();
             }
         }
         let q = ExecutionQuery { limit: 3, ..Default::default() };
-        let (page, cursor) = r.executions("t1", &q).unwrap();
+        let (page, cursor) = r.executions("t1", &q).await.unwrap();
         assert_eq!(page.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>(), ["r4", "r3", "r2"]);
-        let (rest, end) = r.executions("t1", &ExecutionQuery { after: cursor, ..q }).unwrap();
+        let (rest, end) = r.executions("t1", &ExecutionQuery { after: cursor, ..q }).await.unwrap();
         assert_eq!(rest.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>(), ["r1", "r0"]);
         assert!(end.is_none());
         assert!(rest.iter().all(|e| e.tenant == "t1"));
@@ -614,27 +631,31 @@ mod tests {
         }
     }
 
-    fn verify(r: &SledRegistry, tenant: &str) -> super::super::chain::ChainReport {
-        super::super::chain::verify(tenant, &r.chain_head(tenant).unwrap(), r.executions_oldest_first(tenant).unwrap())
+    async fn verify(r: &SledRegistry, tenant: &str) -> super::super::chain::ChainReport {
+        super::super::chain::verify(
+            tenant,
+            &r.chain_head(tenant).await.unwrap(),
+            r.executions_oldest_first(tenant).await.unwrap(),
+        )
     }
 
-    #[test]
-    fn the_execution_log_is_a_hash_chain_that_detects_tampering() {
+    #[tokio::test]
+    async fn the_execution_log_is_a_hash_chain_that_detects_tampering() {
         let dir = tempfile::tempdir().unwrap();
         let r = SledRegistry::open(dir.path()).unwrap();
         for i in 0..5 {
-            let stored = r.record_execution(execution("t1", i), &KEEP_ALL).unwrap();
+            let stored = r.record_execution(execution("t1", i), &KEEP_ALL).await.unwrap();
             assert_eq!(stored.seq, i + 1);
         }
-        r.record_execution(execution("t2", 0), &KEEP_ALL).unwrap();
-        let report = verify(&r, "t1");
+        r.record_execution(execution("t2", 0), &KEEP_ALL).await.unwrap();
+        let report = verify(&r, "t1").await;
         assert!(report.intact(), "{report:?}");
         assert_eq!(report.records, 5);
 
         // Retention keeps the newest 3; the anchor keeps the chain verifiable.
         let three = Retention { max_records: 3, max_age_ms: u64::MAX };
-        assert_eq!(r.prune_executions(&three).unwrap(), 2);
-        let report = verify(&r, "t1");
+        assert_eq!(r.prune_executions(&three).await.unwrap(), 2);
+        let report = verify(&r, "t1").await;
         assert!(report.intact() && report.records == 3 && report.first_seq == 3, "{report:?}");
 
         // Edit a stored record (its status): the chain breaks right after it.
@@ -642,7 +663,7 @@ mod tests {
         let mut edited: ExecutionRecord = decode(&r.tree(EXECUTIONS).unwrap().get(&k).unwrap().unwrap()).unwrap();
         edited.status = 500;
         r.tree(EXECUTIONS).unwrap().insert(&k, encode(&edited)).unwrap();
-        let report = verify(&r, "t1");
+        let report = verify(&r, "t1").await;
         assert!(report.problems.iter().any(|p| p.contains("record #5")), "{report:?}");
 
         // Remove the newest record: the head no longer matches.
@@ -656,24 +677,24 @@ mod tests {
                 }),
             )
             .unwrap();
-        assert!(verify(&r, "t1").intact());
+        assert!(verify(&r, "t1").await.intact());
         r.tree(EXECUTIONS).unwrap().remove(execution_key("t1", 5)).unwrap();
-        assert!(!verify(&r, "t1").intact());
-        assert!(verify(&r, "t2").intact(), "another tenant's chain is untouched");
+        assert!(!verify(&r, "t1").await.intact());
+        assert!(verify(&r, "t2").await.intact(), "another tenant's chain is untouched");
     }
 
-    #[test]
-    fn retention_by_age_on_append() {
+    #[tokio::test]
+    async fn retention_by_age_on_append() {
         let dir = tempfile::tempdir().unwrap();
         let r = SledRegistry::open(dir.path()).unwrap();
         let mut old = execution("t1", 0);
         old.created_at = 1;
-        r.record_execution(old, &KEEP_ALL).unwrap();
+        r.record_execution(old, &KEEP_ALL).await.unwrap();
         let day = Retention { max_records: 1000, max_age_ms: 86_400_000 };
-        r.record_execution(execution("t1", 1), &day).unwrap();
-        let kept = r.executions_oldest_first("t1").unwrap();
+        r.record_execution(execution("t1", 1), &day).await.unwrap();
+        let kept = r.executions_oldest_first("t1").await.unwrap();
         assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
-        assert!(verify(&r, "t1").intact());
+        assert!(verify(&r, "t1").await.intact());
     }
 
     fn install(tenant: &str, hash: &str) -> InstallRecord {
@@ -694,28 +715,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_content_hash_index_follows_installs_upgrades_and_uninstalls() {
+    #[tokio::test]
+    async fn the_content_hash_index_follows_installs_upgrades_and_uninstalls() {
         let dir = tempfile::tempdir().unwrap();
         let r = SledRegistry::open(dir.path()).unwrap();
-        r.put_install(&install("t1", "h1"), &[]).unwrap();
-        r.put_install(&install("t2", "h1"), &[]).unwrap();
-        assert!(r.installed_anywhere("h1").unwrap());
-        r.put_install(&install("t1", "h2"), &[]).unwrap();
-        assert!(r.installed_anywhere("h1").unwrap(), "t2 is still on h1");
-        r.delete_install("t2", "e").unwrap();
-        assert!(!r.installed_anywhere("h1").unwrap(), "the upgrade and the uninstall removed h1");
-        assert!(r.installed_anywhere("h2").unwrap());
-        assert!(!r.installed_anywhere("h").unwrap(), "a prefix of a hash is not the hash");
+        r.put_install(&install("t1", "h1"), &[]).await.unwrap();
+        r.put_install(&install("t2", "h1"), &[]).await.unwrap();
+        assert!(r.installed_anywhere("h1").await.unwrap());
+        r.put_install(&install("t1", "h2"), &[]).await.unwrap();
+        assert!(r.installed_anywhere("h1").await.unwrap(), "t2 is still on h1");
+        r.delete_install("t2", "e").await.unwrap();
+        assert!(!r.installed_anywhere("h1").await.unwrap(), "the upgrade and the uninstall removed h1");
+        assert!(r.installed_anywhere("h2").await.unwrap());
+        assert!(!r.installed_anywhere("h").await.unwrap(), "a prefix of a hash is not the hash");
         // A database written before the index: rebuilt at open.
         r.tree(INSTALLED_HASHES).unwrap().clear().unwrap();
         drop(r);
         let r = SledRegistry::open(dir.path()).unwrap();
-        assert!(r.installed_anywhere("h2").unwrap());
+        assert!(r.installed_anywhere("h2").await.unwrap());
     }
 
-    #[test]
-    fn a_newer_schema_is_refused() {
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();

@@ -40,8 +40,8 @@ pub async fn publish(svc: &Arc<Service>, event: EventRequest, request_id: String
             .detail("$.topic: 1 to 256 printable characters without `/`, `?` or `#`"));
     }
     let mut ids = Vec::new();
-    for sub in svc.registry.subscriptions(&event.tenant, &event.topic)? {
-        let Some(target) = execute::resolve_enabled(svc, &event.tenant, &sub.extension_id)? else { continue };
+    for sub in svc.registry.subscriptions(&event.tenant, &event.topic).await? {
+        let Some(target) = execute::resolve_enabled(svc, &event.tenant, &sub.extension_id).await? else { continue };
         if target.install.install_id != sub.install_id {
             continue;
         }

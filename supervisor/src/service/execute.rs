@@ -337,15 +337,15 @@ impl Trigger {
 /// Runs the command. `Err` only for failures of the runner itself; everything else (not
 /// installed, denied, guest errors) is an envelope.
 pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<EnvelopeResponse, Problem> {
-    match resolve_envelope(svc, &cmd)? {
+    match resolve_envelope(svc, &cmd).await? {
         Some(target) => Ok(run(svc, &target, cmd, Trigger::Envelope, None).await?.into()),
         None => Ok(EnvelopeResponse::error(404, "not_installed")),
     }
 }
 
 /// Envelope mode: the install must be enabled, on this content hash, and match the ids given.
-fn resolve_envelope(svc: &Service, cmd: &ExecuteCommand) -> Result<Option<Target>, Problem> {
-    let Some(target) = resolve_enabled(svc, &cmd.tenant, &cmd.extension)? else { return Ok(None) };
+async fn resolve_envelope(svc: &Service, cmd: &ExecuteCommand) -> Result<Option<Target>, Problem> {
+    let Some(target) = resolve_enabled(svc, &cmd.tenant, &cmd.extension).await? else { return Ok(None) };
     let install = &target.install;
     if install.content_hash != cmd.content_hash
         || cmd.install_id.as_ref().is_some_and(|i| i != &install.install_id)
@@ -357,11 +357,12 @@ fn resolve_envelope(svc: &Service, cmd: &ExecuteCommand) -> Result<Option<Target
 }
 
 /// The tenant's enabled install of `extension` (registry id or manifest name) and its version.
-pub fn resolve_enabled(svc: &Service, tenant: &str, extension: &str) -> Result<Option<Target>, Problem> {
-    let Some(ext) = svc.registry.extension(extension)? else { return Ok(None) };
-    let Some(install) = svc.registry.install(tenant, &ext.id)?.filter(|i| i.enabled) else { return Ok(None) };
+pub async fn resolve_enabled(svc: &Service, tenant: &str, extension: &str) -> Result<Option<Target>, Problem> {
+    let Some(ext) = svc.registry.extension(extension).await? else { return Ok(None) };
+    let Some(install) = svc.registry.install(tenant, &ext.id).await?.filter(|i| i.enabled) else { return Ok(None) };
     // By version string (one key), then checked against the install's version id.
-    let Some(version) = svc.registry.version(&ext.id, &install.version)?.filter(|v| v.version_id == install.version_id)
+    let Some(version) =
+        svc.registry.version(&ext.id, &install.version).await?.filter(|v| v.version_id == install.version_id)
     else {
         return Ok(None);
     };
@@ -442,7 +443,7 @@ async fn run_in_span(
         return Ok(answer);
     }
 
-    let admitted = match usage::over_window_cap(svc, &cmd.tenant)? {
+    let admitted = match usage::over_window_cap(svc, &cmd.tenant).await? {
         Some(r) => Err(r),
         None => svc.quotas.admit(&cmd.tenant, &ext.id).await,
     };
@@ -475,7 +476,7 @@ async fn run_in_span(
     let egress_bytes = Arc::new(AtomicU64::new(0));
     let mut secrets = SecretMap::default();
     if capabilities.contains(Capability::SecretsGet) {
-        secrets = svc.secrets.get(&cmd.tenant, &install.install_id).map_err(|e| {
+        secrets = svc.secrets.get(&cmd.tenant, &install.install_id).await.map_err(|e| {
             Problem::internal(format!("reading the install's secrets failed: {}", crate::error_chain(&e)))
         })?;
         secrets.0.extend(cmd.secrets.0.clone());
@@ -528,7 +529,7 @@ async fn run_in_span(
             drop(permit);
             let response = answer_of(&mut report);
             let egress_bytes = egress_bytes.load(Ordering::Relaxed);
-            usage::add(svc, &cmd.tenant, &extension_id, &report, egress_bytes);
+            usage::add(svc, &cmd.tenant, &extension_id, &report, egress_bytes).await;
             svc.core.spawner.metrics.finished(Finished {
                 outcome: report.outcome.label(),
                 extension_id: &extension_id,
@@ -541,7 +542,8 @@ async fn run_in_span(
             let record = Recorded { install: &install, trigger: &trigger, execution_id, egress_bytes };
             // An execution is answered only once its record is durable: one that could not be
             // recorded (a full disk, a failed flush) is not reported as a success.
-            let durable = self::record(svc, &cmd, &record, &report, &response) && svc.commit.durable().await.is_ok();
+            let durable =
+                self::record(svc, &cmd, &record, &report, &response).await && svc.commit.durable().await.is_ok();
             if !durable {
                 return Answer::error(503, "storage_unavailable");
             }
@@ -594,7 +596,7 @@ struct Recorded<'a> {
     egress_bytes: u64,
 }
 
-fn record(
+async fn record(
     svc: &Arc<Service>,
     cmd: &ExecuteCommand,
     recorded: &Recorded<'_>,
@@ -674,7 +676,7 @@ fn record(
             line.message
         );
     }
-    match svc.registry.record_execution(r, &svc.retention()) {
+    match svc.registry.record_execution(r, &svc.retention()).await {
         Ok(_) => true,
         Err(e) => {
             tracing::error!(error = %crate::error_chain(&e), "recording an execution failed");

@@ -158,7 +158,7 @@ fn problem_of(env: &Answer) -> Problem {
 
 pub async fn handle(svc: &Arc<Service>, req: GatewayRequest) -> Result<GatewayAnswer, Problem> {
     super::installs::check_tenant(&req.tenant)?;
-    let Some(target) = execute::resolve_enabled(svc, &req.tenant, &req.extension)? else {
+    let Some(target) = execute::resolve_enabled(svc, &req.tenant, &req.extension).await? else {
         return Err(Problem::not_found(
             "not_installed",
             format!("`{}` is not installed (or not enabled) for tenant {}", req.extension, req.tenant),

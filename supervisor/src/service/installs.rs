@@ -59,18 +59,19 @@ pub fn check_tenant(t: &str) -> Result<(), Problem> {
     }
 }
 
-pub fn find_extension(svc: &Service, id_or_name: &str) -> Result<ExtensionRecord, Problem> {
-    svc.registry.extension(id_or_name)?.ok_or_else(|| {
+pub async fn find_extension(svc: &Service, id_or_name: &str) -> Result<ExtensionRecord, Problem> {
+    svc.registry.extension(id_or_name).await?.ok_or_else(|| {
         Problem::not_found("extension_not_found", format!("no extension `{id_or_name}` in the registry"))
     })
 }
 
-fn find_version(svc: &Service, ext: &ExtensionRecord, wanted: &str) -> Result<VersionRecord, Problem> {
-    if let Some(v) = svc.registry.version(&ext.id, wanted)? {
+async fn find_version(svc: &Service, ext: &ExtensionRecord, wanted: &str) -> Result<VersionRecord, Problem> {
+    if let Some(v) = svc.registry.version(&ext.id, wanted).await? {
         return Ok(v);
     }
     svc.registry
-        .version_by_id(&ext.id, wanted)?
+        .version_by_id(&ext.id, wanted)
+        .await?
         .ok_or_else(|| Problem::not_found("version_not_found", format!("{} has no version `{wanted}`", ext.name)))
 }
 
@@ -82,9 +83,9 @@ pub async fn put(
     req: InstallRequest,
 ) -> Result<(bool, InstallView), Problem> {
     check_tenant(tenant)?;
-    let ext = find_extension(svc, extension)?;
-    let version = find_version(svc, &ext, &req.version)?;
-    let current = svc.registry.install(tenant, &ext.id)?;
+    let ext = find_extension(svc, extension).await?;
+    let version = find_version(svc, &ext, &req.version).await?;
+    let current = svc.registry.install(tenant, &ext.id).await?;
     let staying = current.as_ref().is_some_and(|c| c.version_id == version.version_id);
     match version.state {
         VersionState::Active => {}
@@ -129,56 +130,52 @@ pub async fn put(
 
     reverify(svc, &ext, &version).await?;
 
-    let tenant = tenant.to_string();
-    let svc2 = svc.clone();
-    let ext2 = ext.clone();
-    let (created, record) = svc
-        .blocking(move || -> Result<(bool, InstallRecord), Problem> {
-            let now = now_ms();
-            let existing = svc2.registry.install(&tenant, &ext2.id)?;
-            let record = InstallRecord {
-                tenant,
-                extension_id: ext2.id.clone(),
-                install_id: existing.as_ref().map_or_else(new_id, |e| e.install_id.clone()),
-                version_id: version.version_id.clone(),
-                version: version.version.clone(),
-                content_hash: version.content_hash.clone(),
-                granted_capabilities: granted,
-                config: req.config,
-                egress_allowlist: req.egress_allowlist,
-                limits: req.limits.unwrap_or_default(),
-                enabled: req.enabled.unwrap_or(true),
-                created_at: existing.as_ref().map_or(now, |e| e.created_at),
-                updated_at: now,
-            };
-            let subscriptions: Vec<SubscriptionRecord> = version
-                .events
-                .iter()
-                .map(|e| SubscriptionRecord {
-                    tenant: record.tenant.clone(),
-                    topic: e.topic.clone(),
-                    install_id: record.install_id.clone(),
-                    extension_id: record.extension_id.clone(),
-                    handler: e.handler.clone(),
-                })
-                .collect();
-            svc2.registry.put_install(&record, &subscriptions)?;
-            Ok((existing.is_none(), record))
-        })
-        .await??;
+    let (created, record) = {
+        let now = now_ms();
+        let existing = svc.registry.install(tenant, &ext.id).await?;
+        let record = InstallRecord {
+            tenant: tenant.to_string(),
+            extension_id: ext.id.clone(),
+            install_id: existing.as_ref().map_or_else(new_id, |e| e.install_id.clone()),
+            version_id: version.version_id.clone(),
+            version: version.version.clone(),
+            content_hash: version.content_hash.clone(),
+            granted_capabilities: granted,
+            config: req.config,
+            egress_allowlist: req.egress_allowlist,
+            limits: req.limits.unwrap_or_default(),
+            enabled: req.enabled.unwrap_or(true),
+            created_at: existing.as_ref().map_or(now, |e| e.created_at),
+            updated_at: now,
+        };
+        let subscriptions: Vec<SubscriptionRecord> = version
+            .events
+            .iter()
+            .map(|e| SubscriptionRecord {
+                tenant: record.tenant.clone(),
+                topic: e.topic.clone(),
+                install_id: record.install_id.clone(),
+                extension_id: record.extension_id.clone(),
+                handler: e.handler.clone(),
+            })
+            .collect();
+        svc.registry.put_install(&record, &subscriptions).await?;
+        (existing.is_none(), record)
+    };
     tracing::info!(tenant = %record.tenant, extension = %ext.name, version = %record.version, install = %record.install_id, "install saved");
     Ok((created, InstallView { record, extension_name: ext.name }))
 }
 
 /// Verifies the stored bundle again against the current trust bundle.
 async fn reverify(svc: &Arc<Service>, ext: &ExtensionRecord, version: &VersionRecord) -> Result<(), Problem> {
+    let hash = &version.content_hash;
+    let record =
+        svc.registry.bundle(hash).await?.ok_or_else(|| Problem::internal(format!("no bundle record for {hash}")))?;
     let (svc2, ext, version) = (svc.clone(), ext.clone(), version.clone());
     let trust = svc.trust();
     // Reading and hashing the bundle is blocking work: off the async workers.
     svc.blocking(move || -> Result<(), Problem> {
         let hash = &version.content_hash;
-        let record =
-            svc2.registry.bundle(hash)?.ok_or_else(|| Problem::internal(format!("no bundle record for {hash}")))?;
         let bytes = svc2.blobs.get(hash).map_err(|e| {
             Problem::new(409, "version_unavailable", "this version's bundle is missing").detail(format!(
                 "the bundle of {} {} cannot be read ({e}); publish it again to restore it",
@@ -202,28 +199,28 @@ async fn reverify(svc: &Arc<Service>, ext: &ExtensionRecord, version: &VersionRe
     .await?
 }
 
-pub fn get(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {
+pub async fn get(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {
     check_tenant(tenant)?;
-    let ext = find_extension(svc, extension)?;
-    let record = svc.registry.install(tenant, &ext.id)?.ok_or_else(|| {
+    let ext = find_extension(svc, extension).await?;
+    let record = svc.registry.install(tenant, &ext.id).await?.ok_or_else(|| {
         Problem::not_found("not_installed", format!("{} is not installed for tenant {tenant}", ext.name))
     })?;
     Ok(InstallView { record, extension_name: ext.name })
 }
 
-pub fn list(svc: &Service, tenant: &str) -> Result<Vec<InstallView>, Problem> {
+pub async fn list(svc: &Service, tenant: &str) -> Result<Vec<InstallView>, Problem> {
     check_tenant(tenant)?;
     let mut out = Vec::new();
-    for record in svc.registry.installs(tenant)? {
-        let name = svc.registry.extension(&record.extension_id)?.map(|e| e.name).unwrap_or_default();
+    for record in svc.registry.installs(tenant).await? {
+        let name = svc.registry.extension(&record.extension_id).await?.map(|e| e.name).unwrap_or_default();
         out.push(InstallView { record, extension_name: name });
     }
     Ok(out)
 }
 
 /// Replaces the install's secrets (write-only: the answer names the keys, never a value).
-pub fn put_secrets(svc: &Service, tenant: &str, extension: &str, map: SecretMap) -> Result<Vec<String>, Problem> {
-    let view = get(svc, tenant, extension)?;
+pub async fn put_secrets(svc: &Service, tenant: &str, extension: &str, map: SecretMap) -> Result<Vec<String>, Problem> {
+    let view = get(svc, tenant, extension).await?;
     let mut errors = Vec::new();
     for (k, v) in &map.0 {
         if k.is_empty() || k.len() > 256 || k.chars().any(char::is_control) {
@@ -244,17 +241,19 @@ pub fn put_secrets(svc: &Service, tenant: &str, extension: &str, map: SecretMap)
     }
     svc.secrets
         .put(tenant, &view.record.install_id, &map)
+        .await
         .map_err(|e| Problem::internal(format!("storing the secrets failed: {}", crate::error_chain(&e))))?;
     tracing::info!(tenant, extension = %view.extension_name, install = %view.record.install_id, keys = ?map, "install secrets replaced");
     Ok(map.0.into_keys().collect())
 }
 
 /// The names of the install's secrets.
-pub fn secret_keys(svc: &Service, tenant: &str, extension: &str) -> Result<Vec<String>, Problem> {
-    let view = get(svc, tenant, extension)?;
+pub async fn secret_keys(svc: &Service, tenant: &str, extension: &str) -> Result<Vec<String>, Problem> {
+    let view = get(svc, tenant, extension).await?;
     let map = svc
         .secrets
         .get(tenant, &view.record.install_id)
+        .await
         .map_err(|e| Problem::internal(format!("reading the secrets failed: {}", crate::error_chain(&e))))?;
     Ok(map.0.into_keys().collect())
 }
@@ -262,22 +261,24 @@ pub fn secret_keys(svc: &Service, tenant: &str, extension: &str) -> Result<Vec<S
 /// Uninstalls, and purges what belonged to the install: its secrets and storage. The install record goes
 /// first (durably), so a crash in between leaves only unreachable data under an install id that
 /// is never reused, never an install whose data vanished.
-pub fn delete(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {
+pub async fn delete(svc: &Service, tenant: &str, extension: &str) -> Result<InstallView, Problem> {
     check_tenant(tenant)?;
-    let ext = find_extension(svc, extension)?;
-    let record = svc.registry.delete_install(tenant, &ext.id)?.ok_or_else(|| {
+    let ext = find_extension(svc, extension).await?;
+    let record = svc.registry.delete_install(tenant, &ext.id).await?.ok_or_else(|| {
         Problem::not_found("not_installed", format!("{} is not installed for tenant {tenant}", ext.name))
     })?;
-    svc.secrets.delete(tenant, &record.install_id).map_err(|e| {
+    svc.secrets.delete(tenant, &record.install_id).await.map_err(|e| {
         Problem::internal(format!("uninstalled, but deleting the install's secrets failed: {}", crate::error_chain(&e)))
     })?;
     let scope = crate::hostapi::storage::Scope { tenant: tenant.to_string(), install: record.install_id.clone() };
     let storage = &svc.host_env.storage;
-    let purged = storage.purge(&scope).and_then(|n| storage.flush().map(|()| n)).map_err(|e| {
+    let purge_failed = |e: crate::hostapi::storage::KvError| {
         Problem::internal(format!(
             "uninstalled, but purging the install's storage failed (its data is unreachable but still on disk): {e}"
         ))
-    })?;
+    };
+    let purged = storage.purge(&scope).await.map_err(purge_failed)?;
+    storage.flush().await.map_err(purge_failed)?;
     tracing::info!(tenant, extension = %ext.name, install = %record.install_id, storage_records = purged, "uninstalled and purged");
     Ok(InstallView { record, extension_name: ext.name })
 }

@@ -59,12 +59,18 @@ impl Loader {
         }
         let hash = version.content_hash.clone();
         // Reading, hashing, verifying and unpacking a bundle is blocking work: off the async workers.
+        let record = svc
+            .registry
+            .bundle(&hash)
+            .await
+            .map_err(|e| LoadError::Internal(crate::error_chain(&e)))?
+            .ok_or_else(|| LoadError::Verification(format!("no bundle record for {hash}")))?;
         let (record, wasm) = {
             let (svc, ext, version, trust) = (svc.clone(), ext.clone(), version.clone(), trust.clone());
             let metrics = svc.core.spawner.metrics.clone();
             let checked = svc
                 .clone()
-                .blocking(move || verify_and_extract(&svc, &ext, &version, &trust.bundle))
+                .blocking(move || verify_and_extract(&svc, record, &ext, &version, &trust.bundle))
                 .await
                 .map_err(|p| LoadError::Internal(p.to_string()))?;
             if !matches!(checked, Err(LoadError::Internal(_))) {
@@ -101,16 +107,12 @@ impl Loader {
 /// bundle in force, and returns its record and its component.
 fn verify_and_extract(
     svc: &Service,
+    record: BundleRecord,
     ext: &ExtensionRecord,
     version: &VersionRecord,
     trust: &TrustBundle,
 ) -> Result<(BundleRecord, Vec<u8>), LoadError> {
     let hash = &version.content_hash;
-    let record = svc
-        .registry
-        .bundle(hash)
-        .map_err(|e| LoadError::Internal(crate::error_chain(&e)))?
-        .ok_or_else(|| LoadError::Verification(format!("no bundle record for {hash}")))?;
     let bytes = svc.blobs.get(hash).map_err(|e| LoadError::Verification(e.to_string()))?;
     if bundle::content_hash(&bytes) != *hash {
         return Err(LoadError::Verification(format!("the stored bytes of {hash} no longer match their hash")));

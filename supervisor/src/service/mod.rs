@@ -146,18 +146,17 @@ impl Service {
     /// ages execution records out.
     pub fn start_flusher(self: &Arc<Self>) {
         let registry = Arc::downgrade(&self.registry);
-        self.core.spawner.handle.spawn(self.commit.clone().run(registry, self.core.spawner.handle.clone()));
+        self.core.spawner.handle.spawn(self.commit.clone().run(registry));
         let (registry, retention) = (Arc::downgrade(&self.registry), self.retention());
         self.core.spawner.handle.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
                 every.tick().await;
                 let Some(store) = registry.upgrade() else { return };
-                match tokio::task::spawn_blocking(move || store.prune_executions(&retention)).await {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => tracing::info!(records = n, "execution records aged out"),
-                    Ok(Err(e)) => tracing::error!(error = %crate::error_chain(&e), "pruning execution records failed"),
-                    Err(e) => tracing::error!(error = %e, "the pruning task failed"),
+                match store.prune_executions(&retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(records = n, "execution records aged out"),
+                    Err(e) => tracing::error!(error = %crate::error_chain(&e), "pruning execution records failed"),
                 }
             }
         });

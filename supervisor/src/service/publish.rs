@@ -79,11 +79,11 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     };
 
     // Answer a re-upload or a conflict before doing any work.
-    if let Some(ext) = svc.registry.extension(&manifest.name)? {
+    if let Some(ext) = svc.registry.extension(&manifest.name).await? {
         if ext.publisher != manifest.publisher {
             return Err(name_taken(&manifest.name, &ext.publisher));
         }
-        if let Some(existing) = svc.registry.version(&ext.id, &manifest.version)? {
+        if let Some(existing) = svc.registry.version(&ext.id, &manifest.version).await? {
             if existing.content_hash != opened.content_hash {
                 return Err(version_conflict(&manifest.name, &manifest.version, &existing.content_hash));
             }
@@ -92,9 +92,7 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
                 || !svc.blobs.exists(&existing.content_hash)
                 || !svc.ui_trees.exists(&existing.content_hash)
             {
-                let svc2 = svc.clone();
-                let ui = ui_files(&opened.files);
-                svc.blocking(move || restore(&svc2, existing, &bytes, &ui)).await??;
+                restore(svc, existing, bytes, ui_files(&opened.files)).await?;
             }
             return Ok((false, published(ext.id)));
         }
@@ -168,34 +166,33 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     let ui_files = ui_files(&opened.files);
 
     let hash = opened.content_hash.clone();
-    let outcome = {
-        let svc = svc.clone();
+    {
+        let (svc, hash) = (svc.clone(), hash.clone());
         svc.clone()
-            .blocking(move || -> Result<PublishOutcome, Problem> {
+            .blocking(move || -> Result<(), Problem> {
                 // The UI tree first: it is the step that can still find a bundle unusable, and the
                 // blob is stored only once it is done. Content-addressed: a tree left by a lost
                 // race is the same tree; one left by a failed blob write is swept at start.
                 svc.ui_trees.extract(&hash, &ui_files).map_err(|e| Problem::internal(e.to_string()))?;
-                svc.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
-                let outcome = match svc.registry.publish(extension, version, record) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        if svc.registry.bundle(&hash).ok().flatten().is_none() {
-                            let _ = svc.blobs.remove(&hash);
-                        }
-                        return Err(e.into());
-                    }
-                };
-                if !matches!(outcome, PublishOutcome::Created { .. } | PublishOutcome::AlreadyPublished { .. }) {
-                    // Lost a race or refused: no record points at the blob.
-                    if svc.registry.bundle(&hash)?.is_none() {
-                        let _ = svc.blobs.remove(&hash);
-                    }
-                }
-                Ok(outcome)
+                svc.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))
             })
-            .await??
+            .await??;
+    }
+    let outcome = match svc.registry.publish(extension, version, record).await {
+        Ok(o) => o,
+        Err(e) => {
+            if svc.registry.bundle(&hash).await.ok().flatten().is_none() {
+                let _ = svc.blobs.remove(&hash);
+            }
+            return Err(e.into());
+        }
     };
+    if !matches!(outcome, PublishOutcome::Created { .. } | PublishOutcome::AlreadyPublished { .. }) {
+        // Lost a race or refused: no record points at the blob.
+        if svc.registry.bundle(&hash).await?.is_none() {
+            let _ = svc.blobs.remove(&hash);
+        }
+    }
     match outcome {
         PublishOutcome::Created { extension, version } => {
             tracing::info!(extension = %extension.name, version = %version.version, content_hash = %version.content_hash, signer = %verified.key_id, "bundle published");
@@ -216,17 +213,21 @@ fn ui_files(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
 
 /// Puts back the stored copy of a version whose bundle (or UI tree) went missing, and makes it
 /// available.
-fn restore(
-    svc: &Service,
+async fn restore(
+    svc: &Arc<Service>,
     mut version: VersionRecord,
-    bytes: &[u8],
-    ui: &BTreeMap<String, Vec<u8>>,
+    bytes: Vec<u8>,
+    ui: BTreeMap<String, Vec<u8>>,
 ) -> Result<(), Problem> {
-    svc.blobs.put(&version.content_hash, bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
-    svc.ui_trees.extract(&version.content_hash, ui).map_err(|e| Problem::internal(e.to_string()))?;
+    let (svc2, hash) = (svc.clone(), version.content_hash.clone());
+    svc.blocking(move || -> Result<(), Problem> {
+        svc2.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
+        svc2.ui_trees.extract(&hash, &ui).map_err(|e| Problem::internal(e.to_string()))
+    })
+    .await??;
     if version.state == VersionState::Unavailable {
         version.state = VersionState::Active;
-        svc.registry.put_version(&version)?;
+        svc.registry.put_version(&version).await?;
     }
     tracing::warn!(content_hash = %version.content_hash, version = %version.version, "a missing bundle was restored by its re-upload");
     Ok(())

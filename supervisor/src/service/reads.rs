@@ -28,27 +28,31 @@ pub struct ExtensionView {
     pub versions: Vec<VersionRecord>,
 }
 
-pub fn extensions(svc: &Service, cursor: Option<&str>, limit: Option<usize>) -> Result<Page<ExtensionRecord>, Problem> {
+pub async fn extensions(
+    svc: &Service,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Page<ExtensionRecord>, Problem> {
     let limit = page_size(limit);
-    let items = svc.registry.extensions(cursor, limit)?;
+    let items = svc.registry.extensions(cursor, limit).await?;
     let next_cursor = (items.len() == limit).then(|| items.last().map(|e| e.name.clone())).flatten();
     Ok(Page { items, next_cursor })
 }
 
-pub fn extension(svc: &Service, id_or_name: &str) -> Result<ExtensionView, Problem> {
-    let extension = find_extension(svc, id_or_name)?;
-    let versions = svc.registry.versions(&extension.id)?;
+pub async fn extension(svc: &Service, id_or_name: &str) -> Result<ExtensionView, Problem> {
+    let extension = find_extension(svc, id_or_name).await?;
+    let versions = svc.registry.versions(&extension.id).await?;
     Ok(ExtensionView { extension, versions })
 }
 
-pub fn versions(
+pub async fn versions(
     svc: &Service,
     id_or_name: &str,
     cursor: Option<&str>,
     limit: Option<usize>,
 ) -> Result<Page<VersionRecord>, Problem> {
-    let extension = find_extension(svc, id_or_name)?;
-    let all = svc.registry.versions(&extension.id)?;
+    let extension = find_extension(svc, id_or_name).await?;
+    let all = svc.registry.versions(&extension.id).await?;
     let start = match cursor {
         Some(c) => all.iter().position(|v| v.version == c).map(|p| p + 1).ok_or_else(|| invalid_cursor(c))?,
         None => 0,
@@ -60,20 +64,20 @@ pub fn versions(
 }
 
 /// Yanks a version: no new installs; existing installs keep running until upgraded.
-pub fn yank(svc: &Service, id_or_name: &str, version: &str) -> Result<VersionRecord, Problem> {
-    let extension = find_extension(svc, id_or_name)?;
-    let mut v = svc.registry.version(&extension.id, version)?.ok_or_else(|| {
+pub async fn yank(svc: &Service, id_or_name: &str, version: &str) -> Result<VersionRecord, Problem> {
+    let extension = find_extension(svc, id_or_name).await?;
+    let mut v = svc.registry.version(&extension.id, version).await?.ok_or_else(|| {
         Problem::not_found("version_not_found", format!("{} has no version `{version}`", extension.name))
     })?;
     if v.state != VersionState::Yanked {
         v.state = VersionState::Yanked;
-        svc.registry.put_version(&v)?;
+        svc.registry.put_version(&v).await?;
         tracing::info!(extension = %extension.name, version, "version yanked");
     }
     Ok(v)
 }
 
-pub fn executions(
+pub async fn executions(
     svc: &Service,
     tenant: &str,
     extension: Option<&str>,
@@ -88,12 +92,12 @@ pub fn executions(
         return Err(invalid_cursor(c));
     }
     let extension_id = match extension {
-        Some(e) => Some(find_extension(svc, e)?.id),
+        Some(e) => Some(find_extension(svc, e).await?.id),
         None => None,
     };
     let query =
         ExecutionQuery { extension_id, outcome: status.map(str::to_string), after: cursor, limit: page_size(limit) };
-    let (items, next_cursor) = svc.registry.executions(tenant, &query)?;
+    let (items, next_cursor) = svc.registry.executions(tenant, &query).await?;
     Ok(Page { items, next_cursor })
 }
 

@@ -138,25 +138,36 @@ fn not_found(reason: impl std::fmt::Display) -> Problem {
 
 /// Makes sure the bundle's UI tree is on disk and its ETags recorded (bundles published before
 /// UIs were extracted, or a tree removed by hand): from the stored blob, checked against its hash.
-fn ensure_tree(svc: &Service, record: &mut BundleRecord) -> Result<(), Problem> {
+async fn ensure_tree(svc: &Arc<Service>, record: &mut BundleRecord) -> Result<(), Problem> {
     if svc.ui_trees.exists(&record.content_hash) && !record.ui_etags.is_empty() {
         return Ok(());
     }
-    let bytes = svc.blobs.get(&record.content_hash).map_err(|e| Problem::internal(e.to_string()))?;
-    if bundle::content_hash(&bytes) != record.content_hash {
-        return Err(Problem::new(502, "bundle_verification_failed", "the stored bundle no longer matches its hash"));
-    }
-    let opened = bundle::open(&bytes, &svc.archive_limits()).map_err(|e| Problem::internal(e.to_string()))?;
-    svc.ui_trees.extract(&record.content_hash, &opened.files).map_err(|e| Problem::internal(e.to_string()))?;
+    // Reading, hashing and unpacking the bundle is blocking work: off the async workers.
+    let (svc2, hash) = (svc.clone(), record.content_hash.clone());
+    let etags = svc
+        .blocking(move || -> Result<_, Problem> {
+            let bytes = svc2.blobs.get(&hash).map_err(|e| Problem::internal(e.to_string()))?;
+            if bundle::content_hash(&bytes) != hash {
+                return Err(Problem::new(
+                    502,
+                    "bundle_verification_failed",
+                    "the stored bundle no longer matches its hash",
+                ));
+            }
+            let opened = bundle::open(&bytes, &svc2.archive_limits()).map_err(|e| Problem::internal(e.to_string()))?;
+            svc2.ui_trees.extract(&hash, &opened.files).map_err(|e| Problem::internal(e.to_string()))?;
+            Ok(UiTrees::etags(&opened.files))
+        })
+        .await??;
     if record.ui_etags.is_empty() {
-        record.ui_etags = UiTrees::etags(&opened.files);
-        svc.registry.put_bundle(record)?;
+        record.ui_etags = etags;
+        svc.registry.put_bundle(record).await?;
     }
     Ok(())
 }
 
 /// Decides what `/ext-ui/...` answers.
-pub fn resolve(svc: &Arc<Service>, req: &UiRequest) -> Result<UiAnswer, Problem> {
+pub async fn resolve(svc: &Arc<Service>, req: &UiRequest) -> Result<UiAnswer, Problem> {
     let raw = req.content_hash.replace("%3A", ":").replace("%3a", ":");
     let hash = raw
         .strip_prefix("sha256:")
@@ -171,14 +182,14 @@ pub fn resolve(svc: &Arc<Service>, req: &UiRequest) -> Result<UiAnswer, Problem>
     let segments = clean_path(&req.path)?;
     let unknown = || not_found(format!("no UI {hash} of `{}` here", req.extension));
 
-    let Some(ext) = svc.registry.extension(&req.extension)? else { return Err(unknown()) };
-    let Some(mut record) = svc.registry.bundle(&hash)?.filter(|b| b.extension_id == ext.id) else {
+    let Some(ext) = svc.registry.extension(&req.extension).await? else { return Err(unknown()) };
+    let Some(mut record) = svc.registry.bundle(&hash).await?.filter(|b| b.extension_id == ext.id) else {
         return Err(unknown());
     };
     if svc.config.ui.strict {
         let installed = match &req.tenant {
-            Some(t) => svc.registry.install(t, &ext.id)?.is_some_and(|i| i.content_hash == hash),
-            None => svc.registry.installed_anywhere(&hash)?,
+            Some(t) => svc.registry.install(t, &ext.id).await?.is_some_and(|i| i.content_hash == hash),
+            None => svc.registry.installed_anywhere(&hash).await?,
         };
         if !installed {
             return Err(not_found(match &req.tenant {
@@ -189,10 +200,11 @@ pub fn resolve(svc: &Arc<Service>, req: &UiRequest) -> Result<UiAnswer, Problem>
     }
     let version = svc
         .registry
-        .version_by_id(&ext.id, &record.version_id)?
+        .version_by_id(&ext.id, &record.version_id)
+        .await?
         .ok_or_else(|| Problem::internal(format!("no version record for {hash}")))?;
     let Some(ui) = version.ui else { return Err(not_found(format!("{} {} has no UI", ext.name, version.version))) };
-    ensure_tree(svc, &mut record)?;
+    ensure_tree(svc, &mut record).await?;
 
     // SPA fallback: the empty path, or a last segment without an extension, is the entry.
     let rel = match segments.last() {

@@ -20,7 +20,7 @@ fn current_window(svc: &Service) -> (u64, u64) {
 }
 
 /// Adds one execution's usage (failures are logged: the answer does not wait on accounting).
-pub fn add(svc: &Service, tenant: &str, extension_id: &str, report: &Report, egress_bytes: u64) {
+pub async fn add(svc: &Service, tenant: &str, extension_id: &str, report: &Report, egress_bytes: u64) {
     let ms = report.duration.as_millis() as u64;
     let delta = UsageRecord {
         invocations: 1,
@@ -30,19 +30,20 @@ pub fn add(svc: &Service, tenant: &str, extension_id: &str, report: &Report, egr
         egress_bytes,
     };
     let (start, _) = current_window(svc);
-    if let Err(e) = svc.registry.add_usage(tenant, extension_id, start, &delta) {
+    if let Err(e) = svc.registry.add_usage(tenant, extension_id, start, &delta).await {
         tracing::error!(tenant, error = %crate::error_chain(&e), "recording quota usage failed");
     }
 }
 
 /// The tenant's per-window invocation cap, when it is reached.
-pub fn over_window_cap(svc: &Service, tenant: &str) -> Result<Option<Refused>, Problem> {
+pub async fn over_window_cap(svc: &Service, tenant: &str) -> Result<Option<Refused>, Problem> {
     let cap = svc.config.quotas.tenant_invocations_per_window;
     if cap == 0 {
         return Ok(None);
     }
     let (start, window) = current_window(svc);
-    let used: u64 = svc.registry.usage(tenant, start)?.iter().filter(|u| u.1 == start).map(|u| u.2.invocations).sum();
+    let used: u64 =
+        svc.registry.usage(tenant, start).await?.iter().filter(|u| u.1 == start).map(|u| u.2.invocations).sum();
     if used < cap {
         return Ok(None);
     }
@@ -62,13 +63,13 @@ pub struct WindowView {
 
 /// `GET /v1/tenants/{tenant}/quotas`: the limits, the live concurrency, and the usage windows
 /// of the last day, newest first.
-pub fn view(svc: &Service, tenant: &str) -> Result<serde_json::Value, Problem> {
+pub async fn view(svc: &Service, tenant: &str) -> Result<serde_json::Value, Problem> {
     super::installs::check_tenant(tenant)?;
     let (start, window) = current_window(svc);
     let since = start.saturating_sub(86_400);
     let mut windows: Vec<WindowView> = Vec::new();
-    for (extension_id, window_start, usage) in svc.registry.usage(tenant, since)? {
-        let extension_name = svc.registry.extension(&extension_id)?.map(|e| e.name).unwrap_or_default();
+    for (extension_id, window_start, usage) in svc.registry.usage(tenant, since).await? {
+        let extension_name = svc.registry.extension(&extension_id).await?.map(|e| e.name).unwrap_or_default();
         windows.push(WindowView { extension_id, extension_name, window_start, window_s: window, usage });
     }
     windows.sort_by(|a, b| b.window_start.cmp(&a.window_start).then(a.extension_name.cmp(&b.extension_name)));

@@ -129,12 +129,13 @@ impl SledKv {
     }
 }
 
+#[async_trait::async_trait]
 impl KvStore for SledKv {
-    fn get(&self, scope: &Scope, namespace: &str, key: &str) -> Result<Option<Stored>, KvError> {
+    async fn get(&self, scope: &Scope, namespace: &str, key: &str) -> Result<Option<Stored>, KvError> {
         self.tree()?.get(value_key(scope, namespace, key)).map_err(db_error)?.map(|v| decode_value(&v)).transpose()
     }
 
-    fn put(
+    async fn put(
         &self,
         scope: &Scope,
         namespace: &str,
@@ -192,7 +193,7 @@ impl KvStore for SledKv {
         }
     }
 
-    fn delete(&self, scope: &Scope, namespace: &str, key: &str) -> Result<bool, KvError> {
+    async fn delete(&self, scope: &Scope, namespace: &str, key: &str) -> Result<bool, KvError> {
         let vkey = value_key(scope, namespace, key);
         let ukey = usage_key(scope);
         let result = self.tree()?.transaction(|t| {
@@ -218,7 +219,7 @@ impl KvStore for SledKv {
         }
     }
 
-    fn list(
+    async fn list(
         &self,
         scope: &Scope,
         namespace: &str,
@@ -243,7 +244,7 @@ impl KvStore for SledKv {
         Ok(out)
     }
 
-    fn purge(&self, scope: &Scope) -> Result<u64, KvError> {
+    async fn purge(&self, scope: &Scope) -> Result<u64, KvError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for k in self.tree()?.scan_prefix(scope_prefix(scope)).keys() {
@@ -254,8 +255,13 @@ impl KvStore for SledKv {
         Ok(n)
     }
 
-    fn flush(&self) -> Result<(), KvError> {
-        self.db.flush().map_err(db_error)
+    async fn flush(&self) -> Result<(), KvError> {
+        // An fsync: off the async workers.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| KvError(format!("the flush task failed: {e}")))?
+            .map_err(db_error)
     }
 }
 
@@ -267,35 +273,35 @@ mod tests {
         Scope { tenant: t.into(), install: i.into() }
     }
 
-    #[test]
-    fn a_namespace_cannot_reach_into_another() {
+    #[tokio::test]
+    async fn a_namespace_cannot_reach_into_another() {
         let kv = SledKv::temporary().unwrap();
         let s = scope("t", "i");
         // Without the length prefix, ("a", "bc") and ("ab", "c") would share bytes.
-        kv.put(&s, "a", "bc", b"1".to_vec(), None).unwrap();
-        kv.put(&s, "ab", "c", b"2".to_vec(), None).unwrap();
-        assert_eq!(kv.list(&s, "a", None, 100).unwrap().len(), 1);
-        assert_eq!(kv.list(&s, "ab", None, 100).unwrap().len(), 1);
-        assert_eq!(kv.get(&s, "a", "bc").unwrap().unwrap().value, b"1");
+        kv.put(&s, "a", "bc", b"1".to_vec(), None).await.unwrap();
+        kv.put(&s, "ab", "c", b"2".to_vec(), None).await.unwrap();
+        assert_eq!(kv.list(&s, "a", None, 100).await.unwrap().len(), 1);
+        assert_eq!(kv.list(&s, "ab", None, 100).await.unwrap().len(), 1);
+        assert_eq!(kv.get(&s, "a", "bc").await.unwrap().unwrap().value, b"1");
     }
 
-    #[test]
-    fn usage_follows_writes_and_deletes_and_purge_empties_one_install() {
+    #[tokio::test]
+    async fn usage_follows_writes_and_deletes_and_purge_empties_one_install() {
         let kv = SledKv::temporary().unwrap();
         let (a, b) = (scope("t", "i1"), scope("t", "i2"));
-        kv.put(&a, "ns", "k", vec![0; 10], None).unwrap();
-        kv.put(&a, "ns", "k", vec![0; 20], None).unwrap();
-        kv.put(&b, "ns", "k", vec![0; 5], None).unwrap();
+        kv.put(&a, "ns", "k", vec![0; 10], None).await.unwrap();
+        kv.put(&a, "ns", "k", vec![0; 20], None).await.unwrap();
+        kv.put(&b, "ns", "k", vec![0; 5], None).await.unwrap();
         let usage = decode_usage(kv.tree().unwrap().get(usage_key(&a)).unwrap().as_deref()).unwrap();
         assert_eq!(usage.bytes, 21);
         assert_eq!(usage.namespaces.get("ns"), Some(&1));
-        assert!(kv.delete(&a, "ns", "k").unwrap());
-        assert!(!kv.delete(&a, "ns", "k").unwrap());
+        assert!(kv.delete(&a, "ns", "k").await.unwrap());
+        assert!(!kv.delete(&a, "ns", "k").await.unwrap());
         let usage = decode_usage(kv.tree().unwrap().get(usage_key(&a)).unwrap().as_deref()).unwrap();
         assert_eq!((usage.bytes, usage.namespaces.len()), (0, 0));
-        kv.put(&a, "ns", "x", vec![1], None).unwrap();
-        assert_eq!(kv.purge(&a).unwrap(), 2, "the value and the usage record");
-        assert!(kv.get(&a, "ns", "x").unwrap().is_none());
-        assert_eq!(kv.get(&b, "ns", "k").unwrap().unwrap().value, vec![0; 5], "the other install keeps its data");
+        kv.put(&a, "ns", "x", vec![1], None).await.unwrap();
+        assert_eq!(kv.purge(&a).await.unwrap(), 2, "the value and the usage record");
+        assert!(kv.get(&a, "ns", "x").await.unwrap().is_none());
+        assert_eq!(kv.get(&b, "ns", "k").await.unwrap().unwrap().value, vec![0; 5], "the other install keeps its data");
     }
 }
