@@ -352,6 +352,30 @@ impl Default for ExecuteConfig {
     }
 }
 
+/// `[storage]` — where the registry, the execution log, usage, guest storage and secrets live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sled`: the embedded database in the state directory, for one host; `postgres`: one
+    /// PostgreSQL database that several runner hosts share (default `sled`).
+    pub backend: String,
+    /// The PostgreSQL connection URL, `postgres://user:password@host:port/database` (default none;
+    /// required with `backend = "postgres"` unless `url_file` is set).
+    pub url: Option<String>,
+    /// A file holding the URL, e.g. a systemd credential (default none).
+    pub url_file: Option<PathBuf>,
+    /// Connections to PostgreSQL this host opens at most (default 16).
+    pub pool_size: usize,
+    /// A statement running longer is cancelled, in milliseconds (default 5 000).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { backend: "sled".into(), url: None, url_file: None, pool_size: 16, statement_timeout_ms: 5_000 }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -359,6 +383,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub state: StateConfig,
+    pub storage: StorageConfig,
     pub trust: TrustConfig,
     pub sandbox: SandboxConfig,
     pub limits: LimitsConfig,
@@ -382,6 +407,7 @@ const SECTIONS: &[&str] = &[
     "server",
     "auth",
     "state",
+    "storage",
     "trust",
     "sandbox",
     "limits",
@@ -611,7 +637,36 @@ impl Config {
         if self.gateway.timeout_ms == 0 {
             e.push("gateway.timeout_ms: must be above 0".into());
         }
+        let st = &self.storage;
+        match st.backend.as_str() {
+            "sled" => {}
+            "postgres" => match (&st.url, &st.url_file) {
+                (None, None) => e.push(
+                    "storage.url: required with storage.backend = \"postgres\" (or storage.url_file), e.g. \
+                     postgres://runner:password@db.example.com:5432/alga_runner"
+                        .into(),
+                ),
+                (Some(url), _) if url.parse::<tokio_postgres::Config>().is_err() => e.push(format!(
+                    "storage.url: not a PostgreSQL URL (postgres://user:password@host:port/database): {}",
+                    redacted_url(url)
+                )),
+                (_, Some(f)) if !f.is_file() => e.push(format!("storage.url_file: {} does not exist", f.display())),
+                _ => {}
+            },
+            other => e.push(format!("storage.backend: `{other}` must be sled or postgres")),
+        }
+        if st.pool_size == 0 || st.pool_size > 1024 {
+            e.push("storage.pool_size: must be 1 to 1024".into());
+        }
+        if st.statement_timeout_ms == 0 {
+            e.push("storage.statement_timeout_ms: must be above 0".into());
+        }
         if e.is_empty() { Ok(()) } else { Err(ConfigErrors(e)) }
+    }
+
+    /// The PostgreSQL URL: inline, or read from its file (trailing whitespace trimmed).
+    pub fn storage_url(&self) -> std::io::Result<Option<String>> {
+        token(&self.storage.url, &self.storage.url_file)
     }
 
     /// The service token: inline, or read from its file (trailing whitespace trimmed).
@@ -626,6 +681,18 @@ impl Config {
     /// The host API token: inline, or read from its file.
     pub fn host_api_token(&self) -> std::io::Result<Option<String>> {
         token(&self.host_api.token, &self.host_api.token_file)
+    }
+}
+
+/// A database URL with its password replaced, for messages.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(unparsable)".into(),
     }
 }
 

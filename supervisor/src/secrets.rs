@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::db::SledDb;
+use crate::db::postgres::{Pg, PgError};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
@@ -52,6 +53,9 @@ pub struct NodeKey {
     cipher: XChaCha20Poly1305,
     /// Where it came from, for the operator.
     pub source: PathBuf,
+    /// Names the key without revealing it: hex SHA-256 of a label and the key, first 16 digits.
+    /// Hosts sharing a database must share the key; the database keeps this to check it.
+    pub fingerprint: String,
 }
 
 impl std::fmt::Debug for NodeKey {
@@ -64,25 +68,31 @@ impl NodeKey {
     /// The systemd credential when there is one, else `file`, created (0600, 32 random bytes)
     /// when missing. A key file readable by others is refused.
     pub fn load_or_create(file: &Path) -> Result<NodeKey, SecretsError> {
+        if let Some(key) = NodeKey::load(file)? {
+            return Ok(key);
+        }
+        let err = |detail: String| SecretsError::Key { path: file.to_path_buf(), detail };
+        let key = alga_sandbox::sys::random_seed();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+            .map_err(|e| err(format!("creating: {e}")))?;
+        f.write_all(&key).and_then(|()| f.sync_all()).map_err(|e| err(format!("writing: {e}")))?;
+        tracing::info!(path = %file.display(), "generated the node key (keep it: without it stored secrets cannot be read)");
+        NodeKey::read(file, true)
+    }
+
+    /// The systemd credential when there is one, else `file`; `None` when neither exists.
+    pub fn load(file: &Path) -> Result<Option<NodeKey>, SecretsError> {
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
             let path = Path::new(&dir).join(CREDENTIAL_NAME);
             if path.exists() {
-                return NodeKey::read(&path, false);
+                return NodeKey::read(&path, false).map(Some);
             }
         }
-        if !file.exists() {
-            let err = |detail: String| SecretsError::Key { path: file.to_path_buf(), detail };
-            let key = alga_sandbox::sys::random_seed();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(file)
-                .map_err(|e| err(format!("creating: {e}")))?;
-            f.write_all(&key).and_then(|()| f.sync_all()).map_err(|e| err(format!("writing: {e}")))?;
-            tracing::info!(path = %file.display(), "generated the node key (keep it: without it stored secrets cannot be read)");
-        }
-        NodeKey::read(file, true)
+        if file.exists() { NodeKey::read(file, true).map(Some) } else { Ok(None) }
     }
 
     fn read(path: &Path, check_mode: bool) -> Result<NodeKey, SecretsError> {
@@ -99,7 +109,14 @@ impl NodeKey {
             .as_slice()
             .try_into()
             .map_err(|_| err(format!("must hold exactly 32 bytes, holds {}", bytes.len())))?;
-        Ok(NodeKey { cipher: XChaCha20Poly1305::new(&key.into()), source: path.to_path_buf() })
+        let fingerprint = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"alga-runner node key fingerprint\0");
+            h.update(key);
+            hex::encode(h.finalize())[..16].to_string()
+        };
+        Ok(NodeKey { cipher: XChaCha20Poly1305::new(&key.into()), source: path.to_path_buf(), fingerprint })
     }
 
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SecretsError> {
@@ -169,6 +186,57 @@ impl SealedStore for SledSecrets {
     async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
         self.db.tree(TREE)?.remove(record_key(tenant, install_id))?;
         self.flush().await
+    }
+}
+
+/// The `install_secrets` table of the shared database.
+#[derive(Debug)]
+pub struct PgSecrets {
+    pg: Pg,
+}
+
+impl PgSecrets {
+    pub fn new(pg: Pg) -> Self {
+        PgSecrets { pg }
+    }
+}
+
+fn pg_error(e: impl Into<PgError>) -> SecretsError {
+    SecretsError::Backend(crate::error_chain(&e.into()))
+}
+
+#[async_trait::async_trait]
+impl SealedStore for PgSecrets {
+    async fn get(&self, tenant: &str, install_id: &str) -> Result<Option<Vec<u8>>, SecretsError> {
+        let c = self.pg.client().await.map_err(pg_error)?;
+        let row = c
+            .query_opt(
+                "SELECT sealed FROM install_secrets WHERE tenant = $1 AND install_id = $2",
+                &[&tenant, &install_id],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.map(|r| r.get("sealed")))
+    }
+
+    async fn put(&self, tenant: &str, install_id: &str, sealed: Vec<u8>) -> Result<(), SecretsError> {
+        let c = self.pg.client().await.map_err(pg_error)?;
+        c.execute(
+            "INSERT INTO install_secrets (tenant, install_id, sealed) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant, install_id) DO UPDATE SET sealed = excluded.sealed",
+            &[&tenant, &install_id, &sealed],
+        )
+        .await
+        .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
+        let c = self.pg.client().await.map_err(pg_error)?;
+        c.execute("DELETE FROM install_secrets WHERE tenant = $1 AND install_id = $2", &[&tenant, &install_id])
+            .await
+            .map_err(pg_error)?;
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 //! harness that drives the real execution core (with the real binary as its fork server) from
 //! the test process, and named skips.
 
+pub mod postgres;
 pub mod server;
 pub mod upstream;
 pub mod webdriver;

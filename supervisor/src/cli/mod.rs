@@ -5,6 +5,7 @@ pub mod client;
 pub mod doctor;
 pub mod exec;
 pub mod serve;
+pub mod stores;
 
 use clap::{Parser, Subcommand};
 

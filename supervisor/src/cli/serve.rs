@@ -15,9 +15,7 @@ use crate::exec::Core;
 use crate::exec::forkserver;
 use crate::exec::sandbox::Sandbox;
 use crate::exec::settings::Settings;
-use crate::hostapi::SledKv;
-use crate::registry::{BlobStore, RegistryStore, SledRegistry, StoreError, UiTrees, VersionState};
-use crate::secrets::{NodeKey, SecretStore, SledSecrets};
+use crate::registry::{BlobStore, RegistryStore, StoreError, UiTrees, VersionState};
 use crate::service::Service;
 
 #[derive(Debug, clap::Args)]
@@ -130,8 +128,14 @@ pub fn settings_of(config: &Config) -> Settings {
 }
 
 /// Makes the database and the blob store agree: a blob without a record is removed; a record
-/// without its blob marks the version unavailable.
-async fn reconcile(registry: &dyn RegistryStore, blobs: &BlobStore, ui: &UiTrees) -> Result<(), StoreError> {
+/// without its blob marks the version unavailable (unless the registry is `shared` with other
+/// hosts, whose bundles this host's blob store does not hold).
+async fn reconcile(
+    registry: &dyn RegistryStore,
+    blobs: &BlobStore,
+    ui: &UiTrees,
+    shared: bool,
+) -> Result<(), StoreError> {
     let records = registry.bundles().await?;
     let known: std::collections::HashSet<&str> = records.iter().map(|r| r.content_hash.as_str()).collect();
     for tree in ui.list().unwrap_or_default() {
@@ -146,7 +150,7 @@ async fn reconcile(registry: &dyn RegistryStore, blobs: &BlobStore, ui: &UiTrees
             let _ = blobs.remove(&blob);
         }
     }
-    for r in &records {
+    for r in records.iter().filter(|_| !shared) {
         if !blobs.exists(&r.content_hash)
             && let Some(mut v) = registry.version_by_id(&r.extension_id, &r.version_id).await?
             && v.state != VersionState::Unavailable
@@ -214,14 +218,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
     std::fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("making the state directory {} private (0700)", state.display()))?;
-    let registry = match SledRegistry::open(&state.join("db")) {
-        Ok(r) => r,
-        Err(e @ StoreError::NewerSchema { .. }) => {
-            eprintln!("error: {e}");
-            return Ok(EXIT_CONFIG);
-        }
-        Err(e) => return Err(e).context("opening the database"),
-    };
     let blobs = BlobStore::open(state.join("bundles").join("sha256"))?;
     let ui_trees = UiTrees::open(state.join("ui"))?;
     let trust = if config.trust.bundle.is_empty() {
@@ -246,18 +242,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the execution runtime")?;
-    rt.block_on(reconcile(&registry, &blobs, &ui_trees)).context("checking the database against the blob store")?;
-    let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
-    let storage = Arc::new(SledKv::new(registry.db().clone()));
-    let node_key = match NodeKey::load_or_create(&state.join("node.key")) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
+    let stores = match super::stores::open(&config, &rt) {
+        Ok(s) => s,
+        Err(super::stores::OpenError::Config(message)) => {
+            eprintln!("error: {message}");
             return Ok(EXIT_CONFIG);
         }
+        Err(super::stores::OpenError::Other(e)) => return Err(e),
     };
-    let secrets = SecretStore::new(Arc::new(SledSecrets::new(registry.db().clone())), node_key);
-    let registry: Arc<dyn RegistryStore> = Arc::new(registry);
+    let super::stores::Stores { registry, storage, secrets, shared } = stores;
+    rt.block_on(reconcile(&*registry, &blobs, &ui_trees, shared))
+        .context("checking the database against the blob store")?;
+    let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
     let service =
         Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust, storage, secrets)?);
     service.start_flusher();

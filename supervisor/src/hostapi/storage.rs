@@ -9,6 +9,7 @@ use alga_shared::protocol::HostReply;
 
 use super::HostContext;
 
+pub mod postgres;
 pub mod sled;
 
 /// Limits of the storage API (04-host-api.md).

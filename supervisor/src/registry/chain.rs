@@ -51,6 +51,17 @@ pub struct Retention {
     pub max_age_ms: u64,
 }
 
+/// Records pruned per append at most (the periodic sweep takes the rest).
+pub const PRUNE_PER_APPEND: usize = 16;
+
+impl Retention {
+    /// Whether a chain of `len` records keeps its oldest one, created at `created_at` (Unix ms).
+    /// The newest record always stays, so the chain keeps its head.
+    pub fn keeps_oldest(&self, len: u64, created_at: u64, now: u64) -> bool {
+        len <= 1 || (len <= self.max_records && created_at >= now.saturating_sub(self.max_age_ms))
+    }
+}
+
 /// SHA-256 (hex) of a record as stored.
 pub fn hash_of_bytes(stored: &[u8]) -> String {
     hex::encode(Sha256::digest(stored))

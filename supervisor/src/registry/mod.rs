@@ -6,11 +6,13 @@ pub mod blobs;
 pub mod chain;
 pub mod commit;
 pub mod model;
+mod pg_store;
 mod sled_store;
 pub mod ui_tree;
 
 pub use blobs::BlobStore;
 pub use model::*;
+pub use pg_store::PgRegistry;
 pub use sled_store::SledRegistry;
 pub use ui_tree::UiTrees;
 
@@ -19,6 +21,8 @@ pub use ui_tree::UiTrees;
 pub enum StoreError {
     #[error("database")]
     Db(#[from] sled::Error),
+    #[error("database")]
+    Postgres(#[from] crate::db::postgres::PgError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("database transaction: {0}")]

@@ -165,6 +165,26 @@ pub struct ExecutionRecord {
     pub prev_hash: String,
 }
 
+/// Versions newest (highest semver) first; strings that are not semver compare as text.
+pub fn newest_first(a: &VersionRecord, b: &VersionRecord) -> std::cmp::Ordering {
+    match (semver::Version::parse(&a.version), semver::Version::parse(&b.version)) {
+        (Ok(x), Ok(y)) => y.cmp(&x),
+        _ => b.version.cmp(&a.version),
+    }
+}
+
+/// The opaque cursor of the execution log page that ends at record `seq` (the hex of the record
+/// key's order bytes, newest first).
+pub fn execution_cursor(seq: u64) -> String {
+    hex::encode((u64::MAX - seq).to_be_bytes())
+}
+
+/// The record a cursor ends at (`None`: not a cursor this API gave out).
+pub fn cursor_seq(cursor: &str) -> Option<u64> {
+    let bytes: [u8; 8] = hex::decode(cursor).ok()?.try_into().ok()?;
+    Some(u64::MAX - u64::from_be_bytes(bytes))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

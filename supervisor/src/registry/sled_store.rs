@@ -10,7 +10,7 @@ use sled::{Transactional, Tree};
 
 use crate::db::SledDb;
 
-use super::chain::{ChainHead, Retention, hash_of_bytes};
+use super::chain::{ChainHead, PRUNE_PER_APPEND, Retention, hash_of_bytes};
 use super::model::*;
 use super::{ExecutionQuery, PublishOutcome, RegistryStore, StoreError};
 
@@ -37,9 +37,6 @@ pub struct SledRegistry {
     /// Appends to a chain are serialized (each needs the previous head).
     chain_lock: Arc<Mutex<()>>,
 }
-
-/// Records pruned per append at most (the periodic sweep takes the rest).
-const PRUNE_PER_APPEND: usize = 16;
 
 fn hash_key(content_hash: &str, tenant: &str) -> Vec<u8> {
     key(&[content_hash.as_bytes(), tenant.as_bytes()])
@@ -148,13 +145,13 @@ impl SledRegistry {
         max: usize,
         batch: &mut sled::Batch,
     ) -> Result<(), StoreError> {
-        let cutoff = now_ms().saturating_sub(retention.max_age_ms);
+        let now = now_ms();
         let mut n = 0;
         while n < max && head.len() > 1 {
             let k = execution_key(tenant, head.first_seq);
             let Some(bytes) = self.tree(EXECUTIONS)?.get(&k)? else { break };
             let oldest: ExecutionRecord = decode(&bytes)?;
-            if head.len() <= retention.max_records && oldest.created_at >= cutoff {
+            if retention.keeps_oldest(head.len(), oldest.created_at, now) {
                 break;
             }
             head.anchor_hash = hash_of_bytes(&bytes);
@@ -187,13 +184,6 @@ impl SledRegistry {
     }
 }
 
-fn semver_order(a: &VersionRecord, b: &VersionRecord) -> std::cmp::Ordering {
-    match (semver::Version::parse(&a.version), semver::Version::parse(&b.version)) {
-        (Ok(x), Ok(y)) => y.cmp(&x),
-        _ => b.version.cmp(&a.version),
-    }
-}
-
 #[async_trait::async_trait]
 impl RegistryStore for SledRegistry {
     async fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError> {
@@ -223,7 +213,7 @@ impl RegistryStore for SledRegistry {
 
     async fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError> {
         let mut v: Vec<VersionRecord> = scan(&self.tree(VERSIONS)?, &prefix(extension_id))?;
-        v.sort_by(semver_order);
+        v.sort_by(newest_first);
         Ok(v)
     }
 

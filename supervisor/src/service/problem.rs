@@ -81,6 +81,11 @@ impl std::fmt::Display for Problem {
 impl From<crate::registry::StoreError> for Problem {
     fn from(e: crate::registry::StoreError) -> Self {
         tracing::error!(error = %crate::error_chain(&e), "registry failure");
-        Problem::internal("the registry database failed; see the service log")
+        match e {
+            crate::registry::StoreError::Postgres(e) if e.is_unavailable() => {
+                Problem::new(503, "storage_unavailable", "the database cannot be reached; retry later")
+            }
+            _ => Problem::internal("the registry database failed; see the service log"),
+        }
     }
 }

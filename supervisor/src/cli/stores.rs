@@ -1,0 +1,130 @@
+//! Opening the configured storage backend (`[storage]`): the embedded sled database in the state
+//! directory, or a PostgreSQL database that several hosts share, migrated on start, with the
+//! node key checked against the one the database's secrets are sealed with.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, redacted_url};
+use crate::db::postgres::{Pg, PgError};
+use crate::hostapi::KvStore;
+use crate::hostapi::storage::postgres::PgKv;
+use crate::hostapi::storage::sled::SledKv;
+use crate::registry::{PgRegistry, RegistryStore, SledRegistry, StoreError};
+use crate::secrets::{NodeKey, PgSecrets, SecretStore, SledSecrets};
+
+/// The backends of the registry, the guests' storage and the secrets.
+pub struct Stores {
+    pub registry: Arc<dyn RegistryStore>,
+    pub storage: Arc<dyn KvStore>,
+    pub secrets: SecretStore,
+    /// Whether other hosts may share the registry (their bundles are not in this host's blob
+    /// store).
+    pub shared: bool,
+}
+
+/// Why the backend did not open.
+#[derive(Debug)]
+pub enum OpenError {
+    /// A configuration the operator must change (exit 78): the message says what.
+    Config(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for OpenError {
+    fn from(e: anyhow::Error) -> Self {
+        OpenError::Other(e)
+    }
+}
+
+/// Opens the backend the configuration names.
+pub fn open(config: &Config, rt: &tokio::runtime::Runtime) -> Result<Stores, OpenError> {
+    let key_file = config.state.dir.join("node.key");
+    match config.storage.backend.as_str() {
+        "postgres" => rt.block_on(open_postgres(config, &key_file)),
+        _ => open_sled(config, &key_file),
+    }
+}
+
+fn open_sled(config: &Config, key_file: &Path) -> Result<Stores, OpenError> {
+    let registry = match SledRegistry::open(&config.state.dir.join("db")) {
+        Ok(r) => r,
+        Err(e @ StoreError::NewerSchema { .. }) => return Err(OpenError::Config(e.to_string())),
+        Err(e) => return Err(anyhow::Error::new(e).context("opening the database").into()),
+    };
+    let node_key = NodeKey::load_or_create(key_file).map_err(|e| OpenError::Config(e.to_string()))?;
+    Ok(Stores {
+        storage: Arc::new(SledKv::new(registry.db().clone())),
+        secrets: SecretStore::new(Arc::new(SledSecrets::new(registry.db().clone())), node_key),
+        registry: Arc::new(registry),
+        shared: false,
+    })
+}
+
+async fn open_postgres(config: &Config, key_file: &Path) -> Result<Stores, OpenError> {
+    let url = config
+        .storage_url()
+        .map_err(|e| OpenError::Config(format!("storage.url_file: {e}")))?
+        .ok_or_else(|| OpenError::Config("storage.url: required with storage.backend = \"postgres\"".into()))?;
+    let st = &config.storage;
+    let pg = Pg::connect(&url, st.pool_size, Duration::from_millis(st.statement_timeout_ms))
+        .map_err(|e| OpenError::Config(e.to_string()))?;
+    let at = redacted_url(&url);
+    match pg.migrate().await {
+        Ok(m) if m.from != m.to => tracing::info!(from = m.from, to = m.to, database = %at, "database schema migrated"),
+        Ok(_) => {}
+        Err(e @ PgError::Newer { .. }) => return Err(OpenError::Config(format!("{at}: {e}"))),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("preparing the database {at}")).into()),
+    }
+    let node_key = node_key(&pg, key_file).await?;
+    tracing::info!(database = %at, node_key = %node_key.fingerprint, "storage on PostgreSQL");
+    Ok(Stores {
+        registry: Arc::new(PgRegistry::new(pg.clone())),
+        storage: Arc::new(PgKv::new(pg.clone())),
+        secrets: SecretStore::new(Arc::new(PgSecrets::new(pg)), node_key),
+        shared: true,
+    })
+}
+
+/// The node key, which must be the one every host sharing the database uses: the database keeps
+/// its fingerprint (written by the first host). A host without a key generates one only when the
+/// database has none yet.
+async fn node_key(pg: &Pg, key_file: &Path) -> Result<NodeKey, OpenError> {
+    let read = || async {
+        let c = pg.client().await?;
+        let row = c.query_opt("SELECT value FROM runner_meta WHERE key = 'node_key_fingerprint'", &[]).await?;
+        Ok::<_, PgError>(row.map(|r| r.get::<_, String>(0)))
+    };
+    let failed = |e: PgError| OpenError::Other(anyhow::Error::new(e).context("reading the node key fingerprint"));
+    let stored = read().await.map_err(failed)?;
+    let key = match (NodeKey::load(key_file).map_err(|e| OpenError::Config(e.to_string()))?, &stored) {
+        (Some(key), _) => key,
+        (None, None) => NodeKey::load_or_create(key_file).map_err(|e| OpenError::Config(e.to_string()))?,
+        (None, Some(fingerprint)) => {
+            return Err(OpenError::Config(format!(
+                "node key: this host has none ({} does not exist, and no node-key credential), but the database's \
+                 secrets are sealed with the key whose fingerprint is {fingerprint}: copy that key from another host \
+                 (or give it as the node-key credential); a new key would not open them",
+                key_file.display()
+            )));
+        }
+    };
+    let c = pg.client().await.map_err(failed)?;
+    c.execute(
+        "INSERT INTO runner_meta (key, value) VALUES ('node_key_fingerprint', $1) ON CONFLICT (key) DO NOTHING",
+        &[&key.fingerprint],
+    )
+    .await
+    .map_err(|e| failed(e.into()))?;
+    let stored = read().await.map_err(failed)?.unwrap_or_default();
+    if stored != key.fingerprint {
+        return Err(OpenError::Config(format!(
+            "node key: {} has fingerprint {}, but the database's secrets are sealed with the key whose fingerprint is \
+             {stored}; every host sharing a database must use the same node key (copy it from another host)",
+            key.source.display(),
+            key.fingerprint
+        )));
+    }
+    Ok(key)
+}

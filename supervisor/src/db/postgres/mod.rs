@@ -1,0 +1,149 @@
+//! The shared database: PostgreSQL, which any number of runner hosts use at once
+//! (11-scale-out.md). A pool of connections (tokio-postgres with deadpool-postgres: plain
+//! asynchronous SQL with no compile-time database, LISTEN/NOTIFY on its own connection, and a
+//! small dependency tree), and versioned migrations applied at start.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+/// The migrations, in order: (version, name, SQL). Each runs once, in one transaction.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+
+/// The schema this build writes.
+pub const SCHEMA: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Serializes migrations across hosts starting at once (an arbitrary, fixed advisory lock id).
+const MIGRATION_LOCK: i64 = 0x0061_6c67_616d_6967;
+
+/// How long to wait for a connection (a new one, or a free one from the pool) before failing.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("storage.url: {0}")]
+    Url(String),
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection could be had (the server is down, refuses us, or the pool timed out).
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
+    #[error("connection pool: {0}")]
+    Pool(String),
+    #[error(
+        "the database has schema {found}, more than one step newer than this alga-runner (schema {SCHEMA}); \
+         upgrade this host to the version the others run"
+    )]
+    Newer { found: i32 },
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+impl PgError {
+    /// Whether the database could not be reached (as opposed to refusing a statement).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgError::Unavailable(_) => true,
+            // A lost connection, or the server shutting it down (class 08, and 57P01-57P03).
+            PgError::Db(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none()
+                    || e.code().is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P0"))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        PgError::Unavailable(crate::error_chain(&e))
+    }
+}
+
+/// A pool of connections to one database.
+#[derive(Clone)]
+pub struct Pg {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("Pg").field("size", &status.size).field("available", &status.available).finish()
+    }
+}
+
+/// What `migrate` found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub from: i32,
+    pub to: i32,
+}
+
+impl Pg {
+    /// A pool of at most `pool_size` connections to the database at `url`; every statement is
+    /// cut off after `statement_timeout`. Connects lazily: a database that is down fails the
+    /// first statement, not this.
+    pub fn connect(url: &str, pool_size: usize, statement_timeout: Duration) -> Result<Pg, PgError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            PgError::Url(format!("{e} (expected postgres://user:password@host:port/database)"))
+        })?;
+        config.application_name("alga-runner");
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.options(format!("-c statement_timeout={}", statement_timeout.as_millis()));
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| PgError::Pool(e.to_string()))?;
+        Ok(Pg { pool })
+    }
+
+    /// A connection from the pool.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Applies the migrations the database lacks, one host at a time. A database one schema
+    /// step newer than this build is accepted (rolling upgrades: migrations only add); a newer
+    /// one is refused.
+    pub async fn migrate(&self) -> Result<Migrated, PgError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+        let from: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+        if from > SCHEMA + 1 {
+            return Err(PgError::Newer { found: from });
+        }
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > from) {
+            tx.batch_execute(sql).await?;
+            tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[version, name]).await?;
+            tracing::info!(version, name, "database migrated");
+        }
+        tx.commit().await?;
+        Ok(Migrated { from, to: from.max(SCHEMA) })
+    }
+}
+
+/// A `u64` as PostgreSQL's `bigint` (values past `i64::MAX` saturate; none of ours get there).
+pub fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A `bigint` as `u64` (negative values, which we never write, read as 0).
+pub fn unbig(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

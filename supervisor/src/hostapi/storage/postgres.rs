@@ -1,0 +1,212 @@
+//! The `storage` backend on PostgreSQL (the `ext_storage_*` tables of migration 1), shared by
+//! every runner host. A write locks its install's usage row first, then changes the value and
+//! the usage in one transaction, so the quotas hold for concurrent writers on any host, and a
+//! compare-and-swap is a conditional update under that lock. Committed before it returns.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::types::Json;
+
+use super::{KvError, KvStore, PutResult, Scope, Stored, limits};
+use crate::db::postgres::{Pg, PgError, big, unbig};
+
+#[derive(Debug, Clone)]
+pub struct PgKv {
+    pg: Pg,
+}
+
+impl PgKv {
+    pub fn new(pg: Pg) -> Self {
+        PgKv { pg }
+    }
+}
+
+fn db_error(e: impl Into<PgError>) -> KvError {
+    KvError(format!("database: {}", crate::error_chain(&e.into())))
+}
+
+/// An install's usage: key plus value bytes, and keys per namespace.
+struct Usage {
+    bytes: u64,
+    namespaces: BTreeMap<String, u32>,
+}
+
+/// Locks (creating it first) the install's usage row for the transaction.
+async fn lock_usage(tx: &tokio_postgres::Transaction<'_>, scope: &Scope) -> Result<Usage, KvError> {
+    tx.execute(
+        "INSERT INTO ext_storage_usage (tenant, install_id, bytes, namespaces) VALUES ($1, $2, 0, '{}')
+         ON CONFLICT DO NOTHING",
+        &[&scope.tenant, &scope.install],
+    )
+    .await
+    .map_err(db_error)?;
+    let row = tx
+        .query_one(
+            "SELECT bytes, namespaces FROM ext_storage_usage WHERE tenant = $1 AND install_id = $2 FOR UPDATE",
+            &[&scope.tenant, &scope.install],
+        )
+        .await
+        .map_err(db_error)?;
+    let Json(namespaces) = row.get::<_, Json<BTreeMap<String, u32>>>("namespaces");
+    Ok(Usage { bytes: unbig(row.get("bytes")), namespaces })
+}
+
+async fn save_usage(tx: &tokio_postgres::Transaction<'_>, scope: &Scope, u: &Usage) -> Result<(), KvError> {
+    tx.execute(
+        "UPDATE ext_storage_usage SET bytes = $3, namespaces = $4 WHERE tenant = $1 AND install_id = $2",
+        &[&scope.tenant, &scope.install, &big(u.bytes), &Json(&u.namespaces)],
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl KvStore for PgKv {
+    async fn get(&self, scope: &Scope, namespace: &str, key: &str) -> Result<Option<Stored>, KvError> {
+        let c = self.pg.client().await.map_err(db_error)?;
+        let row = c
+            .query_opt(
+                "SELECT value, revision FROM ext_storage_entry
+                 WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4",
+                &[&scope.tenant, &scope.install, &namespace, &key],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.map(|r| Stored { value: r.get("value"), revision: unbig(r.get("revision")) }))
+    }
+
+    async fn put(
+        &self,
+        scope: &Scope,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<PutResult, KvError> {
+        let mut c = self.pg.client().await.map_err(db_error)?;
+        let tx = c.transaction().await.map_err(db_error)?;
+        let mut usage = lock_usage(&tx, scope).await?;
+        let current = tx
+            .query_opt(
+                "SELECT length(value) AS len, revision FROM ext_storage_entry
+                 WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4",
+                &[&scope.tenant, &scope.install, &namespace, &key],
+            )
+            .await
+            .map_err(db_error)?
+            .map(|r| (r.get::<_, i32>("len") as u64, unbig(r.get("revision"))));
+        if let Some(want) = expected
+            && current.map(|c| c.1) != Some(want)
+        {
+            return Ok(PutResult::Conflict);
+        }
+        if current.is_none() {
+            let keys = usage.namespaces.get(namespace).copied().unwrap_or(0);
+            if keys as usize >= limits::KEYS_PER_NAMESPACE
+                || (keys == 0 && usage.namespaces.len() >= limits::NAMESPACES)
+            {
+                return Ok(PutResult::QuotaExceeded);
+            }
+        }
+        let old_bytes = current.map_or(0, |c| key.len() as u64 + c.0);
+        let bytes = usage.bytes.saturating_sub(old_bytes) + (key.len() + value.len()) as u64;
+        if bytes > limits::BYTES_PER_INSTALL {
+            return Ok(PutResult::QuotaExceeded);
+        }
+        let revision = current.map_or(1, |c| c.1 + 1);
+        usage.bytes = bytes;
+        if current.is_none() {
+            *usage.namespaces.entry(namespace.to_string()).or_default() += 1;
+        }
+        tx.execute(
+            "INSERT INTO ext_storage_entry (tenant, install_id, namespace, key, value, revision, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (tenant, install_id, namespace, key) DO UPDATE SET value = excluded.value,
+                 revision = excluded.revision, updated_at = excluded.updated_at",
+            &[&scope.tenant, &scope.install, &namespace, &key, &value, &big(revision), &big(crate::registry::now_ms())],
+        )
+        .await
+        .map_err(db_error)?;
+        save_usage(&tx, scope, &usage).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(PutResult::Written { revision })
+    }
+
+    async fn delete(&self, scope: &Scope, namespace: &str, key: &str) -> Result<bool, KvError> {
+        let mut c = self.pg.client().await.map_err(db_error)?;
+        let tx = c.transaction().await.map_err(db_error)?;
+        let mut usage = lock_usage(&tx, scope).await?;
+        let Some(row) = tx
+            .query_opt(
+                "DELETE FROM ext_storage_entry WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4
+                 RETURNING length(value) AS len",
+                &[&scope.tenant, &scope.install, &namespace, &key],
+            )
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(false);
+        };
+        let old_len = row.get::<_, i32>("len") as u64;
+        usage.bytes = usage.bytes.saturating_sub(key.len() as u64 + old_len);
+        if let Some(n) = usage.namespaces.get_mut(namespace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                usage.namespaces.remove(namespace);
+            }
+        }
+        save_usage(&tx, scope, &usage).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn list(
+        &self,
+        scope: &Scope,
+        namespace: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, KvError> {
+        let c = self.pg.client().await.map_err(db_error)?;
+        let rows = c
+            .query(
+                "SELECT key, value, revision FROM ext_storage_entry
+                 WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND ($4::text IS NULL OR key > $4)
+                 ORDER BY key LIMIT $5",
+                &[&scope.tenant, &scope.install, &namespace, &after, &(limit as i64)],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("key"), Stored { value: r.get("value"), revision: unbig(r.get("revision")) }))
+            .collect())
+    }
+
+    async fn purge(&self, scope: &Scope) -> Result<u64, KvError> {
+        let mut c = self.pg.client().await.map_err(db_error)?;
+        let tx = c.transaction().await.map_err(db_error)?;
+        let values = tx
+            .execute(
+                "DELETE FROM ext_storage_entry WHERE tenant = $1 AND install_id = $2",
+                &[&scope.tenant, &scope.install],
+            )
+            .await
+            .map_err(db_error)?;
+        let usage = tx
+            .execute(
+                "DELETE FROM ext_storage_usage WHERE tenant = $1 AND install_id = $2",
+                &[&scope.tenant, &scope.install],
+            )
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(values + usage)
+    }
+
+    async fn flush(&self) -> Result<(), KvError> {
+        // Every write was committed before it returned.
+        Ok(())
+    }
+}
