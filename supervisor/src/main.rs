@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => cli::client::uninstall(args),
         Command::List(args) => cli::client::list(args),
         Command::Executions(args) => cli::client::executions(args),
+        Command::Migrate(args) => cli::migrate::run(args),
         Command::Manpage => cli::manpage(&mut std::io::stdout()).map(|()| 0).map_err(Into::into),
     };
     match result {

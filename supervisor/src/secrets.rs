@@ -163,6 +163,22 @@ impl SledSecrets {
         SledSecrets { db }
     }
 
+    /// Every sealed map: (tenant, install id, sealed bytes) (for `migrate`; the same node key
+    /// opens them wherever they are copied, since the associated data is tenant and install).
+    pub fn dump(&self) -> Result<Vec<(String, String, Vec<u8>)>, SecretsError> {
+        let mut out = Vec::new();
+        for kv in self.db.tree(TREE)?.iter() {
+            let (k, v) = kv?;
+            let at = k.iter().position(|b| *b == 0).ok_or(SecretsError::Backend("corrupt secrets key".into()))?;
+            out.push((
+                String::from_utf8_lossy(&k[..at]).into_owned(),
+                String::from_utf8_lossy(&k[at + 1..]).into_owned(),
+                v.to_vec(),
+            ));
+        }
+        Ok(out)
+    }
+
     async fn flush(&self) -> Result<(), SecretsError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())

@@ -469,3 +469,84 @@ fn with_the_database_unreachable_nothing_unrecorded_is_acknowledged_and_it_recov
     alga_tests::server::wait_until("ready again", || server.request("GET", "/readyz", None, &[], None).status == 200);
     assert_eq!(server.report("t1", &d, "/storage/get?key=a", None), json!({ "ok": "1", "rev": 1 }));
 }
+
+/// `alga-runner executions --verify` against a running service.
+fn verify_chain(server: &Server, tenant: &str) -> (i32, String) {
+    let token = server.dir.path().join("admin.token");
+    std::fs::write(&token, ADMIN_TOKEN).unwrap();
+    let out = std::process::Command::new(alga_tests::runner_bin())
+        .args(["executions", "--tenant", tenant, "--verify", "--url", &server.url])
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn migrate_copies_a_sled_host_into_postgres_and_the_copy_verifies() {
+    let cluster = PgCluster::get();
+    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
+    let url = cluster.unwrap().database();
+    let signer = Signer::new();
+    // A single host on sled, with a little of everything.
+    let mut sled_host = Server::start(&signer);
+    let d = deploy(
+        &sled_host,
+        &signer,
+        &hostapi_manifest("com.example.moving", &["cap:storage.kv", "cap:secrets.get"]),
+        &fixture_bytes("hostapi"),
+        "t1",
+        json!({ "granted_capabilities": ["storage.kv", "secrets.get"] }),
+    );
+    alga_tests::server::install_for(&sled_host, &d, "1.0.0", "t2", json!({ "granted_capabilities": ["storage.kv"] }));
+    let r = |server: &Server, tenant: &str, path: &str, body: Option<&[u8]>| server.report(tenant, &d, path, body);
+    r(&sled_host, "t1", "/storage/put?key=a", Some(b"one"));
+    r(&sled_host, "t1", "/storage/put?key=a", Some(b"two"));
+    r(&sled_host, "t2", "/storage/put?key=b", Some(b"bee"));
+    let put = sled_host.request(
+        "PUT",
+        "/v1/tenants/t1/installs/com.example.moving/secrets",
+        Some(ADMIN_TOKEN),
+        &[("content-type", "application/json")],
+        Some(br#"{"api_key":"s3cret"}"#),
+    );
+    assert_eq!(put.status, 200);
+    let head = sled_host.admin_get("/v1/tenants/t1/executions/chain").json();
+    sled_host.stop();
+
+    let migrate = |from: &str| {
+        std::process::Command::new(alga_tests::runner_bin())
+            .args(["migrate", "--to", &url, "--from", from])
+            .output()
+            .unwrap()
+    };
+    let from = format!("sled:{}", sled_host.state_dir().display());
+    let out = migrate(&from);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("copied and verified"), "{text}");
+    let again = migrate(&from);
+    assert_eq!(again.status.code(), Some(1), "a second copy into the same database is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds data"));
+
+    // The same state directory (bundles, node key) now on PostgreSQL: everything is there.
+    let mut options = pg_options(&signer, &url);
+    options.env.push(("ALGA_RUNNER_STATE_DIR".into(), sled_host.state_dir().display().to_string()));
+    let pg_host = Server::start_with(options);
+    assert_eq!(r(&pg_host, "t1", "/storage/get?key=a", None), json!({ "ok": "two", "rev": 2 }));
+    assert_eq!(r(&pg_host, "t2", "/storage/get?key=b", None), json!({ "ok": "bee", "rev": 1 }));
+    assert_eq!(r(&pg_host, "t1", "/secrets/get?key=api_key", None), json!({ "ok": "s3cret" }));
+    let moved = pg_host.admin_get("/v1/tenants/t1/executions/chain").json();
+    assert_eq!(
+        moved["next_seq"].as_u64().unwrap(),
+        head["next_seq"].as_u64().unwrap() + 2,
+        "two more appended on PostgreSQL"
+    );
+    let (code, out) = verify_chain(&pg_host, "t1");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact"), "{out}");
+}

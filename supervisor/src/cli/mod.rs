@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod client;
 pub mod doctor;
 pub mod exec;
+pub mod migrate;
 pub mod serve;
 pub mod stores;
 
@@ -54,6 +55,8 @@ pub enum Command {
     List(client::ListArgs),
     /// Show (or follow) a tenant's execution log.
     Executions(client::ExecutionsArgs),
+    /// Bring a PostgreSQL database to this version's schema; copy a stopped host's state into it.
+    Migrate(migrate::MigrateArgs),
     /// Write the man page (roff) to standard output (used to build the package).
     #[command(hide = true)]
     Manpage,

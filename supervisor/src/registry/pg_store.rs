@@ -22,7 +22,64 @@ impl PgRegistry {
     pub fn new(pg: Pg) -> Self {
         PgRegistry { pg }
     }
+
+    /// Writes a tenant's whole chain as it was elsewhere: its records as stored (oldest first)
+    /// and its head (for `migrate`).
+    pub async fn import_chain(&self, tenant: &str, head: &ChainHead, records: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut c = self.pg.client().await?;
+        let tx = c.transaction().await.map_err(PgError::from)?;
+        lock_head(&tx, tenant).await?;
+        for bytes in records {
+            let r = stored_execution(bytes)?;
+            tx.execute(
+                "INSERT INTO extension_execution_log
+                     (tenant, seq, execution_id, request_id, extension_id, outcome, created_at, record)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &tenant,
+                    &big(r.seq),
+                    &r.execution_id,
+                    &r.request_id,
+                    &r.extension_id,
+                    &r.outcome,
+                    &big(r.created_at),
+                    bytes,
+                ],
+            )
+            .await
+            .map_err(PgError::from)?;
+        }
+        save_head(&tx, tenant, head).await?;
+        tx.commit().await.map_err(PgError::from)?;
+        Ok(())
+    }
+
+    /// How many rows each table of the registry holds (for `migrate`'s check).
+    pub async fn counts(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        let c = self.pg.client().await?;
+        let mut out = Vec::new();
+        for table in TABLES {
+            let n: i64 =
+                c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.map_err(PgError::from)?.get(0);
+            out.push((*table, n));
+        }
+        Ok(out)
+    }
 }
+
+/// The tables `migrate` fills and checks.
+pub const TABLES: &[&str] = &[
+    "extension_registry",
+    "extension_version",
+    "extension_bundle",
+    "tenant_extension_install",
+    "extension_event_subscription",
+    "extension_execution_log",
+    "extension_execution_chain",
+    "extension_quota_usage",
+    "ext_storage_entry",
+    "install_secrets",
+];
 
 fn extension_of(row: &Row) -> ExtensionRecord {
     ExtensionRecord {

@@ -122,6 +122,49 @@ impl SledRegistry {
         Ok(self.db.tree(name)?)
     }
 
+    /// Every install of every tenant (for `migrate`).
+    pub fn all_installs(&self) -> Result<Vec<InstallRecord>, StoreError> {
+        scan(&self.tree(INSTALLS)?, b"")
+    }
+
+    /// Every event subscription (for `migrate`).
+    pub fn all_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        scan(&self.tree(SUBSCRIPTIONS)?, b"")
+    }
+
+    /// Every usage window: (tenant, extension id, window start, usage) (for `migrate`).
+    pub fn all_usage(&self) -> Result<Vec<(String, String, u64, UsageRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree(USAGE)?.iter() {
+            let (k, v) = kv?;
+            // tenant, SEP, extension id, SEP, 8-byte window start
+            let corrupt = || DecodeError::Corrupt("usage key".into());
+            let (head, window) = k.split_at(k.len().checked_sub(8).ok_or_else(corrupt)?);
+            let head = head.strip_suffix(&[SEP]).ok_or_else(corrupt)?;
+            let at = head.iter().position(|b| *b == SEP).ok_or_else(corrupt)?;
+            out.push((
+                String::from_utf8_lossy(&head[..at]).into_owned(),
+                String::from_utf8_lossy(&head[at + 1..]).into_owned(),
+                u64::from_be_bytes(window.try_into().map_err(|_| corrupt())?),
+                decode(&v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The tenant's execution records exactly as stored, oldest first (for `migrate`: the chain
+    /// hashes cover these bytes).
+    pub fn raw_executions(&self, tenant: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out: Vec<Vec<u8>> = self
+            .tree(EXECUTIONS)?
+            .scan_prefix(prefix(tenant))
+            .values()
+            .map(|v| Ok(v?.to_vec()))
+            .collect::<Result<_, StoreError>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
     /// Keys of the install's subscriptions (a scan; installs are rare admin operations).
     fn subscription_keys(&self, tenant: &str, install_id: &str) -> Result<Vec<sled::IVec>, StoreError> {
         let mut out = Vec::new();

@@ -19,6 +19,36 @@ impl PgKv {
     pub fn new(pg: Pg) -> Self {
         PgKv { pg }
     }
+
+    /// Writes values as they were elsewhere, revisions kept, then recomputes every install's
+    /// usage from what is stored (for `migrate`).
+    pub async fn import(&self, entries: &[(Scope, String, String, Stored)]) -> Result<(), KvError> {
+        let mut c = self.pg.client().await.map_err(db_error)?;
+        let tx = c.transaction().await.map_err(db_error)?;
+        let now = big(crate::registry::now_ms());
+        for (scope, namespace, key, stored) in entries {
+            tx.execute(
+                "INSERT INTO ext_storage_entry (tenant, install_id, namespace, key, value, revision, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&scope.tenant, &scope.install, namespace, key, &stored.value, &big(stored.revision), &now],
+            )
+            .await
+            .map_err(db_error)?;
+        }
+        tx.batch_execute(
+            "INSERT INTO ext_storage_usage (tenant, install_id, bytes, namespaces)
+             SELECT tenant, install_id, sum(bytes), jsonb_object_agg(namespace, keys)
+             FROM (SELECT tenant, install_id, namespace, count(*) AS keys,
+                          sum(octet_length(key) + octet_length(value)) AS bytes
+                   FROM ext_storage_entry GROUP BY tenant, install_id, namespace) AS per_namespace
+             GROUP BY tenant, install_id
+             ON CONFLICT (tenant, install_id) DO UPDATE SET bytes = excluded.bytes, namespaces = excluded.namespaces",
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(())
+    }
 }
 
 fn db_error(e: impl Into<PgError>) -> KvError {

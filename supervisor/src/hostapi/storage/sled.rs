@@ -122,6 +122,29 @@ impl SledKv {
         self.db.tree(TREE).map_err(db_error)
     }
 
+    /// Every stored value: (scope, namespace, key, value) (for `migrate`).
+    pub fn dump(&self) -> Result<Vec<(Scope, String, String, Stored)>, KvError> {
+        let corrupt = || KvError("corrupt storage key".into());
+        let mut out = Vec::new();
+        for kv in self.tree()?.iter() {
+            let (k, v) = kv.map_err(db_error)?;
+            // tenant 0 install 0 'v' <u16 namespace length> namespace key (usage records: 'u')
+            let mut parts = k.splitn(3, |b| *b == 0);
+            let (Some(tenant), Some(install), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(corrupt());
+            };
+            let Some((&b'v', rest)) = rest.split_first() else { continue };
+            let len =
+                u16::from_be_bytes(rest.get(..2).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?) as usize;
+            let namespace = rest.get(2..2 + len).ok_or_else(corrupt)?;
+            let key = &rest[2 + len..];
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupt());
+            let scope = Scope { tenant: text(tenant)?, install: text(install)? };
+            out.push((scope, text(namespace)?, text(key)?, decode_value(&v)?));
+        }
+        Ok(out)
+    }
+
     /// A backend on a private temporary database (one-off local runs: `alga-runner exec`, tests
     /// of the sandbox core). Gone when the process ends.
     pub fn temporary() -> Result<Self, KvError> {
