@@ -10,7 +10,7 @@ const PARTS: &[(&str, &[&str])] = &[
     ("main", &["cli", "exec"]),
     ("cli", &["http", "service", "hostapi", "exec", "registry", "config", "secrets", "ops", "fsutil", "db"]),
     ("http", &["service", "registry", "config", "secrets", "ops", "exec"]),
-    ("service", &["exec", "hostapi", "registry", "config", "secrets", "ops"]),
+    ("service", &["exec", "hostapi", "registry", "config", "secrets", "ops", "db"]),
     ("hostapi", &["exec", "registry", "secrets", "ops", "db"]),
     ("exec", &["ops", "fsutil"]),
     ("registry", &["fsutil", "db"]),

@@ -128,14 +128,18 @@ pub fn settings_of(config: &Config) -> Settings {
 }
 
 /// Makes the database and the blob store agree: a blob without a record is removed; a record
-/// without its blob marks the version unavailable (unless the registry is `shared` with other
-/// hosts, whose bundles this host's blob store does not hold).
+/// without its blob marks the version unavailable. Not with a registry other hosts share: a
+/// bundle another host is publishing has its blob before its record, and this host's blob store
+/// does not hold every host's bundles.
 async fn reconcile(
     registry: &dyn RegistryStore,
     blobs: &BlobStore,
     ui: &UiTrees,
     shared: bool,
 ) -> Result<(), StoreError> {
+    if shared {
+        return Ok(());
+    }
     let records = registry.bundles().await?;
     let known: std::collections::HashSet<&str> = records.iter().map(|r| r.content_hash.as_str()).collect();
     for tree in ui.list().unwrap_or_default() {
@@ -150,7 +154,7 @@ async fn reconcile(
             let _ = blobs.remove(&blob);
         }
     }
-    for r in records.iter().filter(|_| !shared) {
+    for r in &records {
         if !blobs.exists(&r.content_hash)
             && let Some(mut v) = registry.version_by_id(&r.extension_id, &r.version_id).await?
             && v.state != VersionState::Unavailable
@@ -251,11 +255,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         Err(super::stores::OpenError::Other(e)) => return Err(e),
     };
     let super::stores::Stores { registry, storage, secrets, shared } = stores;
-    rt.block_on(reconcile(&*registry, &blobs, &ui_trees, shared))
+    rt.block_on(reconcile(&*registry, &blobs, &ui_trees, shared.is_some()))
         .context("checking the database against the blob store")?;
     let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
     let service =
-        Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust, storage, secrets)?);
+        Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust, storage, secrets, shared)?);
     service.start_flusher();
 
     // The sandbox self-test: a real sandbox, every layer, before the service says it is ready.

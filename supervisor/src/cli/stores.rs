@@ -19,9 +19,9 @@ pub struct Stores {
     pub registry: Arc<dyn RegistryStore>,
     pub storage: Arc<dyn KvStore>,
     pub secrets: SecretStore,
-    /// Whether other hosts may share the registry (their bundles are not in this host's blob
-    /// store).
-    pub shared: bool,
+    /// The database other hosts may share (their bundles are not in this host's blob store),
+    /// for what the hosts coordinate through it.
+    pub shared: Option<Pg>,
 }
 
 /// Why the backend did not open.
@@ -58,7 +58,7 @@ fn open_sled(config: &Config, key_file: &Path) -> Result<Stores, OpenError> {
         storage: Arc::new(SledKv::new(registry.db().clone())),
         secrets: SecretStore::new(Arc::new(SledSecrets::new(registry.db().clone())), node_key),
         registry: Arc::new(registry),
-        shared: false,
+        shared: None,
     })
 }
 
@@ -82,8 +82,8 @@ async fn open_postgres(config: &Config, key_file: &Path) -> Result<Stores, OpenE
     Ok(Stores {
         registry: Arc::new(PgRegistry::new(pg.clone())),
         storage: Arc::new(PgKv::new(pg.clone())),
-        secrets: SecretStore::new(Arc::new(PgSecrets::new(pg)), node_key),
-        shared: true,
+        secrets: SecretStore::new(Arc::new(PgSecrets::new(pg.clone())), node_key),
+        shared: Some(pg),
     })
 }
 

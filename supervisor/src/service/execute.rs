@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use alga_shared::bindings::{ContextData, ExecuteRequest, HttpHeader, HttpRequest};
 use alga_shared::bundle::normalize_hash;
@@ -17,6 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use super::Service;
+use super::idempotency::{Claim, Ticket};
 use super::installs::valid_tenant;
 use super::loader::LoadError;
 use super::quotas::Refused;
@@ -369,6 +371,39 @@ pub async fn resolve_enabled(svc: &Service, tenant: &str, extension: &str) -> Re
     Ok(Some(Target { ext, install, version }))
 }
 
+/// What an idempotency key gave this attempt.
+enum Claimed {
+    Ticket(Ticket),
+    /// A completed execution's answer.
+    Replay(Answer),
+    /// Another attempt still runs past the time it may take.
+    Busy,
+}
+
+/// Claims the idempotency key, or waits while another attempt (on any host) holds it, up to the
+/// longest an execution may take.
+async fn claim(svc: &Arc<Service>, tenant: &str, extension: &str, key: &str) -> Result<Claimed, Problem> {
+    let longest = Duration::from_millis(svc.config.limits.max_timeout_ms) + Duration::from_secs(1);
+    let until = tokio::time::Instant::now() + longest;
+    loop {
+        match svc.idempotency.clone().claim(tenant, extension, key, longest).await? {
+            Claim::Mine(t) => return Ok(Claimed::Ticket(t)),
+            Claim::Done(cached) => {
+                if let Ok(envelope) = serde_json::from_value::<EnvelopeResponse>(cached)
+                    && let Ok(answer) = Answer::try_from(envelope)
+                {
+                    return Ok(Claimed::Replay(answer));
+                }
+                return Err(Problem::internal("a stored idempotent answer does not read back"));
+            }
+            Claim::Running if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Claim::Running => return Ok(Claimed::Busy),
+        }
+    }
+}
+
 /// The envelope of a refused admission, with its `retry-after`.
 fn refused(r: Refused) -> Answer {
     let (status, error) = r.status_and_error();
@@ -435,13 +470,14 @@ async fn run_in_span(
     };
     let capabilities = CapabilitySet::effective(&manifest_caps, &grants, providers.as_ref());
 
-    if let Some(key) = &cmd.idempotency_key
-        && let Some(cached) = svc.idempotency.lock().unwrap_or_else(|p| p.into_inner()).get(&cmd.tenant, &ext.id, key)
-        && let Ok(envelope) = serde_json::from_value::<EnvelopeResponse>(cached)
-        && let Ok(answer) = Answer::try_from(envelope)
-    {
-        return Ok(answer);
-    }
+    let ticket = match &cmd.idempotency_key {
+        Some(key) => match claim(svc, &cmd.tenant, &ext.id, key).await? {
+            Claimed::Replay(answer) => return Ok(answer),
+            Claimed::Busy => return Ok(Answer::error(409, "in_progress")),
+            Claimed::Ticket(t) => Some(t),
+        },
+        None => None,
+    };
 
     let admitted = match usage::over_window_cap(svc, &cmd.tenant).await? {
         Some(r) => Err(r),
@@ -547,11 +583,11 @@ async fn run_in_span(
             if !durable {
                 return Answer::error(503, "storage_unavailable");
             }
-            if report.outcome == Outcome::Completed
-                && let Some(key) = &cmd.idempotency_key
-                && let Ok(value) = serde_json::to_value(EnvelopeResponse::from(response.clone()))
-            {
-                svc.idempotency.lock().unwrap_or_else(|p| p.into_inner()).put(&cmd.tenant, &extension_id, key, value);
+            if let Some(ticket) = ticket {
+                let keep = (report.outcome == Outcome::Completed)
+                    .then(|| serde_json::to_value(EnvelopeResponse::from(response.clone())).ok())
+                    .flatten();
+                ticket.finish(keep).await;
             }
             response
         }

@@ -1,6 +1,14 @@
-//! The idempotency cache of `/v1/execute`: keyed by (tenant, extension, key), bounded by count
-//! and by bytes (least recently used goes first) and by age, holding completed executions only
-//! (Alga gap: it was global and unbounded).
+//! Idempotency of `/v1/execute` (`x-idempotency-key`), keyed by (tenant, extension, key): the
+//! first attempt *claims* the key; a retry gets the stored answer of a completed execution, or,
+//! while the first still runs, waits for it (up to the longest an execution may take) and else
+//! answers 409 `in_progress` — it never executes twice. Only completed executions are kept; a
+//! claim whose execution did not complete is released, so a retry runs it again.
+//!
+//! [`Local`] keeps this in memory for one host: a cache bounded by count and by bytes (least
+//! recently used goes first) and by age (Alga gap: it was global and unbounded). [`Shared`] keeps
+//! it in PostgreSQL (`idempotency_entry`), so a retry that lands on another host is answered the
+//! same; a claim expires with the execution's deadline, so a host that died holding one does not
+//! block the key.
 //!
 //! Kept by hand rather than taken from a crate, on purpose: it must bound count, bytes and age at
 //! once and evict exactly the least recently used entry. `quick_cache` weighs by one measure and
@@ -8,10 +16,221 @@
 //! during its own housekeeping, and brings a dozen crates (crossbeam, parking_lot, …) for what is
 //! a hundred lines here under the service's one lock, tested to the entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-type Key = (String, String, String);
+use crate::db::postgres::{Pg, PgError};
+use crate::registry::StoreError;
+
+/// What a claim found.
+pub enum Claim {
+    /// The key is this attempt's: run it, then [`Ticket::finish`].
+    Mine(Ticket),
+    /// A completed execution's answer, to replay.
+    Done(serde_json::Value),
+    /// Another attempt holds the key and is still running.
+    Running,
+}
+
+/// A claimed key. Dropped without [`Ticket::finish`] (the attempt was abandoned), it is released.
+pub struct Ticket {
+    store: Arc<dyn Idempotency>,
+    key: Key,
+    token: String,
+    finished: bool,
+}
+
+impl Ticket {
+    /// Keeps `response` for replays (a completed execution), or releases the key (`None`).
+    pub async fn finish(mut self, response: Option<serde_json::Value>) {
+        self.finished = true;
+        if let Err(e) = self.store.finish(&self.key, &self.token, response).await {
+            tracing::error!(error = %crate::error_chain(&e), "storing the idempotent answer failed");
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.store.abandon(&self.key, &self.token);
+        }
+    }
+}
+
+/// Where claims and answers are kept.
+#[async_trait::async_trait]
+pub trait Idempotency: Send + Sync + std::fmt::Debug {
+    /// Claims `key` for at most `hold` (the attempt's deadline), or says what holds it.
+    async fn claim(
+        self: Arc<Self>,
+        tenant: &str,
+        extension: &str,
+        key: &str,
+        hold: Duration,
+    ) -> Result<Claim, StoreError>;
+    async fn finish(&self, key: &Key, token: &str, response: Option<serde_json::Value>) -> Result<(), StoreError>;
+    /// Releases a claim without waiting (from `Drop`).
+    fn abandon(&self, key: &Key, token: &str);
+}
+
+/// One host's claims and answers, in memory.
+#[derive(Debug)]
+pub struct Local {
+    cache: Mutex<Cache>,
+    running: Mutex<HashSet<Key>>,
+}
+
+impl Local {
+    pub fn new(cache: Cache) -> Self {
+        Local { cache: Mutex::new(cache), running: Mutex::default() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Idempotency for Local {
+    async fn claim(
+        self: Arc<Self>,
+        tenant: &str,
+        extension: &str,
+        key: &str,
+        _hold: Duration,
+    ) -> Result<Claim, StoreError> {
+        if let Some(done) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(tenant, extension, key) {
+            return Ok(Claim::Done(done));
+        }
+        let k = (tenant.to_string(), extension.to_string(), key.to_string());
+        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone()) {
+            return Ok(Claim::Running);
+        }
+        Ok(Claim::Mine(Ticket { store: self, key: k, token: String::new(), finished: false }))
+    }
+
+    async fn finish(&self, key: &Key, _token: &str, response: Option<serde_json::Value>) -> Result<(), StoreError> {
+        if let Some(r) = response {
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).put(&key.0, &key.1, &key.2, r);
+        }
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        Ok(())
+    }
+
+    fn abandon(&self, key: &Key, _token: &str) {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// Claims and answers in the shared database (`idempotency_entry`), for every host.
+#[derive(Debug)]
+pub struct Shared {
+    pg: Pg,
+    /// How long a completed answer is kept.
+    ttl: Duration,
+}
+
+impl Shared {
+    pub fn new(pg: Pg, ttl: Duration) -> Self {
+        Shared { pg, ttl }
+    }
+}
+
+#[async_trait::async_trait]
+impl Idempotency for Shared {
+    async fn claim(
+        self: Arc<Self>,
+        tenant: &str,
+        extension: &str,
+        key: &str,
+        hold: Duration,
+    ) -> Result<Claim, StoreError> {
+        let token = crate::registry::new_id();
+        let c = self.pg.client().await?;
+        // A new key, or one whose claim or answer expired, becomes ours.
+        let claimed = c
+            .query_opt(
+                "INSERT INTO idempotency_entry (tenant, extension_id, key, token, state, response, expires_at)
+                 VALUES ($1, $2, $3, $4, 'running', NULL, now() + $5 * interval '1 millisecond')
+                 ON CONFLICT (tenant, extension_id, key) DO UPDATE SET token = excluded.token, state = 'running',
+                     response = NULL, expires_at = excluded.expires_at
+                 WHERE idempotency_entry.expires_at < now()
+                 RETURNING token",
+                &[&tenant, &extension, &key, &token, &(hold.as_millis() as f64)],
+            )
+            .await
+            .map_err(PgError::from)?;
+        if claimed.is_some() {
+            let k = (tenant.to_string(), extension.to_string(), key.to_string());
+            return Ok(Claim::Mine(Ticket { store: self.clone(), key: k, token, finished: false }));
+        }
+        let row = c
+            .query_opt(
+                "SELECT state, response FROM idempotency_entry
+                 WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND expires_at >= now()",
+                &[&tenant, &extension, &key],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(match row {
+            Some(r) if r.get::<_, &str>("state") == "done" => {
+                Claim::Done(r.get::<_, Option<serde_json::Value>>("response").unwrap_or_default())
+            }
+            // Running, or it expired between the two statements: a retry asks again.
+            _ => Claim::Running,
+        })
+    }
+
+    async fn finish(&self, key: &Key, token: &str, response: Option<serde_json::Value>) -> Result<(), StoreError> {
+        let c = self.pg.client().await?;
+        match response {
+            Some(r) => c
+                .execute(
+                    "UPDATE idempotency_entry SET state = 'done', response = $5,
+                         expires_at = now() + $6 * interval '1 millisecond'
+                     WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND token = $4",
+                    &[&key.0, &key.1, &key.2, &token, &r, &(self.ttl.as_millis() as f64)],
+                )
+                .await
+                .map_err(PgError::from)?,
+            None => c
+                .execute(
+                    "DELETE FROM idempotency_entry WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND token = $4",
+                    &[&key.0, &key.1, &key.2, &token],
+                )
+                .await
+                .map_err(PgError::from)?,
+        };
+        Ok(())
+    }
+
+    fn abandon(&self, key: &Key, token: &str) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (pg, key, token) = (self.pg.clone(), key.clone(), token.to_string());
+        rt.spawn(async move {
+            let released = async {
+                pg.client()
+                    .await?
+                    .execute(
+                        "DELETE FROM idempotency_entry
+                         WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND token = $4",
+                        &[&key.0, &key.1, &key.2, &token],
+                    )
+                    .await?;
+                Ok::<_, PgError>(())
+            };
+            // Failing that, the claim expires with its deadline.
+            if let Err(e) = released.await {
+                tracing::debug!(error = %e, "releasing an idempotency claim failed");
+            }
+        });
+    }
+}
+
+/// Removes expired entries of the shared table (the periodic sweep).
+pub async fn sweep_shared(pg: &Pg) -> Result<u64, PgError> {
+    Ok(pg.client().await?.execute("DELETE FROM idempotency_entry WHERE expires_at < now()", &[]).await?)
+}
+
+pub type Key = (String, String, String);
 
 #[derive(Debug)]
 struct Entry {
@@ -103,6 +322,25 @@ impl Cache {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_claim_holds_the_key_until_it_finishes_or_is_dropped() {
+        let local: Arc<dyn Idempotency> = Arc::new(Local::new(Cache::new(10, 1 << 20, 600)));
+        let claim = |key: &'static str| {
+            let local = local.clone();
+            async move { local.claim("t", "e", key, Duration::from_secs(1)).await.unwrap() }
+        };
+        let Claim::Mine(first) = claim("k").await else { panic!("a new key is claimed") };
+        assert!(matches!(claim("k").await, Claim::Running), "a retry while it runs");
+        first.finish(Some(json!({"status": 200}))).await;
+        assert!(matches!(claim("k").await, Claim::Done(v) if v == json!({"status": 200})), "then replayed");
+        let Claim::Mine(abandoned) = claim("other").await else { panic!() };
+        drop(abandoned);
+        assert!(matches!(claim("other").await, Claim::Mine(_)), "an abandoned claim is released");
+        let Claim::Mine(failed) = claim("failed").await else { panic!() };
+        failed.finish(None).await;
+        assert!(matches!(claim("failed").await, Claim::Mine(_)), "a failed attempt keeps nothing");
+    }
 
     #[test]
     fn scoped_bounded_and_expiring() {

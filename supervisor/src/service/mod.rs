@@ -54,7 +54,10 @@ pub struct Service {
     pub blobs: BlobStore,
     trust: RwLock<Arc<Trust>>,
     pub loader: loader::Loader,
-    pub idempotency: Mutex<idempotency::Cache>,
+    /// Claims and answers of `x-idempotency-key` (in memory, or shared in PostgreSQL).
+    pub idempotency: Arc<dyn idempotency::Idempotency>,
+    /// The database several hosts share, when the storage backend is PostgreSQL.
+    pub shared: Option<crate::db::postgres::Pg>,
     /// Admission: rate limits, concurrency caps, the global queue.
     pub quotas: quotas::Quotas,
     /// The extracted `ui/` trees of the bundles.
@@ -85,14 +88,21 @@ impl Service {
         trust: TrustBundle,
         storage: Arc<dyn KvStore>,
         secrets: crate::secrets::SecretStore,
+        shared: Option<crate::db::postgres::Pg>,
     ) -> std::io::Result<Self> {
         let service_token = config.service_token()?;
         let admin_token = config.admin_token()?;
-        let idempotency = idempotency::Cache::new(
-            config.execute.idempotency_entries,
-            (config.execute.idempotency_max_mb << 20) as usize,
-            config.execute.idempotency_ttl_s,
-        );
+        let idempotency: Arc<dyn idempotency::Idempotency> = match &shared {
+            Some(pg) => Arc::new(idempotency::Shared::new(
+                pg.clone(),
+                std::time::Duration::from_secs(config.execute.idempotency_ttl_s),
+            )),
+            None => Arc::new(idempotency::Local::new(idempotency::Cache::new(
+                config.execute.idempotency_entries,
+                (config.execute.idempotency_max_mb << 20) as usize,
+                config.execute.idempotency_ttl_s,
+            ))),
+        };
         let commit = Arc::new(crate::registry::commit::GroupCommit::default());
         // The configuration was validated at load: every operator entry parses.
         let operator = Rule::parse_list(&config.egress.allowlist).map_err(std::io::Error::other)?;
@@ -130,7 +140,8 @@ impl Service {
             blobs,
             trust: RwLock::new(Arc::new(Trust { bundle: trust, generation: 0 })),
             loader: loader::Loader::default(),
-            idempotency: Mutex::new(idempotency),
+            idempotency,
+            shared,
             service_token,
             admin_token,
             self_test_ok: AtomicBool::new(false),
@@ -148,6 +159,7 @@ impl Service {
         let registry = Arc::downgrade(&self.registry);
         self.core.spawner.handle.spawn(self.commit.clone().run(registry));
         let (registry, retention) = (Arc::downgrade(&self.registry), self.retention());
+        let shared = self.shared.clone();
         self.core.spawner.handle.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
@@ -157,6 +169,11 @@ impl Service {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(records = n, "execution records aged out"),
                     Err(e) => tracing::error!(error = %crate::error_chain(&e), "pruning execution records failed"),
+                }
+                if let Some(pg) = &shared
+                    && let Err(e) = idempotency::sweep_shared(pg).await
+                {
+                    tracing::error!(error = %crate::error_chain(&e), "removing expired idempotency entries failed");
                 }
             }
         });

@@ -9,7 +9,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 /// The migrations, in order: (version, name, SQL). Each runs once, in one transaction.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (2, "idempotency", include_str!("migrations/0002_idempotency.sql")),
+];
 
 /// The schema this build writes.
 pub const SCHEMA: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -1,0 +1,214 @@
+//! Two runner hosts (two real `alga-runner serve` processes) sharing one PostgreSQL database —
+//! and, until the object store lands, one state directory for the bundles and the node key —
+//! as 11-scale-out.md's multi-host scenarios ask: publish on one and execute on the other, a
+//! storage compare-and-swap race, an idempotent retry that lands on the other host while the
+//! first attempt runs, yank and uninstall seen at once by the other host, one hash chain under
+//! concurrent appends from both, and `kill -9` of one host mid-burst with every acknowledged write
+//! and record present afterwards.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alga_tests::fixture_bytes;
+use alga_tests::postgres::PgCluster;
+use alga_tests::server::{
+    ADMIN_TOKEN, Deployed, Options, SERVICE_TOKEN, Server, Signer, deploy, envelope, hostapi_manifest, install_for,
+    manifest,
+};
+use alga_tests::skip_unless;
+use serde_json::{Value, json};
+
+/// Host A, and host B on the same database and state directory.
+fn two_hosts(signer: &Signer, url: &str) -> (Server, Server) {
+    let options = |state: Option<String>| {
+        let mut env = vec![
+            ("ALGA_RUNNER_STORAGE__BACKEND".to_string(), "postgres".to_string()),
+            ("ALGA_RUNNER_STORAGE__URL".to_string(), url.to_string()),
+            ("ALGA_RUNNER_QUOTAS__TENANT_RATE_PER_S".to_string(), "0".to_string()),
+            ("ALGA_RUNNER_QUOTAS__EXTENSION_RATE_PER_S".to_string(), "0".to_string()),
+        ];
+        if let Some(dir) = state {
+            env.push(("ALGA_RUNNER_STATE_DIR".to_string(), dir));
+        }
+        Options { trust_lines: vec![signer.public()], env }
+    };
+    let a = Server::start_with(options(None));
+    let b = Server::start_with(options(Some(a.state_dir().display().to_string())));
+    (a, b)
+}
+
+/// The envelope answer of `path` on `host`, with an optional idempotency key.
+fn execute(host: &Server, tenant: &str, d: &Deployed, path: &str, key: Option<&str>) -> Value {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut env = envelope(tenant, &d.extension_id, &d.content_hash, path);
+    env["http"]["query"] = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(k) = key {
+        headers.push(("x-idempotency-key", k));
+    }
+    let body = serde_json::to_vec(&env).unwrap();
+    host.request("POST", "/v1/execute", Some(SERVICE_TOKEN), &headers, Some(&body)).json()
+}
+
+fn next_seq(host: &Server, tenant: &str) -> u64 {
+    host.admin_get(&format!("/v1/tenants/{tenant}/executions/chain")).json()["next_seq"].as_u64().unwrap()
+}
+
+fn verify_chain(host: &Server, tenant: &str) -> (i32, String) {
+    let token = host.dir.path().join("admin.token");
+    std::fs::write(&token, ADMIN_TOKEN).unwrap();
+    let out = std::process::Command::new(alga_tests::runner_bin())
+        .args(["executions", "--tenant", tenant, "--verify", "--url", &host.url])
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn two_hosts_share_registry_storage_idempotency_and_one_chain() {
+    let cluster = PgCluster::get();
+    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
+    let url = cluster.unwrap().database();
+    let signer = Signer::new();
+    let (a, b) = two_hosts(&signer, &url);
+
+    // Published and installed on A, executed on B; installed on B, executed on A.
+    let kv = deploy(
+        &a,
+        &signer,
+        &hostapi_manifest("com.example.shared", &["cap:storage.kv"]),
+        &fixture_bytes("hostapi"),
+        "t1",
+        json!({ "granted_capabilities": ["storage.kv"] }),
+    );
+    assert_eq!(b.report("t1", &kv, "/storage/put?key=k", Some(b"from b")), json!({ "ok": 1 }));
+    assert_eq!(a.report("t1", &kv, "/storage/get?key=k", None), json!({ "ok": "from b", "rev": 1 }));
+    install_for(&b, &kv, "1.0.0", "t2", json!({ "granted_capabilities": ["storage.kv"] }));
+    assert_eq!(a.report("t2", &kv, "/storage/get?key=k", None), json!({ "err": "missing" }), "t2's own store");
+
+    // A compare-and-swap race between the hosts: one winner.
+    let race = std::thread::scope(|s| {
+        let x = s.spawn(|| a.report("t1", &kv, "/storage/put?key=k&rev=1", Some(b"a")));
+        let y = s.spawn(|| b.report("t1", &kv, "/storage/put?key=k&rev=1", Some(b"b")));
+        [x.join().unwrap(), y.join().unwrap()]
+    });
+    assert_eq!(race.iter().filter(|r| **r == json!({ "ok": 2 })).count(), 1, "{race:?}");
+    assert_eq!(race.iter().filter(|r| **r == json!({ "err": "conflict" })).count(), 1, "{race:?}");
+
+    // An idempotent retry on B while the first attempt still runs on A: B waits for it and
+    // answers the same; it never executes twice.
+    let sleeper_manifest = manifest("com.example.sleepy", "1.0.0", &[]);
+    let sleepy = deploy(&a, &signer, &sleeper_manifest, &fixture_bytes("sleeper"), "t1", json!({}));
+    let before = next_seq(&a, "t1");
+    let (first, retry) = std::thread::scope(|s| {
+        let first = s.spawn(|| execute(&a, "t1", &sleepy, "/?ms=1500", Some("retry-1")));
+        std::thread::sleep(Duration::from_millis(400));
+        let retry = s.spawn(|| execute(&b, "t1", &sleepy, "/?ms=1500", Some("retry-1")));
+        (first.join().unwrap(), retry.join().unwrap())
+    });
+    assert_eq!(first["status"], 200, "{first}");
+    assert_eq!(retry, first, "the retry on B got A's answer");
+    assert_eq!(execute(&b, "t1", &sleepy, "/?ms=1500", Some("retry-1")), first, "a later retry: replayed");
+    assert_eq!(next_seq(&a, "t1"), before + 1, "one execution for three requests");
+
+    // Concurrent appends from both hosts build one chain.
+    std::thread::scope(|s| {
+        for i in 0..16 {
+            let host = if i % 2 == 0 { &a } else { &b };
+            let kv = &kv;
+            s.spawn(move || host.report("t1", kv, "/context", None));
+        }
+    });
+    let (code, out) = verify_chain(&b, "t1");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(next_seq(&a, "t1"), before + 17);
+
+    // Yank on A: B refuses new installs of it at once. Uninstall on B: A no longer runs it.
+    let yank = a.request("DELETE", "/v1/extensions/com.example.shared/versions/1.0.0", Some(ADMIN_TOKEN), &[], None);
+    assert_eq!(yank.status, 200, "{}", String::from_utf8_lossy(&yank.body));
+    let refused = b.install("t3", "com.example.shared", &json!({ "version": "1.0.0" }));
+    assert_eq!(refused.status, 409, "{}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(refused.code(), "version_yanked");
+    let gone = b.request("DELETE", "/v1/tenants/t2/installs/com.example.shared", Some(ADMIN_TOKEN), &[], None);
+    assert_eq!(gone.status, 204);
+    assert_eq!(execute(&a, "t2", &kv, "/context", None)["error"], "not_installed");
+}
+
+#[test]
+fn kill_9_of_one_host_mid_burst_loses_nothing_acknowledged() {
+    let cluster = PgCluster::get();
+    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
+    let url = cluster.unwrap().database();
+    let signer = Signer::new();
+    let (mut a, b) = two_hosts(&signer, &url);
+    let kv = deploy(
+        &a,
+        &signer,
+        &hostapi_manifest("com.example.burst", &["cap:storage.kv"]),
+        &fixture_bytes("hostapi"),
+        "t1",
+        json!({ "granted_capabilities": ["storage.kv"] }),
+    );
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    std::thread::scope(|s| {
+        for worker in 0..4 {
+            let (acknowledged, kv, a, b) = (acknowledged.clone(), &kv, &a, &b);
+            s.spawn(move || {
+                for i in 0..100 {
+                    let key = format!("w{worker}-{i}");
+                    let host = if (worker + i) % 2 == 0 { a } else { b };
+                    let mut env = envelope("t1", &kv.extension_id, &kv.content_hash, "/storage/put");
+                    env["http"]["method"] = json!("POST");
+                    env["http"]["query"] = json!({ "key": key });
+                    env["http"]["body_b64"] = json!("dg==");
+                    env["context"]["request_id"] = json!(key);
+                    let body = serde_json::to_vec(&env).unwrap();
+                    let answer = ureq::post(&format!("{}/v1/execute", host.url))
+                        .set("authorization", &format!("Bearer {SERVICE_TOKEN}"))
+                        .set("content-type", "application/json")
+                        .timeout(Duration::from_secs(10))
+                        .send_bytes(&body);
+                    if let Ok(r) = answer
+                        && let Ok(v) = r.into_json::<Value>()
+                        && v["status"] == 200
+                    {
+                        acknowledged.lock().unwrap().insert(key);
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // SIGKILL host A while the burst runs.
+        assert_eq!(
+            std::process::Command::new("kill").args(["-9", &a.pid().to_string()]).status().unwrap().code(),
+            Some(0)
+        );
+    });
+    a.kill9();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 20, "only {} acknowledged", acknowledged.len());
+    assert!(acknowledged.len() < 400, "host A was killed only after the burst");
+    eprintln!("{} of 400 executions acknowledged around the kill", acknowledged.len());
+    // B keeps serving; every acknowledged write and record is there.
+    let page = b.admin_get("/v1/tenants/t1/executions?limit=500").json();
+    let recorded: BTreeSet<String> =
+        page["items"].as_array().unwrap().iter().map(|r| r["request_id"].as_str().unwrap().to_string()).collect();
+    for key in &acknowledged {
+        assert!(recorded.contains(key), "{key} was acknowledged but has no execution record");
+        assert_eq!(b.report("t1", &kv, &format!("/storage/get?key={key}"), None)["ok"], "v", "{key}");
+    }
+    let (code, out) = verify_chain(&b, "t1");
+    assert_eq!(code, 0, "{out}");
+}
