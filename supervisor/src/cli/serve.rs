@@ -254,12 +254,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         }
         Err(super::stores::OpenError::Other(e)) => return Err(e),
     };
-    let super::stores::Stores { registry, storage, secrets, shared } = stores;
-    rt.block_on(reconcile(&*registry, &blobs, &ui_trees, shared.is_some()))
+    let registry = stores.registry.clone();
+    rt.block_on(reconcile(&*registry, &blobs, &ui_trees, stores.shared.is_some()))
         .context("checking the database against the blob store")?;
     let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
-    let service =
-        Arc::new(Service::new(config.clone(), core.clone(), registry.clone(), blobs, trust, storage, secrets, shared)?);
+    let service = Arc::new(Service::new(config.clone(), core.clone(), stores, blobs, trust)?);
     service.start_flusher();
 
     // The sandbox self-test: a real sandbox, every layer, before the service says it is ready.

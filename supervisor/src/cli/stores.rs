@@ -8,21 +8,11 @@ use std::time::Duration;
 
 use crate::config::{Config, redacted_url};
 use crate::db::postgres::{Pg, PgError};
-use crate::hostapi::KvStore;
 use crate::hostapi::storage::postgres::PgKv;
 use crate::hostapi::storage::sled::SledKv;
-use crate::registry::{PgRegistry, RegistryStore, SledRegistry, StoreError};
+use crate::registry::{PgRegistry, SledRegistry, StoreError};
 use crate::secrets::{NodeKey, PgSecrets, SecretStore, SledSecrets};
-
-/// The backends of the registry, the guests' storage and the secrets.
-pub struct Stores {
-    pub registry: Arc<dyn RegistryStore>,
-    pub storage: Arc<dyn KvStore>,
-    pub secrets: SecretStore,
-    /// The database other hosts may share (their bundles are not in this host's blob store),
-    /// for what the hosts coordinate through it.
-    pub shared: Option<Pg>,
-}
+use crate::service::Stores;
 
 /// Why the backend did not open.
 #[derive(Debug)]

@@ -47,6 +47,16 @@ pub fn valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
+/// The backends of the registry, the guests' storage and the secrets (`[storage]`).
+pub struct Stores {
+    pub registry: Arc<dyn RegistryStore>,
+    pub storage: Arc<dyn KvStore>,
+    pub secrets: crate::secrets::SecretStore,
+    /// The database other hosts may share (their bundles are not in this host's blob store),
+    /// for what the hosts coordinate through it.
+    pub shared: Option<crate::db::postgres::Pg>,
+}
+
 pub struct Service {
     pub config: Config,
     pub core: Arc<Core>,
@@ -83,13 +93,11 @@ impl Service {
     pub fn new(
         config: Config,
         core: Arc<Core>,
-        registry: Arc<dyn RegistryStore>,
+        stores: Stores,
         blobs: BlobStore,
         trust: TrustBundle,
-        storage: Arc<dyn KvStore>,
-        secrets: crate::secrets::SecretStore,
-        shared: Option<crate::db::postgres::Pg>,
     ) -> std::io::Result<Self> {
+        let Stores { registry, storage, secrets, shared } = stores;
         let service_token = config.service_token()?;
         let admin_token = config.admin_token()?;
         let idempotency: Arc<dyn idempotency::Idempotency> = match &shared {
