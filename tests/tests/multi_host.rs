@@ -3,8 +3,9 @@
 //! as 11-scale-out.md's multi-host scenarios ask: publish on one and execute on the other, a
 //! storage compare-and-swap race, an idempotent retry that lands on the other host while the
 //! first attempt runs, yank and uninstall seen at once by the other host, one hash chain under
-//! concurrent appends from both, and `kill -9` of one host mid-burst with every acknowledged write
-//! and record present afterwards.
+//! concurrent appends from both, a concurrency cap and a rate limit held for the cluster (and a
+//! dead host's places given back within the lease time), and `kill -9` of one host mid-burst
+//! with every acknowledged write and record present afterwards.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -21,13 +22,17 @@ use serde_json::{Value, json};
 
 /// Host A, and host B on the same database and state directory.
 fn two_hosts(signer: &Signer, url: &str) -> (Server, Server) {
+    two_hosts_with(signer, url, &[("TENANT_RATE_PER_S", "0"), ("EXTENSION_RATE_PER_S", "0")])
+}
+
+/// Host A and host B with these `[quotas]` settings.
+fn two_hosts_with(signer: &Signer, url: &str, quotas: &[(&str, &str)]) -> (Server, Server) {
     let options = |state: Option<String>| {
         let mut env = vec![
             ("ALGA_RUNNER_STORAGE__BACKEND".to_string(), "postgres".to_string()),
             ("ALGA_RUNNER_STORAGE__URL".to_string(), url.to_string()),
-            ("ALGA_RUNNER_QUOTAS__TENANT_RATE_PER_S".to_string(), "0".to_string()),
-            ("ALGA_RUNNER_QUOTAS__EXTENSION_RATE_PER_S".to_string(), "0".to_string()),
         ];
+        env.extend(quotas.iter().map(|(k, v)| (format!("ALGA_RUNNER_QUOTAS__{k}"), v.to_string())));
         if let Some(dir) = state {
             env.push(("ALGA_RUNNER_STATE_DIR".to_string(), dir));
         }
@@ -211,4 +216,79 @@ fn kill_9_of_one_host_mid_burst_loses_nothing_acknowledged() {
     }
     let (code, out) = verify_chain(&b, "t1");
     assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn concurrency_caps_and_rate_limits_hold_for_the_cluster_and_a_dead_hosts_leases_expire() {
+    let cluster = PgCluster::get();
+    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
+    let url = cluster.unwrap().database();
+    let signer = Signer::new();
+    let (mut a, b) = two_hosts_with(
+        &signer,
+        &url,
+        &[
+            ("EXTENSION_CONCURRENCY", "2"),
+            ("TENANT_RATE_PER_S", "0.01"),
+            ("TENANT_BURST", "8"),
+            ("EXTENSION_RATE_PER_S", "0"),
+        ],
+    );
+    let sleepy =
+        deploy(&a, &signer, &manifest("com.example.capped", "1.0.0", &[]), &fixture_bytes("sleeper"), "t1", json!({}));
+
+    // Six at once, three on each host, against a cap of two for the cluster.
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..6)
+            .map(|i| {
+                let (host, sleepy) = (if i % 2 == 0 { &a } else { &b }, &sleepy);
+                s.spawn(move || execute(host, "t1", sleepy, "/?ms=1500", None))
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let ran = answers.iter().filter(|a| a["status"] == 200).count();
+    let capped = answers.iter().filter(|a| a["error"] == "quota_exceeded").count();
+    assert_eq!((ran, capped), (2, 4), "{answers:?}");
+
+    // The tenant's bucket (a burst of 8, refilling at 0.01/s) is one for both hosts: the two
+    // admitted above took a token each (a refused call takes none), six are left, whichever
+    // host asks.
+    for i in 0..6 {
+        let host = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(execute(host, "t1", &sleepy, "/?ms=1", None)["status"], 200, "token {}", i + 3);
+    }
+    let limited = execute(&b, "t1", &sleepy, "/?ms=1", None);
+    assert_eq!(limited["error"], "rate_limited", "{limited}");
+    assert!(limited["headers"]["retry-after"].as_str().is_some_and(|s| s.parse::<u64>().unwrap() > 1), "{limited}");
+
+    // Host A dies holding both places of the cap (a new tenant, with its own bucket): host B
+    // gets them back once A's leases expire, within the lease time.
+    install_for(&a, &sleepy, "1.0.0", "t2", json!({}));
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let (a, sleepy) = (&a, &sleepy);
+            // Its answer never comes: A is killed while it runs.
+            s.spawn(move || {
+                let mut env = envelope("t2", &sleepy.extension_id, &sleepy.content_hash, "/");
+                env["http"]["query"] = json!({ "ms": "4000" });
+                let _ = ureq::post(&format!("{}/v1/execute", a.url))
+                    .set("authorization", &format!("Bearer {SERVICE_TOKEN}"))
+                    .send_json(env);
+            });
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(execute(&b, "t2", &sleepy, "/?ms=1", None)["error"], "quota_exceeded", "A holds both places");
+        assert_eq!(
+            std::process::Command::new("kill").args(["-9", &a.pid().to_string()]).status().unwrap().code(),
+            Some(0)
+        );
+    });
+    a.kill9();
+    let died = std::time::Instant::now();
+    alga_tests::server::wait_within("the dead host's leases to expire", Duration::from_secs(20), || {
+        execute(&b, "t2", &sleepy, "/?ms=1", None)["status"] == 200
+    });
+    eprintln!("the dead host's places came back after {:?}", died.elapsed());
+    assert!(died.elapsed() <= Duration::from_secs(16), "leases outlived the lease time: {:?}", died.elapsed());
 }

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod problem;
 pub mod publish;
 pub mod quotas;
+pub mod quotas_shared;
 pub mod reads;
 pub mod secret_envelope;
 pub mod ui;
@@ -134,7 +135,7 @@ impl Service {
         core.spawner.metrics.set_per_extension(config.metrics.per_extension);
         Ok(Service {
             ui_trees,
-            quotas: quotas::Quotas::new(config.quotas.clone()),
+            quotas: quotas::Quotas::new(config.quotas.clone(), shared.clone().map(quotas_shared::SharedAdmission::new)),
             secrets,
             host_env: Arc::new(HostEnv {
                 storage,
@@ -161,13 +162,18 @@ impl Service {
         })
     }
 
-    /// Starts the group-commit flusher (execution records, storage writes) and the sweep that
-    /// ages execution records out.
+    /// Starts the group-commit flusher (execution records, storage writes), the sweep that ages
+    /// execution records out (and, on a shared database, expired idempotency entries and quota
+    /// leases), and the renewal of this host's quota leases.
     pub fn start_flusher(self: &Arc<Self>) {
         let registry = Arc::downgrade(&self.registry);
         self.core.spawner.handle.spawn(self.commit.clone().run(registry));
+        if let Some(admission) = self.quotas.shared() {
+            self.core.spawner.handle.spawn(admission.clone().renew());
+        }
         let (registry, retention) = (Arc::downgrade(&self.registry), self.retention());
         let shared = self.shared.clone();
+        let admission = self.quotas.shared().cloned();
         self.core.spawner.handle.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
@@ -182,6 +188,11 @@ impl Service {
                     && let Err(e) = idempotency::sweep_shared(pg).await
                 {
                     tracing::error!(error = %crate::error_chain(&e), "removing expired idempotency entries failed");
+                }
+                if let Some(admission) = &admission
+                    && let Err(e) = admission.sweep().await
+                {
+                    tracing::error!(error = %crate::error_chain(&e), "removing expired quota leases failed");
                 }
             }
         });

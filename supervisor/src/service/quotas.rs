@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::quotas_shared::{Lease, SharedAdmission};
 use crate::config::QuotasConfig;
 
 /// Why an execution was not admitted.
@@ -21,6 +22,8 @@ pub enum Refused {
     QuotaExceeded { retry_after_s: u64 },
     /// No execution slot became free within the queue timeout.
     Overloaded,
+    /// The shared database, which counts the cluster's quotas, cannot be reached.
+    Unavailable,
 }
 
 impl Refused {
@@ -30,13 +33,14 @@ impl Refused {
             Refused::RateLimited { .. } => (429, "rate_limited"),
             Refused::QuotaExceeded { .. } => (429, "quota_exceeded"),
             Refused::Overloaded => (503, "overloaded"),
+            Refused::Unavailable => (503, "storage_unavailable"),
         }
     }
 
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             Refused::RateLimited { retry_after_s } | Refused::QuotaExceeded { retry_after_s } => Some(*retry_after_s),
-            Refused::Overloaded => Some(1),
+            Refused::Overloaded | Refused::Unavailable => Some(1),
         }
     }
 }
@@ -77,14 +81,27 @@ pub struct Quotas {
     config: QuotasConfig,
     counters: Arc<Mutex<Counters>>,
     slots: Arc<Semaphore>,
+    /// With a shared database, the rate limits and caps are the cluster's, counted there; the
+    /// queue in front of this host's sandboxes stays this host's.
+    shared: Option<SharedAdmission>,
 }
 
 /// An admitted execution; dropping it gives its slot and concurrency back.
 #[derive(Debug)]
 pub struct Permit {
-    keys: [String; 2],
-    counters: Arc<Mutex<Counters>>,
+    _held: Held,
     _slot: OwnedSemaphorePermit,
+}
+
+/// What an admitted execution holds of the concurrency caps.
+#[derive(Debug)]
+enum Held {
+    Counters {
+        keys: [String; 2],
+        counters: Arc<Mutex<Counters>>,
+    },
+    /// Held for its `Drop`, which releases the lease.
+    Lease(#[allow(dead_code)] Lease),
 }
 
 /// Gives back one execution's in-flight counts (an entry at zero goes, so the map holds only
@@ -101,9 +118,11 @@ fn release(counters: &Mutex<Counters>, keys: &[String; 2]) {
     }
 }
 
-impl Drop for Permit {
+impl Drop for Held {
     fn drop(&mut self) {
-        release(&self.counters, &self.keys);
+        if let Held::Counters { keys, counters } = self {
+            release(counters, keys);
+        }
     }
 }
 
@@ -123,9 +142,14 @@ fn extension_key(tenant: &str, extension: &str) -> String {
 }
 
 impl Quotas {
-    pub fn new(config: QuotasConfig) -> Self {
+    pub fn new(config: QuotasConfig, shared: Option<SharedAdmission>) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1) as usize));
-        Quotas { config, counters: Arc::default(), slots }
+        Quotas { config, counters: Arc::default(), slots, shared }
+    }
+
+    /// The cluster's admission, when there is one (its lease renewal runs beside the service).
+    pub fn shared(&self) -> Option<&SharedAdmission> {
+        self.shared.as_ref()
     }
 
     pub fn config(&self) -> &QuotasConfig {
@@ -135,6 +159,12 @@ impl Quotas {
     /// Admits one execution of `extension` for `tenant`, or says why not. Rate limits are checked
     /// first (a refused call consumes nothing), then the concurrency caps, then the global queue.
     pub async fn admit(&self, tenant: &str, extension: &str) -> Result<Permit, Refused> {
+        if let Some(shared) = &self.shared {
+            // The lease is given back if no slot frees up in time (it is dropped).
+            let lease = shared.admit(&self.config, tenant, extension).await?;
+            let slot = self.slot().await?;
+            return Ok(Permit { _held: Held::Lease(lease), _slot: slot });
+        }
         let keys = [tenant_key(tenant), extension_key(tenant, extension)];
         {
             let c = &self.config;
@@ -178,17 +208,32 @@ impl Quotas {
         }
         // From here on the counters are held by a guard, so every exit gives them back.
         let undo = Undo { keys: &keys, counters: &self.counters, armed: true };
-        let wait = Duration::from_millis(self.config.queue_timeout_ms);
-        let slot = match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => slot,
-            _ => return Err(Refused::Overloaded),
-        };
+        let slot = self.slot().await?;
         undo.disarm();
-        Ok(Permit { keys, counters: self.counters.clone(), _slot: slot })
+        Ok(Permit { _held: Held::Counters { keys, counters: self.counters.clone() }, _slot: slot })
     }
 
-    /// The live concurrency of one tenant.
-    pub fn live(&self, tenant: &str) -> Live {
+    /// A place in this host's queue, within `queue_timeout_ms`.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, Refused> {
+        let wait = Duration::from_millis(self.config.queue_timeout_ms);
+        match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(Refused::Overloaded),
+        }
+    }
+
+    /// The live concurrency of one tenant (the cluster's, with a shared database).
+    pub async fn live(&self, tenant: &str) -> Live {
+        if let Some(shared) = &self.shared {
+            return shared.live(tenant).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %crate::error_chain(&e), "reading the cluster's running executions failed");
+                Live { tenant_in_flight: 0, extensions_in_flight: HashMap::new() }
+            });
+        }
+        self.live_here(tenant)
+    }
+
+    fn live_here(&self, tenant: &str) -> Live {
         let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let prefix = format!("e\0{tenant}\0");
         Live {
@@ -241,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn rate_limits_refuse_with_a_retry_after_and_refill() {
-        let q = Quotas::new(QuotasConfig { tenant_rate_per_s: 2.0, tenant_burst: 2.0, ..config() });
+        let q = Quotas::new(QuotasConfig { tenant_rate_per_s: 2.0, tenant_burst: 2.0, ..config() }, None);
         drop(q.admit("t", "e").await.unwrap());
         drop(q.admit("t", "e").await.unwrap());
         let refused = q.admit("t", "e").await.unwrap_err();
@@ -253,24 +298,24 @@ mod tests {
 
     #[tokio::test]
     async fn concurrency_caps_count_in_flight_executions() {
-        let q = Quotas::new(QuotasConfig { extension_concurrency: 1, tenant_concurrency: 2, ..config() });
+        let q = Quotas::new(QuotasConfig { extension_concurrency: 1, tenant_concurrency: 2, ..config() }, None);
         let a = q.admit("t", "e1").await.unwrap();
         assert_eq!(q.admit("t", "e1").await.unwrap_err(), Refused::QuotaExceeded { retry_after_s: 1 });
         let b = q.admit("t", "e2").await.unwrap();
         assert!(matches!(q.admit("t", "e3").await, Err(Refused::QuotaExceeded { .. })), "tenant cap");
-        assert_eq!(q.live("t").tenant_in_flight, 2);
+        assert_eq!(q.live("t").await.tenant_in_flight, 2);
         drop(a);
         drop(b);
         assert!(q.admit("t", "e1").await.is_ok());
-        assert_eq!(q.live("t").tenant_in_flight, 0);
+        assert_eq!(q.live("t").await.tenant_in_flight, 0);
     }
 
     #[tokio::test]
     async fn the_global_queue_times_out_as_overloaded() {
-        let q = Quotas::new(QuotasConfig { max_concurrent: 1, ..config() });
+        let q = Quotas::new(QuotasConfig { max_concurrent: 1, ..config() }, None);
         let held = q.admit("t", "e").await.unwrap();
         assert_eq!(q.admit("u", "e").await.unwrap_err(), Refused::Overloaded);
-        assert_eq!(q.live("u").tenant_in_flight, 0, "a refused admission gives its counts back");
+        assert_eq!(q.live("u").await.tenant_in_flight, 0, "a refused admission gives its counts back");
         drop(held);
         assert!(q.admit("u", "e").await.is_ok());
     }

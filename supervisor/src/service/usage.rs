@@ -76,7 +76,7 @@ pub async fn view(svc: &Service, tenant: &str) -> Result<serde_json::Value, Prob
     Ok(serde_json::json!({
         "tenant": tenant,
         "limits": svc.quotas.config(),
-        "in_flight": svc.quotas.live(tenant),
+        "in_flight": svc.quotas.live(tenant).await,
         "windows": windows,
     }))
 }

@@ -12,6 +12,7 @@ use tokio_postgres::NoTls;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "idempotency", include_str!("migrations/0002_idempotency.sql")),
+    (3, "quotas", include_str!("migrations/0003_quotas.sql")),
 ];
 
 /// The schema this build writes.
