@@ -292,3 +292,28 @@ fn concurrency_caps_and_rate_limits_hold_for_the_cluster_and_a_dead_hosts_leases
     eprintln!("the dead host's places came back after {:?}", died.elapsed());
     assert!(died.elapsed() <= Duration::from_secs(16), "leases outlived the lease time: {:?}", died.elapsed());
 }
+
+#[test]
+fn a_trust_reload_on_one_host_reaches_every_host_within_a_second() {
+    let cluster = PgCluster::get();
+    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
+    let url = cluster.unwrap().database();
+    let (first, second) = (Signer::new(), Signer::new());
+    let (a, b) = two_hosts(&first, &url);
+    let keys =
+        |host: &Server| host.request("GET", "/readyz", None, &[], None).json()["checks"]["trust"]["keys"].clone();
+    assert_eq!((keys(&a), keys(&b)), (json!(1), json!(1)));
+    // The operator's configuration management writes each host's file; only A is told to reload.
+    for host in [&a, &b] {
+        host.write_trust(&[first.public(), second.public()]);
+    }
+    let reload = a.request("POST", "/v1/admin/reload", Some(ADMIN_TOKEN), &[], None);
+    assert_eq!(reload.status, 200, "{}", String::from_utf8_lossy(&reload.body));
+    let asked = std::time::Instant::now();
+    alga_tests::server::wait_within("host B to reload", Duration::from_secs(1), || keys(&b) == json!(2));
+    eprintln!("host B reloaded {:?} after host A was asked", asked.elapsed());
+    // B now accepts what only the new key signed.
+    let bytes = alga_tests::server::pack(&manifest("com.example.newkey", "1.0.0", &[]), &fixture_bytes("echo"));
+    let published = b.publish(&bytes, &second.sign(&bytes, "com.example.newkey", "1.0.0"));
+    assert_eq!(published.status, 201, "{}", String::from_utf8_lossy(&published.body));
+}

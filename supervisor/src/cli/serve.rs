@@ -260,6 +260,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let core = rt.block_on(Core::start(process, cgroups, settings)).context("starting the sandbox core")?;
     let service = Arc::new(Service::new(config.clone(), core.clone(), stores, blobs, trust)?);
     service.start_flusher();
+    service.follow_other_hosts();
 
     // The sandbox self-test: a real sandbox, every layer, before the service says it is ready.
     let layers = rt

@@ -466,7 +466,7 @@ async fn sdk_file(req: HttpRequest, file: web::Path<String>) -> Result<HttpRespo
 
 async fn reload(req: HttpRequest, svc: Svc) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
-    let keys = svc.reload_trust().map_err(|e| {
+    let keys = svc.reload_trust_everywhere().await.map_err(|e| {
         Problem::new(422, "invalid_trust_bundle", "the trust bundle cannot be loaded").detail(e.to_string())
     })?;
     Ok(HttpResponse::Ok().json(json!({ "keys": keys })))

@@ -35,6 +35,10 @@ use crate::registry::{BlobStore, RegistryStore};
 use crate::service::problem::Problem;
 use alga_shared::egress::Rule;
 
+/// The notification channel of changes other hosts must follow, and its messages.
+const CHANGES: &str = "alga_runner_changes";
+const TRUST_RELOAD: &str = "trust-reload";
+
 /// The trust bundle in force, and a generation that changes on every reload (so bundles in the
 /// execution cache are verified again).
 #[derive(Debug)]
@@ -69,6 +73,8 @@ pub struct Service {
     pub idempotency: Arc<dyn idempotency::Idempotency>,
     /// The database several hosts share, when the storage backend is PostgreSQL.
     pub shared: Option<crate::db::postgres::Pg>,
+    /// This host's id among those sharing the database (a fresh UUID per start).
+    pub host_id: String,
     /// Admission: rate limits, concurrency caps, the global queue.
     pub quotas: quotas::Quotas,
     /// The extracted `ui/` trees of the bundles.
@@ -151,6 +157,7 @@ impl Service {
             loader: loader::Loader::default(),
             idempotency,
             shared,
+            host_id: crate::registry::new_id(),
             service_token,
             admin_token,
             self_test_ok: AtomicBool::new(false),
@@ -206,6 +213,39 @@ impl Service {
 
     pub fn trust(&self) -> Arc<Trust> {
         self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads the trust bundle here and, on a shared database, asks every other host to reload
+    /// its own (`POST /v1/admin/reload`). Their reloads follow within a second.
+    pub async fn reload_trust_everywhere(&self) -> Result<usize, TrustError> {
+        let keys = self.reload_trust()?;
+        if let Some(pg) = &self.shared
+            && let Err(e) = pg.notify(CHANGES, &format!("{TRUST_RELOAD} {}", self.host_id)).await
+        {
+            tracing::error!(error = %crate::error_chain(&e), "telling the other hosts to reload their trust bundles failed");
+        }
+        Ok(keys)
+    }
+
+    /// Follows the other hosts' changes on a shared database: a trust reload on one host is done
+    /// on every host.
+    pub fn follow_other_hosts(self: &Arc<Self>) {
+        let Some(pg) = self.shared.clone() else { return };
+        let svc = Arc::downgrade(self);
+        self.core.spawner.handle.spawn(async move {
+            pg.listen(CHANGES, move |payload| {
+                let Some(svc) = svc.upgrade() else { return };
+                let reload = match &payload {
+                    // Reconnected: a reload may have been missed.
+                    None => true,
+                    Some(p) => p.strip_prefix(TRUST_RELOAD).is_some_and(|from| from.trim() != svc.host_id),
+                };
+                if reload && let Err(e) = svc.reload_trust() {
+                    tracing::error!(error = %e, "reloading the trust bundle another host asked for failed; keeping the previous one");
+                }
+            })
+            .await
+        });
     }
 
     /// Loads the trust bundle again (SIGHUP, `POST /v1/admin/reload`). A key that is gone is

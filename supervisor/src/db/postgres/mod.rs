@@ -70,6 +70,8 @@ impl From<deadpool_postgres::PoolError> for PgError {
 #[derive(Clone)]
 pub struct Pg {
     pool: Pool,
+    /// For the connection that listens for notifications (outside the pool).
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -97,7 +99,8 @@ impl Pg {
         config.application_name("alga-runner");
         config.connect_timeout(CONNECT_TIMEOUT);
         config.options(format!("-c statement_timeout={}", statement_timeout.as_millis()));
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -105,7 +108,60 @@ impl Pg {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| PgError::Pool(e.to_string()))?;
-        Ok(Pg { pool })
+        Ok(Pg { pool, config: std::sync::Arc::new(config) })
+    }
+
+    /// Sends `payload` to every host listening on `channel` (delivered when this commits: at once).
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), PgError> {
+        self.client().await?.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).await?;
+        Ok(())
+    }
+
+    /// Calls `on_notify` with the payload of every notification on `channel`, for as long as the
+    /// service runs, on a connection of its own that is made again after a failure (after 1 s).
+    /// Notifications sent while it was down are lost, so after every reconnection `on_notify`
+    /// gets `None`: the listener should catch up on whatever it may have missed.
+    pub async fn listen(&self, channel: &'static str, mut on_notify: impl FnMut(Option<String>) + Send) {
+        use futures_util::StreamExt;
+        let mut connected_before = false;
+        loop {
+            match self.config.connect(NoTls).await {
+                Ok((client, mut connection)) => {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    // The connection does the talking; notifications arrive through it.
+                    let driver = tokio::spawn(async move {
+                        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                        while let Some(message) = messages.next().await {
+                            match message {
+                                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                    let _ = tx.send(n.payload().to_string());
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, channel, "the notification connection failed");
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    match client.batch_execute(&format!("LISTEN {channel}")).await {
+                        Ok(()) => {
+                            if connected_before {
+                                on_notify(None);
+                            }
+                            connected_before = true;
+                            while let Some(payload) = rx.recv().await {
+                                on_notify(Some(payload));
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, channel, "LISTEN failed"),
+                    }
+                    driver.abort();
+                }
+                Err(e) => tracing::warn!(error = %e, channel, "connecting for notifications failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// A connection from the pool.
