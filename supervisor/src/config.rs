@@ -368,11 +368,21 @@ pub struct StorageConfig {
     pub pool_size: usize,
     /// A statement running longer is cancelled, in milliseconds (default 5 000).
     pub statement_timeout_ms: u64,
+    /// CA certificates (PEM) the database server's certificate must chain to (default none: the
+    /// public web roots). TLS follows the URL's `sslmode`; a TLS connection is always verified.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { backend: "sled".into(), url: None, url_file: None, pool_size: 16, statement_timeout_ms: 5_000 }
+        StorageConfig {
+            backend: "sled".into(),
+            url: None,
+            url_file: None,
+            pool_size: 16,
+            statement_timeout_ms: 5_000,
+            ca_file: None,
+        }
     }
 }
 
@@ -660,6 +670,11 @@ impl Config {
         }
         if st.statement_timeout_ms == 0 {
             e.push("storage.statement_timeout_ms: must be above 0".into());
+        }
+        if let Some(f) = &st.ca_file
+            && !f.is_file()
+        {
+            e.push(format!("storage.ca_file: {} does not exist", f.display()));
         }
         if e.is_empty() { Ok(()) } else { Err(ConfigErrors(e)) }
     }

@@ -7,8 +7,8 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 pub struct PgCluster {
@@ -19,16 +19,19 @@ pub struct PgCluster {
     gid: u32,
 }
 
-/// The postmaster's pid, for the exit handler.
-static POSTMASTER: AtomicI32 = AtomicI32::new(0);
+/// The postmasters' pids, for the exit handler.
+static POSTMASTERS: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
+static STARTED: AtomicUsize = AtomicUsize::new(0);
 static DATABASES: AtomicU32 = AtomicU32::new(0);
 
-extern "C" fn stop_postmaster() {
-    let pid = POSTMASTER.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: sends a signal to the process this test process started; SIGQUIT is the
-        // postmaster's immediate shutdown (its backends follow it).
-        unsafe { libc::kill(pid, libc::SIGQUIT) };
+extern "C" fn stop_postmasters() {
+    for slot in &POSTMASTERS {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: sends a signal to a process this test process started; SIGQUIT is the
+            // postmaster's immediate shutdown (its backends follow it).
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+        }
     }
 }
 
@@ -73,10 +76,12 @@ impl PgCluster {
     /// The cluster of this test process, started on first use; `Err` says why there is none.
     pub fn get() -> Result<&'static PgCluster, String> {
         static CLUSTER: OnceLock<Result<PgCluster, String>> = OnceLock::new();
-        CLUSTER.get_or_init(PgCluster::start).as_ref().map_err(Clone::clone)
+        CLUSTER.get_or_init(|| PgCluster::start(&[])).as_ref().map_err(Clone::clone)
     }
 
-    fn start() -> Result<PgCluster, String> {
+    /// Another cluster of this test process, with these settings (`name=value`), e.g. TLS. It
+    /// stops when the process exits.
+    pub fn start(settings: &[String]) -> Result<PgCluster, String> {
         let bin = server_bin().ok_or("no PostgreSQL server (apt-get install postgresql; tests/run does)")?;
         let (uid, gid) = postgres_user().ok_or("no `postgres` user (apt-get install postgresql)")?;
         sweep_stale();
@@ -103,6 +108,7 @@ impl PgCluster {
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.display()))
+            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .uid(uid)
             .gid(gid)
             .current_dir(&dir)
@@ -111,9 +117,16 @@ impl PgCluster {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting postgres: {e}"))?;
-        POSTMASTER.store(child.id() as i32, Ordering::SeqCst);
-        // SAFETY: registers a plain function (it reads an atomic and sends a signal) to run at exit.
-        unsafe { libc::atexit(stop_postmaster) };
+        let slot = STARTED.fetch_add(1, Ordering::SeqCst);
+        POSTMASTERS
+            .get(slot)
+            .ok_or("more than four clusters in one test process")?
+            .store(child.id() as i32, Ordering::SeqCst);
+        static AT_EXIT: Once = Once::new();
+        // SAFETY: registers a plain function (it reads atomics and sends signals) to run at exit.
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(stop_postmasters);
+        });
         let cluster = PgCluster { port, dir, bin, uid, gid };
         let deadline = Instant::now() + Duration::from_secs(30);
         while cluster.psql("postgres", "SELECT 1").is_err() {
@@ -150,6 +163,17 @@ impl PgCluster {
         let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::SeqCst));
         self.psql("postgres", &format!("CREATE DATABASE {name}")).unwrap_or_else(|e| panic!("CREATE DATABASE: {e}"));
         self.url(&name)
+    }
+
+    /// The cluster's own directory (owned by the `postgres` user): where files it must read go.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes `file` the `postgres` user's, readable by it alone (a key the server must accept).
+    pub fn give(&self, file: &Path) {
+        std::os::unix::fs::chown(file, Some(self.uid), Some(self.gid)).unwrap();
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     }
 
     pub fn url(&self, database: &str) -> String {

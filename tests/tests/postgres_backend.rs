@@ -31,7 +31,7 @@ fn database() -> Result<(String, Pg, tokio::runtime::Runtime), String> {
 }
 
 fn pool(url: &str) -> Pg {
-    Pg::connect(url, 8, Duration::from_secs(5)).unwrap()
+    Pg::connect(url, 8, Duration::from_secs(5), None).unwrap()
 }
 
 fn ext(name: &str, publisher: &str) -> ExtensionRecord {
@@ -549,4 +549,101 @@ fn migrate_copies_a_sled_host_into_postgres_and_the_copy_verifies() {
     let (code, out) = verify_chain(&pg_host, "t1");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact"), "{out}");
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn tls_to_postgres_is_verified_against_the_ca_file_and_the_host_name() {
+    skip_unless!(
+        std::process::Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success()),
+        "no openssl to make the test CA"
+    );
+    // A test CA, and a server certificate it signed for `localhost` only.
+    let certs = tempfile::Builder::new().prefix("alga-runner-tls-").tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(certs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = certs.path();
+    openssl(
+        dir,
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem"]
+            .into_iter()
+            .chain(["-days", "2", "-subj", "/CN=alga-runner test CA"])
+            .collect::<Vec<_>>(),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let plain = PgCluster::get();
+    skip_unless!(plain.is_ok(), format!("no PostgreSQL: {}", plain.as_ref().err().unwrap()));
+    plain.unwrap().give(&dir.join("server.key"));
+    let cluster = PgCluster::start(&[
+        "ssl=on".into(),
+        format!("ssl_cert_file={}", dir.join("server.pem").display()),
+        format!("ssl_key_file={}", dir.join("server.key").display()),
+    ])
+    .unwrap();
+    let database = cluster.database();
+    let database = database.rsplit('/').next().unwrap();
+    let ca = dir.join("ca.pem");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = |host: &str, mode: &str| format!("postgres://postgres@{host}:{}/{database}?sslmode={mode}", cluster.port);
+    let try_connect = |url: String, ca: Option<&std::path::Path>| -> Result<bool, String> {
+        let pg = Pg::connect(&url, 2, Duration::from_secs(5), ca).map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            pg.migrate().await.map_err(|e| alga_runner::error_chain(&e))?;
+            let c = pg.client().await.map_err(|e| e.to_string())?;
+            let row = c
+                .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(row.get::<_, bool>(0))
+        })
+    };
+    assert_eq!(try_connect(url("localhost", "verify-full"), Some(&ca)), Ok(true), "TLS, verified");
+    assert_eq!(try_connect(url("localhost", "require"), Some(&ca)), Ok(true));
+    let unknown = try_connect(url("localhost", "require"), None).unwrap_err();
+    assert!(unknown.to_lowercase().contains("certificate"), "a CA it does not know is refused: {unknown}");
+    let wrong_name = try_connect(url("127.0.0.1", "verify-full"), Some(&ca)).unwrap_err();
+    assert!(
+        wrong_name.to_lowercase().contains("certificate"),
+        "a certificate for another name is refused: {wrong_name}"
+    );
+    assert_eq!(try_connect(url("localhost", "disable"), Some(&ca)), Ok(false), "sslmode=disable stays plain");
 }

@@ -27,6 +27,9 @@ pub struct MigrateArgs {
     /// `db/` and `node.key`). Without it, only the schema is brought up to date.
     #[arg(long, value_name = "sled:DIR")]
     pub from: Option<String>,
+    /// CA certificates (PEM) the database server's certificate must chain to (as `storage.ca_file`).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 pub fn run(args: MigrateArgs) -> anyhow::Result<u8> {
@@ -40,7 +43,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_USAGE);
         }
     };
-    let pg = match Pg::connect(&args.to, 4, Duration::from_secs(600)) {
+    let pg = match Pg::connect(&args.to, 4, Duration::from_secs(600), args.ca_file.as_deref()) {
         Ok(pg) => pg,
         Err(e) => {
             eprintln!("error: --to: {e}");

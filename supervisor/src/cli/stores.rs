@@ -58,7 +58,7 @@ async fn open_postgres(config: &Config, key_file: &Path) -> Result<Stores, OpenE
         .map_err(|e| OpenError::Config(format!("storage.url_file: {e}")))?
         .ok_or_else(|| OpenError::Config("storage.url: required with storage.backend = \"postgres\"".into()))?;
     let st = &config.storage;
-    let pg = Pg::connect(&url, st.pool_size, Duration::from_millis(st.statement_timeout_ms))
+    let pg = Pg::connect(&url, st.pool_size, Duration::from_millis(st.statement_timeout_ms), st.ca_file.as_deref())
         .map_err(|e| OpenError::Config(e.to_string()))?;
     let at = redacted_url(&url);
     match pg.migrate().await {

@@ -5,8 +5,12 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::rustls;
 
 /// The migrations, in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -71,7 +75,8 @@ impl From<deadpool_postgres::PoolError> for PgError {
 pub struct Pg {
     pool: Pool,
     /// For the connection that listens for notifications (outside the pool).
-    config: std::sync::Arc<tokio_postgres::Config>,
+    config: Arc<tokio_postgres::Config>,
+    tls: MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for Pg {
@@ -92,15 +97,33 @@ impl Pg {
     /// A pool of at most `pool_size` connections to the database at `url`; every statement is
     /// cut off after `statement_timeout`. Connects lazily: a database that is down fails the
     /// first statement, not this.
-    pub fn connect(url: &str, pool_size: usize, statement_timeout: Duration) -> Result<Pg, PgError> {
+    ///
+    /// TLS follows the URL's `sslmode` (`disable`; `prefer`, the default: TLS when the server
+    /// offers it; `require`, `verify-ca`, `verify-full`: TLS or no connection), and whenever TLS
+    /// is used the server's certificate and host name are verified: against the certificates in
+    /// `ca_file` (PEM) when given, else the public web roots. An unverified server is never
+    /// accepted, whatever the mode.
+    pub fn connect(
+        url: &str,
+        pool_size: usize,
+        statement_timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Pg, PgError> {
+        // tokio-postgres knows disable, prefer and require; since every TLS connection here is
+        // verified, the two verifying modes are `require`.
+        let url = url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require");
         let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
             PgError::Url(format!("{e} (expected postgres://user:password@host:port/database)"))
         })?;
+        let tls = MakeRustlsConnect::new(tls_config(ca_file)?);
         config.application_name("alga-runner");
         config.connect_timeout(CONNECT_TIMEOUT);
         config.options(format!("-c statement_timeout={}", statement_timeout.as_millis()));
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -108,7 +131,7 @@ impl Pg {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| PgError::Pool(e.to_string()))?;
-        Ok(Pg { pool, config: std::sync::Arc::new(config) })
+        Ok(Pg { pool, config: Arc::new(config), tls })
     }
 
     /// Sends `payload` to every host listening on `channel` (delivered when this commits: at once).
@@ -125,7 +148,7 @@ impl Pg {
         use futures_util::StreamExt;
         let mut connected_before = false;
         loop {
-            match self.config.connect(NoTls).await {
+            match self.config.connect(self.tls.clone()).await {
                 Ok((client, mut connection)) => {
                     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                     // The connection does the talking; notifications arrive through it.
@@ -196,6 +219,31 @@ impl Pg {
         tx.commit().await?;
         Ok(Migrated { from, to: from.max(SCHEMA) })
     }
+}
+
+/// The TLS client of PostgreSQL connections: the CA certificates of `ca_file`, or the web roots.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, PgError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = |e: String| PgError::Url(format!("storage.ca_file {}: {e}", path.display()));
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("holds no PEM certificate".into()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PgError::Url(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A `u64` as PostgreSQL's `bigint` (values past `i64::MAX` saturate; none of ours get there).
