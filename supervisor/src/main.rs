@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         Command::List(args) => cli::client::list(args),
         Command::Executions(args) => cli::client::executions(args),
         Command::Migrate(args) => cli::migrate::run(args),
+        Command::KeygenNode(args) => cli::node_key::keygen(args),
+        Command::RotateNodeKey(args) => cli::node_key::rotate(args),
         Command::Manpage => cli::manpage(&mut std::io::stdout()).map(|()| 0).map_err(Into::into),
     };
     match result {

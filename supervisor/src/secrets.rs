@@ -22,6 +22,8 @@ const SEALED_SCHEMA: u8 = 1;
 const NONCE_LEN: usize = 24;
 /// The credential name systemd exposes under `$CREDENTIALS_DIRECTORY`.
 pub const CREDENTIAL_NAME: &str = "node-key";
+/// The credential of the key a rotation replaces.
+pub const PREVIOUS_CREDENTIAL_NAME: &str = "node-key-previous";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -48,9 +50,12 @@ impl std::fmt::Debug for SecretMap {
     }
 }
 
-/// The node's secret key.
+/// The node's secret key, and during a rotation the key it replaces.
 pub struct NodeKey {
     cipher: XChaCha20Poly1305,
+    /// The key being replaced (`<file>.previous`, or the `node-key-previous` credential): what it
+    /// sealed still opens until `rotate-node-key` has sealed everything again.
+    pub previous: Option<Box<NodeKey>>,
     /// Where it came from, for the operator.
     pub source: PathBuf,
     /// Names the key without revealing it: hex SHA-256 of a label and the key, first 16 digits.
@@ -71,6 +76,32 @@ impl NodeKey {
         if let Some(key) = NodeKey::load(file)? {
             return Ok(key);
         }
+        let key = NodeKey::generate(file)?;
+        tracing::info!(path = %file.display(), "generated the node key (keep it: without it stored secrets cannot be read)");
+        Ok(key)
+    }
+
+    /// The systemd credential when there is one, else `file`; `None` when neither exists. The
+    /// previous key of a rotation comes along when there is one.
+    pub fn load(file: &Path) -> Result<Option<NodeKey>, SecretsError> {
+        let Some(mut key) = NodeKey::load_one(file, CREDENTIAL_NAME)? else { return Ok(None) };
+        let previous = PathBuf::from(format!("{}.previous", file.display()));
+        key.previous = NodeKey::load_one(&previous, PREVIOUS_CREDENTIAL_NAME)?.map(Box::new);
+        Ok(Some(key))
+    }
+
+    fn load_one(file: &Path, credential: &str) -> Result<Option<NodeKey>, SecretsError> {
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let path = Path::new(&dir).join(credential);
+            if path.exists() {
+                return NodeKey::read(&path, false).map(Some);
+            }
+        }
+        if file.exists() { NodeKey::read(file, true).map(Some) } else { Ok(None) }
+    }
+
+    /// Writes a new random key to `file` (0600), which must not exist.
+    pub fn generate(file: &Path) -> Result<NodeKey, SecretsError> {
         let err = |detail: String| SecretsError::Key { path: file.to_path_buf(), detail };
         let key = alga_sandbox::sys::random_seed();
         let mut f = std::fs::OpenOptions::new()
@@ -80,19 +111,12 @@ impl NodeKey {
             .open(file)
             .map_err(|e| err(format!("creating: {e}")))?;
         f.write_all(&key).and_then(|()| f.sync_all()).map_err(|e| err(format!("writing: {e}")))?;
-        tracing::info!(path = %file.display(), "generated the node key (keep it: without it stored secrets cannot be read)");
         NodeKey::read(file, true)
     }
 
-    /// The systemd credential when there is one, else `file`; `None` when neither exists.
-    pub fn load(file: &Path) -> Result<Option<NodeKey>, SecretsError> {
-        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-            let path = Path::new(&dir).join(CREDENTIAL_NAME);
-            if path.exists() {
-                return NodeKey::read(&path, false).map(Some);
-            }
-        }
-        if file.exists() { NodeKey::read(file, true).map(Some) } else { Ok(None) }
+    /// Whether this key (or the one it replaces) has `fingerprint`.
+    pub fn answers_to(&self, fingerprint: &str) -> bool {
+        self.fingerprint == fingerprint || self.previous.as_ref().is_some_and(|p| p.fingerprint == fingerprint)
     }
 
     fn read(path: &Path, check_mode: bool) -> Result<NodeKey, SecretsError> {
@@ -116,7 +140,12 @@ impl NodeKey {
             h.update(key);
             hex::encode(h.finalize())[..16].to_string()
         };
-        Ok(NodeKey { cipher: XChaCha20Poly1305::new(&key.into()), source: path.to_path_buf(), fingerprint })
+        Ok(NodeKey {
+            cipher: XChaCha20Poly1305::new(&key.into()),
+            previous: None,
+            source: path.to_path_buf(),
+            fingerprint,
+        })
     }
 
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SecretsError> {
@@ -131,13 +160,14 @@ impl NodeKey {
     }
 
     fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        match sealed.split_first() {
+        let opened = match sealed.split_first() {
             Some((&SEALED_SCHEMA, rest)) if rest.len() > NONCE_LEN => {
                 let (nonce, ct) = rest.split_at(NONCE_LEN);
                 self.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
             }
             _ => None,
-        }
+        };
+        opened.or_else(|| self.previous.as_ref()?.open(aad, sealed))
     }
 }
 
@@ -148,6 +178,8 @@ pub trait SealedStore: Send + Sync + std::fmt::Debug {
     async fn get(&self, tenant: &str, install_id: &str) -> Result<Option<Vec<u8>>, SecretsError>;
     async fn put(&self, tenant: &str, install_id: &str, sealed: Vec<u8>) -> Result<(), SecretsError>;
     async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError>;
+    /// Every sealed map: (tenant, install id, sealed bytes).
+    async fn all(&self) -> Result<Vec<(String, String, Vec<u8>)>, SecretsError>;
 }
 
 /// The `install_secrets` tree of the embedded database.
@@ -203,6 +235,10 @@ impl SealedStore for SledSecrets {
         self.db.tree(TREE)?.remove(record_key(tenant, install_id))?;
         self.flush().await
     }
+
+    async fn all(&self) -> Result<Vec<(String, String, Vec<u8>)>, SecretsError> {
+        self.dump()
+    }
 }
 
 /// The `install_secrets` table of the shared database.
@@ -254,6 +290,11 @@ impl SealedStore for PgSecrets {
             .map_err(pg_error)?;
         Ok(())
     }
+    async fn all(&self) -> Result<Vec<(String, String, Vec<u8>)>, SecretsError> {
+        let c = self.pg.client().await.map_err(pg_error)?;
+        let rows = c.query("SELECT tenant, install_id, sealed FROM install_secrets", &[]).await.map_err(pg_error)?;
+        Ok(rows.iter().map(|r| (r.get("tenant"), r.get("install_id"), r.get("sealed"))).collect())
+    }
 }
 
 /// Install secrets: sealed with the node key, kept in a [`SealedStore`].
@@ -295,6 +336,22 @@ impl SecretStore {
     /// Removes the install's secrets (uninstall), durably.
     pub async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
         self.sealed.delete(tenant, install_id).await
+    }
+
+    /// Seals every stored map again with the current key (the second step of a rotation: the
+    /// maps the previous key sealed still open meanwhile). Returns how many were sealed again.
+    pub async fn reseal_all(&self) -> Result<usize, SecretsError> {
+        let all = self.sealed.all().await?;
+        for (tenant, install, _) in &all {
+            let map = self.get(tenant, install).await?;
+            self.put(tenant, install, &map).await?;
+        }
+        Ok(all.len())
+    }
+
+    /// The key maps are sealed with.
+    pub fn key(&self) -> &NodeKey {
+        &self.key
     }
 }
 

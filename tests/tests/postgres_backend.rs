@@ -647,3 +647,62 @@ fn tls_to_postgres_is_verified_against_the_ca_file_and_the_host_name() {
     );
     assert_eq!(try_connect(url("localhost", "disable"), Some(&ca)), Ok(false), "sslmode=disable stays plain");
 }
+
+#[test]
+fn the_node_key_rotates_without_losing_a_secret() {
+    let cluster = PgCluster::get();
+    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
+    let url = cluster.unwrap().database();
+    let signer = Signer::new();
+    let mut server = Server::start_with(pg_options(&signer, &url));
+    let d = deploy(
+        &server,
+        &signer,
+        &hostapi_manifest("com.example.rotate", &["cap:secrets.get"]),
+        &fixture_bytes("hostapi"),
+        "t1",
+        json!({ "granted_capabilities": ["secrets.get"] }),
+    );
+    let put = server.request(
+        "PUT",
+        "/v1/tenants/t1/installs/com.example.rotate/secrets",
+        Some(ADMIN_TOKEN),
+        &[("content-type", "application/json")],
+        Some(br#"{"api_key":"s3cret"}"#),
+    );
+    assert_eq!(put.status, 200);
+    server.stop();
+
+    // The new key becomes the node key, the old one its previous: both open secrets.
+    let state = server.state_dir();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(alga_tests::runner_bin())
+            .args(args)
+            .env("ALGA_RUNNER_STORAGE__BACKEND", "postgres")
+            .env("ALGA_RUNNER_STORAGE__URL", &url)
+            .env("ALGA_RUNNER_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, out) = cli(&["keygen-node", "-o", state.join("new.key").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(&["rotate-node-key"]);
+    assert_eq!(code, Some(78), "without a previous key there is nothing to rotate: {out}");
+    assert!(out.contains("node.key.previous"), "{out}");
+    std::fs::rename(state.join("node.key"), state.join("node.key.previous")).unwrap();
+    std::fs::rename(state.join("new.key"), state.join("node.key")).unwrap();
+    server.restart();
+    assert!(server.log_text().contains("rotation in progress"), "{}", server.log_text());
+    assert_eq!(server.report("t1", &d, "/secrets/get?key=api_key", None), json!({ "ok": "s3cret" }));
+
+    let (code, out) = cli(&["rotate-node-key"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("sealed 1 install secret map"), "{out}");
+    // The previous key goes: what it sealed was sealed again with the new one.
+    server.stop();
+    std::fs::remove_file(state.join("node.key.previous")).unwrap();
+    server.restart();
+    assert!(!server.log_text().contains("rotation in progress"), "{}", server.log_text());
+    assert_eq!(server.report("t1", &d, "/secrets/get?key=api_key", None), json!({ "ok": "s3cret" }));
+}

@@ -5,6 +5,7 @@ pub mod client;
 pub mod doctor;
 pub mod exec;
 pub mod migrate;
+pub mod node_key;
 pub mod serve;
 pub mod stores;
 
@@ -57,6 +58,10 @@ pub enum Command {
     Executions(client::ExecutionsArgs),
     /// Bring a PostgreSQL database to this version's schema; copy a stopped host's state into it.
     Migrate(migrate::MigrateArgs),
+    /// Create a node key (the key that seals install secrets; hosts sharing a database share it).
+    KeygenNode(node_key::KeygenNodeArgs),
+    /// Seal every install secret again with a new node key (the old one as `<file>.previous`).
+    RotateNodeKey(node_key::RotateNodeKeyArgs),
     /// Write the man page (roff) to standard output (used to build the package).
     #[command(hide = true)]
     Manpage,

@@ -78,9 +78,10 @@ async fn open_postgres(config: &Config, key_file: &Path) -> Result<Stores, OpenE
 }
 
 /// The node key, which must be the one every host sharing the database uses: the database keeps
-/// its fingerprint (written by the first host). A host without a key generates one only when the
-/// database has none yet.
-async fn node_key(pg: &Pg, key_file: &Path) -> Result<NodeKey, OpenError> {
+/// its fingerprint (written by the first host, changed by `rotate-node-key`). During a rotation a
+/// host's previous key may be the one the database names. A host without a key generates one
+/// only when the database has none yet.
+pub async fn node_key(pg: &Pg, key_file: &Path) -> Result<NodeKey, OpenError> {
     let read = || async {
         let c = pg.client().await?;
         let row = c.query_opt("SELECT value FROM runner_meta WHERE key = 'node_key_fingerprint'", &[]).await?;
@@ -108,7 +109,14 @@ async fn node_key(pg: &Pg, key_file: &Path) -> Result<NodeKey, OpenError> {
     .await
     .map_err(|e| failed(e.into()))?;
     let stored = read().await.map_err(failed)?.unwrap_or_default();
-    if stored != key.fingerprint {
+    if stored != key.fingerprint && key.answers_to(&stored) {
+        tracing::warn!(
+            new = %key.fingerprint,
+            previous = %stored,
+            "node key rotation in progress: the database's secrets are sealed with the previous key; once every host \
+             has the new key, run alga-runner rotate-node-key"
+        );
+    } else if stored != key.fingerprint {
         return Err(OpenError::Config(format!(
             "node key: {} has fingerprint {}, but the database's secrets are sealed with the key whose fingerprint is \
              {stored}; every host sharing a database must use the same node key (copy it from another host)",
