@@ -701,14 +701,19 @@ impl Config {
 
 /// A database URL with its password replaced, for messages.
 pub fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "(unparsable)".into(),
+    let Ok(mut u) = url::Url::parse(url) else { return "(unparsable)".into() };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    // A password may also come as a query parameter.
+    let query: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| (k.to_string(), if k.eq_ignore_ascii_case("password") { "***".into() } else { v.to_string() }))
+        .collect();
+    if !query.is_empty() {
+        u.query_pairs_mut().clear().extend_pairs(query);
+    }
+    u.to_string()
 }
 
 fn token(inline: &Option<String>, file: &Option<PathBuf>) -> std::io::Result<Option<String>> {
@@ -724,6 +729,16 @@ fn token(inline: &Option<String>, file: &Option<PathBuf>) -> std::io::Result<Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_are_shown_without_their_password() {
+        assert_eq!(redacted_url("postgres://u:pw@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(
+            redacted_url("postgres://u@db/x?sslmode=require&password=pw"),
+            "postgres://u@db/x?sslmode=require&password=***"
+        );
+        assert_eq!(redacted_url("not a url"), "(unparsable)");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()

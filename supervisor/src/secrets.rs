@@ -180,6 +180,8 @@ pub trait SealedStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError>;
     /// Every sealed map: (tenant, install id, sealed bytes).
     async fn all(&self) -> Result<Vec<(String, String, Vec<u8>)>, SecretsError>;
+    /// Replaces the map only if it is still `old` (durably); false when it changed meanwhile.
+    async fn replace(&self, tenant: &str, install_id: &str, old: &[u8], new: Vec<u8>) -> Result<bool, SecretsError>;
 }
 
 /// The `install_secrets` tree of the embedded database.
@@ -239,6 +241,12 @@ impl SealedStore for SledSecrets {
     async fn all(&self) -> Result<Vec<(String, String, Vec<u8>)>, SecretsError> {
         self.dump()
     }
+
+    async fn replace(&self, tenant: &str, install_id: &str, old: &[u8], new: Vec<u8>) -> Result<bool, SecretsError> {
+        let swapped = self.db.tree(TREE)?.compare_and_swap(record_key(tenant, install_id), Some(old), Some(new))?;
+        self.flush().await?;
+        Ok(swapped.is_ok())
+    }
 }
 
 /// The `install_secrets` table of the shared database.
@@ -295,6 +303,18 @@ impl SealedStore for PgSecrets {
         let rows = c.query("SELECT tenant, install_id, sealed FROM install_secrets", &[]).await.map_err(pg_error)?;
         Ok(rows.iter().map(|r| (r.get("tenant"), r.get("install_id"), r.get("sealed"))).collect())
     }
+
+    async fn replace(&self, tenant: &str, install_id: &str, old: &[u8], new: Vec<u8>) -> Result<bool, SecretsError> {
+        let c = self.pg.client().await.map_err(pg_error)?;
+        let n = c
+            .execute(
+                "UPDATE install_secrets SET sealed = $4 WHERE tenant = $1 AND install_id = $2 AND sealed = $3",
+                &[&tenant, &install_id, &old, &new],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(n == 1)
+    }
 }
 
 /// Install secrets: sealed with the node key, kept in a [`SealedStore`].
@@ -341,12 +361,17 @@ impl SecretStore {
     /// Seals every stored map again with the current key (the second step of a rotation: the
     /// maps the previous key sealed still open meanwhile). Returns how many were sealed again.
     pub async fn reseal_all(&self) -> Result<usize, SecretsError> {
-        let all = self.sealed.all().await?;
-        for (tenant, install, _) in &all {
-            let map = self.get(tenant, install).await?;
-            self.put(tenant, install, &map).await?;
+        let mut resealed = 0;
+        for (tenant, install, old) in self.sealed.all().await? {
+            let aad = record_key(&tenant, &install);
+            let plain = self.key.open(&aad, &old).ok_or_else(|| SecretsError::Open(install.clone()))?;
+            let new = self.key.seal(&aad, &plain)?;
+            // A map replaced meanwhile (by any host) was sealed with the new key already.
+            if self.sealed.replace(&tenant, &install, &old, new).await? {
+                resealed += 1;
+            }
         }
-        Ok(all.len())
+        Ok(resealed)
     }
 
     /// The key maps are sealed with.

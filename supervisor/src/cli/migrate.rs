@@ -3,7 +3,8 @@
 //! subscriptions, usage windows, every tenant's execution log with its hash chain (the records'
 //! stored bytes, so the chain still verifies), guest storage (revisions kept) and the sealed
 //! secrets (the node key stays the same file). The copy is then checked, table by table and
-//! chain by chain.
+//! chain by chain. It is not one transaction: a copy that fails half way says so, and the
+//! database must be emptied (dropped and created again) before the next attempt.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,7 +57,11 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         let m = pg.migrate().await.with_context(|| format!("migrating {at}"))?;
         println!("{at}: schema {} -> {}", m.from, m.to);
         match from {
-            Some(dir) => copy(&dir, &pg).await,
+            Some(dir) => copy(&dir, &pg).await.map_err(|e| {
+                e.context(format!(
+                    "the copy into {at} failed part way: drop and create that database again before the next attempt"
+                ))
+            }),
             None => Ok(0),
         }
     })

@@ -64,17 +64,16 @@ impl SledDb {
         let Some(path) = &self.path else {
             return Err(sled::Error::Unsupported("a temporary database cannot be opened again".into()));
         };
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        // Taken out under the lock (callers now fail at once instead of waiting), then dropped and
+        // opened again outside it: sled's recovery takes a while, and no caller waits on it.
+        let old = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
+        drop(old);
         // Dropping the last handle closes the files (and the lock on them); handles that
         // operations under way still hold go when those finish, so the open is retried until then.
-        drop(current.take());
         let started = Instant::now();
-        loop {
+        let db = loop {
             match config(path).open() {
-                Ok(db) => {
-                    *current = Some(db);
-                    return Ok(());
-                }
+                Ok(db) => break db,
                 Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                     if started.elapsed() > RELEASE_WAIT {
                         return Err(sled::Error::Io(e));
@@ -83,7 +82,9 @@ impl SledDb {
                 }
                 Err(e) => return Err(e),
             }
-        }
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
+        Ok(())
     }
 }
 

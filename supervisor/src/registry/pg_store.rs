@@ -477,7 +477,8 @@ impl RegistryStore for PgRegistry {
         window_start: u64,
         d: &UsageRecord,
     ) -> Result<(), StoreError> {
-        let c = self.pg.client().await?;
+        // Counters only: a database crash may lose the last few, and nothing was promised.
+        let c = self.pg.relaxed_client().await?;
         c.execute(
             "INSERT INTO extension_quota_usage AS u
                  (tenant, extension_id, window_start, invocations, cpu_ms, memory_mib_ms, fuel, egress_bytes)

@@ -122,6 +122,35 @@ impl SledRegistry {
         Ok(self.db.tree(name)?)
     }
 
+    /// Applies retention to every tenant's chain (the periodic sweep).
+    fn prune_all(&self, retention: &Retention) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        let tenants: Vec<String> = self
+            .tree(CHAINS)?
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect::<Result<_, StoreError>>()?;
+        for tenant in tenants {
+            let _serial = self.chain_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut head: ChainHead = get(&self.tree(CHAINS)?, tenant.as_bytes())?.unwrap_or_default();
+            let before = head.first_seq;
+            let mut batch = sled::Batch::default();
+            self.prune_into(&tenant, &mut head, retention, usize::MAX, &mut batch)?;
+            if head.first_seq != before {
+                pruned += head.first_seq - before;
+                (&self.tree(EXECUTIONS)?, &self.tree(CHAINS)?)
+                    .transaction(|(execs, chains)| {
+                        execs.apply_batch(&batch)?;
+                        chains.insert(tenant.as_bytes(), encode(&head))?;
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Every install of every tenant (for `migrate`).
     pub fn all_installs(&self) -> Result<Vec<InstallRecord>, StoreError> {
         scan(&self.tree(INSTALLS)?, b"")
@@ -456,25 +485,11 @@ impl RegistryStore for SledRegistry {
     }
 
     async fn prune_executions(&self, retention: &Retention) -> Result<u64, StoreError> {
-        let mut pruned = 0;
-        for tenant in self.chain_tenants().await? {
-            let _serial = self.chain_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut head: ChainHead = get(&self.tree(CHAINS)?, tenant.as_bytes())?.unwrap_or_default();
-            let before = head.first_seq;
-            let mut batch = sled::Batch::default();
-            self.prune_into(&tenant, &mut head, retention, usize::MAX, &mut batch)?;
-            if head.first_seq != before {
-                pruned += head.first_seq - before;
-                (&self.tree(EXECUTIONS)?, &self.tree(CHAINS)?)
-                    .transaction(|(execs, chains)| {
-                        execs.apply_batch(&batch)?;
-                        chains.insert(tenant.as_bytes(), encode(&head))?;
-                        Ok::<_, ConflictableTransactionError<()>>(())
-                    })
-                    .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
-            }
-        }
-        Ok(pruned)
+        // A scan of every tenant's oldest records under the chain lock: off the async workers.
+        let (this, retention) = (self.clone(), *retention);
+        tokio::task::spawn_blocking(move || this.prune_all(&retention))
+            .await
+            .map_err(|e| StoreError::Transaction(format!("the pruning task failed: {e}")))?
     }
 
     async fn chain_head(&self, tenant: &str) -> Result<ChainHead, StoreError> {

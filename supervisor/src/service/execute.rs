@@ -371,6 +371,10 @@ pub async fn resolve_enabled(svc: &Service, tenant: &str, extension: &str) -> Re
     Ok(Some(Target { ext, install, version }))
 }
 
+/// What an attempt may take beyond its queue wait and its execution: loading and compiling its
+/// bundle (a large JS component compiles in about 17 s on a small host), and its record.
+const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+
 /// What an idempotency key gave this attempt.
 enum Claimed {
     Ticket(Ticket),
@@ -381,9 +385,11 @@ enum Claimed {
 }
 
 /// Claims the idempotency key, or waits while another attempt (on any host) holds it, up to the
-/// longest an execution may take.
+/// longest an attempt may take: its wait in the queue, loading (compiling) its bundle, the
+/// longest execution, and its record.
 async fn claim(svc: &Arc<Service>, tenant: &str, extension: &str, key: &str) -> Result<Claimed, Problem> {
-    let longest = Duration::from_millis(svc.config.limits.max_timeout_ms) + Duration::from_secs(1);
+    let longest =
+        Duration::from_millis(svc.config.quotas.queue_timeout_ms + svc.config.limits.max_timeout_ms) + CLAIM_MARGIN;
     let until = tokio::time::Instant::now() + longest;
     loop {
         match svc.idempotency.clone().claim(tenant, extension, key, longest).await? {
@@ -397,7 +403,7 @@ async fn claim(svc: &Arc<Service>, tenant: &str, extension: &str, key: &str) -> 
                 return Err(Problem::internal("a stored idempotent answer does not read back"));
             }
             Claim::Running if tokio::time::Instant::now() < until => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Claim::Running => return Ok(Claimed::Busy),
         }

@@ -75,16 +75,16 @@ pub trait Idempotency: Send + Sync + std::fmt::Debug {
     fn abandon(&self, key: &Key, token: &str);
 }
 
-/// One host's claims and answers, in memory.
+/// One host's claims and answers, in memory: the answers and the running claims under one
+/// lock, so a claim never falls between an answer being kept and its claim going.
 #[derive(Debug)]
 pub struct Local {
-    cache: Mutex<Cache>,
-    running: Mutex<HashSet<Key>>,
+    state: Mutex<(Cache, HashSet<Key>)>,
 }
 
 impl Local {
     pub fn new(cache: Cache) -> Self {
-        Local { cache: Mutex::new(cache), running: Mutex::default() }
+        Local { state: Mutex::new((cache, HashSet::new())) }
     }
 }
 
@@ -97,26 +97,30 @@ impl Idempotency for Local {
         key: &str,
         _hold: Duration,
     ) -> Result<Claim, StoreError> {
-        if let Some(done) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(tenant, extension, key) {
-            return Ok(Claim::Done(done));
-        }
         let k = (tenant.to_string(), extension.to_string(), key.to_string());
-        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone()) {
-            return Ok(Claim::Running);
+        {
+            let (cache, running) = &mut *self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(done) = cache.get(tenant, extension, key) {
+                return Ok(Claim::Done(done));
+            }
+            if !running.insert(k.clone()) {
+                return Ok(Claim::Running);
+            }
         }
         Ok(Claim::Mine(Ticket { store: self, key: k, token: String::new(), finished: false }))
     }
 
     async fn finish(&self, key: &Key, _token: &str, response: Option<serde_json::Value>) -> Result<(), StoreError> {
+        let (cache, running) = &mut *self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = response {
-            self.cache.lock().unwrap_or_else(|p| p.into_inner()).put(&key.0, &key.1, &key.2, r);
+            cache.put(&key.0, &key.1, &key.2, r);
         }
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        running.remove(key);
         Ok(())
     }
 
     fn abandon(&self, key: &Key, _token: &str) {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1.remove(key);
     }
 }
 
@@ -144,7 +148,8 @@ impl Idempotency for Shared {
         hold: Duration,
     ) -> Result<Claim, StoreError> {
         let token = crate::registry::new_id();
-        let c = self.pg.client().await?;
+        // A claim lost in a database crash only lets a retry run again (nothing was answered).
+        let c = self.pg.relaxed_client().await?;
         // A new key, or one whose claim or answer expired, becomes ours.
         let claimed = c
             .query_opt(
@@ -207,7 +212,7 @@ impl Idempotency for Shared {
         let (pg, key, token) = (self.pg.clone(), key.clone(), token.to_string());
         rt.spawn(async move {
             let released = async {
-                pg.client()
+                pg.relaxed_client()
                     .await?
                     .execute(
                         "DELETE FROM idempotency_entry

@@ -236,7 +236,7 @@ impl Service {
             pg.listen(CHANGES, move |payload| {
                 let Some(svc) = svc.upgrade() else { return };
                 let reload = match &payload {
-                    // Reconnected: a reload may have been missed.
+                    // Listening (again): a reload may have been missed meanwhile.
                     None => true,
                     Some(p) => p.strip_prefix(TRUST_RELOAD).is_some_and(|from| from.trim() != svc.host_id),
                 };

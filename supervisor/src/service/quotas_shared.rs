@@ -1,11 +1,14 @@
 //! Admission for the whole cluster (11-scale-out.md): the per-tenant and per-extension rate limits
 //! and concurrency caps counted in the shared database, so they hold however the load balancer
 //! spreads a tenant's requests. One transaction per admission, under a tenant-wide advisory lock:
-//! the token buckets refill by the database's clock (hosts' clocks never meet), and a running
+//! the token buckets refill by the database's clock read after the lock (hosts' clocks never
+//! meet, and a bucket's clock never goes back), and a running
 //! execution holds a lease that its host renews every [`RENEW_EVERY`]; a host that died stops
-//! renewing, and its leases stop counting within [`LEASE`].
+//! renewing, and its leases stop counting within [`LEASE`]. None of it must survive a database
+//! crash (leases expire, buckets refill), so its commits do not wait for the disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::quotas::{Live, Refused};
@@ -22,6 +25,9 @@ pub struct SharedAdmission {
     pg: Pg,
     /// This host's id (a fresh UUID per start): its leases carry it.
     host_id: String,
+    /// The leases of executions running here: only these are renewed (a lease whose release was
+    /// lost is not kept alive by its host).
+    held: Arc<Mutex<HashSet<String>>>,
 }
 
 /// A running execution's place in the concurrency caps; dropping it gives the place back.
@@ -29,20 +35,22 @@ pub struct SharedAdmission {
 pub struct Lease {
     pg: Pg,
     id: String,
+    held: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        // Failing the delete below (or without a runtime), the next renewal removes it.
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (pg, id) = (self.pg.clone(), std::mem::take(&mut self.id));
         rt.spawn(async move {
             let released = async {
-                pg.client().await?.execute("DELETE FROM quota_lease WHERE lease_id = $1", &[&id]).await?;
+                pg.relaxed_client().await?.execute("DELETE FROM quota_lease WHERE lease_id = $1", &[&id]).await?;
                 Ok::<_, PgError>(())
             };
-            // Failing that, the lease expires when its host stops renewing it.
             if let Err(e) = released.await {
-                tracing::warn!(error = %e, "releasing a quota lease failed; it expires on its own");
+                tracing::warn!(error = %e, "releasing a quota lease failed; the next renewal removes it");
             }
         });
     }
@@ -60,23 +68,31 @@ fn wait_s(tokens: f64, rate: f64) -> u64 {
 
 impl SharedAdmission {
     pub fn new(pg: Pg) -> Self {
-        SharedAdmission { pg, host_id: crate::registry::new_id() }
+        SharedAdmission { pg, host_id: crate::registry::new_id(), held: Arc::default() }
     }
 
-    /// Renews this host's leases for as long as the service runs.
+    /// Renews the leases of the executions running here, and removes this host's others (their
+    /// release was lost), for as long as the service runs.
     pub async fn renew(self) {
         let mut every = tokio::time::interval(RENEW_EVERY);
         loop {
             every.tick().await;
+            let held: Vec<String> = self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
             let renewed = async {
-                self.pg
-                    .client()
-                    .await?
-                    .execute(
-                        "UPDATE quota_lease SET expires_at = now() + $2 * interval '1 millisecond' WHERE host_id = $1",
-                        &[&self.host_id, &(LEASE.as_millis() as f64)],
-                    )
-                    .await?;
+                let c = self.pg.relaxed_client().await?;
+                c.execute(
+                    "UPDATE quota_lease SET expires_at = now() + $3 * interval '1 millisecond'
+                     WHERE host_id = $1 AND lease_id = ANY($2)",
+                    &[&self.host_id, &held, &(LEASE.as_millis() as f64)],
+                )
+                .await?;
+                // Not the ones made since the list was taken (they are a moment old).
+                c.execute(
+                    "DELETE FROM quota_lease WHERE host_id = $1 AND NOT (lease_id = ANY($2))
+                     AND created_at < now() - interval '2 seconds'",
+                    &[&self.host_id, &held],
+                )
+                .await?;
                 Ok::<_, PgError>(())
             };
             if let Err(e) = renewed.await {
@@ -91,7 +107,7 @@ impl SharedAdmission {
         let keys = [format!("t/{tenant}"), format!("e/{tenant}/{extension}")];
         let limits =
             [(c.tenant_rate_per_s, c.tenant_burst.max(1.0)), (c.extension_rate_per_s, c.extension_burst.max(1.0))];
-        let mut client = self.pg.client().await.map_err(unavailable)?;
+        let mut client = self.pg.relaxed_client().await.map_err(unavailable)?;
         let tx = client.transaction().await.map_err(unavailable)?;
         // A tenant's admissions take turns, on every host.
         tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&tenant]).await.map_err(unavailable)?;
@@ -102,7 +118,7 @@ impl SharedAdmission {
             }
             let row = tx
                 .query_opt(
-                    "SELECT tokens, extract(epoch FROM now() - at)::float8 AS age FROM quota_bucket WHERE key = $1",
+                    "SELECT tokens, extract(epoch FROM clock_timestamp() - at)::float8 AS age FROM quota_bucket WHERE key = $1",
                     &[key],
                 )
                 .await
@@ -133,14 +149,18 @@ impl SharedAdmission {
         }
         for (key, tokens) in refill {
             tx.execute(
-                "INSERT INTO quota_bucket (key, tokens, at) VALUES ($1, $2, now())
-                 ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at",
+                "INSERT INTO quota_bucket (key, tokens, at) VALUES ($1, $2, clock_timestamp())
+                 ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = greatest(quota_bucket.at, excluded.at)",
                 &[key, &tokens],
             )
             .await
             .map_err(unavailable)?;
         }
         let id = crate::registry::new_id();
+        // Held (renewed) from before the commit: a lease committed but never handed out is
+        // removed by the next renewal once this is dropped.
+        let lease = Lease { pg: self.pg.clone(), id: id.clone(), held: self.held.clone() };
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
         tx.execute(
             "INSERT INTO quota_lease (lease_id, host_id, tenant, extension_id, expires_at)
              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')",
@@ -149,14 +169,14 @@ impl SharedAdmission {
         .await
         .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Lease { pg: self.pg.clone(), id })
+        Ok(lease)
     }
 
     /// The tenant's running executions across the cluster.
     pub async fn live(&self, tenant: &str) -> Result<Live, PgError> {
         let rows = self
             .pg
-            .client()
+            .relaxed_client()
             .await?
             .query(
                 "SELECT extension_id, count(*) AS n FROM quota_lease WHERE tenant = $1 AND expires_at > now()
@@ -171,6 +191,6 @@ impl SharedAdmission {
 
     /// Removes leases that expired (their hosts died).
     pub async fn sweep(&self) -> Result<u64, PgError> {
-        Ok(self.pg.client().await?.execute("DELETE FROM quota_lease WHERE expires_at < now()", &[]).await?)
+        Ok(self.pg.relaxed_client().await?.execute("DELETE FROM quota_lease WHERE expires_at < now()", &[]).await?)
     }
 }

@@ -68,36 +68,74 @@ impl Figures {
 /// The service for the HTTP benchmarks: a pool of 8, rate limits off (the default buckets would
 /// cap one tenant at 100/s; the other quotas apply).
 fn bench_server() -> (alga_tests::server::Signer, alga_tests::server::Server) {
-    use alga_tests::server::{Options, Server, Signer};
-    let signer = Signer::new();
-    let server = Server::start_with(Options {
-        trust_lines: vec![signer.public()],
-        env: vec![
-            ("ALGA_RUNNER_SANDBOX__POOL_SIZE".into(), "8".into()),
-            ("ALGA_RUNNER_QUOTAS__TENANT_RATE_PER_S".into(), "0".into()),
-            ("ALGA_RUNNER_QUOTAS__EXTENSION_RATE_PER_S".into(), "0".into()),
-        ],
-    });
+    let signer = alga_tests::server::Signer::new();
+    let server = bench_server_with(&signer, Vec::new());
     (signer, server)
 }
 
+/// A service for the benchmarks (a warm pool of 8, rate limits off) with `env` on top.
+fn bench_server_with(signer: &alga_tests::server::Signer, env: Vec<(String, String)>) -> alga_tests::server::Server {
+    use alga_tests::server::{Options, Server};
+    let mut all = vec![
+        ("ALGA_RUNNER_SANDBOX__POOL_SIZE".into(), "8".into()),
+        ("ALGA_RUNNER_QUOTAS__TENANT_RATE_PER_S".into(), "0".into()),
+        ("ALGA_RUNNER_QUOTAS__EXTENSION_RATE_PER_S".into(), "0".into()),
+    ];
+    all.extend(env);
+    Server::start_with(Options { trust_lines: vec![signer.public()], env: all })
+}
+
 /// `POST /v1/execute` against the real service, executed by `concurrency` keep-alive clients:
-/// the echo fixture (no host call), and the hostapi fixture making one durable storage `put`.
-/// Rate limits are off (the defaults would cap one tenant at 100/s); the other quotas apply.
+/// the echo fixture (no host call), and the hostapi fixture making one durable storage `put`;
+/// on the embedded sled backend, on PostgreSQL (a private cluster, as the tests run it), and on
+/// two hosts sharing that database (the clients split between them). Rate limits are off (the
+/// defaults would cap one tenant at 100/s); the other quotas apply (on PostgreSQL: the cluster's).
 fn http(n: usize) -> Vec<Figures> {
+    let signer = alga_tests::server::Signer::new();
+    let sled = bench_server_with(&signer, Vec::new());
+    let mut rows = http_on(&signer, &[&sled], "sled", n);
+    drop(sled);
+    match alga_tests::postgres::PgCluster::get() {
+        Ok(cluster) => {
+            let url = cluster.database();
+            let pg_env = || {
+                vec![
+                    ("ALGA_RUNNER_STORAGE__BACKEND".to_string(), "postgres".to_string()),
+                    ("ALGA_RUNNER_STORAGE__URL".to_string(), url.clone()),
+                ]
+            };
+            let a = bench_server_with(&signer, pg_env());
+            rows.extend(http_on(&signer, &[&a], "PostgreSQL", n));
+            let mut env = pg_env();
+            env.push(("ALGA_RUNNER_STATE_DIR".into(), a.state_dir().display().to_string()));
+            let b = bench_server_with(&signer, env);
+            rows.extend(http_on(&signer, &[&a, &b], "PostgreSQL, two hosts", n));
+        }
+        Err(e) => eprintln!("no PostgreSQL rows: {e}"),
+    }
+    rows
+}
+
+/// The HTTP rows against `hosts` (the first one publishes; clients take the hosts in turn).
+fn http_on(
+    signer: &alga_tests::server::Signer,
+    hosts: &[&alga_tests::server::Server],
+    backend: &str,
+    n: usize,
+) -> Vec<Figures> {
     use alga_tests::server::{deploy, envelope, hostapi_manifest, manifest};
-    let (signer, server) = bench_server();
+    let server = hosts[0];
     let echo = deploy(
-        &server,
-        &signer,
+        server,
+        signer,
         &manifest("com.example.bench", "1.0.0", &[]),
         &fixture_bytes("echo"),
         "bench",
         serde_json::json!({}),
     );
     let kv = deploy(
-        &server,
-        &signer,
+        server,
+        signer,
         &hostapi_manifest("com.example.benchkv", &["cap:storage.kv"]),
         &fixture_bytes("hostapi"),
         "bench",
@@ -112,24 +150,26 @@ fn http(n: usize) -> Vec<Figures> {
         ("HTTP /v1/execute, warm pool", envelope("bench", &echo.extension_id, &echo.content_hash, "/bench")),
         ("HTTP /v1/execute, one storage put", put),
     ] {
-        rows.extend(http_rows(&server, name, &serde_json::to_vec(&env).unwrap(), n));
+        let name = format!("{name} ({backend})");
+        rows.extend(http_rows(hosts, &name, &serde_json::to_vec(&env).unwrap(), n));
     }
     rows
 }
 
-fn http_rows(server: &alga_tests::server::Server, name: &str, body: &[u8], n: usize) -> Vec<Figures> {
-    let url = format!("{}/v1/execute", server.url);
+fn http_rows(hosts: &[&alga_tests::server::Server], name: &str, body: &[u8], n: usize) -> Vec<Figures> {
     let mut rows = Vec::new();
     for concurrency in [1, 4] {
-        // Warm up: the bundle enters the execution cache, the pool fills.
-        for _ in 0..20 {
-            server.execute(&serde_json::from_slice(body).unwrap());
+        // Warm up: the bundle enters each host's execution cache, the pools fill.
+        for host in hosts {
+            for _ in 0..20 {
+                host.execute(&serde_json::from_slice(body).unwrap());
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
         let start = Instant::now();
         let threads: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (url, body) = (url.clone(), body.to_vec());
+            .map(|i| {
+                let (url, body) = (format!("{}/v1/execute", hosts[i % hosts.len()].url), body.to_vec());
                 std::thread::spawn(move || {
                     let agent = ureq::AgentBuilder::new().build();
                     let mut lat = Vec::new();
@@ -297,7 +337,7 @@ fn js(path: &str, n: usize) {
     );
     println!("| path | concurrency | executions | p50 ms | p99 ms | executions/s |");
     println!("|---|---|---|---|---|---|");
-    for mut r in http_rows(&server, "JS sample, HTTP /v1/execute", &serde_json::to_vec(&env).unwrap(), n) {
+    for mut r in http_rows(&[&server], "JS sample, HTTP /v1/execute", &serde_json::to_vec(&env).unwrap(), n) {
         println!("{}", r.row());
     }
     let ready = server.admin_get("/readyz").json();

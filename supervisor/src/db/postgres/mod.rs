@@ -53,11 +53,17 @@ impl PgError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             PgError::Unavailable(_) => true,
-            // A lost connection, or the server shutting it down (class 08, and 57P01-57P03).
+            // A lost connection (closed, or an I/O error under it), the server shutting it down
+            // (class 08, 57P01-57P03), or a statement cancelled by its timeout (57014): the
+            // database cannot serve now. A server's refusal of a statement, or a value that does
+            // not convert, is a bug to see, not an outage.
             PgError::Db(e) => {
                 e.is_closed()
-                    || e.as_db_error().is_none()
-                    || e.code().is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P0"))
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                    || e.code().is_some_and(|c| {
+                        let c = c.code();
+                        c.starts_with("08") || c.starts_with("57P0") || c == "57014"
+                    })
             }
             _ => false,
         }
@@ -70,10 +76,14 @@ impl From<deadpool_postgres::PoolError> for PgError {
     }
 }
 
-/// A pool of connections to one database.
+/// A pool of connections to one database, and one for state whose loss in a database crash
+/// costs nothing (coordination: quota leases and buckets, usage counters, idempotency claims).
 #[derive(Clone)]
 pub struct Pg {
     pool: Pool,
+    /// Commits here do not wait for the write-ahead log to reach the disk
+    /// (`synchronous_commit = off`): no fsync on the execution path for what need not survive.
+    relaxed: Pool,
     /// For the connection that listens for notifications (outside the pool).
     config: Arc<tokio_postgres::Config>,
     tls: MakeRustlsConnect,
@@ -118,20 +128,23 @@ impl Pg {
         let tls = MakeRustlsConnect::new(tls_config(ca_file)?);
         config.application_name("alga-runner");
         config.connect_timeout(CONNECT_TIMEOUT);
-        config.options(format!("-c statement_timeout={}", statement_timeout.as_millis()));
-        let manager = Manager::from_config(
-            config.clone(),
-            tls.clone(),
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| PgError::Pool(e.to_string()))?;
-        Ok(Pg { pool, config: Arc::new(config), tls })
+        let options = format!("-c statement_timeout={}", statement_timeout.as_millis());
+        config.options(&options);
+        let pool_of = |config: &tokio_postgres::Config| {
+            let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+            Pool::builder(Manager::from_config(config.clone(), tls.clone(), recycling))
+                .max_size(pool_size.max(1))
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(CONNECT_TIMEOUT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| PgError::Pool(e.to_string()))
+        };
+        let pool = pool_of(&config)?;
+        let mut relaxed = config.clone();
+        relaxed.options(format!("{options} -c synchronous_commit=off"));
+        let relaxed = pool_of(&relaxed)?;
+        Ok(Pg { pool, relaxed, config: Arc::new(config), tls })
     }
 
     /// Sends `payload` to every host listening on `channel` (delivered when this commits: at once).
@@ -141,14 +154,17 @@ impl Pg {
     }
 
     /// Calls `on_notify` with the payload of every notification on `channel`, for as long as the
-    /// service runs, on a connection of its own that is made again after a failure (after 1 s).
-    /// Notifications sent while it was down are lost, so after every reconnection `on_notify`
-    /// gets `None`: the listener should catch up on whatever it may have missed.
+    /// service runs, on a connection of its own that is made again after a failure (after 1 s;
+    /// TCP keepalives find a connection that died silently within about a minute).
+    /// Notifications sent while it was not listening are lost, so every time it starts listening
+    /// `on_notify` gets `None`: the listener should catch up on whatever it may have missed.
     pub async fn listen(&self, channel: &'static str, mut on_notify: impl FnMut(Option<String>) + Send) {
         use futures_util::StreamExt;
-        let mut connected_before = false;
+        let mut config = (*self.config).clone();
+        config.keepalives(true).keepalives_idle(Duration::from_secs(30)).keepalives_interval(Duration::from_secs(10));
+        let mut first = true;
         loop {
-            match self.config.connect(self.tls.clone()).await {
+            match config.connect(self.tls.clone()).await {
                 Ok((client, mut connection)) => {
                     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                     // The connection does the talking; notifications arrive through it.
@@ -169,10 +185,11 @@ impl Pg {
                     });
                     match client.batch_execute(&format!("LISTEN {channel}")).await {
                         Ok(()) => {
-                            if connected_before {
-                                on_notify(None);
+                            if first {
+                                tracing::info!(channel, "listening for the other hosts' changes");
+                                first = false;
                             }
-                            connected_before = true;
+                            on_notify(None);
                             while let Some(payload) = rx.recv().await {
                                 on_notify(Some(payload));
                             }
@@ -187,9 +204,15 @@ impl Pg {
         }
     }
 
-    /// A connection from the pool.
+    /// A connection from the pool: a commit returns once it is durable.
     pub async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// A connection whose commits do not wait for the disk, for state a database crash may lose
+    /// without harm (it is rebuilt, expires, or only counts).
+    pub async fn relaxed_client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        Ok(self.relaxed.get().await?)
     }
 
     /// Applies the migrations the database lacks, one host at a time. A database one schema

@@ -13,6 +13,7 @@ CREATE TABLE quota_lease (
     host_id text NOT NULL,
     tenant text NOT NULL,
     extension_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX quota_lease_by_tenant ON quota_lease (tenant, expires_at);
