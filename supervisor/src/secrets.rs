@@ -213,9 +213,11 @@ impl SledSecrets {
         Ok(out)
     }
 
-    async fn flush(&self) -> Result<(), SecretsError> {
+    /// Flushes (off the async workers), failing when the database was opened again since
+    /// `generation`, taken before the write.
+    async fn flush(&self, generation: u64) -> Result<(), SecretsError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        tokio::task::spawn_blocking(move || db.flush_since(generation))
             .await
             .map_err(|e| SecretsError::Backend(format!("the flush task failed: {e}")))??;
         Ok(())
@@ -229,13 +231,15 @@ impl SealedStore for SledSecrets {
     }
 
     async fn put(&self, tenant: &str, install_id: &str, sealed: Vec<u8>) -> Result<(), SecretsError> {
+        let generation = self.db.generation();
         self.db.tree(TREE)?.insert(record_key(tenant, install_id), sealed)?;
-        self.flush().await
+        self.flush(generation).await
     }
 
     async fn delete(&self, tenant: &str, install_id: &str) -> Result<(), SecretsError> {
+        let generation = self.db.generation();
         self.db.tree(TREE)?.remove(record_key(tenant, install_id))?;
-        self.flush().await
+        self.flush(generation).await
     }
 
     async fn all(&self) -> Result<Vec<(String, String, Vec<u8>)>, SecretsError> {
@@ -243,8 +247,9 @@ impl SealedStore for SledSecrets {
     }
 
     async fn replace(&self, tenant: &str, install_id: &str, old: &[u8], new: Vec<u8>) -> Result<bool, SecretsError> {
+        let generation = self.db.generation();
         let swapped = self.db.tree(TREE)?.compare_and_swap(record_key(tenant, install_id), Some(old), Some(new))?;
-        self.flush().await?;
+        self.flush(generation).await?;
         Ok(swapped.is_ok())
     }
 }

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a reopen waits for the failed instance's last users to let go of its lock file.
@@ -19,6 +20,9 @@ pub struct SledDb {
     /// `None`: a temporary database (gone with the process; never reopened).
     path: Option<PathBuf>,
     current: RwLock<Option<sled::Db>>,
+    /// How many times it was opened again: a write made before a reopen and flushed after it
+    /// was lost with the failed instance ([`SledDb::flush_since`]).
+    generation: AtomicU64,
 }
 
 fn config(path: &Path) -> sled::Config {
@@ -33,13 +37,13 @@ impl SledDb {
     /// Opens (or creates) the database directory `path`.
     pub fn open(path: &Path) -> Result<SledDb, sled::Error> {
         let db = config(path).open()?;
-        Ok(SledDb { path: Some(path.to_path_buf()), current: RwLock::new(Some(db)) })
+        Ok(SledDb { path: Some(path.to_path_buf()), current: RwLock::new(Some(db)), generation: AtomicU64::new(0) })
     }
 
     /// A private database removed when it is dropped (one-off runs, tests).
     pub fn temporary() -> Result<SledDb, sled::Error> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(SledDb { path: None, current: RwLock::new(Some(db)) })
+        Ok(SledDb { path: None, current: RwLock::new(Some(db)), generation: AtomicU64::new(0) })
     }
 
     /// The open instance.
@@ -57,6 +61,24 @@ impl SledDb {
         self.db()?.flush().map(drop)
     }
 
+    /// Which instance writes go to now: take it before a write, and flush with
+    /// [`SledDb::flush_since`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Makes every write so far durable, and fails when the database was opened again since
+    /// `generation` (a write made before that went with the failed instance).
+    pub fn flush_since(&self, generation: u64) -> Result<(), sled::Error> {
+        self.flush()?;
+        if self.generation() != generation {
+            return Err(sled::Error::Io(std::io::Error::other(
+                "the database was opened again after a failure since this write, which was lost with it",
+            )));
+        }
+        Ok(())
+    }
+
     /// Drops the open instance and opens the directory again. Operations meanwhile fail (they
     /// would fail on the broken instance too); a failed attempt leaves the database closed until
     /// the next one.
@@ -66,6 +88,7 @@ impl SledDb {
         };
         // Taken out under the lock (callers now fail at once instead of waiting), then dropped and
         // opened again outside it: sled's recovery takes a while, and no caller waits on it.
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let old = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
         drop(old);
         // Dropping the last handle closes the files (and the lock on them); handles that
@@ -109,6 +132,17 @@ mod tests {
         assert_eq!(db.tree("t").unwrap().get("k").unwrap().as_deref(), Some(&b"v"[..]));
         db.tree("t").unwrap().insert("k2", "v2").unwrap();
         db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_write_made_before_a_reopen_is_not_reported_durable_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledDb::open(dir.path()).unwrap();
+        let before = db.generation();
+        db.tree("t").unwrap().insert("k", "v").unwrap();
+        db.reopen().unwrap();
+        assert!(db.flush_since(before).is_err(), "the write went with the instance it was made on");
+        assert!(db.flush_since(db.generation()).is_ok());
     }
 
     #[test]

@@ -57,10 +57,15 @@ impl HostEnv {
         })
     }
 
-    /// Waits until every write made so far is on disk.
-    pub async fn durable(&self) -> Result<(), String> {
+    /// Take it before a write, then wait with [`HostEnv::durable`].
+    pub fn generation(&self) -> u64 {
+        self.commit.as_ref().map_or(0, |c| c.generation())
+    }
+
+    /// Waits until every write made so far (since `generation`) is on disk.
+    pub async fn durable(&self, generation: u64) -> Result<(), String> {
         match &self.commit {
-            Some(c) => c.durable().await.map_err(|e| e.to_string()),
+            Some(c) => c.durable(generation).await.map_err(|e| e.to_string()),
             None => self.storage.flush().await.map_err(|e| e.to_string()),
         }
     }

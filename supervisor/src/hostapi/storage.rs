@@ -115,6 +115,7 @@ pub async fn get(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
 }
 
 pub async fn put(ctx: &HostContext, e: StorageEntry) -> HostReply {
+    let generation = ctx.env.generation();
     let reply = HostReply::StorageEntry(
         async {
             if !valid_namespace(&e.namespace) || !valid_key(&e.key) || e.value.len() > limits::VALUE_BYTES {
@@ -136,17 +137,17 @@ pub async fn put(ctx: &HostContext, e: StorageEntry) -> HostReply {
         }
         .await,
     );
-    durable(ctx, reply).await
+    durable(ctx, generation, reply).await
 }
 
 /// Answers only once a successful write is on disk: an acknowledged `put` or `delete` survives
 /// `kill -9` of the supervisor. A failed flush turns the answer into `internal`.
-async fn durable(ctx: &HostContext, reply: HostReply) -> HostReply {
+async fn durable(ctx: &HostContext, generation: u64, reply: HostReply) -> HostReply {
     let wrote = matches!(reply, HostReply::StorageEntry(Ok(_)) | HostReply::StorageUnit(Ok(())));
     if !wrote {
         return reply;
     }
-    match ctx.env.durable().await {
+    match ctx.env.durable(generation).await {
         Ok(()) => reply,
         Err(e) => {
             tracing::error!(error = %e, "making a storage write durable failed");
@@ -159,6 +160,7 @@ async fn durable(ctx: &HostContext, reply: HostReply) -> HostReply {
 }
 
 pub async fn delete(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
+    let generation = ctx.env.generation();
     let reply = HostReply::StorageUnit(
         async {
             if !valid_namespace(namespace) || !valid_key(key) {
@@ -172,7 +174,7 @@ pub async fn delete(ctx: &HostContext, namespace: &str, key: &str) -> HostReply 
         }
         .await,
     );
-    durable(ctx, reply).await
+    durable(ctx, generation, reply).await
 }
 
 pub async fn list(ctx: &HostContext, namespace: &str, cursor: Option<&str>) -> HostReply {

@@ -21,6 +21,9 @@ pub struct GroupCommit {
     kick: Notify,
     /// Whether a recovery task runs.
     recovering: AtomicBool,
+    /// Recoveries begun: a write made before one and flushed after it may have gone with the
+    /// failed instance, so its writer is told it failed.
+    generation: AtomicU64,
 }
 
 /// How often a failed store is asked to recover.
@@ -33,22 +36,33 @@ impl Default for GroupCommit {
             flushed: watch::Sender::new((0, None)),
             kick: Notify::new(),
             recovering: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 }
 
 impl GroupCommit {
-    /// Waits until a write already made to the database is on disk; `Err` when the flush that
-    /// covered it failed.
-    pub async fn durable(&self) -> Result<(), Arc<str>> {
+    /// Take it before a write, then wait with [`GroupCommit::durable`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Waits until a write already made to the database (after [`GroupCommit::generation`] said
+    /// `since`) is on disk; `Err` when the flush that covered it failed, or when the database was
+    /// opened again since.
+    pub async fn durable(&self, since: u64) -> Result<(), Arc<str>> {
         let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
         let mut rx = self.flushed.subscribe();
         self.kick.notify_one();
         // The sender lives as long as `self`; an error cannot happen while we borrow it.
-        match rx.wait_for(|(done, _)| *done >= mine).await {
+        let flushed = match rx.wait_for(|(done, _)| *done >= mine).await {
             Ok(state) => state.1.clone().map_or(Ok(()), Err),
             Err(_) => Err("the flusher stopped".into()),
+        };
+        if flushed.is_ok() && self.generation() != since {
+            return Err("the database was opened again after a failure since this write".into());
         }
+        flushed
     }
 
     /// Whether the last flush succeeded (true before the first): a failed one means writes are
@@ -92,6 +106,7 @@ impl GroupCommit {
         loop {
             tokio::time::sleep(RECOVERY_INTERVAL).await;
             let Some(store) = registry.upgrade() else { return };
+            self.generation.fetch_add(1, Ordering::SeqCst);
             match store.recover().await {
                 Ok(()) => {
                     tracing::info!(

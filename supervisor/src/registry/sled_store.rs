@@ -246,10 +246,11 @@ impl SledRegistry {
         Ok(())
     }
 
-    /// Flushes (off the async workers: an fsync), then answers `value`.
-    async fn durable<T>(&self, value: T) -> Result<T, StoreError> {
+    /// Flushes (off the async workers: an fsync), then answers `value`; fails when the
+    /// database was opened again since `generation`, taken before the write.
+    async fn durable<T>(&self, generation: u64, value: T) -> Result<T, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        tokio::task::spawn_blocking(move || db.flush_since(generation))
             .await
             .map_err(|e| StoreError::Transaction(format!("the flush task failed: {e}")))??;
         Ok(value)
@@ -311,6 +312,7 @@ impl RegistryStore for SledRegistry {
         version: VersionRecord,
         bundle: BundleRecord,
     ) -> Result<PublishOutcome, StoreError> {
+        let generation = self.db.generation();
         let result = (&self.tree(BY_NAME)?, &self.tree(EXTENSIONS)?, &self.tree(VERSIONS)?, &self.tree(BUNDLES)?)
             .transaction(|(by_name, exts, vers, bundles)| {
                 let abort = |a| Err(ConflictableTransactionError::Abort(a));
@@ -344,7 +346,7 @@ impl RegistryStore for SledRegistry {
                 Ok(PublishOutcome::Created { extension: ext, version })
             });
         match result {
-            Ok(outcome) => self.durable(outcome).await,
+            Ok(outcome) => self.durable(generation, outcome).await,
             Err(TransactionError::Abort(Abort::Outcome(o))) => Ok(*o),
             Err(TransactionError::Abort(Abort::Decode(e))) => Err(e.into()),
             Err(TransactionError::Storage(e)) => Err(e.into()),
@@ -352,14 +354,16 @@ impl RegistryStore for SledRegistry {
     }
 
     async fn put_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
+        let generation = self.db.generation();
         self.tree(VERSIONS)?
             .insert(key(&[version.extension_id.as_bytes(), version.version.as_bytes()]), encode(version))?;
-        self.durable(()).await
+        self.durable(generation, ()).await
     }
 
     async fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError> {
+        let generation = self.db.generation();
         self.tree(BUNDLES)?.insert(bundle.content_hash.as_bytes(), encode(bundle))?;
-        self.durable(()).await
+        self.durable(generation, ()).await
     }
 
     async fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
@@ -375,6 +379,7 @@ impl RegistryStore for SledRegistry {
         install: &InstallRecord,
         subscriptions: &[SubscriptionRecord],
     ) -> Result<(), StoreError> {
+        let generation = self.db.generation();
         let stale = self.subscription_keys(&install.tenant, &install.install_id)?;
         let ikey = key(&[install.tenant.as_bytes(), install.extension_id.as_bytes()]);
         (&self.tree(INSTALLS)?, &self.tree(SUBSCRIPTIONS)?, &self.tree(INSTALLED_HASHES)?)
@@ -394,10 +399,11 @@ impl RegistryStore for SledRegistry {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
-        self.durable(()).await
+        self.durable(generation, ()).await
     }
 
     async fn delete_install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError> {
+        let generation = self.db.generation();
         let ikey = key(&[tenant.as_bytes(), extension_id.as_bytes()]);
         let Some(old) = get::<InstallRecord>(&self.tree(INSTALLS)?, &ikey)? else { return Ok(None) };
         let stale = self.subscription_keys(tenant, &old.install_id)?;
@@ -411,7 +417,7 @@ impl RegistryStore for SledRegistry {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
-        self.durable(Some(old)).await
+        self.durable(generation, Some(old)).await
     }
 
     async fn installed_anywhere(&self, content_hash: &str) -> Result<bool, StoreError> {
@@ -544,7 +550,8 @@ impl RegistryStore for SledRegistry {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.durable(()).await
+        let generation = self.db.generation();
+        self.durable(generation, ()).await
     }
 
     async fn recover(&self) -> Result<(), StoreError> {
@@ -553,10 +560,11 @@ impl RegistryStore for SledRegistry {
         tokio::task::spawn_blocking(move || db.reopen())
             .await
             .map_err(|e| StoreError::Transaction(format!("the reopen task failed: {e}")))??;
+        let generation = self.db.generation();
         // A write and its flush: on a disk still full, this fails (and the next attempt reopens
         // again).
         self.tree("meta")?.insert("probe", &now_ms().to_be_bytes())?;
-        self.durable(()).await
+        self.durable(generation, ()).await
     }
 }
 

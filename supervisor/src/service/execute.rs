@@ -584,8 +584,9 @@ async fn run_in_span(
             let record = Recorded { install: &install, trigger: &trigger, execution_id, egress_bytes };
             // An execution is answered only once its record is durable: one that could not be
             // recorded (a full disk, a failed flush) is not reported as a success.
-            let durable =
-                self::record(svc, &cmd, &record, &report, &response).await && svc.commit.durable().await.is_ok();
+            let generation = svc.commit.generation();
+            let durable = self::record(svc, &cmd, &record, &report, &response).await
+                && svc.commit.durable(generation).await.is_ok();
             if !durable {
                 return Answer::error(503, "storage_unavailable");
             }
