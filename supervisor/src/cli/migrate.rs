@@ -21,9 +21,10 @@ use crate::secrets::{NodeKey, PgSecrets, SealedStore, SledSecrets};
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
-    /// The PostgreSQL database, `postgres://user:password@host:port/database`.
+    /// The PostgreSQL database, `postgres://user:password@host:port/database` [default:
+    /// $ALGA_RUNNER_STORAGE__URL, which keeps a password out of the process list].
     #[arg(long, value_name = "URL")]
-    pub to: String,
+    pub to: Option<String>,
     /// A stopped host's state to copy: `sled:DIR`, DIR being its state directory (the one holding
     /// `db/` and `node.key`). Without it, only the schema is brought up to date.
     #[arg(long, value_name = "sled:DIR")]
@@ -44,14 +45,18 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_USAGE);
         }
     };
-    let pg = match Pg::connect(&args.to, 4, Duration::from_secs(600), args.ca_file.as_deref()) {
+    let Some(to) = args.to.or_else(|| std::env::var("ALGA_RUNNER_STORAGE__URL").ok()) else {
+        eprintln!("error: --to URL (or ALGA_RUNNER_STORAGE__URL) names the PostgreSQL database");
+        return Ok(EXIT_USAGE);
+    };
+    let pg = match Pg::connect(&to, 4, Duration::from_secs(600), args.ca_file.as_deref()) {
         Ok(pg) => pg,
         Err(e) => {
             eprintln!("error: --to: {e}");
             return Ok(EXIT_USAGE);
         }
     };
-    let at = redacted_url(&args.to);
+    let at = redacted_url(&to);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let m = pg.migrate().await.with_context(|| format!("migrating {at}"))?;
