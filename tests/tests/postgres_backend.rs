@@ -707,3 +707,39 @@ fn the_node_key_rotates_without_losing_a_secret() {
     assert!(!server.log_text().contains("rotation in progress"), "{}", server.log_text());
     assert_eq!(server.report("t1", &d, "/secrets/get?key=api_key", None), json!({ "ok": "s3cret" }));
 }
+
+#[test]
+fn the_sweep_removes_refilled_buckets_and_leases_of_dead_hosts() {
+    use alga_runner::config::QuotasConfig;
+    use alga_runner::service::quotas_shared::SharedAdmission;
+    let db = database();
+    skip_unless!(db.is_ok(), format!("no PostgreSQL: {}", db.as_ref().err().unwrap()));
+    let (url, pg, rt) = db.unwrap();
+    let config =
+        QuotasConfig { tenant_rate_per_s: 1000.0, tenant_burst: 2.0, extension_rate_per_s: 0.0, ..Default::default() };
+    let admission = SharedAdmission::new(pg);
+    let count = |table: &str| {
+        PgCluster::get()
+            .unwrap()
+            .psql(url.rsplit('/').next().unwrap(), &format!("SELECT count(*) FROM {table}"))
+            .unwrap()
+    };
+    rt.block_on(async {
+        let lease = admission.admit(&config, "t1", "e1").await.unwrap();
+        assert_eq!(count("quota_bucket"), "1");
+        assert_eq!(count("quota_lease"), "1");
+        // A running execution's lease stays; its refilled bucket goes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        admission.sweep(&config).await.unwrap();
+        assert_eq!((count("quota_bucket"), count("quota_lease")), ("0".into(), "1".into()));
+        std::mem::forget(lease);
+    });
+    // A lease whose host stopped renewing it (here: expired by hand) goes too.
+    let database = url.rsplit('/').next().unwrap();
+    PgCluster::get()
+        .unwrap()
+        .psql(database, "UPDATE quota_lease SET expires_at = now() - interval '1 second'")
+        .unwrap();
+    rt.block_on(admission.sweep(&config)).unwrap();
+    assert_eq!(count("quota_lease"), "0");
+}

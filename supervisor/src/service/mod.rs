@@ -181,6 +181,7 @@ impl Service {
         let (registry, retention) = (Arc::downgrade(&self.registry), self.retention());
         let shared = self.shared.clone();
         let admission = self.quotas.shared().cloned();
+        let quotas = self.config.quotas.clone();
         self.core.spawner.handle.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
@@ -197,7 +198,7 @@ impl Service {
                     tracing::error!(error = %crate::error_chain(&e), "removing expired idempotency entries failed");
                 }
                 if let Some(admission) = &admission
-                    && let Err(e) = admission.sweep().await
+                    && let Err(e) = admission.sweep(&quotas).await
                 {
                     tracing::error!(error = %crate::error_chain(&e), "removing expired quota leases failed");
                 }

@@ -189,8 +189,23 @@ impl SharedAdmission {
         Ok(Live { tenant_in_flight: extensions_in_flight.values().sum(), extensions_in_flight })
     }
 
-    /// Removes leases that expired (their hosts died).
-    pub async fn sweep(&self) -> Result<u64, PgError> {
-        Ok(self.pg.relaxed_client().await?.execute("DELETE FROM quota_lease WHERE expires_at < now()", &[]).await?)
+    /// Removes leases that expired (their hosts died), and buckets that have refilled (a full
+    /// bucket and no bucket are the same).
+    pub async fn sweep(&self, c: &QuotasConfig) -> Result<u64, PgError> {
+        let client = self.pg.relaxed_client().await?;
+        let mut removed = client.execute("DELETE FROM quota_lease WHERE expires_at < now()", &[]).await?;
+        for (prefix, rate, burst) in [
+            ("t/%", c.tenant_rate_per_s, c.tenant_burst.max(1.0)),
+            ("e/%", c.extension_rate_per_s, c.extension_burst.max(1.0)),
+        ] {
+            removed += client
+                .execute(
+                    "DELETE FROM quota_bucket
+                     WHERE key LIKE $1 AND tokens + extract(epoch FROM now() - at)::float8 * $2 >= $3",
+                    &[&prefix, &rate, &burst],
+                )
+                .await?;
+        }
+        Ok(removed)
     }
 }

@@ -128,7 +128,14 @@ impl Pg {
         let tls = MakeRustlsConnect::new(tls_config(ca_file)?);
         config.application_name("alga-runner");
         config.connect_timeout(CONNECT_TIMEOUT);
-        let options = format!("-c statement_timeout={}", statement_timeout.as_millis());
+        // Ours after any the URL gives (the later setting wins).
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or_default(),
+            statement_timeout.as_millis()
+        )
+        .trim_start()
+        .to_string();
         config.options(&options);
         let pool_of = |config: &tokio_postgres::Config| {
             let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
