@@ -79,6 +79,13 @@ impl SledDb {
         Ok(())
     }
 
+    /// Bytes free for this database on its filesystem (`None` for a temporary database).
+    pub fn free_bytes(&self) -> Option<u64> {
+        let path = self.path.as_ref()?;
+        let st = nix::sys::statvfs::statvfs(path.as_path()).ok()?;
+        Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+
     /// Drops the open instance and opens the directory again. Operations meanwhile fail (they
     /// would fail on the broken instance too); a failed attempt leaves the database closed until
     /// the next one.

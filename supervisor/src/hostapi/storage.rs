@@ -99,6 +99,14 @@ fn backend_failure(e: KvError) -> StorageError {
     StorageError::Internal
 }
 
+/// A write the backend refused: the database is not healthy until it recovers.
+fn write_failure(ctx: &HostContext, e: KvError) -> StorageError {
+    if let Some(commit) = &ctx.env.commit {
+        commit.write_failed(&e.to_string());
+    }
+    backend_failure(e)
+}
+
 pub async fn get(ctx: &HostContext, namespace: &str, key: &str) -> HostReply {
     HostReply::StorageEntry(
         async {
@@ -126,7 +134,7 @@ pub async fn put(ctx: &HostContext, e: StorageEntry) -> HostReply {
                 .storage
                 .put(&ctx.storage_scope(), &e.namespace, &e.key, e.value.clone(), e.revision)
                 .await
-                .map_err(backend_failure)?;
+                .map_err(|e| write_failure(ctx, e))?;
             match result {
                 PutResult::Written { revision } => {
                     Ok(StorageEntry { namespace: e.namespace, key: e.key, value: e.value, revision: Some(revision) })
@@ -167,7 +175,13 @@ pub async fn delete(ctx: &HostContext, namespace: &str, key: &str) -> HostReply 
                 return Err(StorageError::Denied);
             }
             // Alga gap: deleting a missing key said `conflict`; here it is `missing`.
-            match ctx.env.storage.delete(&ctx.storage_scope(), namespace, key).await.map_err(backend_failure)? {
+            match ctx
+                .env
+                .storage
+                .delete(&ctx.storage_scope(), namespace, key)
+                .await
+                .map_err(|e| write_failure(ctx, e))?
+            {
                 true => Ok(()),
                 false => Err(StorageError::Missing),
             }

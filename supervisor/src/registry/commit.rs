@@ -24,6 +24,8 @@ pub struct GroupCommit {
     /// Recoveries begun: a write made before one and flushed after it may have gone with the
     /// failed instance, so its writer is told it failed.
     generation: AtomicU64,
+    /// The store, once the flusher runs (for a recovery a failed write starts).
+    store: std::sync::OnceLock<std::sync::Weak<dyn RegistryStore>>,
 }
 
 /// How often a failed store is asked to recover.
@@ -37,6 +39,7 @@ impl Default for GroupCommit {
             kick: Notify::new(),
             recovering: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            store: std::sync::OnceLock::new(),
         }
     }
 }
@@ -74,6 +77,7 @@ impl GroupCommit {
     /// The flusher: one flush per wake-up, covering every write announced before it started.
     /// Runs until the store is dropped.
     pub async fn run(self: Arc<Self>, registry: std::sync::Weak<dyn RegistryStore>) {
+        let _ = self.store.set(registry.clone());
         loop {
             self.kick.notified().await;
             let covered = self.written.load(Ordering::SeqCst);
@@ -93,9 +97,24 @@ impl GroupCommit {
                 *done = (*done).max(covered);
                 *last = error;
             });
-            if failed && !self.recovering.swap(true, Ordering::SeqCst) {
-                tokio::spawn(self.clone().recover(Arc::downgrade(&store)));
+            if failed {
+                self.start_recovery();
             }
+        }
+    }
+
+    /// A write failed before its flush (the database refused it: sled after an I/O error, a
+    /// full disk): not healthy until the store recovers, as after a failed flush.
+    pub fn write_failed(self: &Arc<Self>, error: &str) {
+        self.flushed.send_modify(|(_, last)| *last = Some(error.into()));
+        self.start_recovery();
+    }
+
+    fn start_recovery(self: &Arc<Self>) {
+        if let Some(store) = self.store.get()
+            && !self.recovering.swap(true, Ordering::SeqCst)
+        {
+            tokio::spawn(self.clone().recover(store.clone()));
         }
     }
 

@@ -31,6 +31,9 @@ const SUBSCRIPTIONS: &str = "extension_event_subscription";
 const INSTALLED_HASHES: &str = "install_by_content_hash";
 const USAGE: &str = "extension_quota_usage";
 
+/// Free space the database's filesystem must have again before a failed database is reopened.
+const RECOVERY_FREE_BYTES: u64 = 8 << 20;
+
 #[derive(Debug, Clone)]
 pub struct SledRegistry {
     db: Arc<SledDb>,
@@ -555,6 +558,15 @@ impl RegistryStore for SledRegistry {
     }
 
     async fn recover(&self) -> Result<(), StoreError> {
+        // Space has returned only when there is room for more than a probe: a disk with a few
+        // kilobytes left would take the probe and fail the next real writes (flapping).
+        if let Some(free) = self.db.free_bytes()
+            && free < RECOVERY_FREE_BYTES
+        {
+            return Err(StoreError::Transaction(format!(
+                "{free} bytes free; waiting for at least {RECOVERY_FREE_BYTES}"
+            )));
+        }
         // Reopening waits for the failed instance's files: off the async workers.
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.reopen())

@@ -722,7 +722,9 @@ async fn record(
     match svc.registry.record_execution(r, &svc.retention()).await {
         Ok(_) => true,
         Err(e) => {
-            tracing::error!(error = %crate::error_chain(&e), "recording an execution failed");
+            let e = crate::error_chain(&e);
+            tracing::error!(error = %e, "recording an execution failed");
+            svc.commit.write_failed(&e);
             false
         }
     }
