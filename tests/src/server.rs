@@ -309,6 +309,23 @@ impl Server {
         Answer { status, headers, body }
     }
 
+    /// `alga-runner executions --tenant T --verify` against this running service: its exit code
+    /// and its output.
+    pub fn verify_chain(&self, tenant: &str) -> (i32, String) {
+        let token = self.dir.path().join("admin.token");
+        std::fs::write(&token, ADMIN_TOKEN).unwrap();
+        let out = Command::new(crate::runner_bin())
+            .args(["executions", "--tenant", tenant, "--verify", "--url", &self.url])
+            .arg("--token-file")
+            .arg(&token)
+            .output()
+            .expect("running alga-runner executions --verify");
+        (
+            out.status.code().unwrap_or(-1),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
     pub fn admin_get(&self, path: &str) -> Answer {
         self.request("GET", path, Some(ADMIN_TOKEN), &[], None)
     }

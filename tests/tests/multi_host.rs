@@ -66,21 +66,6 @@ fn next_seq(host: &Server, tenant: &str) -> u64 {
     host.admin_get(&format!("/v1/tenants/{tenant}/executions/chain")).json()["next_seq"].as_u64().unwrap()
 }
 
-fn verify_chain(host: &Server, tenant: &str) -> (i32, String) {
-    let token = host.dir.path().join("admin.token");
-    std::fs::write(&token, ADMIN_TOKEN).unwrap();
-    let out = std::process::Command::new(alga_tests::runner_bin())
-        .args(["executions", "--tenant", tenant, "--verify", "--url", &host.url])
-        .arg("--token-file")
-        .arg(&token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 #[test]
 fn two_hosts_share_registry_storage_idempotency_and_one_chain() {
     let cluster = PgCluster::get();
@@ -136,7 +121,7 @@ fn two_hosts_share_registry_storage_idempotency_and_one_chain() {
             s.spawn(move || host.report("t1", kv, "/context", None));
         }
     });
-    let (code, out) = verify_chain(&b, "t1");
+    let (code, out) = b.verify_chain("t1");
     assert_eq!(code, 0, "{out}");
     assert_eq!(next_seq(&a, "t1"), before + 17);
 
@@ -214,7 +199,7 @@ fn kill_9_of_one_host_mid_burst_loses_nothing_acknowledged() {
         assert!(recorded.contains(key), "{key} was acknowledged but has no execution record");
         assert_eq!(b.report("t1", &kv, &format!("/storage/get?key={key}"), None)["ok"], "v", "{key}");
     }
-    let (code, out) = verify_chain(&b, "t1");
+    let (code, out) = b.verify_chain("t1");
     assert_eq!(code, 0, "{out}");
 }
 

@@ -471,22 +471,6 @@ fn with_the_database_unreachable_nothing_unrecorded_is_acknowledged_and_it_recov
     assert_eq!(server.report("t1", &d, "/storage/get?key=a", None), json!({ "ok": "1", "rev": 1 }));
 }
 
-/// `alga-runner executions --verify` against a running service.
-fn verify_chain(server: &Server, tenant: &str) -> (i32, String) {
-    let token = server.dir.path().join("admin.token");
-    std::fs::write(&token, ADMIN_TOKEN).unwrap();
-    let out = std::process::Command::new(alga_tests::runner_bin())
-        .args(["executions", "--tenant", tenant, "--verify", "--url", &server.url])
-        .arg("--token-file")
-        .arg(&token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 #[test]
 fn migrate_copies_a_sled_host_into_postgres_and_the_copy_verifies() {
     let cluster = PgCluster::get();
@@ -547,7 +531,7 @@ fn migrate_copies_a_sled_host_into_postgres_and_the_copy_verifies() {
         head["next_seq"].as_u64().unwrap() + 2,
         "two more appended on PostgreSQL"
     );
-    let (code, out) = verify_chain(&pg_host, "t1");
+    let (code, out) = pg_host.verify_chain("t1");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact"), "{out}");
 }

@@ -43,13 +43,9 @@ pub fn rotate(args: RotateNodeKeyArgs) -> anyhow::Result<u8> {
         }
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let stores = match super::stores::open(&config, &rt) {
+    let stores = match super::stores::open_or_exit(&config, &rt)? {
         Ok(s) => s,
-        Err(super::stores::OpenError::Config(message)) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_CONFIG);
-        }
-        Err(super::stores::OpenError::Other(e)) => return Err(e),
+        Err(code) => return Ok(code),
     };
     let key = stores.secrets.key();
     let Some(previous) = &key.previous else {

@@ -246,13 +246,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the execution runtime")?;
-    let stores = match super::stores::open(&config, &rt) {
+    let stores = match super::stores::open_or_exit(&config, &rt)? {
         Ok(s) => s,
-        Err(super::stores::OpenError::Config(message)) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_CONFIG);
-        }
-        Err(super::stores::OpenError::Other(e)) => return Err(e),
+        Err(code) => return Ok(code),
     };
     let registry = stores.registry.clone();
     rt.block_on(reconcile(&*registry, &blobs, &ui_trees, stores.shared.is_some()))

@@ -28,6 +28,19 @@ impl From<anyhow::Error> for OpenError {
     }
 }
 
+/// Opens the backend, or says why on stderr and gives the exit code (78 for a configuration
+/// the operator must change).
+pub fn open_or_exit(config: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<Result<Stores, u8>> {
+    match open(config, rt) {
+        Ok(s) => Ok(Ok(s)),
+        Err(OpenError::Config(message)) => {
+            eprintln!("error: {message}");
+            Ok(Err(super::EXIT_CONFIG))
+        }
+        Err(OpenError::Other(e)) => Err(e),
+    }
+}
+
 /// Opens the backend the configuration names.
 pub fn open(config: &Config, rt: &tokio::runtime::Runtime) -> Result<Stores, OpenError> {
     let key_file = config.state.dir.join("node.key");
