@@ -112,7 +112,12 @@ impl Rule {
     fn names_address(&self, addr: IpAddr) -> bool {
         match self.target {
             Target::Ip(ip) => canonical(ip) == canonical(addr),
-            Target::Cidr(net, prefix) => in_cidr(canonical(addr), canonical(net), prefix),
+            Target::Cidr(net, prefix) => match (net, canonical(net)) {
+                // An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the IPv4 network of its
+                // last 32 bits; a prefix inside the mapping's first 96 bits covers all of IPv4.
+                (IpAddr::V6(_), v4 @ IpAddr::V4(_)) => in_cidr(canonical(addr), v4, prefix.saturating_sub(96)),
+                (_, net) => in_cidr(canonical(addr), net, prefix),
+            },
             Target::Host(_) | Target::Below(_) => false,
         }
     }
@@ -215,13 +220,14 @@ fn canonical(addr: IpAddr) -> IpAddr {
 }
 
 fn in_cidr(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    // Parsing bounds the prefix by the family; a longer one never reaches the shifts below.
     match (addr, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -274,6 +280,20 @@ pub fn is_public(addr: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_mapped_network_keeps_its_prefix_within_ipv4() {
+        // Found by the egress_entry fuzz target: the mapped network became IPv4 with its IPv6
+        // prefix (110), and the mask's shift overflowed.
+        let rule = Rule::parse("::ffff:10.0.0.0/110").unwrap();
+        let dest = Destination::new(None, 443, 443);
+        let policy =
+            Policy { operator: std::slice::from_ref(&rule), manifest: std::slice::from_ref(&rule), install: None };
+        // The path that panicked: it must answer, whatever the answer.
+        let _ = policy.check(&dest, "10.0.0.1".parse().unwrap());
+        assert!(in_cidr("10.3.0.1".parse().unwrap(), "10.0.0.0".parse().unwrap(), 110u8.saturating_sub(96)));
+        assert!(!in_cidr("10.4.0.1".parse().unwrap(), "10.0.0.0".parse().unwrap(), 110u8.saturating_sub(96)));
+    }
 
     fn dest(name: Option<&str>, port: u16) -> Destination {
         Destination { name: name.map(str::to_string), port, default_port: 443 }
