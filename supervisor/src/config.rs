@@ -386,6 +386,58 @@ impl Default for StorageConfig {
     }
 }
 
+/// `[blobs]` — where bundles, their signatures and compiled artifacts live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// `fs`: the state directory holds every bundle, for one host; `s3`: an S3-compatible bucket
+    /// several hosts share, with the state directory as a bounded cache (default `fs`).
+    pub backend: String,
+    /// The S3 endpoint, `https://s3.example.com` (default none: AWS's own for `region`).
+    pub endpoint: Option<String>,
+    /// The bucket (required with `backend = "s3"`).
+    pub bucket: Option<String>,
+    /// The bucket's region (default `us-east-1`; Garage's default is `garage`).
+    pub region: String,
+    /// A key prefix every object is stored under, e.g. `alga-runner/` (default none).
+    pub prefix: String,
+    /// The access key id (default: the environment's `AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// A file holding the access key id, e.g. a systemd credential (default none).
+    pub access_key_id_file: Option<PathBuf>,
+    /// A file holding the secret access key (default: the environment's `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Allows a plain `http://` endpoint, for a loopback test server (default false).
+    pub allow_http: bool,
+    /// CA certificates (PEM) the endpoint's certificate must chain to, besides the system's
+    /// roots (default none).
+    pub ca_file: Option<PathBuf>,
+    /// Room the local cache of bundles takes at most, in MiB; the least recently used bundles
+    /// are evicted beyond it (default 2 048; `s3` only: with `fs` the directory is the store).
+    pub cache_max_mb: u64,
+    /// A request to the object store taking longer fails, in milliseconds (default 30 000).
+    pub timeout_ms: u64,
+}
+
+impl Default for BlobsConfig {
+    fn default() -> Self {
+        BlobsConfig {
+            backend: "fs".into(),
+            endpoint: None,
+            bucket: None,
+            region: "us-east-1".into(),
+            prefix: String::new(),
+            access_key_id: None,
+            access_key_id_file: None,
+            secret_access_key_file: None,
+            allow_http: false,
+            ca_file: None,
+            cache_max_mb: 2048,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -394,6 +446,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub state: StateConfig,
     pub storage: StorageConfig,
+    pub blobs: BlobsConfig,
     pub trust: TrustConfig,
     pub sandbox: SandboxConfig,
     pub limits: LimitsConfig,
@@ -418,6 +471,7 @@ const SECTIONS: &[&str] = &[
     "auth",
     "state",
     "storage",
+    "blobs",
     "trust",
     "sandbox",
     "limits",
@@ -676,7 +730,19 @@ impl Config {
         {
             e.push(format!("storage.ca_file: {} does not exist", f.display()));
         }
+        e.extend(self.blobs.problems());
         if e.is_empty() { Ok(()) } else { Err(ConfigErrors(e)) }
+    }
+
+    /// The object store's credentials: inline or from files, else the environment's
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (`env` is the process environment).
+    pub fn blobs_credentials(&self, env: &[(String, String)]) -> std::io::Result<(Option<String>, Option<String>)> {
+        let from_env =
+            |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+        let id =
+            token(&self.blobs.access_key_id, &self.blobs.access_key_id_file)?.or_else(|| from_env("AWS_ACCESS_KEY_ID"));
+        let secret = token(&None, &self.blobs.secret_access_key_file)?.or_else(|| from_env("AWS_SECRET_ACCESS_KEY"));
+        Ok((id, secret))
     }
 
     /// The PostgreSQL URL: inline, or read from its file (trailing whitespace trimmed).
@@ -696,6 +762,59 @@ impl Config {
     /// The host API token: inline, or read from its file.
     pub fn host_api_token(&self) -> std::io::Result<Option<String>> {
         token(&self.host_api.token, &self.host_api.token_file)
+    }
+}
+
+impl BlobsConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut e = Vec::new();
+        match self.backend.as_str() {
+            "fs" => {}
+            "s3" => {
+                if self.bucket.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                    e.push("blobs.bucket: required with blobs.backend = \"s3\"".into());
+                }
+                if let Some(endpoint) = &self.endpoint {
+                    match url::Url::parse(endpoint) {
+                        Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+                        Ok(u) if u.scheme() == "http" && u.host().is_some() => {
+                            if !self.allow_http {
+                                e.push(format!(
+                                    "blobs.endpoint: `{endpoint}` is plain http; use https, or set blobs.allow_http = \
+                                     true for a loopback test server"
+                                ));
+                            }
+                        }
+                        _ => e.push(format!("blobs.endpoint: `{endpoint}` is not an http(s) URL")),
+                    }
+                }
+            }
+            other => e.push(format!("blobs.backend: `{other}` must be fs or s3")),
+        }
+        if self.region.trim().is_empty() {
+            e.push("blobs.region: must not be empty".into());
+        }
+        if self.prefix.starts_with('/') || self.prefix.split('/').any(|p| p == "." || p == "..") {
+            e.push(format!("blobs.prefix: `{}` must be a relative key prefix such as `alga-runner/`", self.prefix));
+        }
+        for (name, file) in [
+            ("access_key_id_file", &self.access_key_id_file),
+            ("secret_access_key_file", &self.secret_access_key_file),
+            ("ca_file", &self.ca_file),
+        ] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                e.push(format!("blobs.{name}: {} does not exist", f.display()));
+            }
+        }
+        if self.cache_max_mb == 0 {
+            e.push("blobs.cache_max_mb: must be above 0".into());
+        }
+        if self.timeout_ms == 0 {
+            e.push("blobs.timeout_ms: must be above 0".into());
+        }
+        e
     }
 }
 

@@ -2,8 +2,11 @@
 //! harness that drives the real execution core (with the real binary as its fork server) from
 //! the test process, and named skips.
 
+pub mod cluster;
+pub mod garage;
 pub mod postgres;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod webdriver;
 

@@ -1,47 +1,26 @@
-//! Two runner hosts (two real `alga-runner serve` processes) sharing one PostgreSQL database —
-//! and, until the object store lands, one state directory for the bundles and the node key —
-//! as 11-scale-out.md's multi-host scenarios ask: publish on one and execute on the other, a
-//! storage compare-and-swap race, an idempotent retry that lands on the other host while the
+//! Two runner hosts (two real `alga-runner serve` processes, each with its own state directory)
+//! sharing one PostgreSQL database and one bucket of a real S3-compatible server (Garage), with
+//! one node key given to the second host as a credential, as 11-scale-out.md's multi-host
+//! scenarios ask: publish on one and execute on the other (the other fetches the bundle and the
+//! compiled artifact and compiles nothing), a storage compare-and-swap race, an idempotent retry that lands on the other host while the
 //! first attempt runs, yank and uninstall seen at once by the other host, one hash chain under
 //! concurrent appends from both, a concurrency cap and a rate limit held for the cluster (and a
 //! dead host's places given back within the lease time), and `kill -9` of one host mid-burst
-//! with every acknowledged write and record present afterwards.
+//! with every acknowledged write and record present afterwards, and two hosts on one machine
+//! never touching each other's sandboxes or cgroups.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use alga_tests::cluster::{cluster, metric, two_hosts, two_hosts_with};
 use alga_tests::fixture_bytes;
-use alga_tests::postgres::PgCluster;
 use alga_tests::server::{
-    ADMIN_TOKEN, Deployed, Options, SERVICE_TOKEN, Server, Signer, deploy, envelope, hostapi_manifest, install_for,
-    manifest,
+    ADMIN_TOKEN, Deployed, SERVICE_TOKEN, Server, Signer, cgroup_dirs_of, deploy, descendants, envelope,
+    hostapi_manifest, install_for, manifest,
 };
 use alga_tests::skip_unless;
 use serde_json::{Value, json};
-
-/// Host A, and host B on the same database and state directory.
-fn two_hosts(signer: &Signer, url: &str) -> (Server, Server) {
-    two_hosts_with(signer, url, &[("TENANT_RATE_PER_S", "0"), ("EXTENSION_RATE_PER_S", "0")])
-}
-
-/// Host A and host B with these `[quotas]` settings.
-fn two_hosts_with(signer: &Signer, url: &str, quotas: &[(&str, &str)]) -> (Server, Server) {
-    let options = |state: Option<String>| {
-        let mut env = vec![
-            ("ALGA_RUNNER_STORAGE__BACKEND".to_string(), "postgres".to_string()),
-            ("ALGA_RUNNER_STORAGE__URL".to_string(), url.to_string()),
-        ];
-        env.extend(quotas.iter().map(|(k, v)| (format!("ALGA_RUNNER_QUOTAS__{k}"), v.to_string())));
-        if let Some(dir) = state {
-            env.push(("ALGA_RUNNER_STATE_DIR".to_string(), dir));
-        }
-        Options { trust_lines: vec![signer.public()], env }
-    };
-    let a = Server::start_with(options(None));
-    let b = Server::start_with(options(Some(a.state_dir().display().to_string())));
-    (a, b)
-}
 
 /// The envelope answer of `path` on `host`, with an optional idempotency key.
 fn execute(host: &Server, tenant: &str, d: &Deployed, path: &str, key: Option<&str>) -> Value {
@@ -68,11 +47,11 @@ fn next_seq(host: &Server, tenant: &str) -> u64 {
 
 #[test]
 fn two_hosts_share_registry_storage_idempotency_and_one_chain() {
-    let cluster = PgCluster::get();
-    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
-    let url = cluster.unwrap().database();
+    let c = cluster();
+    skip_unless!(c.is_ok(), c.as_ref().err().unwrap());
+    let c = c.unwrap();
     let signer = Signer::new();
-    let (a, b) = two_hosts(&signer, &url);
+    let (a, b) = two_hosts(&signer, &c);
 
     // Published and installed on A, executed on B; installed on B, executed on A.
     let kv = deploy(
@@ -84,6 +63,14 @@ fn two_hosts_share_registry_storage_idempotency_and_one_chain() {
         json!({ "granted_capabilities": ["storage.kv"] }),
     );
     assert_eq!(b.report("t1", &kv, "/storage/put?key=k", Some(b"from b")), json!({ "ok": 1 }));
+    // B had never seen the bundle: it fetched it from the bucket, verified it, and ran the
+    // artifact A compiled at publish (its SHA-256 checked against the database) without
+    // compiling anything.
+    assert_eq!(metric(&b, "alga_runner_bundle_fetches_total{result=\"ok\"}"), 1.0);
+    assert_eq!(metric(&b, "alga_runner_artifact_loads_total{source=\"shared\"}"), 1.0);
+    assert_eq!(metric(&b, "alga_runner_artifact_loads_total{source=\"compiled\"}"), 0.0);
+    assert_eq!(metric(&b, "alga_runner_bundle_verifications_total{stage=\"load\",result=\"ok\"}"), 1.0);
+    assert!(b.blob_files().contains(&kv.content_hash.trim_start_matches("sha256:").to_string()), "cached on B");
     assert_eq!(a.report("t1", &kv, "/storage/get?key=k", None), json!({ "ok": "from b", "rev": 1 }));
     install_for(&b, &kv, "1.0.0", "t2", json!({ "granted_capabilities": ["storage.kv"] }));
     assert_eq!(a.report("t2", &kv, "/storage/get?key=k", None), json!({ "err": "missing" }), "t2's own store");
@@ -138,11 +125,11 @@ fn two_hosts_share_registry_storage_idempotency_and_one_chain() {
 
 #[test]
 fn kill_9_of_one_host_mid_burst_loses_nothing_acknowledged() {
-    let cluster = PgCluster::get();
-    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
-    let url = cluster.unwrap().database();
+    let c = cluster();
+    skip_unless!(c.is_ok(), c.as_ref().err().unwrap());
+    let c = c.unwrap();
     let signer = Signer::new();
-    let (mut a, b) = two_hosts(&signer, &url);
+    let (mut a, b) = two_hosts(&signer, &c);
     let kv = deploy(
         &a,
         &signer,
@@ -205,13 +192,13 @@ fn kill_9_of_one_host_mid_burst_loses_nothing_acknowledged() {
 
 #[test]
 fn concurrency_caps_and_rate_limits_hold_for_the_cluster_and_a_dead_hosts_leases_expire() {
-    let cluster = PgCluster::get();
-    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
-    let url = cluster.unwrap().database();
+    let c = cluster();
+    skip_unless!(c.is_ok(), c.as_ref().err().unwrap());
+    let c = c.unwrap();
     let signer = Signer::new();
     let (mut a, b) = two_hosts_with(
         &signer,
-        &url,
+        &c,
         &[
             ("EXTENSION_CONCURRENCY", "2"),
             ("TENANT_RATE_PER_S", "0.01"),
@@ -285,11 +272,11 @@ fn concurrency_caps_and_rate_limits_hold_for_the_cluster_and_a_dead_hosts_leases
 
 #[test]
 fn a_trust_reload_on_one_host_reaches_every_host_within_a_second() {
-    let cluster = PgCluster::get();
-    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
-    let url = cluster.unwrap().database();
+    let c = cluster();
+    skip_unless!(c.is_ok(), c.as_ref().err().unwrap());
+    let c = c.unwrap();
     let (first, second) = (Signer::new(), Signer::new());
-    let (a, b) = two_hosts(&first, &url);
+    let (a, b) = two_hosts(&first, &c);
     let keys =
         |host: &Server| host.request("GET", "/readyz", None, &[], None).json()["checks"]["trust"]["keys"].clone();
     assert_eq!((keys(&a), keys(&b)), (json!(1), json!(1)));
@@ -307,4 +294,56 @@ fn a_trust_reload_on_one_host_reaches_every_host_within_a_second() {
     let bytes = alga_tests::server::pack(&manifest("com.example.newkey", "1.0.0", &[]), &fixture_bytes("echo"));
     let published = b.publish(&bytes, &second.sign(&bytes, "com.example.newkey", "1.0.0"));
     assert_eq!(published.status, 201, "{}", String::from_utf8_lossy(&published.body));
+}
+
+#[test]
+fn two_hosts_on_one_machine_keep_to_their_own_sandboxes_and_cgroups() {
+    let c = cluster();
+    skip_unless!(c.is_ok(), c.as_ref().err().unwrap());
+    let c = c.unwrap();
+    let signer = Signer::new();
+    let (a, mut b) = two_hosts(&signer, &c);
+    let sleepy =
+        deploy(&a, &signer, &manifest("com.example.apart", "1.0.0", &[]), &fixture_bytes("sleeper"), "t1", json!({}));
+    let (a_dirs, b_dirs) = (cgroup_dirs_of(a.pid()), cgroup_dirs_of(b.pid()));
+    skip_unless!(!a_dirs.is_empty() && !b_dirs.is_empty(), "the hosts run their sandboxes without cgroups here");
+    assert!(a_dirs.iter().all(|d| !b_dirs.contains(d)), "{a_dirs:?} / {b_dirs:?}");
+
+    // While each host runs a sandbox, each sandbox sits in its own host's cgroups only.
+    std::thread::scope(|s| {
+        let runs: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|host| {
+                let sleepy = &sleepy;
+                s.spawn(move || execute(host, "t1", sleepy, "/?ms=1500", None))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(600));
+        for (host, other) in [(&a, &b), (&b, &a)] {
+            let theirs = format!("alga-runner.{}-", other.pid());
+            let tree = descendants(host.pid());
+            assert!(tree.len() >= 2, "a fork server and a sandbox: {tree:?}");
+            for pid in tree {
+                let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+                assert!(
+                    !groups.contains(&theirs),
+                    "pid {pid} of {} sits in the other host's cgroup: {groups}",
+                    host.pid()
+                );
+                assert!(!descendants(other.pid()).contains(&pid), "pid {pid} belongs to both hosts");
+            }
+        }
+        for r in runs {
+            assert_eq!(r.join().unwrap()["status"], 200);
+        }
+    });
+
+    // B dies and starts again: its start-up sweep removes its own leftovers and leaves the
+    // live host A's cgroups alone; A keeps executing.
+    let old_b = b.pid();
+    b.restart();
+    assert!(cgroup_dirs_of(old_b).is_empty(), "B's leftovers remain: {:?}", cgroup_dirs_of(old_b));
+    assert!(a_dirs.iter().all(|d| d.exists()), "B's sweep removed a cgroup of the live host A");
+    assert_eq!(execute(&a, "t1", &sleepy, "/?ms=1", None)["status"], 200);
+    assert_eq!(execute(&b, "t1", &sleepy, "/?ms=1", None)["status"], 200);
 }

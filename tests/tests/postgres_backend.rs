@@ -472,10 +472,11 @@ fn with_the_database_unreachable_nothing_unrecorded_is_acknowledged_and_it_recov
 }
 
 #[test]
-fn migrate_copies_a_sled_host_into_postgres_and_the_copy_verifies() {
-    let cluster = PgCluster::get();
-    skip_unless!(cluster.is_ok(), format!("no PostgreSQL: {}", cluster.as_ref().err().unwrap()));
-    let url = cluster.unwrap().database();
+fn migrate_copies_a_sled_host_into_postgres_and_a_bucket_and_the_copy_verifies() {
+    let cluster = alga_tests::cluster::cluster();
+    skip_unless!(cluster.is_ok(), cluster.as_ref().err().unwrap());
+    let cluster = cluster.unwrap();
+    let url = cluster.url.clone();
     let signer = Signer::new();
     // A single host on sled, with a little of everything.
     let mut sled_host = Server::start(&signer);
@@ -505,7 +506,9 @@ fn migrate_copies_a_sled_host_into_postgres_and_the_copy_verifies() {
 
     let migrate = |from: &str| {
         std::process::Command::new(alga_tests::runner_bin())
-            .args(["migrate", "--to", &url, "--from", from])
+            .args(["migrate", "--to", &url, "--from", from, "--blobs", &format!("s3://{}/moved", cluster.bucket)])
+            .envs(cluster.env().into_iter().filter(|(k, _)| !k.starts_with("ALGA_RUNNER_STORAGE")))
+            .env_remove("ALGA_RUNNER_CONFIG")
             .output()
             .unwrap()
     };
@@ -514,6 +517,7 @@ fn migrate_copies_a_sled_host_into_postgres_and_the_copy_verifies() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("copied and verified"), "{text}");
+    assert_eq!(cluster.garage.bundles_in(&cluster.bucket, "moved"), vec![d.content_hash.clone()], "{text}");
     let again = migrate(&from);
     assert_eq!(again.status.code(), Some(1), "a second copy into the same database is refused");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds data"));
@@ -534,67 +538,27 @@ fn migrate_copies_a_sled_host_into_postgres_and_the_copy_verifies() {
     let (code, out) = pg_host.verify_chain("t1");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact"), "{out}");
-}
 
-/// Runs openssl with `args` in `dir`.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    // A new host with nothing of the old one but its node key (as a credential), on the
+    // database and the bucket: it fetches the bundle and the compiled artifact and runs.
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::copy(sled_host.state_dir().join("node.key"), credentials.path().join("node-key")).unwrap();
+    let mut env = cluster.env();
+    env.push(("ALGA_RUNNER_BLOBS__PREFIX".into(), "moved".into()));
+    env.push(("CREDENTIALS_DIRECTORY".into(), credentials.path().display().to_string()));
+    let fresh = Server::start_with(alga_tests::server::Options { trust_lines: vec![signer.public()], env });
+    assert_eq!(r(&fresh, "t1", "/secrets/get?key=api_key", None), json!({ "ok": "s3cret" }));
+    assert!(fresh.log_text().contains("using the compiled artifact another host stored"), "{}", fresh.log_text());
 }
 
 #[test]
 fn tls_to_postgres_is_verified_against_the_ca_file_and_the_host_name() {
-    skip_unless!(
-        std::process::Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success()),
-        "no openssl to make the test CA"
-    );
+    skip_unless!(alga_tests::tls::available(), "no openssl to make the test CA");
     // A test CA, and a server certificate it signed for `localhost` only.
     let certs = tempfile::Builder::new().prefix("alga-runner-tls-").tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(certs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let dir = certs.path();
-    openssl(
-        dir,
-        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem"]
-            .into_iter()
-            .chain(["-days", "2", "-subj", "/CN=alga-runner test CA"])
-            .collect::<Vec<_>>(),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
+    alga_tests::tls::test_ca(dir, "localhost", "DNS:localhost");
     let plain = PgCluster::get();
     skip_unless!(plain.is_ok(), format!("no PostgreSQL: {}", plain.as_ref().err().unwrap()));
     plain.unwrap().give(&dir.join("server.key"));

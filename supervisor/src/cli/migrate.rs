@@ -3,7 +3,9 @@
 //! subscriptions, usage windows, every tenant's execution log with its hash chain (the records'
 //! stored bytes, so the chain still verifies), guest storage (revisions kept) and the sealed
 //! secrets (the node key stays the same file). The copy is then checked, table by table and
-//! chain by chain. It is not one transaction: a copy that fails half way says so, and the
+//! chain by chain. With `--blobs s3://BUCKET[/PREFIX]` the bundles, their signatures and the
+//! compiled artifacts go into that bucket too, each checked against its hash first, and the
+//! check includes every bundle being there. It is not one transaction: a copy that fails half way says so, and the
 //! database must be emptied (dropped and created again) before the next attempt.
 
 use std::path::PathBuf;
@@ -11,12 +13,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{EXIT_FAILURE, EXIT_USAGE};
-use crate::config::redacted_url;
+use super::{EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE};
+use crate::config::{Config, redacted_url};
 use crate::db::postgres::Pg;
+use crate::exec::artifacts::sha256_hex;
 use crate::hostapi::storage::postgres::PgKv;
 use crate::hostapi::storage::sled::SledKv;
-use crate::registry::{PgRegistry, RegistryStore, SledRegistry, VersionState, chain};
+use crate::registry::{BundleRecord, PgRegistry, RegistryStore, SharedBlobs, SledRegistry, VersionState, chain};
 use crate::secrets::{NodeKey, PgSecrets, SealedStore, SledSecrets};
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +35,14 @@ pub struct MigrateArgs {
     /// CA certificates (PEM) the database server's certificate must chain to (as `storage.ca_file`).
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Also copy the bundles, their signatures and compiled artifacts into this bucket; the
+    /// endpoint, region, credentials and CA come from `[blobs]` of --config and the environment
+    /// (`ALGA_RUNNER_BLOBS__ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...).
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]", requires = "from")]
+    pub blobs: Option<String>,
+    /// The service's configuration file, for its `[blobs]` section [default: $ALGA_RUNNER_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 pub fn run(args: MigrateArgs) -> anyhow::Result<u8> {
@@ -58,11 +69,44 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<u8> {
     };
     let at = redacted_url(&to);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let blobs = match &args.blobs {
+        None => None,
+        Some(target) => {
+            let Some((bucket, prefix)) = target
+                .strip_prefix("s3://")
+                .map(|r| r.split_once('/').unwrap_or((r, "")))
+                .filter(|(b, _)| !b.is_empty())
+            else {
+                eprintln!("error: --blobs takes s3://BUCKET or s3://BUCKET/PREFIX, not `{target}`");
+                return Ok(EXIT_USAGE);
+            };
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let file = args.config.clone().or_else(|| std::env::var_os("ALGA_RUNNER_CONFIG").map(PathBuf::from));
+            let mut config = match Config::load(file.as_deref(), &env) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(EXIT_CONFIG);
+                }
+            };
+            config.blobs.backend = "s3".into();
+            config.blobs.bucket = Some(bucket.to_string());
+            config.blobs.prefix = prefix.to_string();
+            match super::stores::open_shared(&config, &rt) {
+                Ok(shared) => Some(shared),
+                Err(super::stores::OpenError::Config(m)) => {
+                    eprintln!("error: --blobs: {m}");
+                    return Ok(EXIT_CONFIG);
+                }
+                Err(super::stores::OpenError::Other(e)) => return Err(e),
+            }
+        }
+    };
     rt.block_on(async {
         let m = pg.migrate().await.with_context(|| format!("migrating {at}"))?;
         println!("{at}: schema {} -> {}", m.from, m.to);
         match from {
-            Some(dir) => copy(&dir, &pg).await.map_err(|e| {
+            Some(dir) => copy(&dir, &pg, blobs.as_ref()).await.map_err(|e| {
                 e.context(format!(
                     "the copy into {at} failed part way: drop and create that database again before the next attempt"
                 ))
@@ -72,8 +116,9 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// Copies the sled state in `dir` into the (empty) database, then checks the copy.
-async fn copy(dir: &std::path::Path, pg: &Pg) -> anyhow::Result<u8> {
+/// Copies the sled state in `dir` into the (empty) database, and its blobs into `blobs` when
+/// given, then checks the copy.
+async fn copy(dir: &std::path::Path, pg: &Pg, blobs: Option<&SharedBlobs>) -> anyhow::Result<u8> {
     let source = SledRegistry::open(&dir.join("db"))
         .with_context(|| format!("opening the database in {} (is its service stopped?)", dir.display()))?;
     let target = PgRegistry::new(pg.clone());
@@ -154,6 +199,10 @@ async fn copy(dir: &std::path::Path, pg: &Pg) -> anyhow::Result<u8> {
         sealed.put(tenant, install, bytes.clone()).await?;
     }
     copied.secrets = secrets.len();
+    let records = source.bundles().await?;
+    if let Some(shared) = blobs {
+        copy_blobs(dir, &records, shared).await?;
+    }
 
     // The check: every table holds what was copied, and every chain verifies with the head it had.
     let counts: std::collections::HashMap<&str, i64> = target.counts().await?.into_iter().collect();
@@ -185,12 +234,30 @@ async fn copy(dir: &std::path::Path, pg: &Pg) -> anyhow::Result<u8> {
             problems.push(format!("tenant {tenant}: the copied chain does not verify: {}", report.problems.join("; ")));
         }
     }
+    if let Some(shared) = blobs {
+        let mut present = 0;
+        for r in &records {
+            if shared.exists(shared.bundle_key(&r.content_hash)).await? {
+                present += 1;
+            } else {
+                problems.push(format!("bundle {} is not in {}", r.content_hash, shared.label()));
+            }
+        }
+        println!("{:<30} {:>8} records, {present:>8} in the bucket", "bundles", records.len());
+    }
     if problems.is_empty() {
-        println!(
-            "copied and verified: {} chain(s) intact; the bundles stay in {} (keep state.dir)",
-            copied.chains,
-            dir.join("bundles").display()
-        );
+        match blobs {
+            Some(shared) => println!(
+                "copied and verified: {} chain(s) intact; the bundles are in {}",
+                copied.chains,
+                shared.label()
+            ),
+            None => println!(
+                "copied and verified: {} chain(s) intact; the bundles stay in {} (keep state.dir)",
+                copied.chains,
+                dir.join("bundles").display()
+            ),
+        }
         Ok(0)
     } else {
         for p in &problems {
@@ -211,4 +278,37 @@ struct Copied {
     executions: usize,
     storage: usize,
     secrets: usize,
+}
+
+/// Puts every bundle of `records` (its bytes checked against its hash), its signature, and the
+/// compiled artifacts whose bytes match the SHA-256 recorded at publish, into the bucket.
+async fn copy_blobs(dir: &std::path::Path, records: &[BundleRecord], shared: &SharedBlobs) -> anyhow::Result<()> {
+    let (mut bundles, mut artifacts) = (0, 0);
+    for r in records {
+        let path = dir.join("bundles/sha256").join(r.content_hash.trim_start_matches("sha256:"));
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        anyhow::ensure!(
+            alga_shared::bundle::content_hash(&bytes) == r.content_hash,
+            "{} does not match its hash {}: not copied",
+            path.display(),
+            r.content_hash
+        );
+        shared.put_once(shared.bundle_key(&r.content_hash), bytes).await?;
+        shared.put_once(shared.signature_key(&r.content_hash), r.signature.clone().into_bytes()).await?;
+        bundles += 1;
+        let Some(wasm) = &r.component_sha256 else { continue };
+        for (fingerprint, expected) in &r.artifacts {
+            let file = dir.join("cache").join(wasm).join(format!("{fingerprint}.cwasm"));
+            match std::fs::read(&file) {
+                Ok(bytes) if sha256_hex(&bytes) == *expected => {
+                    shared.put_once(shared.artifact_key(wasm, fingerprint), bytes).await?;
+                    artifacts += 1;
+                }
+                // A host compiles what is not there.
+                _ => println!("compiled artifact {} not copied (missing or changed)", file.display()),
+            }
+        }
+    }
+    println!("{:<30} {bundles:>8} bundles and {artifacts} compiled artifact(s) put in {}", "blobs", shared.label());
+    Ok(())
 }

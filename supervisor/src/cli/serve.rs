@@ -15,8 +15,9 @@ use crate::exec::Core;
 use crate::exec::forkserver;
 use crate::exec::sandbox::Sandbox;
 use crate::exec::settings::Settings;
-use crate::registry::{BlobStore, RegistryStore, StoreError, UiTrees, VersionState};
+use crate::registry::{RegistryStore, StoreError, UiTrees, VersionState};
 use crate::service::Service;
+use crate::service::bundles::Bundles;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -130,10 +131,11 @@ pub fn settings_of(config: &Config) -> Settings {
 /// Makes the database and the blob store agree: a blob without a record is removed; a record
 /// without its blob marks the version unavailable. Not with a registry other hosts share: a
 /// bundle another host is publishing has its blob before its record, and this host's blob store
-/// does not hold every host's bundles.
+/// does not hold every host's bundles. With an object store, a bundle missing from the local
+/// cache is looked for there (and an unreachable store marks nothing).
 async fn reconcile(
     registry: &dyn RegistryStore,
-    blobs: &BlobStore,
+    blobs: &Bundles,
     ui: &UiTrees,
     shared: bool,
 ) -> Result<(), StoreError> {
@@ -148,14 +150,14 @@ async fn reconcile(
             let _ = ui.remove(&tree);
         }
     }
-    for blob in blobs.list().unwrap_or_default() {
+    for blob in blobs.local.list().unwrap_or_default() {
         if !known.contains(blob.as_str()) {
             tracing::warn!(content_hash = %blob, "removing a stored bundle no record refers to");
-            let _ = blobs.remove(&blob);
+            let _ = blobs.local.remove(&blob);
         }
     }
     for r in &records {
-        if !blobs.exists(&r.content_hash)
+        if !blobs.is_stored(&r.content_hash).await.unwrap_or(true)
             && let Some(mut v) = registry.version_by_id(&r.extension_id, &r.version_id).await?
             && v.state != VersionState::Unavailable
         {
@@ -222,7 +224,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
     std::fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("making the state directory {} private (0700)", state.display()))?;
-    let blobs = BlobStore::open(state.join("bundles").join("sha256"))?;
     let ui_trees = UiTrees::open(state.join("ui"))?;
     let trust = if config.trust.bundle.is_empty() {
         TrustBundle::default()
@@ -249,6 +250,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let stores = match super::stores::open_or_exit(&config, &rt)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
+    };
+    let blobs = match super::stores::open_blobs(&config, &rt) {
+        Ok(b) => b,
+        Err(super::stores::OpenError::Config(message)) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_CONFIG);
+        }
+        Err(super::stores::OpenError::Other(e)) => return Err(e),
     };
     let registry = stores.registry.clone();
     rt.block_on(reconcile(&*registry, &blobs, &ui_trees, stores.shared.is_some()))

@@ -10,9 +10,10 @@ use crate::config::{Config, redacted_url};
 use crate::db::postgres::{Pg, PgError};
 use crate::hostapi::storage::postgres::PgKv;
 use crate::hostapi::storage::sled::SledKv;
-use crate::registry::{PgRegistry, SledRegistry, StoreError};
+use crate::registry::{BlobStore, PgRegistry, S3Settings, SharedBlobs, SledRegistry, StoreError};
 use crate::secrets::{NodeKey, PgSecrets, SecretStore, SledSecrets};
 use crate::service::Stores;
+use crate::service::bundles::Bundles;
 
 /// Why the backend did not open.
 #[derive(Debug)]
@@ -39,6 +40,68 @@ pub fn open_or_exit(config: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Re
         }
         Err(OpenError::Other(e)) => Err(e),
     }
+}
+
+/// Opens the bundle stores `[blobs]` names: the state directory's blob store alone (`fs`), or
+/// the object store with the state directory as its bounded cache (`s3`). The bucket is
+/// probed: a missing bucket or refused credentials exit 78; an unreachable store is only
+/// logged (cached bundles keep running, others answer 503 until it is back).
+pub fn open_blobs(config: &Config, rt: &tokio::runtime::Runtime) -> Result<Bundles, OpenError> {
+    let dir = config.state.dir.join("bundles").join("sha256");
+    if config.blobs.backend != "s3" {
+        let local = BlobStore::open(dir).map_err(|e| anyhow::Error::new(e).context("opening the blob store"))?;
+        return Ok(Bundles { local, shared: None });
+    }
+    let shared = open_shared(config, rt)?;
+    match rt.block_on(shared.probe()) {
+        Ok(()) => tracing::info!(store = %shared.label(), "the object store answers"),
+        Err(e) if e.is_config() => {
+            return Err(OpenError::Config(format!(
+                "blobs: {} refused this host: {} (check blobs.bucket and the credentials)",
+                shared.label(),
+                crate::error_chain(&e)
+            )));
+        }
+        Err(e) => tracing::warn!(
+            error = %crate::error_chain(&e),
+            "the object store cannot be reached; cached bundles run, others answer 503 until it is back"
+        ),
+    }
+    let local = BlobStore::open_cache(dir, config.blobs.cache_max_mb << 20)
+        .map_err(|e| anyhow::Error::new(e).context("opening the bundle cache"))?;
+    Ok(Bundles { local, shared: Some(shared) })
+}
+
+/// A client for the bucket `[blobs]` names (whatever its `backend` says); requests run on `rt`.
+pub fn open_shared(config: &Config, rt: &tokio::runtime::Runtime) -> Result<SharedBlobs, OpenError> {
+    let b = &config.blobs;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (id, secret) = config.blobs_credentials(&env).map_err(|e| OpenError::Config(format!("blobs: {e}")))?;
+    let (Some(access_key_id), Some(secret_access_key)) = (id, secret) else {
+        return Err(OpenError::Config(
+            "blobs: no credentials for the object store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+             blobs.access_key_id (or blobs.access_key_id_file) and blobs.secret_access_key_file"
+                .into(),
+        ));
+    };
+    let ca_pem = match &b.ca_file {
+        Some(f) => Some(
+            std::fs::read(f).map_err(|e| OpenError::Config(format!("blobs.ca_file: reading {}: {e}", f.display())))?,
+        ),
+        None => None,
+    };
+    let settings = S3Settings {
+        endpoint: b.endpoint.clone(),
+        bucket: b.bucket.clone().unwrap_or_default(),
+        region: b.region.clone(),
+        prefix: b.prefix.clone(),
+        access_key_id,
+        secret_access_key,
+        allow_http: b.allow_http,
+        ca_pem,
+        timeout: Duration::from_millis(b.timeout_ms),
+    };
+    SharedBlobs::open(&settings, rt.handle().clone()).map_err(|e| OpenError::Config(e.to_string()))
 }
 
 /// Opens the backend the configuration names.

@@ -29,6 +29,15 @@ impl Artifact {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.memfd.as_fd()
     }
+
+    /// A copy of the artifact's bytes (to share it with other hosts).
+    pub fn read(&self) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = fs::File::from(self.memfd.try_clone()?);
+        let mut bytes = vec![0; self.len as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
+    }
 }
 
 /// Hex SHA-256 of `bytes`.

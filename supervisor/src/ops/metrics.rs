@@ -55,6 +55,11 @@ pub struct Runner {
     pub bundle_verifications: Family<Labels, Counter>,
     pub quota_rejections: Family<Labels, Counter>,
     pub http_requests: Family<Labels, Counter>,
+    /// Compiled artifacts a load used, by `source`: `compiled` here, or `shared` (another host's,
+    /// from the object store).
+    pub artifact_loads: Family<Labels, Counter>,
+    /// Bundles fetched from the object store, by `result` `ok`, `missing`, `corrupt` or `failed`.
+    pub bundle_fetches: Family<Labels, Counter>,
 }
 
 pub struct Metrics {
@@ -152,6 +157,8 @@ impl Metrics {
             violations: Family::default(),
             bundle_verifications: Family::default(),
             quota_rejections: Family::default(),
+            artifact_loads: Family::default(),
+            bundle_fetches: Family::default(),
             http_requests: Family::default(),
         };
         let r = &runner;
@@ -194,6 +201,16 @@ impl Metrics {
         );
         registry.register("quota_rejections", "Executions refused by a quota, by kind", r.quota_rejections.clone());
         registry.register("http_requests", "HTTP requests by route and status", r.http_requests.clone());
+        registry.register(
+            "artifact_loads",
+            "Compiled artifacts a load had to get: compiled here, or shared by another host",
+            r.artifact_loads.clone(),
+        );
+        registry.register(
+            "bundle_fetches",
+            "Bundles fetched from the object store, by result",
+            r.bundle_fetches.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             guest: Mutex::default(),
@@ -237,6 +254,16 @@ impl Metrics {
     pub fn verification(&self, stage: &'static str, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.runner.bundle_verifications.get_or_create(&labels(&[("stage", stage), ("result", result)])).inc();
+    }
+
+    /// A compiled artifact a load had to get: `compiled` or `shared`.
+    pub fn artifact_load(&self, source: &'static str) {
+        self.runner.artifact_loads.get_or_create(&labels(&[("source", source)])).inc();
+    }
+
+    /// One bundle fetch from the object store: `ok`, `missing`, `corrupt` or `failed`.
+    pub fn bundle_fetch(&self, result: &'static str) {
+        self.runner.bundle_fetches.get_or_create(&labels(&[("result", result)])).inc();
     }
 
     /// One refused admission: `rate_limited`, `quota_exceeded` or `overloaded`.

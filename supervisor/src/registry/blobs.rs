@@ -1,14 +1,33 @@
 //! The content-addressed blob store: one read-only file per bundle, named by its SHA-256.
+//! With an object store behind it (`[blobs] backend = "s3"`) it is a cache bounded in bytes:
+//! the least recently used bundles are removed beyond its budget.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Bundles under `<dir>/<hex>` (the service uses `<state>/bundles/sha256`).
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    budget: Option<Arc<Budget>>,
+}
+
+/// What a bounded store holds: each blob's size and when it was last used.
+#[derive(Debug)]
+struct Budget {
+    max_bytes: u64,
+    index: Mutex<Index>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    total: u64,
+    clock: u64,
+    entries: HashMap<String, (u64, u64)>,
 }
 
 fn hex_of(content_hash: &str) -> &str {
@@ -18,9 +37,79 @@ fn hex_of(content_hash: &str) -> &str {
 impl BlobStore {
     pub fn open(dir: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&dir).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
-        let store = BlobStore { dir };
+        let store = BlobStore { dir, budget: None };
         store.remove_temporaries();
         Ok(store)
+    }
+
+    /// A store that is a cache of at most `max_bytes`: the least recently used blobs (by
+    /// modification time at start, by use afterwards) are removed beyond it.
+    pub fn open_cache(dir: PathBuf, max_bytes: u64) -> io::Result<Self> {
+        let mut store = Self::open(dir)?;
+        let mut found = Vec::new();
+        for hash in store.list()? {
+            if let Ok(m) = fs::metadata(store.path(&hash)) {
+                found.push((m.modified().ok(), m.len(), hash));
+            }
+        }
+        found.sort();
+        let mut index = Index::default();
+        for (_, len, hash) in found {
+            index.clock += 1;
+            index.total += len;
+            index.entries.insert(hash, (len, index.clock));
+        }
+        store.budget = Some(Arc::new(Budget { max_bytes, index: Mutex::new(index) }));
+        store.evict(None);
+        Ok(store)
+    }
+
+    /// Bytes the blobs take (a bounded store's count; None for an unbounded one).
+    pub fn cached_bytes(&self) -> Option<u64> {
+        self.budget.as_ref().map(|b| b.lock().total)
+    }
+
+    /// Notes a use of `content_hash` (added with `len` bytes when new).
+    fn used(&self, content_hash: &str, len: u64) {
+        if let Some(b) = &self.budget {
+            let mut index = b.lock();
+            index.clock += 1;
+            let clock = index.clock;
+            match index.entries.get_mut(content_hash) {
+                Some(e) => e.1 = clock,
+                None => {
+                    index.total += len;
+                    index.entries.insert(content_hash.to_string(), (len, clock));
+                }
+            }
+        }
+    }
+
+    /// Removes the least recently used blobs until the store is within its budget; `keep` is
+    /// never removed (the blob just stored: a single blob larger than the budget stays).
+    fn evict(&self, keep: Option<&str>) {
+        let Some(b) = &self.budget else { return };
+        let mut index = b.lock();
+        while index.total > b.max_bytes {
+            let Some(oldest) = index
+                .entries
+                .iter()
+                .filter(|(h, _)| Some(h.as_str()) != keep)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(h, _)| h.clone())
+            else {
+                break;
+            };
+            if let Some((len, _)) = index.entries.remove(&oldest) {
+                index.total -= len;
+            }
+            match fs::remove_file(self.path(&oldest)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(content_hash = %oldest, error = %e, "evicting a cached bundle failed");
+                }
+                _ => tracing::debug!(content_hash = %oldest, "evicted a cached bundle"),
+            }
+        }
     }
 
     pub fn path(&self, content_hash: &str) -> PathBuf {
@@ -37,6 +126,7 @@ impl BlobStore {
     pub fn put(&self, content_hash: &str, bytes: &[u8]) -> io::Result<()> {
         let target = self.path(content_hash);
         if target.is_file() {
+            self.used(content_hash, bytes.len() as u64);
             return Ok(());
         }
         // A name no concurrent writer (of the same bundle, too) shares, created exclusively.
@@ -51,15 +141,26 @@ impl BlobStore {
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        written.map_err(|e| io::Error::new(e.kind(), format!("storing bundle {content_hash}: {e}")))
+        written.map_err(|e| io::Error::new(e.kind(), format!("storing bundle {content_hash}: {e}")))?;
+        self.used(content_hash, bytes.len() as u64);
+        self.evict(Some(content_hash));
+        Ok(())
     }
 
     pub fn get(&self, content_hash: &str) -> io::Result<Vec<u8>> {
         let p = self.path(content_hash);
-        fs::read(&p).map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))
+        let bytes = fs::read(&p).map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))?;
+        self.used(content_hash, bytes.len() as u64);
+        Ok(bytes)
     }
 
     pub fn remove(&self, content_hash: &str) -> io::Result<()> {
+        if let Some(b) = &self.budget {
+            let mut index = b.lock();
+            if let Some((len, _)) = index.entries.remove(content_hash) {
+                index.total -= len;
+            }
+        }
         match fs::remove_file(self.path(content_hash)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -94,6 +195,12 @@ impl BlobStore {
     }
 }
 
+impl Budget {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +220,25 @@ mod tests {
         assert_eq!(fs::read_dir(reopened.dir()).unwrap().count(), 1, "temporaries removed");
         store.remove(&hash).unwrap();
         assert!(!store.exists(&hash));
+    }
+
+    #[test]
+    fn a_bounded_store_evicts_the_least_recently_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::open_cache(tmp.path().join("b"), 25).unwrap();
+        let blob = |c: u8| (alga_shared::bundle::content_hash(&[c; 10]), vec![c; 10]);
+        let (a, b, c) = (blob(1), blob(2), blob(3));
+        store.put(&a.0, &a.1).unwrap();
+        store.put(&b.0, &b.1).unwrap();
+        store.get(&a.0).unwrap(); // a is now more recent than b
+        store.put(&c.0, &c.1).unwrap();
+        assert!(store.exists(&a.0) && store.exists(&c.0), "the recently used stay");
+        assert!(!store.exists(&b.0), "the least recently used is evicted");
+        assert_eq!(store.cached_bytes(), Some(20));
+
+        // A restart counts what is on disk and keeps to the budget.
+        let smaller = BlobStore::open_cache(tmp.path().join("b"), 15).unwrap();
+        assert_eq!(smaller.cached_bytes(), Some(10));
+        assert_eq!(smaller.list().unwrap().len(), 1);
     }
 }

@@ -7,12 +7,14 @@ pub mod chain;
 pub mod commit;
 pub mod model;
 mod pg_store;
+pub mod shared_blobs;
 mod sled_store;
 pub mod ui_tree;
 
 pub use blobs::BlobStore;
 pub use model::*;
 pub use pg_store::PgRegistry;
+pub use shared_blobs::{S3Settings, SharedBlobError, SharedBlobs};
 pub use sled_store::SledRegistry;
 pub use ui_tree::UiTrees;
 

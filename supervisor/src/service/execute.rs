@@ -504,6 +504,10 @@ async fn run_in_span(
             tracing::warn!(extension = %ext.name, version = %version.version, %detail, "bundle failed verification at load");
             return Ok(Answer::error(502, "bundle_verification_failed"));
         }
+        Err(LoadError::Unavailable(detail)) => {
+            tracing::warn!(extension = %ext.name, version = %version.version, %detail, "the bundle cannot be fetched");
+            return Ok(Answer::error(503, "storage_unavailable"));
+        }
         Err(LoadError::Internal(detail)) => return Err(Problem::internal(detail)),
     };
 

@@ -13,6 +13,7 @@ use alga_shared::signing::{self, Identity};
 use serde::{Deserialize, Serialize};
 
 use super::Service;
+use super::bundles::BundleBytesError;
 use super::publish::signature_problem;
 use crate::registry::{
     ExtensionRecord, InstallRecord, SubscriptionRecord, VersionRecord, VersionState, new_id, now_ms,
@@ -171,17 +172,20 @@ async fn reverify(svc: &Arc<Service>, ext: &ExtensionRecord, version: &VersionRe
     let hash = &version.content_hash;
     let record =
         svc.registry.bundle(hash).await?.ok_or_else(|| Problem::internal(format!("no bundle record for {hash}")))?;
-    let (svc2, ext, version) = (svc.clone(), ext.clone(), version.clone());
-    let trust = svc.trust();
-    // Reading and hashing the bundle is blocking work: off the async workers.
-    svc.blocking(move || -> Result<(), Problem> {
-        let hash = &version.content_hash;
-        let bytes = svc2.blobs.get(hash).map_err(|e| {
+    let bytes = svc.blobs.read(hash, &svc.core.spawner.metrics).await.map_err(|e| match e {
+        BundleBytesError::Missing(_) | BundleBytesError::Local(_) => {
             Problem::new(409, "version_unavailable", "this version's bundle is missing").detail(format!(
                 "the bundle of {} {} cannot be read ({e}); publish it again to restore it",
                 ext.name, version.version
             ))
-        })?;
+        }
+        e => e.problem(),
+    })?;
+    let (svc2, ext, version) = (svc.clone(), ext.clone(), version.clone());
+    let trust = svc.trust();
+    // Hashing and verifying the bundle is blocking work: off the async workers.
+    svc.blocking(move || -> Result<(), Problem> {
+        let hash = &version.content_hash;
         if bundle::content_hash(&bytes) != *hash {
             svc2.core.spawner.metrics.verification("install", false);
             return Err(Problem::new(

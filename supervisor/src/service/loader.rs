@@ -10,7 +10,8 @@ use alga_shared::bundle;
 use alga_shared::signing::{self, Identity, TrustBundle};
 
 use super::Service;
-use crate::exec::artifacts::{Artifact, ArtifactError};
+use super::bundles::BundleBytesError;
+use crate::exec::artifacts::{Artifact, ArtifactError, sha256_hex};
 use crate::exec::executor;
 use crate::registry::{BundleRecord, ExtensionRecord, VersionRecord};
 
@@ -30,6 +31,9 @@ pub enum LoadError {
     /// `bundle_verification_failed`.
     #[error("{0}")]
     Verification(String),
+    /// The object store holding the bundle cannot be reached: 503 `storage_unavailable`.
+    #[error("{0}")]
+    Unavailable(String),
     /// The runner failed (disk, compile sandbox).
     #[error("{0}")]
     Internal(String),
@@ -65,12 +69,17 @@ impl Loader {
             .await
             .map_err(|e| LoadError::Internal(crate::error_chain(&e)))?
             .ok_or_else(|| LoadError::Verification(format!("no bundle record for {hash}")))?;
+        let bytes = svc.blobs.read(&hash, &svc.core.spawner.metrics).await.map_err(|e| match e {
+            BundleBytesError::Unavailable(e) => LoadError::Unavailable(e.to_string()),
+            BundleBytesError::Local(m) => LoadError::Internal(m),
+            e @ (BundleBytesError::Missing(_) | BundleBytesError::Corrupt(_)) => LoadError::Verification(e.to_string()),
+        })?;
         let (record, wasm) = {
             let (svc, ext, version, trust) = (svc.clone(), ext.clone(), version.clone(), trust.clone());
             let metrics = svc.core.spawner.metrics.clone();
             let checked = svc
                 .clone()
-                .blocking(move || verify_and_extract(&svc, record, &ext, &version, &trust.bundle))
+                .blocking(move || verify_and_extract(&svc, bytes, record, &ext, &version, &trust.bundle))
                 .await
                 .map_err(|p| LoadError::Internal(p.to_string()))?;
             if !matches!(checked, Err(LoadError::Internal(_))) {
@@ -78,15 +87,7 @@ impl Loader {
             }
             checked?
         };
-        let core = svc.core.clone();
-        let artifact = svc
-            .on_core(async move { executor::artifact_for(&core, &wasm).await })
-            .await
-            .map_err(|p| LoadError::Internal(p.to_string()))?
-            .map_err(|e| match e {
-                ArtifactError::Invalid(m) => LoadError::Verification(format!("the component no longer compiles: {m}")),
-                ArtifactError::Failed(m) => LoadError::Internal(m),
-            })?;
+        let artifact = artifact_of(svc, &record, wasm).await?;
         // The compiled code must be the code compiled at publish (compilation is deterministic;
         // the cache's own check only proves the file matches its neighbouring hash file).
         if let Some(expected) = record.artifacts.get(svc.core.spawner.fork.fingerprint())
@@ -103,17 +104,86 @@ impl Loader {
     }
 }
 
-/// Reads a stored bundle, checks its bytes against its hash and its signature against the trust
+/// The compiled artifact of `wasm`: this host's, else the one another host stored in the object
+/// store (used only when its SHA-256 is the one recorded at publish), else compiled here (and
+/// shared for the next host).
+async fn artifact_of(svc: &Arc<Service>, record: &BundleRecord, wasm: Vec<u8>) -> Result<Arc<Artifact>, LoadError> {
+    let core = svc.core.clone();
+    let fingerprint = core.spawner.fork.fingerprint().to_string();
+    let wasm_sha = sha256_hex(&wasm);
+    let cached = {
+        let (core, wasm_sha) = (core.clone(), wasm_sha.clone());
+        svc.blocking(move || core.artifacts.lookup(&wasm_sha)).await.map_err(|p| LoadError::Internal(p.to_string()))?
+    };
+    if let Ok(Some(a)) = cached {
+        return Ok(a);
+    }
+    let expected = record.artifacts.get(&fingerprint).cloned();
+    if let (Some(shared), Some(expected)) = (&svc.blobs.shared, &expected) {
+        match shared.get(shared.artifact_key(&wasm_sha, &fingerprint)).await {
+            Ok(Some(bytes)) if sha256_hex(&bytes) == *expected => {
+                let (core, key) = (core.clone(), wasm_sha.clone());
+                let stored = svc
+                    .blocking(move || core.artifacts.store(&key, &bytes))
+                    .await
+                    .map_err(|p| LoadError::Internal(p.to_string()))?
+                    .map_err(|e| LoadError::Internal(format!("caching the shared artifact: {e}")))?;
+                svc.core.spawner.metrics.artifact_load("shared");
+                tracing::info!(content_hash = %record.content_hash, "using the compiled artifact another host stored");
+                return Ok(stored);
+            }
+            Ok(Some(bytes)) => tracing::warn!(
+                content_hash = %record.content_hash,
+                sha256 = %sha256_hex(&bytes),
+                %expected,
+                "the object store's compiled artifact is not the one recorded at publish; compiling instead"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "fetching the compiled artifact failed; compiling instead"),
+        }
+    }
+    let artifact = svc
+        .on_core(async move { executor::artifact_for(&core, &wasm).await })
+        .await
+        .map_err(|p| LoadError::Internal(p.to_string()))?
+        .map_err(|e| match e {
+            ArtifactError::Invalid(m) => LoadError::Verification(format!("the component no longer compiles: {m}")),
+            ArtifactError::Failed(m) => LoadError::Internal(m),
+        })?;
+    svc.core.spawner.metrics.artifact_load("compiled");
+    if expected.as_ref() == Some(&artifact.sha256) {
+        share_artifact(svc, &artifact, &fingerprint).await;
+    }
+    Ok(artifact)
+}
+
+/// Puts a compiled artifact in the object store (when there is one) for the other hosts; a
+/// failure only costs them a compile.
+pub async fn share_artifact(svc: &Service, artifact: &Artifact, fingerprint: &str) {
+    let Some(shared) = &svc.blobs.shared else { return };
+    let bytes = match artifact.read() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a compiled artifact to share it failed");
+            return;
+        }
+    };
+    if let Err(e) = shared.put_once(shared.artifact_key(&artifact.wasm_sha256, fingerprint), bytes).await {
+        tracing::warn!(error = %e, "sharing a compiled artifact failed; other hosts will compile it themselves");
+    }
+}
+
+/// Checks a stored bundle's bytes against its hash and its signature against the trust
 /// bundle in force, and returns its record and its component.
 fn verify_and_extract(
     svc: &Service,
+    bytes: Vec<u8>,
     record: BundleRecord,
     ext: &ExtensionRecord,
     version: &VersionRecord,
     trust: &TrustBundle,
 ) -> Result<(BundleRecord, Vec<u8>), LoadError> {
     let hash = &version.content_hash;
-    let bytes = svc.blobs.get(hash).map_err(|e| LoadError::Verification(e.to_string()))?;
     if bundle::content_hash(&bytes) != *hash {
         return Err(LoadError::Verification(format!("the stored bytes of {hash} no longer match their hash")));
     }

@@ -2,6 +2,7 @@
 //! layer hands over (publish, installs, execute, reads). Handlers parse and validate; the work
 //! happens here.
 
+pub mod bundles;
 pub mod events;
 pub mod execute;
 pub mod gateway;
@@ -30,8 +31,8 @@ use crate::exec::Core;
 use crate::hostapi::fetch::FetchSettings;
 use crate::hostapi::forwarded::transport::HostApi;
 use crate::hostapi::{HostEnv, KvStore};
+use crate::registry::RegistryStore;
 use crate::registry::chain::Retention;
-use crate::registry::{BlobStore, RegistryStore};
 use crate::service::problem::Problem;
 use alga_shared::egress::Rule;
 
@@ -66,7 +67,8 @@ pub struct Service {
     pub config: Config,
     pub core: Arc<Core>,
     pub registry: Arc<dyn RegistryStore>,
-    pub blobs: BlobStore,
+    /// Bundle bytes: the local store, and the object store several hosts share.
+    pub blobs: bundles::Bundles,
     trust: RwLock<Arc<Trust>>,
     pub loader: loader::Loader,
     /// Claims and answers of `x-idempotency-key` (in memory, or shared in PostgreSQL).
@@ -101,7 +103,7 @@ impl Service {
         config: Config,
         core: Arc<Core>,
         stores: Stores,
-        blobs: BlobStore,
+        blobs: bundles::Bundles,
         trust: TrustBundle,
     ) -> std::io::Result<Self> {
         let Stores { registry, storage, secrets, shared } = stores;

@@ -10,6 +10,7 @@ use alga_shared::signing::{self, Identity, SignatureError};
 use serde::Serialize;
 
 use super::Service;
+use super::bundles::BundleBytesError;
 use crate::exec::artifacts::{ArtifactError, sha256_hex};
 use crate::exec::executor;
 use crate::registry::ui_tree::UI_PREFIX;
@@ -88,11 +89,10 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
                 return Err(version_conflict(&manifest.name, &manifest.version, &existing.content_hash));
             }
             // The same bytes again: if the stored copy went missing, this upload restores it.
-            if existing.state == VersionState::Unavailable
-                || !svc.blobs.exists(&existing.content_hash)
-                || !svc.ui_trees.exists(&existing.content_hash)
-            {
-                restore(svc, existing, bytes, ui_files(&opened.files)).await?;
+            let stored =
+                svc.blobs.is_stored(&existing.content_hash).await.map_err(|e| BundleBytesError::from(e).problem())?;
+            if existing.state == VersionState::Unavailable || !stored || !svc.ui_trees.exists(&existing.content_hash) {
+                restore(svc, existing, bytes, &signature, ui_files(&opened.files)).await?;
             }
             return Ok((false, published(ext.id)));
         }
@@ -101,6 +101,7 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     // Compile now, in a sandbox: a component that does not compile or is of another world is
     // refused before anything is stored.
     let mut artifacts = BTreeMap::new();
+    let mut compiled = None;
     let component_sha256 = match opened.component() {
         Some(wasm) => {
             let wasm = wasm.to_vec();
@@ -115,6 +116,7 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
                     ArtifactError::Failed(m) => Problem::internal(format!("compiling the component: {m}")),
                 })?;
             artifacts.insert(svc.core.spawner.fork.fingerprint().to_string(), artifact.sha256.clone());
+            compiled = Some(artifact);
             Some(sha)
         }
         None => None,
@@ -155,7 +157,7 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
         extension_id: String::new(),
         version_id,
         size: opened.size,
-        signature,
+        signature: signature.clone(),
         signer_key_id: verified.key_id.clone(),
         trusted_comment: verified.trusted_comment.clone(),
         verified_at: now,
@@ -166,23 +168,30 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     let ui_files = ui_files(&opened.files);
 
     let hash = opened.content_hash.clone();
+    let bytes = bytes::Bytes::from(bytes);
     {
-        let (svc, hash) = (svc.clone(), hash.clone());
+        let (svc, hash, bytes) = (svc.clone(), hash.clone(), bytes.clone());
         svc.clone()
             .blocking(move || -> Result<(), Problem> {
                 // The UI tree first: it is the step that can still find a bundle unusable, and the
                 // blob is stored only once it is done. Content-addressed: a tree left by a lost
                 // race is the same tree; one left by a failed blob write is swept at start.
                 svc.ui_trees.extract(&hash, &ui_files).map_err(|e| Problem::internal(e.to_string()))?;
-                svc.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))
+                svc.blobs.local.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))
             })
             .await??;
+    }
+    // Every host must be able to fetch the bundle once its record exists: shared first.
+    svc.blobs.share(&hash, bytes, &signature).await.map_err(|e| BundleBytesError::from(e).problem())?;
+    if let Some(artifact) = &compiled {
+        super::loader::share_artifact(svc, artifact, svc.core.spawner.fork.fingerprint()).await;
     }
     let outcome = match svc.registry.publish(extension, version, record).await {
         Ok(o) => o,
         Err(e) => {
             if svc.registry.bundle(&hash).await.ok().flatten().is_none() {
-                let _ = svc.blobs.remove(&hash);
+                let _ = svc.blobs.local.remove(&hash);
+                svc.blobs.withdraw(&hash).await;
             }
             return Err(e.into());
         }
@@ -190,7 +199,8 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     if !matches!(outcome, PublishOutcome::Created { .. } | PublishOutcome::AlreadyPublished { .. }) {
         // Lost a race or refused: no record points at the blob.
         if svc.registry.bundle(&hash).await?.is_none() {
-            let _ = svc.blobs.remove(&hash);
+            let _ = svc.blobs.local.remove(&hash);
+            svc.blobs.withdraw(&hash).await;
         }
     }
     match outcome {
@@ -217,14 +227,18 @@ async fn restore(
     svc: &Arc<Service>,
     mut version: VersionRecord,
     bytes: Vec<u8>,
+    signature: &str,
     ui: BTreeMap<String, Vec<u8>>,
 ) -> Result<(), Problem> {
     let (svc2, hash) = (svc.clone(), version.content_hash.clone());
+    let bytes = bytes::Bytes::from(bytes);
+    let local = bytes.clone();
     svc.blocking(move || -> Result<(), Problem> {
-        svc2.blobs.put(&hash, &bytes).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
+        svc2.blobs.local.put(&hash, &local).map_err(|e| Problem::internal(format!("storing the bundle: {e}")))?;
         svc2.ui_trees.extract(&hash, &ui).map_err(|e| Problem::internal(e.to_string()))
     })
     .await??;
+    svc.blobs.share(&version.content_hash, bytes, signature).await.map_err(|e| BundleBytesError::from(e).problem())?;
     if version.state == VersionState::Unavailable {
         version.state = VersionState::Active;
         svc.registry.put_version(&version).await?;

@@ -144,9 +144,9 @@ async fn ensure_tree(svc: &Arc<Service>, record: &mut BundleRecord) -> Result<()
     }
     // Reading, hashing and unpacking the bundle is blocking work: off the async workers.
     let (svc2, hash) = (svc.clone(), record.content_hash.clone());
+    let bytes = svc.blobs.read(&hash, &svc.core.spawner.metrics).await.map_err(|e| e.problem())?;
     let etags = svc
         .blocking(move || -> Result<_, Problem> {
-            let bytes = svc2.blobs.get(&hash).map_err(|e| Problem::internal(e.to_string()))?;
             if bundle::content_hash(&bytes) != hash {
                 return Err(Problem::new(
                     502,
