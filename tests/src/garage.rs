@@ -119,17 +119,16 @@ impl Garage {
             bin,
             pid: child.id() as i32,
         };
+        // `status` goes through the server's RPC port (`node id` would only read the key file).
         let deadline = Instant::now() + Duration::from_secs(30);
-        let node = loop {
-            match garage.cli(&["node", "id", "-q"]) {
-                Ok(id) => break id,
-                Err(e) if Instant::now() > deadline => {
-                    let log = std::fs::read_to_string(garage.dir.join("garage.log")).unwrap_or_default();
-                    return Err(format!("garage did not answer within 30 s: {e}\n{log}"));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        while let Err(e) = garage.cli(&["status"]) {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(garage.dir.join("garage.log")).unwrap_or_default();
+                return Err(format!("garage did not answer within 30 s: {e}\n{log}"));
             }
-        };
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let node = garage.cli(&["node", "id", "-q"])?;
         let node = node.split('@').next().unwrap_or_default().to_string();
         garage.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
         garage.cli(&["layout", "apply", "--version", "1"])?;
@@ -164,7 +163,15 @@ impl Garage {
     /// A new, empty bucket the test key may read and write; its name.
     pub fn bucket(&self) -> String {
         let name = format!("alga-t{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
-        self.cli(&["bucket", "create", &name]).unwrap_or_else(|e| panic!("{e}"));
+        // A server just started may still be settling its layout: a few tries.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while let Err(e) = self.cli(&["bucket", "create", &name]) {
+            if e.contains("already exists") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{e}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         self.cli(&["bucket", "allow", "--read", "--write", "--owner", &name, "--key", "alga-tests"])
             .unwrap_or_else(|e| panic!("{e}"));
         name
