@@ -44,13 +44,19 @@ pub fn two_hosts_env(signer: &Signer, c: &Cluster, extra: Vec<(String, String)>)
     let mut env = c.env();
     env.extend(extra);
     let a = Server::start_with(Options { trust_lines: vec![signer.public()], env: env.clone() });
-    let credentials = a.dir.path().join("credentials-of-b");
-    std::fs::create_dir_all(&credentials).unwrap();
-    std::fs::copy(a.state_dir().join("node.key"), credentials.join("node-key")).unwrap();
-    env.push(("CREDENTIALS_DIRECTORY".to_string(), credentials.display().to_string()));
+    env.push(node_key_of(&a));
     let b = Server::start_with(Options { trust_lines: vec![signer.public()], env });
     assert_ne!(a.state_dir(), b.state_dir());
     (a, b)
+}
+
+/// The environment that gives another host `host`'s node key, as the `node-key` systemd
+/// credential (a directory beside `host`'s state, removed with it).
+pub fn node_key_of(host: &Server) -> (String, String) {
+    let credentials = host.dir.path().join("credentials-of-the-next-host");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::copy(host.state_dir().join("node.key"), credentials.join("node-key")).unwrap();
+    ("CREDENTIALS_DIRECTORY".to_string(), credentials.display().to_string())
 }
 
 /// The value of one series in `host`'s `/metrics` (0 when absent).

@@ -249,6 +249,19 @@ fn the_execution_log_is_one_chain_per_tenant_with_many_appenders() {
         assert!(report.intact() && report.records == 10 && report.first_seq == 51, "{report:?}");
         assert!(verify(&*hosts[0], "t2").await.intact());
         assert_eq!(hosts[0].chain_tenants().await.unwrap(), ["t1", "t2"]);
+
+        // An append prunes too: past the count, and past the age (the oldest record's time is
+        // all it reads when the count is within bounds).
+        for i in 0..12 {
+            hosts[i % 3].record_execution(execution("t3", 0), &ten).await.unwrap();
+        }
+        let report = verify(&*hosts[0], "t3").await;
+        assert!(report.intact() && report.records == 10 && report.first_seq == 3, "{report:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let young = Retention { max_records: 1_000, max_age_ms: 1 };
+        hosts[2].record_execution(execution("t3", 0), &young).await.unwrap();
+        let report = verify(&*hosts[0], "t3").await;
+        assert!(report.intact() && report.records < 10, "records older than the age went: {report:?}");
     });
     // Edit a stored record (its status), as someone covering tracks would: verification names
     // the break.

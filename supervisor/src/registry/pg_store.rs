@@ -10,7 +10,7 @@ use tokio_postgres::types::Json;
 use super::chain::{ChainHead, PRUNE_PER_APPEND, Retention, hash_of_bytes};
 use super::model::*;
 use super::{ExecutionQuery, PublishOutcome, RegistryStore, StoreError};
-use crate::db::postgres::{Pg, PgError, big, unbig};
+use crate::db::postgres::{Pg, PgError, big, prepared, unbig};
 
 #[derive(Debug, Clone)]
 pub struct PgRegistry {
@@ -32,9 +32,13 @@ impl PgRegistry {
         for bytes in records {
             let r = stored_execution(bytes)?;
             tx.execute(
-                "INSERT INTO extension_execution_log
+                &prepared(
+                    &tx,
+                    "INSERT INTO extension_execution_log
                      (tenant, seq, execution_id, request_id, extension_id, outcome, created_at, record)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .await?,
                 &[
                     &tenant,
                     &big(r.seq),
@@ -59,8 +63,11 @@ impl PgRegistry {
         let c = self.pg.client().await?;
         let mut out = Vec::new();
         for table in TABLES {
-            let n: i64 =
-                c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.map_err(PgError::from)?.get(0);
+            let n: i64 = c
+                .query_one(&prepared(&c, &format!("SELECT count(*) FROM {table}")).await?, &[])
+                .await
+                .map_err(PgError::from)?
+                .get(0);
             out.push((*table, n));
         }
         Ok(out)
@@ -122,7 +129,7 @@ const HEAD_COLUMNS: &str = "next_seq, head_hash, first_seq, anchor_hash";
 /// Moves the oldest records that retention no longer keeps out of the chain (at most `max`),
 /// inside the transaction that holds the head's lock.
 async fn prune(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
     head: &mut ChainHead,
     retention: &Retention,
@@ -130,13 +137,33 @@ async fn prune(
 ) -> Result<u64, StoreError> {
     let now = now_ms();
     let before = head.first_seq;
+    // Most appends prune nothing: when the count is within bounds, the oldest record's time
+    // alone says so, without reading any record.
+    if head.len() <= retention.max_records {
+        let oldest = tx
+            .query_opt(
+                &prepared(tx, "SELECT created_at FROM extension_execution_log WHERE tenant = $1 AND seq = $2").await?,
+                &[&tenant, &big(head.first_seq)],
+            )
+            .await
+            .map_err(PgError::from)?;
+        if let Some(row) = oldest
+            && retention.keeps_oldest(head.len(), unbig(row.get("created_at")), now)
+        {
+            return Ok(0);
+        }
+    }
     let mut left = max;
     'batches: while left > 0 && head.len() > 1 {
         let batch = left.min(1000) as i64;
         let rows = tx
             .query(
-                "SELECT seq, created_at, record FROM extension_execution_log
+                &prepared(
+                    tx,
+                    "SELECT seq, created_at, record FROM extension_execution_log
                  WHERE tenant = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                )
+                .await?,
                 &[&tenant, &big(head.first_seq), &batch],
             )
             .await
@@ -160,7 +187,7 @@ async fn prune(
     }
     if head.first_seq != before {
         tx.execute(
-            "DELETE FROM extension_execution_log WHERE tenant = $1 AND seq < $2",
+            &prepared(tx, "DELETE FROM extension_execution_log WHERE tenant = $1 AND seq < $2").await?,
             &[&tenant, &big(head.first_seq)],
         )
         .await
@@ -170,18 +197,26 @@ async fn prune(
 }
 
 /// Locks the tenant's chain head (creating it first), for an append or a prune.
-async fn lock_head(tx: &tokio_postgres::Transaction<'_>, tenant: &str) -> Result<ChainHead, StoreError> {
+async fn lock_head(tx: &deadpool_postgres::Transaction<'_>, tenant: &str) -> Result<ChainHead, StoreError> {
     let fresh = ChainHead::default();
     tx.execute(
-        "INSERT INTO extension_execution_chain (tenant, next_seq, head_hash, first_seq, anchor_hash)
+        &prepared(
+            tx,
+            "INSERT INTO extension_execution_chain (tenant, next_seq, head_hash, first_seq, anchor_hash)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant) DO NOTHING",
+        )
+        .await?,
         &[&tenant, &big(fresh.next_seq), &fresh.head_hash, &big(fresh.first_seq), &fresh.anchor_hash],
     )
     .await
     .map_err(PgError::from)?;
     let row = tx
         .query_one(
-            &format!("SELECT {HEAD_COLUMNS} FROM extension_execution_chain WHERE tenant = $1 FOR UPDATE"),
+            &prepared(
+                tx,
+                &format!("SELECT {HEAD_COLUMNS} FROM extension_execution_chain WHERE tenant = $1 FOR UPDATE"),
+            )
+            .await?,
             &[&tenant],
         )
         .await
@@ -189,10 +224,14 @@ async fn lock_head(tx: &tokio_postgres::Transaction<'_>, tenant: &str) -> Result
     Ok(head_of(&row))
 }
 
-async fn save_head(tx: &tokio_postgres::Transaction<'_>, tenant: &str, head: &ChainHead) -> Result<(), StoreError> {
+async fn save_head(tx: &deadpool_postgres::Transaction<'_>, tenant: &str, head: &ChainHead) -> Result<(), StoreError> {
     tx.execute(
-        "UPDATE extension_execution_chain SET next_seq = $2, head_hash = $3, first_seq = $4, anchor_hash = $5
+        &prepared(
+            tx,
+            "UPDATE extension_execution_chain SET next_seq = $2, head_hash = $3, first_seq = $4, anchor_hash = $5
          WHERE tenant = $1",
+        )
+        .await?,
         &[&tenant, &big(head.next_seq), &head.head_hash, &big(head.first_seq), &head.anchor_hash],
     )
     .await
@@ -206,10 +245,14 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let row = c
             .query_opt(
-                &format!(
-                    "SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE id = $1 OR name = $1
+                &prepared(
+                    &c,
+                    &format!(
+                        "SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE id = $1 OR name = $1
                      ORDER BY (id = $1) DESC LIMIT 1"
-                ),
+                    ),
+                )
+                .await?,
                 &[&id_or_name],
             )
             .await
@@ -221,10 +264,14 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let rows = c
             .query(
-                &format!(
-                    "SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE $1::text IS NULL OR name > $1
+                &prepared(
+                    &c,
+                    &format!(
+                        "SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE $1::text IS NULL OR name > $1
                      ORDER BY name LIMIT $2"
-                ),
+                    ),
+                )
+                .await?,
                 &[&after, &(limit as i64)],
             )
             .await
@@ -235,7 +282,10 @@ impl RegistryStore for PgRegistry {
     async fn versions(&self, extension_id: &str) -> Result<Vec<VersionRecord>, StoreError> {
         let c = self.pg.client().await?;
         let rows = c
-            .query("SELECT record FROM extension_version WHERE extension_id = $1", &[&extension_id])
+            .query(
+                &prepared(&c, "SELECT record FROM extension_version WHERE extension_id = $1").await?,
+                &[&extension_id],
+            )
             .await
             .map_err(PgError::from)?;
         let mut v: Vec<VersionRecord> = rows.iter().map(record_of).collect();
@@ -247,7 +297,7 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let row = c
             .query_opt(
-                "SELECT record FROM extension_version WHERE extension_id = $1 AND version = $2",
+                &prepared(&c, "SELECT record FROM extension_version WHERE extension_id = $1 AND version = $2").await?,
                 &[&extension_id, &version],
             )
             .await
@@ -259,7 +309,8 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let row = c
             .query_opt(
-                "SELECT record FROM extension_version WHERE extension_id = $1 AND version_id = $2",
+                &prepared(&c, "SELECT record FROM extension_version WHERE extension_id = $1 AND version_id = $2")
+                    .await?,
                 &[&extension_id, &version_id],
             )
             .await
@@ -270,7 +321,10 @@ impl RegistryStore for PgRegistry {
     async fn bundle(&self, content_hash: &str) -> Result<Option<BundleRecord>, StoreError> {
         let c = self.pg.client().await?;
         let row = c
-            .query_opt("SELECT record FROM extension_bundle WHERE content_hash = $1", &[&content_hash])
+            .query_opt(
+                &prepared(&c, "SELECT record FROM extension_bundle WHERE content_hash = $1").await?,
+                &[&content_hash],
+            )
             .await
             .map_err(PgError::from)?;
         Ok(row.as_ref().map(record_of))
@@ -278,8 +332,10 @@ impl RegistryStore for PgRegistry {
 
     async fn bundles(&self) -> Result<Vec<BundleRecord>, StoreError> {
         let c = self.pg.client().await?;
-        let rows =
-            c.query("SELECT record FROM extension_bundle ORDER BY content_hash", &[]).await.map_err(PgError::from)?;
+        let rows = c
+            .query(&prepared(&c, "SELECT record FROM extension_bundle ORDER BY content_hash").await?, &[])
+            .await
+            .map_err(PgError::from)?;
         Ok(rows.iter().map(record_of).collect())
     }
 
@@ -292,8 +348,12 @@ impl RegistryStore for PgRegistry {
         let mut c = self.pg.client().await?;
         let tx = c.transaction().await.map_err(PgError::from)?;
         tx.execute(
-            "INSERT INTO extension_registry (id, name, publisher, created_at) VALUES ($1, $2, $3, $4)
+            &prepared(
+                &tx,
+                "INSERT INTO extension_registry (id, name, publisher, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO NOTHING",
+            )
+            .await?,
             &[&extension.id, &extension.name, &extension.publisher, &big(extension.created_at)],
         )
         .await
@@ -301,7 +361,11 @@ impl RegistryStore for PgRegistry {
         // The extension's row is locked: publishes of one extension (from any host) take turns.
         let row = tx
             .query_one(
-                &format!("SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE name = $1 FOR UPDATE"),
+                &prepared(
+                    &tx,
+                    &format!("SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE name = $1 FOR UPDATE"),
+                )
+                .await?,
                 &[&extension.name],
             )
             .await
@@ -312,7 +376,7 @@ impl RegistryStore for PgRegistry {
         }
         let existing = tx
             .query_opt(
-                "SELECT record FROM extension_version WHERE extension_id = $1 AND version = $2",
+                &prepared(&tx, "SELECT record FROM extension_version WHERE extension_id = $1 AND version = $2").await?,
                 &[&ext.id, &version.version],
             )
             .await
@@ -347,7 +411,8 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let row = c
             .query_opt(
-                "SELECT record FROM tenant_extension_install WHERE tenant = $1 AND extension_id = $2",
+                &prepared(&c, "SELECT record FROM tenant_extension_install WHERE tenant = $1 AND extension_id = $2")
+                    .await?,
                 &[&tenant, &extension_id],
             )
             .await
@@ -359,7 +424,11 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let rows = c
             .query(
-                "SELECT record FROM tenant_extension_install WHERE tenant = $1 ORDER BY extension_id COLLATE \"C\"",
+                &prepared(
+                    &c,
+                    "SELECT record FROM tenant_extension_install WHERE tenant = $1 ORDER BY extension_id COLLATE \"C\"",
+                )
+                .await?,
                 &[&tenant],
             )
             .await
@@ -375,12 +444,16 @@ impl RegistryStore for PgRegistry {
         let mut c = self.pg.client().await?;
         let tx = c.transaction().await.map_err(PgError::from)?;
         tx.execute(
-            "INSERT INTO tenant_extension_install
+            &prepared(
+                &tx,
+                "INSERT INTO tenant_extension_install
                  (tenant, extension_id, install_id, version_id, content_hash, enabled, record)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (tenant, extension_id) DO UPDATE SET install_id = excluded.install_id,
                  version_id = excluded.version_id, content_hash = excluded.content_hash,
                  enabled = excluded.enabled, record = excluded.record",
+            )
+            .await?,
             &[
                 &install.tenant,
                 &install.extension_id,
@@ -394,15 +467,19 @@ impl RegistryStore for PgRegistry {
         .await
         .map_err(PgError::from)?;
         tx.execute(
-            "DELETE FROM extension_event_subscription WHERE tenant = $1 AND install_id = $2",
+            &prepared(&tx, "DELETE FROM extension_event_subscription WHERE tenant = $1 AND install_id = $2").await?,
             &[&install.tenant, &install.install_id],
         )
         .await
         .map_err(PgError::from)?;
         for s in subscriptions {
             tx.execute(
-                "INSERT INTO extension_event_subscription (tenant, topic, install_id, handler, extension_id)
+                &prepared(
+                    &tx,
+                    "INSERT INTO extension_event_subscription (tenant, topic, install_id, handler, extension_id)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .await?,
                 &[&s.tenant, &s.topic, &s.install_id, &s.handler, &s.extension_id],
             )
             .await
@@ -417,7 +494,11 @@ impl RegistryStore for PgRegistry {
         let tx = c.transaction().await.map_err(PgError::from)?;
         let Some(row) = tx
             .query_opt(
-                "DELETE FROM tenant_extension_install WHERE tenant = $1 AND extension_id = $2 RETURNING record",
+                &prepared(
+                    &tx,
+                    "DELETE FROM tenant_extension_install WHERE tenant = $1 AND extension_id = $2 RETURNING record",
+                )
+                .await?,
                 &[&tenant, &extension_id],
             )
             .await
@@ -427,7 +508,7 @@ impl RegistryStore for PgRegistry {
         };
         let old: InstallRecord = record_of(&row);
         tx.execute(
-            "DELETE FROM extension_event_subscription WHERE tenant = $1 AND install_id = $2",
+            &prepared(&tx, "DELETE FROM extension_event_subscription WHERE tenant = $1 AND install_id = $2").await?,
             &[&tenant, &old.install_id],
         )
         .await
@@ -440,7 +521,7 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let row = c
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM tenant_extension_install WHERE content_hash = $1)",
+                &prepared(&c, "SELECT EXISTS (SELECT 1 FROM tenant_extension_install WHERE content_hash = $1)").await?,
                 &[&content_hash],
             )
             .await
@@ -452,8 +533,12 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let rows = c
             .query(
-                "SELECT tenant, topic, install_id, extension_id, handler FROM extension_event_subscription
+                &prepared(
+                    &c,
+                    "SELECT tenant, topic, install_id, extension_id, handler FROM extension_event_subscription
                  WHERE tenant = $1 AND topic = $2 ORDER BY install_id COLLATE \"C\", handler COLLATE \"C\"",
+                )
+                .await?,
                 &[&tenant, &topic],
             )
             .await
@@ -480,13 +565,17 @@ impl RegistryStore for PgRegistry {
         // Counters only: a database crash may lose the last few, and nothing was promised.
         let c = self.pg.relaxed_client().await?;
         c.execute(
-            "INSERT INTO extension_quota_usage AS u
+            &prepared(
+                &c,
+                "INSERT INTO extension_quota_usage AS u
                  (tenant, extension_id, window_start, invocations, cpu_ms, memory_mib_ms, fuel, egress_bytes)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (tenant, extension_id, window_start) DO UPDATE SET
                  invocations = u.invocations + excluded.invocations, cpu_ms = u.cpu_ms + excluded.cpu_ms,
                  memory_mib_ms = u.memory_mib_ms + excluded.memory_mib_ms, fuel = u.fuel + excluded.fuel,
                  egress_bytes = u.egress_bytes + excluded.egress_bytes",
+            )
+            .await?,
             &[
                 &tenant,
                 &extension_id,
@@ -507,9 +596,13 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let rows = c
             .query(
-                "SELECT extension_id, window_start, invocations, cpu_ms, memory_mib_ms, fuel, egress_bytes
+                &prepared(
+                    &c,
+                    "SELECT extension_id, window_start, invocations, cpu_ms, memory_mib_ms, fuel, egress_bytes
                  FROM extension_quota_usage WHERE tenant = $1 AND window_start >= $2
                  ORDER BY extension_id COLLATE \"C\", window_start",
+                )
+                .await?,
                 &[&tenant, &big(since)],
             )
             .await
@@ -543,9 +636,13 @@ impl RegistryStore for PgRegistry {
         head.head_hash = hash_of_bytes(&bytes);
         head.next_seq += 1;
         tx.execute(
-            "INSERT INTO extension_execution_log
+            &prepared(
+                &tx,
+                "INSERT INTO extension_execution_log
                  (tenant, seq, execution_id, request_id, extension_id, outcome, created_at, record)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .await?,
             &[
                 &r.tenant,
                 &big(r.seq),
@@ -584,7 +681,11 @@ impl RegistryStore for PgRegistry {
     async fn chain_head(&self, tenant: &str) -> Result<ChainHead, StoreError> {
         let c = self.pg.client().await?;
         let row = c
-            .query_opt(&format!("SELECT {HEAD_COLUMNS} FROM extension_execution_chain WHERE tenant = $1"), &[&tenant])
+            .query_opt(
+                &prepared(&c, &format!("SELECT {HEAD_COLUMNS} FROM extension_execution_chain WHERE tenant = $1"))
+                    .await?,
+                &[&tenant],
+            )
             .await
             .map_err(PgError::from)?;
         Ok(row.as_ref().map(head_of).unwrap_or_default())
@@ -593,7 +694,10 @@ impl RegistryStore for PgRegistry {
     async fn chain_tenants(&self) -> Result<Vec<String>, StoreError> {
         let c = self.pg.client().await?;
         let rows = c
-            .query("SELECT tenant FROM extension_execution_chain ORDER BY tenant COLLATE \"C\"", &[])
+            .query(
+                &prepared(&c, "SELECT tenant FROM extension_execution_chain ORDER BY tenant COLLATE \"C\"").await?,
+                &[],
+            )
             .await
             .map_err(PgError::from)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -602,7 +706,10 @@ impl RegistryStore for PgRegistry {
     async fn executions_oldest_first(&self, tenant: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
         let c = self.pg.client().await?;
         let rows = c
-            .query("SELECT record FROM extension_execution_log WHERE tenant = $1 ORDER BY seq", &[&tenant])
+            .query(
+                &prepared(&c, "SELECT record FROM extension_execution_log WHERE tenant = $1 ORDER BY seq").await?,
+                &[&tenant],
+            )
             .await
             .map_err(PgError::from)?;
         rows.iter().map(|r| stored_execution(r.get("record"))).collect()
@@ -617,10 +724,14 @@ impl RegistryStore for PgRegistry {
         let c = self.pg.client().await?;
         let rows = c
             .query(
-                "SELECT record FROM extension_execution_log
+                &prepared(
+                    &c,
+                    "SELECT record FROM extension_execution_log
                  WHERE tenant = $1 AND seq < $2
                    AND ($3::text IS NULL OR extension_id = $3) AND ($4::text IS NULL OR outcome = $4)
                  ORDER BY seq DESC LIMIT $5",
+                )
+                .await?,
                 &[&tenant, &before, &q.extension_id, &q.outcome, &(q.limit as i64)],
             )
             .await
@@ -644,9 +755,13 @@ impl RegistryStore for PgRegistry {
 
 async fn insert_version<C: deadpool_postgres::GenericClient>(c: &C, v: &VersionRecord) -> Result<(), StoreError> {
     c.execute(
-        "INSERT INTO extension_version (extension_id, version, version_id, content_hash, state, record)
+        &prepared(
+            c,
+            "INSERT INTO extension_version (extension_id, version, version_id, content_hash, state, record)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (extension_id, version) DO UPDATE SET state = excluded.state, record = excluded.record",
+        )
+        .await?,
         &[&v.extension_id, &v.version, &v.version_id, &v.content_hash, &state_name(v.state), &Json(v)],
     )
     .await
@@ -656,9 +771,13 @@ async fn insert_version<C: deadpool_postgres::GenericClient>(c: &C, v: &VersionR
 
 async fn upsert_bundle<C: deadpool_postgres::GenericClient>(c: &C, b: &BundleRecord) -> Result<(), StoreError> {
     c.execute(
-        "INSERT INTO extension_bundle (content_hash, extension_id, version_id, record) VALUES ($1, $2, $3, $4)
+        &prepared(
+            c,
+            "INSERT INTO extension_bundle (content_hash, extension_id, version_id, record) VALUES ($1, $2, $3, $4)
          ON CONFLICT (content_hash) DO UPDATE SET extension_id = excluded.extension_id,
              version_id = excluded.version_id, record = excluded.record",
+        )
+        .await?,
         &[&b.content_hash, &b.extension_id, &b.version_id, &Json(b)],
     )
     .await

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::db::postgres::{Pg, PgError};
+use crate::db::postgres::{Pg, PgError, prepared};
 use crate::registry::StoreError;
 
 /// What a claim found.
@@ -153,12 +153,16 @@ impl Idempotency for Shared {
         // A new key, or one whose claim or answer expired, becomes ours.
         let claimed = c
             .query_opt(
-                "INSERT INTO idempotency_entry (tenant, extension_id, key, token, state, response, expires_at)
+                &prepared(
+                    &c,
+                    "INSERT INTO idempotency_entry (tenant, extension_id, key, token, state, response, expires_at)
                  VALUES ($1, $2, $3, $4, 'running', NULL, now() + $5 * interval '1 millisecond')
                  ON CONFLICT (tenant, extension_id, key) DO UPDATE SET token = excluded.token, state = 'running',
                      response = NULL, expires_at = excluded.expires_at
                  WHERE idempotency_entry.expires_at < now()
                  RETURNING token",
+                )
+                .await?,
                 &[&tenant, &extension, &key, &token, &(hold.as_millis() as f64)],
             )
             .await
@@ -169,8 +173,12 @@ impl Idempotency for Shared {
         }
         let row = c
             .query_opt(
-                "SELECT state, response FROM idempotency_entry
+                &prepared(
+                    &c,
+                    "SELECT state, response FROM idempotency_entry
                  WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND expires_at >= now()",
+                )
+                .await?,
                 &[&tenant, &extension, &key],
             )
             .await
@@ -189,16 +197,16 @@ impl Idempotency for Shared {
         match response {
             Some(r) => c
                 .execute(
-                    "UPDATE idempotency_entry SET state = 'done', response = $5,
+                    &prepared(&c, "UPDATE idempotency_entry SET state = 'done', response = $5,
                          expires_at = now() + $6 * interval '1 millisecond'
-                     WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND token = $4",
+                     WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND token = $4").await?,
                     &[&key.0, &key.1, &key.2, &token, &r, &(self.ttl.as_millis() as f64)],
                 )
                 .await
                 .map_err(PgError::from)?,
             None => c
                 .execute(
-                    "DELETE FROM idempotency_entry WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND token = $4",
+                    &prepared(&c, "DELETE FROM idempotency_entry WHERE tenant = $1 AND extension_id = $2 AND key = $3 AND token = $4").await?,
                     &[&key.0, &key.1, &key.2, &token],
                 )
                 .await

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::quotas::{Live, Refused};
 use crate::config::QuotasConfig;
-use crate::db::postgres::{Pg, PgError};
+use crate::db::postgres::{Pg, PgError, prepared};
 
 /// How long a lease counts without being renewed.
 pub const LEASE: Duration = Duration::from_secs(15);
@@ -81,15 +81,23 @@ impl SharedAdmission {
             let renewed = async {
                 let c = self.pg.relaxed_client().await?;
                 c.execute(
-                    "UPDATE quota_lease SET expires_at = now() + $3 * interval '1 millisecond'
+                    &prepared(
+                        &c,
+                        "UPDATE quota_lease SET expires_at = now() + $3 * interval '1 millisecond'
                      WHERE host_id = $1 AND lease_id = ANY($2)",
+                    )
+                    .await?,
                     &[&self.host_id, &held, &(LEASE.as_millis() as f64)],
                 )
                 .await?;
                 // Not the ones made since the list was taken (they are a moment old).
                 c.execute(
-                    "DELETE FROM quota_lease WHERE host_id = $1 AND NOT (lease_id = ANY($2))
+                    &prepared(
+                        &c,
+                        "DELETE FROM quota_lease WHERE host_id = $1 AND NOT (lease_id = ANY($2))
                      AND created_at < now() - interval '2 seconds'",
+                    )
+                    .await?,
                     &[&self.host_id, &held],
                 )
                 .await?;
@@ -110,7 +118,12 @@ impl SharedAdmission {
         let mut client = self.pg.relaxed_client().await.map_err(unavailable)?;
         let tx = client.transaction().await.map_err(unavailable)?;
         // A tenant's admissions take turns, on every host.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&tenant]).await.map_err(unavailable)?;
+        tx.execute(
+            &prepared(&tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))").await.map_err(unavailable)?,
+            &[&tenant],
+        )
+        .await
+        .map_err(unavailable)?;
         let mut refill = Vec::new();
         for (key, (rate, burst)) in keys.iter().zip(limits) {
             if rate <= 0.0 {
@@ -118,7 +131,7 @@ impl SharedAdmission {
             }
             let row = tx
                 .query_opt(
-                    "SELECT tokens, extract(epoch FROM clock_timestamp() - at)::float8 AS age FROM quota_bucket WHERE key = $1",
+                    &prepared(&tx, "SELECT tokens, extract(epoch FROM clock_timestamp() - at)::float8 AS age FROM quota_bucket WHERE key = $1").await.map_err(unavailable)?,
                     &[key],
                 )
                 .await
@@ -136,8 +149,13 @@ impl SharedAdmission {
         if caps.iter().any(|cap| *cap > 0) {
             let row = tx
                 .query_one(
-                    "SELECT count(*) AS tenant, count(*) FILTER (WHERE extension_id = $2) AS extension
+                    &prepared(
+                        &tx,
+                        "SELECT count(*) AS tenant, count(*) FILTER (WHERE extension_id = $2) AS extension
                      FROM quota_lease WHERE tenant = $1 AND expires_at > now()",
+                    )
+                    .await
+                    .map_err(unavailable)?,
                     &[&tenant, &extension],
                 )
                 .await
@@ -149,8 +167,13 @@ impl SharedAdmission {
         }
         for (key, tokens) in refill {
             tx.execute(
-                "INSERT INTO quota_bucket (key, tokens, at) VALUES ($1, $2, clock_timestamp())
+                &prepared(
+                    &tx,
+                    "INSERT INTO quota_bucket (key, tokens, at) VALUES ($1, $2, clock_timestamp())
                  ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = greatest(quota_bucket.at, excluded.at)",
+                )
+                .await
+                .map_err(unavailable)?,
                 &[key, &tokens],
             )
             .await
@@ -162,8 +185,13 @@ impl SharedAdmission {
         let lease = Lease { pg: self.pg.clone(), id: id.clone(), held: self.held.clone() };
         self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
         tx.execute(
-            "INSERT INTO quota_lease (lease_id, host_id, tenant, extension_id, expires_at)
+            &prepared(
+                &tx,
+                "INSERT INTO quota_lease (lease_id, host_id, tenant, extension_id, expires_at)
              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')",
+            )
+            .await
+            .map_err(unavailable)?,
             &[&id, &self.host_id, &tenant, &extension, &(LEASE.as_millis() as f64)],
         )
         .await
@@ -193,15 +221,20 @@ impl SharedAdmission {
     /// bucket and no bucket are the same).
     pub async fn sweep(&self, c: &QuotasConfig) -> Result<u64, PgError> {
         let client = self.pg.relaxed_client().await?;
-        let mut removed = client.execute("DELETE FROM quota_lease WHERE expires_at < now()", &[]).await?;
+        let mut removed =
+            client.execute(&prepared(&client, "DELETE FROM quota_lease WHERE expires_at < now()").await?, &[]).await?;
         for (prefix, rate, burst) in [
             ("t/%", c.tenant_rate_per_s, c.tenant_burst.max(1.0)),
             ("e/%", c.extension_rate_per_s, c.extension_burst.max(1.0)),
         ] {
             removed += client
                 .execute(
-                    "DELETE FROM quota_bucket
+                    &prepared(
+                        &client,
+                        "DELETE FROM quota_bucket
                      WHERE key LIKE $1 AND tokens + extract(epoch FROM now() - at)::float8 * $2 >= $3",
+                    )
+                    .await?,
                     &[&prefix, &rate, &burst],
                 )
                 .await?;

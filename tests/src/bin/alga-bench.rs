@@ -87,8 +87,9 @@ fn bench_server_with(signer: &alga_tests::server::Signer, env: Vec<(String, Stri
 
 /// `POST /v1/execute` against the real service, executed by `concurrency` keep-alive clients:
 /// the echo fixture (no host call), and the hostapi fixture making one durable storage `put`;
-/// on the embedded sled backend, on PostgreSQL (a private cluster, as the tests run it), and on
-/// two hosts sharing that database (the clients split between them). Rate limits are off (the
+/// on the embedded sled backend, on PostgreSQL with the S3 test server (a private cluster and a
+/// Garage, as the tests run them), and on two hosts sharing both (the clients split between
+/// them). Rate limits are off (the
 /// defaults would cap one tenant at 100/s); the other quotas apply (on PostgreSQL: the cluster's).
 fn http(n: usize) -> Vec<Figures> {
     let signer = alga_tests::server::Signer::new();
@@ -98,18 +99,35 @@ fn http(n: usize) -> Vec<Figures> {
     match alga_tests::postgres::PgCluster::get() {
         Ok(cluster) => {
             let url = cluster.database();
-            let pg_env = || {
-                vec![
+            // With the S3 test server: each host its own state directory, the bundles in a
+            // bucket. Without it: the second host shares the first one's state directory.
+            let garage = alga_tests::garage::Garage::get();
+            let shared = garage.as_ref().ok().map(|g| alga_tests::cluster::Cluster {
+                url: url.clone(),
+                garage: g,
+                bucket: g.bucket(),
+            });
+            if let Err(e) = &garage {
+                eprintln!("no S3 server ({e}): the two hosts share one state directory");
+            }
+            let pg_env = || match &shared {
+                Some(c) => c.env(),
+                None => vec![
                     ("ALGA_RUNNER_STORAGE__BACKEND".to_string(), "postgres".to_string()),
                     ("ALGA_RUNNER_STORAGE__URL".to_string(), url.clone()),
-                ]
+                ],
             };
             let a = bench_server_with(&signer, pg_env());
-            rows.extend(http_on(&signer, &[&a], "PostgreSQL", n));
+            let label = if shared.is_some() { "PostgreSQL + S3" } else { "PostgreSQL" };
+            rows.extend(http_on(&signer, &[&a], label, n));
             let mut env = pg_env();
-            env.push(("ALGA_RUNNER_STATE_DIR".into(), a.state_dir().display().to_string()));
+            if shared.is_some() {
+                env.push(alga_tests::cluster::node_key_of(&a));
+            } else {
+                env.push(("ALGA_RUNNER_STATE_DIR".into(), a.state_dir().display().to_string()));
+            }
             let b = bench_server_with(&signer, env);
-            rows.extend(http_on(&signer, &[&a, &b], "PostgreSQL, two hosts", n));
+            rows.extend(http_on(&signer, &[&a, &b], &format!("{label}, two hosts"), n));
         }
         Err(e) => eprintln!("no PostgreSQL rows: {e}"),
     }

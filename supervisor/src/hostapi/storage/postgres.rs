@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use tokio_postgres::types::Json;
 
 use super::{KvError, KvStore, PutResult, Scope, Stored, limits};
-use crate::db::postgres::{Pg, PgError, big, unbig};
+use crate::db::postgres::{Pg, PgError, big, prepared, unbig};
 
 #[derive(Debug, Clone)]
 pub struct PgKv {
@@ -28,8 +28,13 @@ impl PgKv {
         let now = big(crate::registry::now_ms());
         for (scope, namespace, key, stored) in entries {
             tx.execute(
-                "INSERT INTO ext_storage_entry (tenant, install_id, namespace, key, value, revision, updated_at)
+                &prepared(
+                    &tx,
+                    "INSERT INTO ext_storage_entry (tenant, install_id, namespace, key, value, revision, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .await
+                .map_err(db_error)?,
                 &[&scope.tenant, &scope.install, namespace, key, &stored.value, &big(stored.revision), &now],
             )
             .await
@@ -62,17 +67,27 @@ struct Usage {
 }
 
 /// Locks (creating it first) the install's usage row for the transaction.
-async fn lock_usage(tx: &tokio_postgres::Transaction<'_>, scope: &Scope) -> Result<Usage, KvError> {
+async fn lock_usage(tx: &deadpool_postgres::Transaction<'_>, scope: &Scope) -> Result<Usage, KvError> {
     tx.execute(
-        "INSERT INTO ext_storage_usage (tenant, install_id, bytes, namespaces) VALUES ($1, $2, 0, '{}')
+        &prepared(
+            tx,
+            "INSERT INTO ext_storage_usage (tenant, install_id, bytes, namespaces) VALUES ($1, $2, 0, '{}')
          ON CONFLICT DO NOTHING",
+        )
+        .await
+        .map_err(db_error)?,
         &[&scope.tenant, &scope.install],
     )
     .await
     .map_err(db_error)?;
     let row = tx
         .query_one(
-            "SELECT bytes, namespaces FROM ext_storage_usage WHERE tenant = $1 AND install_id = $2 FOR UPDATE",
+            &prepared(
+                tx,
+                "SELECT bytes, namespaces FROM ext_storage_usage WHERE tenant = $1 AND install_id = $2 FOR UPDATE",
+            )
+            .await
+            .map_err(db_error)?,
             &[&scope.tenant, &scope.install],
         )
         .await
@@ -81,9 +96,11 @@ async fn lock_usage(tx: &tokio_postgres::Transaction<'_>, scope: &Scope) -> Resu
     Ok(Usage { bytes: unbig(row.get("bytes")), namespaces })
 }
 
-async fn save_usage(tx: &tokio_postgres::Transaction<'_>, scope: &Scope, u: &Usage) -> Result<(), KvError> {
+async fn save_usage(tx: &deadpool_postgres::Transaction<'_>, scope: &Scope, u: &Usage) -> Result<(), KvError> {
     tx.execute(
-        "UPDATE ext_storage_usage SET bytes = $3, namespaces = $4 WHERE tenant = $1 AND install_id = $2",
+        &prepared(tx, "UPDATE ext_storage_usage SET bytes = $3, namespaces = $4 WHERE tenant = $1 AND install_id = $2")
+            .await
+            .map_err(db_error)?,
         &[&scope.tenant, &scope.install, &big(u.bytes), &Json(&u.namespaces)],
     )
     .await
@@ -97,8 +114,13 @@ impl KvStore for PgKv {
         let c = self.pg.client().await.map_err(db_error)?;
         let row = c
             .query_opt(
-                "SELECT value, revision FROM ext_storage_entry
+                &prepared(
+                    &c,
+                    "SELECT value, revision FROM ext_storage_entry
                  WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4",
+                )
+                .await
+                .map_err(db_error)?,
                 &[&scope.tenant, &scope.install, &namespace, &key],
             )
             .await
@@ -119,8 +141,13 @@ impl KvStore for PgKv {
         let mut usage = lock_usage(&tx, scope).await?;
         let current = tx
             .query_opt(
-                "SELECT length(value) AS len, revision FROM ext_storage_entry
+                &prepared(
+                    &tx,
+                    "SELECT length(value) AS len, revision FROM ext_storage_entry
                  WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4",
+                )
+                .await
+                .map_err(db_error)?,
                 &[&scope.tenant, &scope.install, &namespace, &key],
             )
             .await
@@ -150,10 +177,15 @@ impl KvStore for PgKv {
             *usage.namespaces.entry(namespace.to_string()).or_default() += 1;
         }
         tx.execute(
-            "INSERT INTO ext_storage_entry (tenant, install_id, namespace, key, value, revision, updated_at)
+            &prepared(
+                &tx,
+                "INSERT INTO ext_storage_entry (tenant, install_id, namespace, key, value, revision, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (tenant, install_id, namespace, key) DO UPDATE SET value = excluded.value,
                  revision = excluded.revision, updated_at = excluded.updated_at",
+            )
+            .await
+            .map_err(db_error)?,
             &[&scope.tenant, &scope.install, &namespace, &key, &value, &big(revision), &big(crate::registry::now_ms())],
         )
         .await
@@ -169,8 +201,8 @@ impl KvStore for PgKv {
         let mut usage = lock_usage(&tx, scope).await?;
         let Some(row) = tx
             .query_opt(
-                "DELETE FROM ext_storage_entry WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4
-                 RETURNING length(value) AS len",
+                &prepared(&tx, "DELETE FROM ext_storage_entry WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4
+                 RETURNING length(value) AS len").await.map_err(db_error)?,
                 &[&scope.tenant, &scope.install, &namespace, &key],
             )
             .await
@@ -201,9 +233,14 @@ impl KvStore for PgKv {
         let c = self.pg.client().await.map_err(db_error)?;
         let rows = c
             .query(
-                "SELECT key, value, revision FROM ext_storage_entry
+                &prepared(
+                    &c,
+                    "SELECT key, value, revision FROM ext_storage_entry
                  WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND ($4::text IS NULL OR key > $4)
                  ORDER BY key LIMIT $5",
+                )
+                .await
+                .map_err(db_error)?,
                 &[&scope.tenant, &scope.install, &namespace, &after, &(limit as i64)],
             )
             .await
@@ -219,14 +256,18 @@ impl KvStore for PgKv {
         let tx = c.transaction().await.map_err(db_error)?;
         let values = tx
             .execute(
-                "DELETE FROM ext_storage_entry WHERE tenant = $1 AND install_id = $2",
+                &prepared(&tx, "DELETE FROM ext_storage_entry WHERE tenant = $1 AND install_id = $2")
+                    .await
+                    .map_err(db_error)?,
                 &[&scope.tenant, &scope.install],
             )
             .await
             .map_err(db_error)?;
         let usage = tx
             .execute(
-                "DELETE FROM ext_storage_usage WHERE tenant = $1 AND install_id = $2",
+                &prepared(&tx, "DELETE FROM ext_storage_usage WHERE tenant = $1 AND install_id = $2")
+                    .await
+                    .map_err(db_error)?,
                 &[&scope.tenant, &scope.install],
             )
             .await
