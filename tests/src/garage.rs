@@ -200,9 +200,8 @@ impl Garage {
             .unwrap_or_else(|| panic!("no object count in garage's bucket info:\n{info}"))
     }
 
-    /// The bundles (content hashes) in `bucket` under `prefix`, listed with the runner's own S3
-    /// client.
-    pub fn bundles_in(&self, bucket: &str, prefix: &str) -> Vec<String> {
+    /// The runner's own S3 client for `bucket` under `prefix`, on a runtime of its own.
+    pub fn client(&self, bucket: &str, prefix: &str) -> (tokio::runtime::Runtime, alga_runner::registry::SharedBlobs) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let settings = alga_runner::registry::S3Settings {
             endpoint: Some(self.endpoint.clone()),
@@ -216,6 +215,13 @@ impl Garage {
             timeout: Duration::from_secs(10),
         };
         let client = alga_runner::registry::SharedBlobs::open(&settings, rt.handle().clone()).unwrap();
+        (rt, client)
+    }
+
+    /// The bundles (content hashes) in `bucket` under `prefix`, listed with the runner's own S3
+    /// client.
+    pub fn bundles_in(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let (rt, client) = self.client(bucket, prefix);
         let mut found = rt.block_on(client.bundles()).unwrap_or_else(|e| panic!("listing {bucket}: {e}"));
         found.sort();
         found

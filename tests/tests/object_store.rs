@@ -1,11 +1,13 @@
 //! Bundles in a real S3-compatible server (Garage): nothing is written for a refused bundle; two
 //! hosts publishing the same bytes at once both succeed, with one object; an unreachable store
 //! stops only what is not cached, and the hosts come back without a restart; TLS to the store
-//! is verified against a CA file (11-scale-out.md, "Object store" and "Outages").
+//! is verified against a CA file; a missing bucket or refused credentials stop the host (exit
+//! 78); a swapped bundle or artifact in the bucket is never used, and publishing the same bytes
+//! again repairs the bucket (11-scale-out.md, "Object store" and "Outages").
 
 use std::process::{Child, Command, Stdio};
 
-use alga_tests::cluster::{Cluster, cluster, two_hosts, two_hosts_env};
+use alga_tests::cluster::{Cluster, cluster, metric, two_hosts, two_hosts_env};
 use alga_tests::garage::Garage;
 use alga_tests::server::{Options, Server, Signer, deploy, envelope, manifest, pack, wait_until};
 use alga_tests::{fixture_bytes, skip_unless};
@@ -39,7 +41,10 @@ fn a_refused_bundle_writes_nothing_and_two_hosts_publishing_the_same_bytes_both_
     let not_a_component = pack(&manifest("com.example.refused", "1.0.1", &[]), b"\0asm\x01\0\0\0");
     let invalid = a.publish(&not_a_component, &signer.sign(&not_a_component, "com.example.refused", "1.0.1"));
     assert_eq!(invalid.status, 400, "{}", String::from_utf8_lossy(&invalid.body));
-    assert_eq!(c.bundles_in_bucket(), Vec::<String>::new(), "a refused bundle was written to the bucket");
+    let (rt, bucket) = c.garage.client(&c.bucket, "");
+    let written =
+        rt.block_on(async { [bucket.keys("bundles").await.unwrap(), bucket.keys("artifacts").await.unwrap()] });
+    assert_eq!(written, [Vec::<String>::new(), Vec::new()], "a refused bundle wrote to the bucket");
 
     // The same bytes on both hosts at once: both succeed, one object, one version.
     let bytes = pack(&manifest("com.example.twice", "1.0.0", &[]), &fixture_bytes("echo"));
@@ -181,4 +186,119 @@ fn tls_to_the_object_store_is_verified_against_the_ca_file() {
     let refused = untrusted.publish(&bytes, &signer.sign(&bytes, "com.example.tls", "1.0.1"));
     assert_eq!(refused.status, 503, "{}", String::from_utf8_lossy(&refused.body));
     assert_eq!(garage.bundles_in(&bucket, ""), vec![d.content_hash]);
+}
+
+#[test]
+fn a_missing_bucket_or_refused_credentials_exit_78_naming_the_store() {
+    let garage = Garage::get();
+    skip_unless!(garage.is_ok(), format!("no S3 server: {}", garage.as_ref().err().unwrap()));
+    let garage = garage.unwrap();
+    let bucket = garage.bucket();
+    let serve = |bucket: &str, secret: &str| {
+        let state = tempfile::tempdir().unwrap();
+        let out = Command::new(alga_tests::runner_bin())
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("ALGA_RUNNER_LISTEN", "127.0.0.1:0")
+            .env("ALGA_RUNNER_STATE_DIR", state.path())
+            .env("ALGA_RUNNER_BLOBS__BACKEND", "s3")
+            .env("ALGA_RUNNER_BLOBS__ENDPOINT", &garage.endpoint)
+            .env("ALGA_RUNNER_BLOBS__BUCKET", bucket)
+            .env("ALGA_RUNNER_BLOBS__REGION", "garage")
+            .env("ALGA_RUNNER_BLOBS__ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", &garage.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = serve("alga-no-such-bucket", &garage.secret_access_key);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("alga-no-such-bucket") && stderr.contains("check blobs.bucket"), "{stderr}");
+    let (code, stderr) = serve(&bucket, "0000000000000000000000000000000000000000000000000000000000000000");
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("refused this host"), "{stderr}");
+}
+
+#[test]
+fn what_the_object_store_holds_is_checked_and_a_bad_copy_is_repaired_by_publishing_again() {
+    let c = cluster();
+    skip_unless!(c.is_ok(), c.as_ref().err().unwrap());
+    let c = c.unwrap();
+    let signer = Signer::new();
+    let (a, b) = two_hosts(&signer, &c);
+    let echo_manifest = manifest("com.example.tampered", "1.0.0", &[]);
+    let echo = deploy(&a, &signer, &echo_manifest, &fixture_bytes("echo"), "t1", json!({}));
+    let sleepy = deploy(
+        &a,
+        &signer,
+        &manifest("com.example.recompiled", "1.0.0", &[]),
+        &fixture_bytes("sleeper"),
+        "t1",
+        json!({}),
+    );
+
+    // Someone with write access to the bucket swaps a bundle and a compiled artifact.
+    let (rt, bucket) = c.garage.client(&c.bucket, "");
+    rt.block_on(async {
+        bucket.put(bucket.bundle_key(&echo.content_hash), b"not the bundle".to_vec()).await.unwrap();
+        let sleeper_sha = alga_runner::exec::artifacts::sha256_hex(&fixture_bytes("sleeper"));
+        let artifacts = bucket.keys(&format!("artifacts/sha256/{sleeper_sha}")).await.unwrap();
+        assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+        bucket.put(bucket.key(artifacts[0].clone()), b"\x7fELF not the artifact".to_vec()).await.unwrap();
+    });
+
+    // B, which has seen neither: the bundle is refused (and not cached), the artifact is not
+    // used — B compiles the component itself and runs it.
+    let refused = run(&b, "t1", &echo);
+    assert_eq!(
+        (refused["status"].clone(), refused["error"].clone()),
+        (json!(502), json!("bundle_verification_failed"))
+    );
+    assert_eq!(metric(&b, "alga_runner_bundle_fetches_total{result=\"corrupt\"}"), 1.0);
+    assert!(!b.blob_files().contains(&echo.content_hash.trim_start_matches("sha256:").to_string()));
+    assert_eq!(run(&b, "t1", &sleepy)["status"], 200);
+    assert_eq!(metric(&b, "alga_runner_artifact_loads_total{source=\"compiled\"}"), 1.0);
+    assert_eq!(metric(&b, "alga_runner_artifact_loads_total{source=\"shared\"}"), 0.0);
+
+    // The publisher sends the same bytes again: the bucket's copy is put back.
+    let bytes = pack(&echo_manifest, &fixture_bytes("echo"));
+    let again = a.publish(&bytes, &signer.sign(&bytes, "com.example.tampered", "1.0.0"));
+    assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));
+    assert_eq!(run(&b, "t1", &echo)["status"], 200);
+    assert_eq!(metric(&b, "alga_runner_bundle_fetches_total{result=\"ok\"}"), 2.0, "the sleeper's, then this");
+}
+
+#[test]
+fn a_host_switched_to_the_object_store_puts_its_bundles_there() {
+    let garage = Garage::get();
+    skip_unless!(garage.is_ok(), format!("no S3 server: {}", garage.as_ref().err().unwrap()));
+    let garage = garage.unwrap();
+    let signer = Signer::new();
+    let mut host = Server::start(&signer);
+    let echo = deploy(
+        &host,
+        &signer,
+        &manifest("com.example.switched", "1.0.0", &[]),
+        &fixture_bytes("echo"),
+        "t1",
+        json!({}),
+    );
+    let bucket = garage.bucket();
+    host.options.env.extend([
+        ("ALGA_RUNNER_BLOBS__BACKEND".to_string(), "s3".to_string()),
+        ("ALGA_RUNNER_BLOBS__ENDPOINT".to_string(), garage.endpoint.clone()),
+        ("ALGA_RUNNER_BLOBS__BUCKET".to_string(), bucket.clone()),
+        ("ALGA_RUNNER_BLOBS__REGION".to_string(), "garage".to_string()),
+        ("ALGA_RUNNER_BLOBS__ALLOW_HTTP".to_string(), "true".to_string()),
+        ("AWS_ACCESS_KEY_ID".to_string(), garage.access_key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), garage.secret_access_key.clone()),
+    ]);
+    host.restart();
+    wait_until("the host to put its bundle in the bucket", || {
+        garage.bundles_in(&bucket, "") == vec![echo.content_hash.clone()]
+    });
+    assert_eq!(run(&host, "t1", &echo)["status"], 200);
 }

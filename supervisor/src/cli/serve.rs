@@ -131,8 +131,8 @@ pub fn settings_of(config: &Config) -> Settings {
 /// Makes the database and the blob store agree: a blob without a record is removed; a record
 /// without its blob marks the version unavailable. Not with a registry other hosts share: a
 /// bundle another host is publishing has its blob before its record, and this host's blob store
-/// does not hold every host's bundles. With an object store, a bundle missing from the local
-/// cache is looked for there (and an unreachable store marks nothing).
+/// does not hold every host's bundles. With an object store, the local store is a cache and
+/// nothing is marked.
 async fn reconcile(
     registry: &dyn RegistryStore,
     blobs: &Bundles,
@@ -156,8 +156,12 @@ async fn reconcile(
             let _ = blobs.local.remove(&blob);
         }
     }
+    if blobs.shared.is_some() {
+        // The local store is a cache: a bundle missing from it is fetched when needed.
+        return Ok(());
+    }
     for r in &records {
-        if !blobs.is_stored(&r.content_hash).await.unwrap_or(true)
+        if !blobs.local.exists(&r.content_hash)
             && let Some(mut v) = registry.version_by_id(&r.extension_id, &r.version_id).await?
             && v.state != VersionState::Unavailable
         {
@@ -266,6 +270,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let service = Arc::new(Service::new(config.clone(), core.clone(), stores, blobs, trust)?);
     service.start_flusher();
     service.follow_other_hosts();
+    // Bundles this host holds that the object store lacks go there (then the cache may evict them).
+    if service.blobs.shared.is_some() {
+        let svc = service.clone();
+        rt.spawn(async move {
+            svc.blobs.adopt(&*svc.registry).await;
+        });
+    }
 
     // The sandbox self-test: a real sandbox, every layer, before the service says it is ready.
     let layers = rt

@@ -48,9 +48,10 @@ pub fn open_or_exit(config: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Re
 /// logged (cached bundles keep running, others answer 503 until it is back).
 pub fn open_blobs(config: &Config, rt: &tokio::runtime::Runtime) -> Result<Bundles, OpenError> {
     let dir = config.state.dir.join("bundles").join("sha256");
+    let max_bytes = config.bundles.max_compressed_mb << 20;
     if config.blobs.backend != "s3" {
         let local = BlobStore::open(dir).map_err(|e| anyhow::Error::new(e).context("opening the blob store"))?;
-        return Ok(Bundles { local, shared: None });
+        return Ok(Bundles { local, shared: None, max_bytes });
     }
     let shared = open_shared(config, rt)?;
     match rt.block_on(shared.probe()) {
@@ -69,7 +70,7 @@ pub fn open_blobs(config: &Config, rt: &tokio::runtime::Runtime) -> Result<Bundl
     }
     let local = BlobStore::open_cache(dir, config.blobs.cache_max_mb << 20)
         .map_err(|e| anyhow::Error::new(e).context("opening the bundle cache"))?;
-    Ok(Bundles { local, shared: Some(shared) })
+    Ok(Bundles { local, shared: Some(shared), max_bytes })
 }
 
 /// A client for the bucket `[blobs]` names (whatever its `backend` says); requests run on `rt`.

@@ -1,6 +1,7 @@
 //! The content-addressed blob store: one read-only file per bundle, named by its SHA-256.
 //! With an object store behind it (`[blobs] backend = "s3"`) it is a cache bounded in bytes:
-//! the least recently used bundles are removed beyond its budget.
+//! the least recently used bundles are removed beyond its budget — only those known to be in
+//! the object store ([`BlobStore::release`]); the others are the only copy and stay.
 
 use std::collections::HashMap;
 use std::fs;
@@ -27,7 +28,15 @@ struct Budget {
 struct Index {
     total: u64,
     clock: u64,
-    entries: HashMap<String, (u64, u64)>,
+    entries: HashMap<String, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    len: u64,
+    used: u64,
+    /// Known to be in the object store, so it may be evicted.
+    evictable: bool,
 }
 
 fn hex_of(content_hash: &str) -> &str {
@@ -43,7 +52,8 @@ impl BlobStore {
     }
 
     /// A store that is a cache of at most `max_bytes`: the least recently used blobs (by
-    /// modification time at start, by use afterwards) are removed beyond it.
+    /// modification time at start, by use afterwards) that are known to be in the object store
+    /// are removed beyond it. What it finds at start is kept until [`BlobStore::release`]d.
     pub fn open_cache(dir: PathBuf, max_bytes: u64) -> io::Result<Self> {
         let mut store = Self::open(dir)?;
         let mut found = Vec::new();
@@ -57,10 +67,10 @@ impl BlobStore {
         for (_, len, hash) in found {
             index.clock += 1;
             index.total += len;
-            index.entries.insert(hash, (len, index.clock));
+            let used = index.clock;
+            index.entries.insert(hash, Entry { len, used, evictable: false });
         }
         store.budget = Some(Arc::new(Budget { max_bytes, index: Mutex::new(index) }));
-        store.evict(None);
         Ok(store)
     }
 
@@ -69,19 +79,30 @@ impl BlobStore {
         self.budget.as_ref().map(|b| b.lock().total)
     }
 
-    /// Notes a use of `content_hash` (added with `len` bytes when new).
+    /// Notes a use of `content_hash` (added with `len` bytes when new, not evictable yet).
     fn used(&self, content_hash: &str, len: u64) {
         if let Some(b) = &self.budget {
             let mut index = b.lock();
             index.clock += 1;
             let clock = index.clock;
             match index.entries.get_mut(content_hash) {
-                Some(e) => e.1 = clock,
+                Some(e) => e.used = clock,
                 None => {
                     index.total += len;
-                    index.entries.insert(content_hash.to_string(), (len, clock));
+                    index.entries.insert(content_hash.to_string(), Entry { len, used: clock, evictable: false });
                 }
             }
+        }
+    }
+
+    /// Marks `content_hash` as held by the object store too: from now on the cache may evict
+    /// it. Then keeps the cache within its budget.
+    pub fn release(&self, content_hash: &str) {
+        if let Some(b) = &self.budget {
+            if let Some(e) = b.lock().entries.get_mut(content_hash) {
+                e.evictable = true;
+            }
+            self.evict(None);
         }
     }
 
@@ -94,14 +115,14 @@ impl BlobStore {
             let Some(oldest) = index
                 .entries
                 .iter()
-                .filter(|(h, _)| Some(h.as_str()) != keep)
-                .min_by_key(|(_, (_, used))| *used)
+                .filter(|(h, e)| e.evictable && Some(h.as_str()) != keep)
+                .min_by_key(|(_, e)| e.used)
                 .map(|(h, _)| h.clone())
             else {
                 break;
             };
-            if let Some((len, _)) = index.entries.remove(&oldest) {
-                index.total -= len;
+            if let Some(e) = index.entries.remove(&oldest) {
+                index.total -= e.len;
             }
             match fs::remove_file(self.path(&oldest)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -157,8 +178,8 @@ impl BlobStore {
     pub fn remove(&self, content_hash: &str) -> io::Result<()> {
         if let Some(b) = &self.budget {
             let mut index = b.lock();
-            if let Some((len, _)) = index.entries.remove(content_hash) {
-                index.total -= len;
+            if let Some(e) = index.entries.remove(content_hash) {
+                index.total -= e.len;
             }
         }
         match fs::remove_file(self.path(content_hash)) {
@@ -227,18 +248,31 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = BlobStore::open_cache(tmp.path().join("b"), 25).unwrap();
         let blob = |c: u8| (alga_shared::bundle::content_hash(&[c; 10]), vec![c; 10]);
-        let (a, b, c) = (blob(1), blob(2), blob(3));
-        store.put(&a.0, &a.1).unwrap();
-        store.put(&b.0, &b.1).unwrap();
+        let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(blob);
+        for (hash, bytes) in [&a, &b] {
+            store.put(hash, bytes).unwrap();
+            store.release(hash);
+        }
         store.get(&a.0).unwrap(); // a is now more recent than b
         store.put(&c.0, &c.1).unwrap();
         assert!(store.exists(&a.0) && store.exists(&c.0), "the recently used stay");
         assert!(!store.exists(&b.0), "the least recently used is evicted");
         assert_eq!(store.cached_bytes(), Some(20));
 
-        // A restart counts what is on disk and keeps to the budget.
+        // Blobs not known to be shared are the only copy: never evicted, even past the budget.
+        store.put(&d.0, &d.1).unwrap();
+        assert!(!store.exists(&a.0) && store.exists(&c.0) && store.exists(&d.0));
+        store.put(&e.0, &e.1).unwrap();
+        assert_eq!(store.cached_bytes(), Some(30), "c, d and e are not shared yet");
+        store.release(&c.0);
+        assert!(!store.exists(&c.0));
+        assert_eq!(store.cached_bytes(), Some(20));
+
+        // A restart counts what is on disk; what it found stays until known to be shared.
         let smaller = BlobStore::open_cache(tmp.path().join("b"), 15).unwrap();
+        assert_eq!(smaller.cached_bytes(), Some(20));
+        smaller.release(&d.0);
         assert_eq!(smaller.cached_bytes(), Some(10));
-        assert_eq!(smaller.list().unwrap().len(), 1);
+        assert_eq!(smaller.list().unwrap(), vec![e.0.clone()]);
     }
 }

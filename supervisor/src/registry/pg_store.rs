@@ -196,28 +196,23 @@ async fn prune(
     Ok(head.first_seq - before)
 }
 
-/// Locks the tenant's chain head (creating it first), for an append or a prune.
+/// Locks the tenant's chain head (creating it first), for an append or a prune: one statement,
+/// since the conflicting insert's no-op update takes the row's lock and returns it.
 async fn lock_head(tx: &deadpool_postgres::Transaction<'_>, tenant: &str) -> Result<ChainHead, StoreError> {
     let fresh = ChainHead::default();
-    tx.execute(
-        &prepared(
-            tx,
-            "INSERT INTO extension_execution_chain (tenant, next_seq, head_hash, first_seq, anchor_hash)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant) DO NOTHING",
-        )
-        .await?,
-        &[&tenant, &big(fresh.next_seq), &fresh.head_hash, &big(fresh.first_seq), &fresh.anchor_hash],
-    )
-    .await
-    .map_err(PgError::from)?;
     let row = tx
         .query_one(
             &prepared(
                 tx,
-                &format!("SELECT {HEAD_COLUMNS} FROM extension_execution_chain WHERE tenant = $1 FOR UPDATE"),
+                &format!(
+                    "INSERT INTO extension_execution_chain AS h (tenant, next_seq, head_hash, first_seq, anchor_hash)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (tenant) DO UPDATE SET next_seq = h.next_seq
+                     RETURNING {HEAD_COLUMNS}"
+                ),
             )
             .await?,
-            &[&tenant],
+            &[&tenant, &big(fresh.next_seq), &fresh.head_hash, &big(fresh.first_seq), &fresh.anchor_hash],
         )
         .await
         .map_err(PgError::from)?;

@@ -46,6 +46,12 @@ pub enum SharedBlobError {
     /// The request did not end within its deadline.
     #[error("the object store {0} did not answer in time")]
     Timeout(String),
+    /// The store sent more than was asked for.
+    #[error("the object store {store} holds {size} bytes under {key}, more than the {max} expected")]
+    TooLarge { store: String, key: String, size: u64, max: u64 },
+    /// The task running the request failed.
+    #[error("object store request: {0}")]
+    Task(String),
 }
 
 /// One bucket, under one prefix.
@@ -117,7 +123,8 @@ impl SharedBlobs {
         &self.label
     }
 
-    fn key(&self, rest: String) -> Path {
+    /// The object key of `rest`, under the prefix.
+    pub fn key(&self, rest: String) -> Path {
         if self.prefix.is_empty() { Path::from(rest) } else { Path::from(format!("{}/{rest}", self.prefix)) }
     }
 
@@ -141,7 +148,7 @@ impl SharedBlobs {
         let deadline = self.timeout + Duration::from_secs(5);
         match tokio::time::timeout(deadline, self.rt.spawn(f)).await {
             Err(_) => Err(SharedBlobError::Timeout(self.label.clone())),
-            Ok(Err(join)) => Err(SharedBlobError::Config(format!("object store task failed: {join}"))),
+            Ok(Err(join)) => Err(SharedBlobError::Task(join.to_string())),
             Ok(Ok(r)) => r.map_err(|source| SharedBlobError::Unavailable { store: self.label.clone(), source }),
         }
     }
@@ -153,24 +160,60 @@ impl SharedBlobs {
         self.run(async move {
             let options = PutOptions { mode: PutMode::Create, ..Default::default() };
             match store.put_opts(&key, PutPayload::from(bytes), options).await {
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                Ok(_) => Ok(()),
+                // Already there (412), or (409) another upload of it in flight: only an object
+                // that is there now counts.
+                Err(object_store::Error::AlreadyExists { .. }) => store.head(&key).await.map(|_| ()),
                 Err(e) => Err(e),
             }
         })
         .await
     }
 
-    /// The object under `key`, or None when there is none.
-    pub async fn get(&self, key: Path) -> Result<Option<Vec<u8>>, SharedBlobError> {
+    /// Stores `bytes` under `key`, replacing what is there (a copy found corrupt, put back by
+    /// its publisher).
+    pub async fn put(&self, key: Path, bytes: impl Into<bytes::Bytes>) -> Result<(), SharedBlobError> {
+        let (store, bytes) = (self.store.clone(), bytes.into());
+        self.run(async move { store.put(&key, PutPayload::from(bytes)).await.map(|_| ()) }).await
+    }
+
+    /// The object under `key` (at most `max` bytes: the store is not trusted to send what it
+    /// says), or None when there is none.
+    pub async fn get(&self, key: Path, max: u64) -> Result<Option<bytes::Bytes>, SharedBlobError> {
+        use futures_util::StreamExt;
         let store = self.store.clone();
-        self.run(async move {
-            match store.get(&key).await {
-                Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .await
+        let too_large =
+            |size: u64| SharedBlobError::TooLarge { store: self.label.clone(), key: key.to_string(), size, max };
+        let got = self
+            .run({
+                let key = key.clone();
+                async move {
+                    let r = match store.get(&key).await {
+                        Ok(r) => r,
+                        Err(object_store::Error::NotFound { .. }) => return Ok(Err(None)),
+                        Err(e) => return Err(e),
+                    };
+                    if r.meta.size > max {
+                        return Ok(Err(Some(r.meta.size)));
+                    }
+                    let mut out = bytes::BytesMut::with_capacity(r.meta.size as usize);
+                    let mut stream = r.into_stream();
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk?;
+                        if (out.len() + chunk.len()) as u64 > max {
+                            return Ok(Err(Some((out.len() + chunk.len()) as u64)));
+                        }
+                        out.extend_from_slice(&chunk);
+                    }
+                    Ok(Ok(out.freeze()))
+                }
+            })
+            .await?;
+        match got {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(None) => Ok(None),
+            Err(Some(size)) => Err(too_large(size)),
+        }
     }
 
     /// Whether an object is stored under `key`.
@@ -198,6 +241,24 @@ impl SharedBlobs {
         .await
     }
 
+    /// Every key under `under` (below the prefix), the prefix left out.
+    pub async fn keys(&self, under: &str) -> Result<Vec<String>, SharedBlobError> {
+        use futures_util::StreamExt;
+        let store = self.store.clone();
+        let base = self.key(under.to_string());
+        let prefix = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        self.run(async move {
+            let mut out = Vec::new();
+            let mut list = store.list(Some(&base));
+            while let Some(meta) = list.next().await {
+                let key = meta?.location.to_string();
+                out.push(key.strip_prefix(&prefix).unwrap_or(&key).to_string());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Content hashes of every bundle in the store (for `migrate` and checks).
     pub async fn bundles(&self) -> Result<Vec<String>, SharedBlobError> {
         use futures_util::StreamExt;
@@ -219,11 +280,10 @@ impl SharedBlobs {
         .await
     }
 
-    /// Proves the bucket answers and these credentials may use it: a listing of the prefix.
+    /// Proves the bucket exists and these credentials may write to it: a small probe object
+    /// (a missing bucket answers 404, refused credentials 403; a listing would not say which).
     pub async fn probe(&self) -> Result<(), SharedBlobError> {
-        let store = self.store.clone();
-        let base = self.key("bundles".into());
-        self.run(async move { store.list_with_delimiter(Some(&base)).await.map(|_| ()) }).await
+        self.put(self.key("probe".into()), bytes::Bytes::from_static(b"alga-runner\n")).await
     }
 }
 
@@ -239,7 +299,7 @@ impl SharedBlobError {
                     | object_store::Error::PermissionDenied { .. }
                     | object_store::Error::Unauthenticated { .. }
             ),
-            SharedBlobError::Timeout(_) => false,
+            SharedBlobError::Timeout(_) | SharedBlobError::TooLarge { .. } | SharedBlobError::Task(_) => false,
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use super::problem::Problem;
 use crate::ops::metrics::Metrics;
-use crate::registry::BlobStore;
 use crate::registry::shared_blobs::{SharedBlobError, SharedBlobs};
+use crate::registry::{BlobStore, RegistryStore};
 
 /// Why a bundle's bytes could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub struct Bundles {
     /// Every bundle (fs), or the cache of the shared ones (s3).
     pub local: BlobStore,
     pub shared: Option<SharedBlobs>,
+    /// The largest bundle the object store may send (`bundles.max_compressed_mb`).
+    pub max_bytes: u64,
 }
 
 impl Bundles {
@@ -66,8 +68,8 @@ impl Bundles {
                 BundleBytesError::Local(err.to_string())
             });
         };
-        let fetched = match shared.get(shared.bundle_key(content_hash)).await {
-            Ok(Some(bytes)) => bytes,
+        let fetched = match shared.get(shared.bundle_key(content_hash), self.max_bytes).await {
+            Ok(Some(bytes)) => Vec::from(bytes),
             Ok(None) => {
                 metrics.bundle_fetch("missing");
                 return Err(BundleBytesError::Missing(content_hash.to_string()));
@@ -82,9 +84,10 @@ impl Bundles {
             if alga_shared::bundle::content_hash(&fetched) != hash {
                 return Err(BundleBytesError::Corrupt(hash));
             }
-            if let Err(e) = local.put(&hash, &fetched) {
+            match local.put(&hash, &fetched) {
+                Ok(()) => local.release(&hash),
                 // The cache is only a cache: the bytes are still good for this use.
-                tracing::warn!(content_hash = %hash, error = %e, "caching a fetched bundle failed");
+                Err(e) => tracing::warn!(content_hash = %hash, error = %e, "caching a fetched bundle failed"),
             }
             Ok(fetched)
         })
@@ -97,34 +100,66 @@ impl Bundles {
         .inspect_err(|_| metrics.bundle_fetch("corrupt"))
     }
 
-    /// Whether some store holds `content_hash` (the object store is asked when the cache
-    /// lacks it).
-    pub async fn is_stored(&self, content_hash: &str) -> Result<bool, SharedBlobError> {
-        if self.local.exists(content_hash) {
-            return Ok(true);
-        }
-        match &self.shared {
-            Some(shared) => shared.exists(shared.bundle_key(content_hash)).await,
-            None => Ok(false),
-        }
-    }
-
     /// Puts a bundle (already stored locally) and its signature in the object store, when
-    /// there is one, so that every host can fetch it.
+    /// there is one, so that every host can fetch it; the local copy may be evicted from then on.
     pub async fn share(&self, content_hash: &str, bytes: bytes::Bytes, signature: &str) -> Result<(), SharedBlobError> {
         let Some(shared) = &self.shared else { return Ok(()) };
         shared.put_once(shared.bundle_key(content_hash), bytes).await?;
-        shared.put_once(shared.signature_key(content_hash), bytes::Bytes::from(signature.to_string())).await
+        shared.put_once(shared.signature_key(content_hash), bytes::Bytes::from(signature.to_string())).await?;
+        self.local.release(content_hash);
+        Ok(())
     }
 
-    /// Takes a bundle no record refers to (a publish refused after it was shared) out of the
-    /// object store again.
-    pub async fn withdraw(&self, content_hash: &str) {
+    /// Puts a bundle back into the object store whatever is there now (its publisher sent the
+    /// same bytes again: a copy that went missing or bad is repaired).
+    pub async fn repair(
+        &self,
+        content_hash: &str,
+        bytes: bytes::Bytes,
+        signature: &str,
+    ) -> Result<(), SharedBlobError> {
+        let Some(shared) = &self.shared else { return Ok(()) };
+        shared.put(shared.bundle_key(content_hash), bytes).await?;
+        shared.put(shared.signature_key(content_hash), bytes::Bytes::from(signature.to_string())).await?;
+        self.local.release(content_hash);
+        Ok(())
+    }
+
+    /// At start, with an object store: every bundle the local store holds that the object store
+    /// lacks (a host switched from `fs` to `s3`) is put there, so that the cache may evict it;
+    /// those found there may be evicted at once. Stops at the first failure of the store (the
+    /// bundles it did not reach stay, not evictable, until the next start).
+    pub async fn adopt(&self, registry: &dyn RegistryStore) {
         let Some(shared) = &self.shared else { return };
-        for key in [shared.bundle_key(content_hash), shared.signature_key(content_hash)] {
-            if let Err(e) = shared.delete(key).await {
-                tracing::warn!(content_hash, error = %e, "removing a refused bundle from the object store failed");
+        let (mut found, mut put) = (0, 0);
+        for hash in self.local.list().unwrap_or_default() {
+            let step = async {
+                if shared.exists(shared.bundle_key(&hash)).await? {
+                    found += 1;
+                    self.local.release(&hash);
+                    return Ok(());
+                }
+                // Only bundles a record refers to (and so with a signature) are worth sharing.
+                let Ok(Some(record)) = registry.bundle(&hash).await else { return Ok(()) };
+                let signature = record.signature;
+                let (local, h) = (self.local.clone(), hash.clone());
+                let bytes = tokio::task::spawn_blocking(move || local.get(&h))
+                    .await
+                    .map_err(|e| SharedBlobError::Task(e.to_string()))?
+                    .map_err(|e| SharedBlobError::Task(format!("reading {hash}: {e}")))?;
+                if alga_shared::bundle::content_hash(&bytes) != hash {
+                    tracing::error!(content_hash = %hash, "a local bundle no longer matches its hash; not shared");
+                    return Ok(());
+                }
+                self.share(&hash, bytes::Bytes::from(bytes), &signature).await?;
+                put += 1;
+                Ok::<_, SharedBlobError>(())
+            };
+            if let Err(e) = step.await {
+                tracing::warn!(error = %e, "checking the local bundles against the object store stopped");
+                break;
             }
         }
+        tracing::info!(found, put, "local bundles checked against the object store");
     }
 }

@@ -119,25 +119,42 @@ async fn artifact_of(svc: &Arc<Service>, record: &BundleRecord, wasm: Vec<u8>) -
         return Ok(a);
     }
     let expected = record.artifacts.get(&fingerprint).cloned();
+    let mut bad_copy = false;
     if let (Some(shared), Some(expected)) = (&svc.blobs.shared, &expected) {
-        match shared.get(shared.artifact_key(&wasm_sha, &fingerprint)).await {
-            Ok(Some(bytes)) if sha256_hex(&bytes) == *expected => {
-                let (core, key) = (core.clone(), wasm_sha.clone());
-                let stored = svc
-                    .blocking(move || core.artifacts.store(&key, &bytes))
+        let max = core.spawner.settings.max_artifact_bytes;
+        match shared.get(shared.artifact_key(&wasm_sha, &fingerprint), max).await {
+            Ok(Some(bytes)) => {
+                // Hashing tens of megabytes and sealing them into a memfd: blocking work.
+                let (core, key, want) = (core.clone(), wasm_sha.clone(), expected.clone());
+                let checked = svc
+                    .blocking(move || {
+                        let sha = sha256_hex(&bytes);
+                        if sha != want {
+                            return Ok(Err(sha));
+                        }
+                        core.artifacts.store(&key, &bytes).map(Ok)
+                    })
                     .await
                     .map_err(|p| LoadError::Internal(p.to_string()))?
                     .map_err(|e| LoadError::Internal(format!("caching the shared artifact: {e}")))?;
-                svc.core.spawner.metrics.artifact_load("shared");
-                tracing::info!(content_hash = %record.content_hash, "using the compiled artifact another host stored");
-                return Ok(stored);
+                match checked {
+                    Ok(stored) => {
+                        svc.core.spawner.metrics.artifact_load("shared");
+                        tracing::info!(content_hash = %record.content_hash, "using the compiled artifact another host stored");
+                        return Ok(stored);
+                    }
+                    Err(sha256) => {
+                        bad_copy = true;
+                        tracing::warn!(
+                            content_hash = %record.content_hash,
+                            %sha256,
+                            %expected,
+                            "the object store's compiled artifact is not the one recorded at publish; compiling \
+                             instead (and putting the right one back)"
+                        )
+                    }
+                }
             }
-            Ok(Some(bytes)) => tracing::warn!(
-                content_hash = %record.content_hash,
-                sha256 = %sha256_hex(&bytes),
-                %expected,
-                "the object store's compiled artifact is not the one recorded at publish; compiling instead"
-            ),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "fetching the compiled artifact failed; compiling instead"),
         }
@@ -152,23 +169,31 @@ async fn artifact_of(svc: &Arc<Service>, record: &BundleRecord, wasm: Vec<u8>) -
         })?;
     svc.core.spawner.metrics.artifact_load("compiled");
     if expected.as_ref() == Some(&artifact.sha256) {
-        share_artifact(svc, &artifact, &fingerprint).await;
+        share_artifact(svc, &artifact, &fingerprint, bad_copy).await;
     }
     Ok(artifact)
 }
 
-/// Puts a compiled artifact in the object store (when there is one) for the other hosts; a
-/// failure only costs them a compile.
-pub async fn share_artifact(svc: &Service, artifact: &Artifact, fingerprint: &str) {
+/// Puts a compiled artifact in the object store (when there is one) for the other hosts, over
+/// what is there when `replace` (a bad copy); a failure only costs them a compile.
+pub async fn share_artifact(svc: &Service, artifact: &Arc<Artifact>, fingerprint: &str, replace: bool) {
     let Some(shared) = &svc.blobs.shared else { return };
-    let bytes = match artifact.read() {
-        Ok(b) => b,
-        Err(e) => {
+    // A copy of tens of megabytes: blocking work.
+    let copy = artifact.clone();
+    let bytes = match svc.blocking(move || copy.read()).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "reading a compiled artifact to share it failed");
             return;
         }
+        Err(p) => {
+            tracing::warn!(error = %p, "reading a compiled artifact to share it failed");
+            return;
+        }
     };
-    if let Err(e) = shared.put_once(shared.artifact_key(&artifact.wasm_sha256, fingerprint), bytes).await {
+    let key = shared.artifact_key(&artifact.wasm_sha256, fingerprint);
+    let put = if replace { shared.put(key, bytes).await } else { shared.put_once(key, bytes).await };
+    if let Err(e) = put {
         tracing::warn!(error = %e, "sharing a compiled artifact failed; other hosts will compile it themselves");
     }
 }

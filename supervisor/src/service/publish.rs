@@ -89,10 +89,17 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
                 return Err(version_conflict(&manifest.name, &manifest.version, &existing.content_hash));
             }
             // The same bytes again: if the stored copy went missing, this upload restores it.
-            let stored =
-                svc.blobs.is_stored(&existing.content_hash).await.map_err(|e| BundleBytesError::from(e).problem())?;
-            if existing.state == VersionState::Unavailable || !stored || !svc.ui_trees.exists(&existing.content_hash) {
+            if existing.state == VersionState::Unavailable
+                || !svc.blobs.local.exists(&existing.content_hash)
+                || !svc.ui_trees.exists(&existing.content_hash)
+            {
                 restore(svc, existing, bytes, &signature, ui_files(&opened.files)).await?;
+            } else if svc.blobs.shared.is_some() {
+                // The object store's copy may be the one that went missing or bad.
+                svc.blobs
+                    .repair(&existing.content_hash, bytes::Bytes::from(bytes), &signature)
+                    .await
+                    .map_err(|e| BundleBytesError::from(e).problem())?;
             }
             return Ok((false, published(ext.id)));
         }
@@ -184,14 +191,15 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     // Every host must be able to fetch the bundle once its record exists: shared first.
     svc.blobs.share(&hash, bytes, &signature).await.map_err(|e| BundleBytesError::from(e).problem())?;
     if let Some(artifact) = &compiled {
-        super::loader::share_artifact(svc, artifact, svc.core.spawner.fork.fingerprint()).await;
+        super::loader::share_artifact(svc, artifact, svc.core.spawner.fork.fingerprint(), false).await;
     }
+    // What a publish that failed or lost a race leaves in the object store stays there: another
+    // host may have committed a record for the same bytes since (content addressed).
     let outcome = match svc.registry.publish(extension, version, record).await {
         Ok(o) => o,
         Err(e) => {
-            if svc.registry.bundle(&hash).await.ok().flatten().is_none() {
-                let _ = svc.blobs.local.remove(&hash);
-                svc.blobs.withdraw(&hash).await;
+            if let Ok(None) = svc.registry.bundle(&hash).await {
+                forget_local(svc, &hash).await;
             }
             return Err(e.into());
         }
@@ -199,8 +207,7 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
     if !matches!(outcome, PublishOutcome::Created { .. } | PublishOutcome::AlreadyPublished { .. }) {
         // Lost a race or refused: no record points at the blob.
         if svc.registry.bundle(&hash).await?.is_none() {
-            let _ = svc.blobs.local.remove(&hash);
-            svc.blobs.withdraw(&hash).await;
+            forget_local(svc, &hash).await;
         }
     }
     match outcome {
@@ -214,6 +221,12 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
         }
         PublishOutcome::NameTaken { publisher } => Err(name_taken(&manifest.name, &publisher)),
     }
+}
+
+/// Removes this host's copy of a bundle no record refers to (off the async workers).
+async fn forget_local(svc: &Arc<Service>, hash: &str) {
+    let (local, hash) = (svc.blobs.local.clone(), hash.to_string());
+    let _ = svc.blocking(move || local.remove(&hash)).await;
 }
 
 /// The `ui/` files of a bundle.
@@ -238,7 +251,7 @@ async fn restore(
         svc2.ui_trees.extract(&hash, &ui).map_err(|e| Problem::internal(e.to_string()))
     })
     .await??;
-    svc.blobs.share(&version.content_hash, bytes, signature).await.map_err(|e| BundleBytesError::from(e).problem())?;
+    svc.blobs.repair(&version.content_hash, bytes, signature).await.map_err(|e| BundleBytesError::from(e).problem())?;
     if version.state == VersionState::Unavailable {
         version.state = VersionState::Active;
         svc.registry.put_version(&version).await?;
