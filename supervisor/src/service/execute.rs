@@ -575,7 +575,6 @@ async fn run_in_span(
             drop(permit);
             let response = answer_of(&mut report);
             let egress_bytes = egress_bytes.load(Ordering::Relaxed);
-            usage::add(svc, &cmd.tenant, &extension_id, &report, egress_bytes).await;
             svc.core.spawner.metrics.finished(Finished {
                 outcome: report.outcome.label(),
                 extension_id: &extension_id,
@@ -589,8 +588,12 @@ async fn run_in_span(
             // An execution is answered only once its record is durable: one that could not be
             // recorded (a full disk, a failed flush) is not reported as a success.
             let generation = svc.commit.generation();
-            let durable = self::record(svc, &cmd, &record, &report, &response).await
-                && svc.commit.durable(generation).await.is_ok();
+            // The usage counters do not wait for the record, nor it for them.
+            let (_, recorded) = tokio::join!(
+                usage::add(svc, &cmd.tenant, &extension_id, &report, egress_bytes),
+                self::record(svc, &cmd, &record, &report, &response)
+            );
+            let durable = recorded && svc.commit.durable(generation).await.is_ok();
             if !durable {
                 return Answer::error(503, "storage_unavailable");
             }

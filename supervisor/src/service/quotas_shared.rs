@@ -1,6 +1,7 @@
 //! Admission for the whole cluster (11-scale-out.md): the per-tenant and per-extension rate limits
 //! and concurrency caps counted in the shared database, so they hold however the load balancer
-//! spreads a tenant's requests. One transaction per admission, under a tenant-wide advisory lock:
+//! spreads a tenant's requests. One statement per admission (`alga_admit`, migration 4: a
+//! transaction of its own), under a tenant-wide advisory lock:
 //! the token buckets refill by the database's clock read after the lock (hosts' clocks never
 //! meet, and a bucket's clock never goes back), and a running
 //! execution holds a lease that its host renews every [`RENEW_EVERY`]; a host that died stops
@@ -36,17 +37,23 @@ pub struct Lease {
     pg: Pg,
     id: String,
     held: Arc<Mutex<HashSet<String>>>,
+    /// Whether the database may hold it (false once the admission was refused).
+    stored: bool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        if !self.stored {
+            return;
+        }
         // Failing the delete below (or without a runtime), the next renewal removes it.
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (pg, id) = (self.pg.clone(), std::mem::take(&mut self.id));
         rt.spawn(async move {
             let released = async {
-                pg.relaxed_client().await?.execute("DELETE FROM quota_lease WHERE lease_id = $1", &[&id]).await?;
+                let c = pg.relaxed_client().await?;
+                c.execute(&prepared(&c, "DELETE FROM quota_lease WHERE lease_id = $1").await?, &[&id]).await?;
                 Ok::<_, PgError>(())
             };
             if let Err(e) = released.await {
@@ -109,95 +116,50 @@ impl SharedAdmission {
         }
     }
 
-    /// Admits one execution (rate limits first, then the caps), or says why not.
+    /// Admits one execution (rate limits first, then the caps), or says why not: one statement,
+    /// `alga_admit` (migration 4), in a transaction of its own.
     pub async fn admit(&self, c: &QuotasConfig, tenant: &str, extension: &str) -> Result<Lease, Refused> {
         // `/` is in no tenant id, so no two (tenant, extension) pairs share a key.
-        let keys = [format!("t/{tenant}"), format!("e/{tenant}/{extension}")];
-        let limits =
-            [(c.tenant_rate_per_s, c.tenant_burst.max(1.0)), (c.extension_rate_per_s, c.extension_burst.max(1.0))];
-        let mut client = self.pg.relaxed_client().await.map_err(unavailable)?;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        // A tenant's admissions take turns, on every host.
-        tx.execute(
-            &prepared(&tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))").await.map_err(unavailable)?,
-            &[&tenant],
-        )
-        .await
-        .map_err(unavailable)?;
-        let mut refill = Vec::new();
-        for (key, (rate, burst)) in keys.iter().zip(limits) {
-            if rate <= 0.0 {
-                continue;
-            }
-            let row = tx
-                .query_opt(
-                    &prepared(&tx, "SELECT tokens, extract(epoch FROM clock_timestamp() - at)::float8 AS age FROM quota_bucket WHERE key = $1").await.map_err(unavailable)?,
-                    &[key],
-                )
-                .await
-                .map_err(unavailable)?;
-            let tokens = match row {
-                Some(r) => (r.get::<_, f64>("tokens") + r.get::<_, f64>("age").max(0.0) * rate).min(burst),
-                None => burst,
-            };
-            if tokens < 1.0 {
-                return Err(Refused::RateLimited { retry_after_s: wait_s(tokens, rate) });
-            }
-            refill.push((key, tokens - 1.0));
-        }
-        let caps = [c.tenant_concurrency, c.extension_concurrency];
-        if caps.iter().any(|cap| *cap > 0) {
-            let row = tx
-                .query_one(
-                    &prepared(
-                        &tx,
-                        "SELECT count(*) AS tenant, count(*) FILTER (WHERE extension_id = $2) AS extension
-                     FROM quota_lease WHERE tenant = $1 AND expires_at > now()",
-                    )
-                    .await
-                    .map_err(unavailable)?,
-                    &[&tenant, &extension],
-                )
-                .await
-                .map_err(unavailable)?;
-            let running = [row.get::<_, i64>("tenant"), row.get::<_, i64>("extension")];
-            if caps.iter().zip(running).any(|(cap, n)| *cap > 0 && n >= i64::from(*cap)) {
-                return Err(Refused::QuotaExceeded { retry_after_s: 1 });
-            }
-        }
-        for (key, tokens) in refill {
-            tx.execute(
-                &prepared(
-                    &tx,
-                    "INSERT INTO quota_bucket (key, tokens, at) VALUES ($1, $2, clock_timestamp())
-                 ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = greatest(quota_bucket.at, excluded.at)",
-                )
-                .await
-                .map_err(unavailable)?,
-                &[key, &tokens],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
+        let keys = vec![format!("t/{tenant}"), format!("e/{tenant}/{extension}")];
+        let rates = vec![c.tenant_rate_per_s, c.extension_rate_per_s];
+        let bursts = vec![c.tenant_burst.max(1.0), c.extension_burst.max(1.0)];
+        let caps = [c.tenant_concurrency as i32, c.extension_concurrency as i32];
         let id = crate::registry::new_id();
         // Held (renewed) from before the commit: a lease committed but never handed out is
         // removed by the next renewal once this is dropped.
-        let lease = Lease { pg: self.pg.clone(), id: id.clone(), held: self.held.clone() };
+        let mut lease = Lease { pg: self.pg.clone(), id: id.clone(), held: self.held.clone(), stored: true };
         self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
-        tx.execute(
-            &prepared(
-                &tx,
-                "INSERT INTO quota_lease (lease_id, host_id, tenant, extension_id, expires_at)
-             VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')",
+        let client = self.pg.relaxed_client().await.map_err(unavailable)?;
+        let row = client
+            .query_one(
+                &prepared(
+                    &client,
+                    "SELECT outcome, tokens, rate FROM alga_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .await
+                .map_err(unavailable)?,
+                &[
+                    &tenant,
+                    &extension,
+                    &self.host_id,
+                    &id,
+                    &keys,
+                    &rates,
+                    &bursts,
+                    &caps[0],
+                    &caps[1],
+                    &(LEASE.as_millis() as f64),
+                ],
             )
             .await
-            .map_err(unavailable)?,
-            &[&id, &self.host_id, &tenant, &extension, &(LEASE.as_millis() as f64)],
-        )
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(lease)
+            .map_err(unavailable)?;
+        let outcome = row.get::<_, &str>("outcome");
+        lease.stored = outcome == "admitted";
+        match outcome {
+            "admitted" => Ok(lease),
+            "rate_limited" => Err(Refused::RateLimited { retry_after_s: wait_s(row.get("tokens"), row.get("rate")) }),
+            _ => Err(Refused::QuotaExceeded { retry_after_s: 1 }),
+        }
     }
 
     /// The tenant's running executions across the cluster.

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "idempotency", include_str!("migrations/0002_idempotency.sql")),
     (3, "quotas", include_str!("migrations/0003_quotas.sql")),
+    (4, "admit", include_str!("migrations/0004_admit.sql")),
 ];
 
 /// The schema this build writes.
