@@ -83,6 +83,20 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     async fn put_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError>;
 
     async fn install(&self, tenant: &str, extension_id: &str) -> Result<Option<InstallRecord>, StoreError>;
+    /// `tenant`'s install of `extension` (registry id or manifest name) with its extension and
+    /// the version it names (by version id), when all three exist: what an execution resolves,
+    /// in one lookup where the backend can.
+    async fn resolve(
+        &self,
+        tenant: &str,
+        extension: &str,
+    ) -> Result<Option<(ExtensionRecord, InstallRecord, VersionRecord)>, StoreError> {
+        let Some(ext) = self.extension(extension).await? else { return Ok(None) };
+        let Some(install) = self.install(tenant, &ext.id).await? else { return Ok(None) };
+        // By version string (one key), then checked against the install's version id.
+        let version = self.version(&ext.id, &install.version).await?.filter(|v| v.version_id == install.version_id);
+        Ok(version.map(|v| (ext, install, v)))
+    }
     async fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError>;
     /// Saves the install and replaces its event subscriptions, in one transaction.
     async fn put_install(

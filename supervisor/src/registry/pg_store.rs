@@ -11,6 +11,7 @@ use super::chain::{ChainHead, PRUNE_PER_APPEND, Retention, hash_of_bytes};
 use super::model::*;
 use super::{ExecutionQuery, PublishOutcome, RegistryStore, StoreError};
 use crate::db::postgres::{Pg, PgError, big, prepared, unbig};
+use tokio_postgres::types::ToSql;
 
 #[derive(Debug, Clone)]
 pub struct PgRegistry {
@@ -415,6 +416,36 @@ impl RegistryStore for PgRegistry {
         Ok(row.as_ref().map(record_of))
     }
 
+    async fn resolve(
+        &self,
+        tenant: &str,
+        extension: &str,
+    ) -> Result<Option<(ExtensionRecord, InstallRecord, VersionRecord)>, StoreError> {
+        let c = self.pg.client().await?;
+        let row = c
+            .query_opt(
+                &prepared(
+                    &c,
+                    &format!(
+                        "WITH e AS (SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE id = $1 OR name = $1
+                                    ORDER BY (id = $1) DESC LIMIT 1)
+                         SELECT e.*, i.record AS install, v.record AS version FROM e
+                         JOIN tenant_extension_install i ON i.tenant = $2 AND i.extension_id = e.id
+                         JOIN extension_version v ON v.extension_id = e.id AND v.version_id = i.version_id"
+                    ),
+                )
+                .await?,
+                &[&extension, &tenant],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(row.map(|r| {
+            let Json(install) = r.get::<_, Json<InstallRecord>>("install");
+            let Json(version) = r.get::<_, Json<VersionRecord>>("version");
+            (extension_of(&r), install, version)
+        }))
+    }
+
     async fn installs(&self, tenant: &str) -> Result<Vec<InstallRecord>, StoreError> {
         let c = self.pg.client().await?;
         let rows = c
@@ -630,29 +661,41 @@ impl RegistryStore for PgRegistry {
         let bytes = encode(&r);
         head.head_hash = hash_of_bytes(&bytes);
         head.next_seq += 1;
-        tx.execute(
-            &prepared(
-                &tx,
-                "INSERT INTO extension_execution_log
+        // Most appends prune nothing: the record, the new head and the oldest record's time go
+        // in one round trip (the client pipelines what is sent together), and the pruning only
+        // follows when retention says so.
+        let insert = prepared(
+            &tx,
+            "INSERT INTO extension_execution_log
                  (tenant, seq, execution_id, request_id, extension_id, outcome, created_at, record)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .await?,
-            &[
-                &r.tenant,
-                &big(r.seq),
-                &r.execution_id,
-                &r.request_id,
-                &r.extension_id,
-                &r.outcome,
-                &big(r.created_at),
-                &bytes,
-            ],
         )
-        .await
+        .await?;
+        let oldest =
+            prepared(&tx, "SELECT created_at FROM extension_execution_log WHERE tenant = $1 AND seq = $2").await?;
+        let save = prepared(
+            &tx,
+            "UPDATE extension_execution_chain SET next_seq = $2, head_hash = $3, first_seq = $4, anchor_hash = $5
+             WHERE tenant = $1",
+        )
+        .await?;
+        let (seq, created_at, first_seq, next_seq) =
+            (big(r.seq), big(r.created_at), big(head.first_seq), big(head.next_seq));
+        let record: [&(dyn ToSql + Sync); 8] =
+            [&r.tenant, &seq, &r.execution_id, &r.request_id, &r.extension_id, &r.outcome, &created_at, &bytes];
+        let oldest_of: [&(dyn ToSql + Sync); 2] = [&r.tenant, &first_seq];
+        let new_head: [&(dyn ToSql + Sync); 5] = [&r.tenant, &next_seq, &head.head_hash, &first_seq, &head.anchor_hash];
+        let (_, oldest, _) = tokio::try_join!(
+            tx.execute(&insert, &record),
+            tx.query_opt(&oldest, &oldest_of),
+            tx.execute(&save, &new_head),
+        )
         .map_err(PgError::from)?;
-        prune(&tx, &r.tenant, &mut head, retention, PRUNE_PER_APPEND).await?;
-        save_head(&tx, &r.tenant, &head).await?;
+        let kept = head.len() <= retention.max_records
+            && oldest.is_some_and(|row| retention.keeps_oldest(head.len(), unbig(row.get("created_at")), now_ms()));
+        if !kept && prune(&tx, &r.tenant, &mut head, retention, PRUNE_PER_APPEND).await? > 0 {
+            save_head(&tx, &r.tenant, &head).await?;
+        }
         tx.commit().await.map_err(PgError::from)?;
         Ok(r)
     }

@@ -360,14 +360,10 @@ async fn resolve_envelope(svc: &Service, cmd: &ExecuteCommand) -> Result<Option<
 
 /// The tenant's enabled install of `extension` (registry id or manifest name) and its version.
 pub async fn resolve_enabled(svc: &Service, tenant: &str, extension: &str) -> Result<Option<Target>, Problem> {
-    let Some(ext) = svc.registry.extension(extension).await? else { return Ok(None) };
-    let Some(install) = svc.registry.install(tenant, &ext.id).await?.filter(|i| i.enabled) else { return Ok(None) };
-    // By version string (one key), then checked against the install's version id.
-    let Some(version) =
-        svc.registry.version(&ext.id, &install.version).await?.filter(|v| v.version_id == install.version_id)
-    else {
+    let Some((ext, install, version)) = svc.registry.resolve(tenant, extension).await? else { return Ok(None) };
+    if !install.enabled {
         return Ok(None);
-    };
+    }
     Ok(Some(Target { ext, install, version }))
 }
 
