@@ -9,6 +9,7 @@ use tokio_postgres::types::Json;
 
 use super::{KvError, KvStore, PutResult, Scope, Stored, limits};
 use crate::db::postgres::{Pg, PgError, big, prepared, unbig};
+use tokio_postgres::types::ToSql;
 
 #[derive(Debug, Clone)]
 pub struct PgKv {
@@ -66,34 +67,28 @@ struct Usage {
     namespaces: BTreeMap<String, u32>,
 }
 
-/// Locks (creating it first) the install's usage row for the transaction.
+/// Locks (creating it first) the install's usage row for the transaction, and reads it: one
+/// statement, since the conflicting insert's no-op update takes the row's lock and returns it.
 async fn lock_usage(tx: &deadpool_postgres::Transaction<'_>, scope: &Scope) -> Result<Usage, KvError> {
-    tx.execute(
-        &prepared(
-            tx,
-            "INSERT INTO ext_storage_usage (tenant, install_id, bytes, namespaces) VALUES ($1, $2, 0, '{}')
-         ON CONFLICT DO NOTHING",
-        )
-        .await
-        .map_err(db_error)?,
-        &[&scope.tenant, &scope.install],
+    let row =
+        tx.query_one(&lock_usage_statement(tx).await?, &[&scope.tenant, &scope.install]).await.map_err(db_error)?;
+    Ok(usage_of(&row))
+}
+
+async fn lock_usage_statement(tx: &deadpool_postgres::Transaction<'_>) -> Result<tokio_postgres::Statement, KvError> {
+    prepared(
+        tx,
+        "INSERT INTO ext_storage_usage AS u (tenant, install_id, bytes, namespaces) VALUES ($1, $2, 0, '{}')
+         ON CONFLICT (tenant, install_id) DO UPDATE SET bytes = u.bytes
+         RETURNING bytes, namespaces",
     )
     .await
-    .map_err(db_error)?;
-    let row = tx
-        .query_one(
-            &prepared(
-                tx,
-                "SELECT bytes, namespaces FROM ext_storage_usage WHERE tenant = $1 AND install_id = $2 FOR UPDATE",
-            )
-            .await
-            .map_err(db_error)?,
-            &[&scope.tenant, &scope.install],
-        )
-        .await
-        .map_err(db_error)?;
+    .map_err(db_error)
+}
+
+fn usage_of(row: &tokio_postgres::Row) -> Usage {
     let Json(namespaces) = row.get::<_, Json<BTreeMap<String, u32>>>("namespaces");
-    Ok(Usage { bytes: unbig(row.get("bytes")), namespaces })
+    Usage { bytes: unbig(row.get("bytes")), namespaces }
 }
 
 async fn save_usage(tx: &deadpool_postgres::Transaction<'_>, scope: &Scope, u: &Usage) -> Result<(), KvError> {
@@ -138,21 +133,22 @@ impl KvStore for PgKv {
     ) -> Result<PutResult, KvError> {
         let mut c = self.pg.client().await.map_err(db_error)?;
         let tx = c.transaction().await.map_err(db_error)?;
-        let mut usage = lock_usage(&tx, scope).await?;
-        let current = tx
-            .query_opt(
-                &prepared(
-                    &tx,
-                    "SELECT length(value) AS len, revision FROM ext_storage_entry
-                 WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4",
-                )
-                .await
-                .map_err(db_error)?,
-                &[&scope.tenant, &scope.install, &namespace, &key],
-            )
-            .await
-            .map_err(db_error)?
-            .map(|r| (r.get::<_, i32>("len") as u64, unbig(r.get("revision"))));
+        // The usage row's lock, then the entry under it: sent together (one round trip), run in
+        // that order.
+        let lock = lock_usage_statement(&tx).await?;
+        let entry = prepared(
+            &tx,
+            "SELECT length(value) AS len, revision FROM ext_storage_entry
+             WHERE tenant = $1 AND install_id = $2 AND namespace = $3 AND key = $4",
+        )
+        .await
+        .map_err(db_error)?;
+        let install: [&(dyn ToSql + Sync); 2] = [&scope.tenant, &scope.install];
+        let where_key: [&(dyn ToSql + Sync); 4] = [&scope.tenant, &scope.install, &namespace, &key];
+        let (usage_row, current) =
+            tokio::try_join!(tx.query_one(&lock, &install), tx.query_opt(&entry, &where_key)).map_err(db_error)?;
+        let mut usage = usage_of(&usage_row);
+        let current = current.map(|r| (r.get::<_, i32>("len") as u64, unbig(r.get("revision"))));
         if let Some(want) = expected
             && current.map(|c| c.1) != Some(want)
         {
@@ -176,21 +172,20 @@ impl KvStore for PgKv {
         if current.is_none() {
             *usage.namespaces.entry(namespace.to_string()).or_default() += 1;
         }
-        tx.execute(
-            &prepared(
-                &tx,
-                "INSERT INTO ext_storage_entry (tenant, install_id, namespace, key, value, revision, updated_at)
+        let write = prepared(
+            &tx,
+            "INSERT INTO ext_storage_entry (tenant, install_id, namespace, key, value, revision, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (tenant, install_id, namespace, key) DO UPDATE SET value = excluded.value,
                  revision = excluded.revision, updated_at = excluded.updated_at",
-            )
-            .await
-            .map_err(db_error)?,
-            &[&scope.tenant, &scope.install, &namespace, &key, &value, &big(revision), &big(crate::registry::now_ms())],
         )
         .await
         .map_err(db_error)?;
-        save_usage(&tx, scope, &usage).await?;
+        let (revision_of, now) = (big(revision), big(crate::registry::now_ms()));
+        let entry: [&(dyn ToSql + Sync); 7] =
+            [&scope.tenant, &scope.install, &namespace, &key, &value, &revision_of, &now];
+        // The entry and the usage row: one round trip.
+        tokio::try_join!(async { tx.execute(&write, &entry).await.map_err(db_error) }, save_usage(&tx, scope, &usage))?;
         tx.commit().await.map_err(db_error)?;
         Ok(PutResult::Written { revision })
     }
