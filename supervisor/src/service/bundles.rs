@@ -74,6 +74,12 @@ impl Bundles {
                 metrics.bundle_fetch("missing");
                 return Err(BundleBytesError::Missing(content_hash.to_string()));
             }
+            // More than any bundle may be: not the bundle, whatever it is.
+            Err(e @ SharedBlobError::TooLarge { .. }) => {
+                metrics.bundle_fetch("corrupt");
+                tracing::warn!(error = %e, "the object store's copy of a bundle is too large");
+                return Err(BundleBytesError::Corrupt(content_hash.to_string()));
+            }
             Err(e) => {
                 metrics.bundle_fetch("failed");
                 return Err(e.into());
