@@ -189,7 +189,13 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
             .await??;
     }
     // Every host must be able to fetch the bundle once its record exists: shared first.
-    svc.blobs.share(&hash, bytes, &signature).await.map_err(|e| BundleBytesError::from(e).problem())?;
+    if let Err(e) = svc.blobs.share(&hash, bytes, &signature).await {
+        // Not published: this host's copy would stay, unshared and so never evicted.
+        if let Ok(None) = svc.registry.bundle(&hash).await {
+            forget_local(svc, &hash).await;
+        }
+        return Err(BundleBytesError::from(e).problem());
+    }
     if let Some(artifact) = &compiled {
         super::loader::share_artifact(svc, artifact, svc.core.spawner.fork.fingerprint(), false).await;
     }
