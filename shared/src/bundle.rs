@@ -20,11 +20,15 @@ pub fn content_hash(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Normalises a content hash given by a caller: `sha256:` prefix optional, 64 lowercase hex.
+/// Normalises a content hash given by a caller: `sha256:` prefix optional (in any case), 64 hex
+/// digits in any case; the result is `sha256:` + lowercase hex.
 pub fn normalize_hash(raw: &str) -> Option<String> {
-    let hex = raw.strip_prefix("sha256:").unwrap_or(raw);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| format!("sha256:{hex}"))
+    let hex = match raw.split_at_checked(7) {
+        Some((prefix, rest)) if prefix.eq_ignore_ascii_case("sha256:") => rest,
+        _ => raw,
+    };
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("sha256:{}", hex.to_ascii_lowercase()))
 }
 
 /// Archive limits (each configurable by the operator).
@@ -412,6 +416,8 @@ pub(crate) mod tests {
         assert_eq!(normalize_hash(&hex), Some(format!("sha256:{hex}")));
         assert_eq!(normalize_hash(&format!("sha256:{hex}")), Some(format!("sha256:{hex}")));
         assert_eq!(normalize_hash("sha256:ABC"), None);
-        assert_eq!(normalize_hash(&"A".repeat(64)), None);
+        assert_eq!(normalize_hash(&"A".repeat(64)), Some(format!("sha256:{}", "a".repeat(64))));
+        assert_eq!(normalize_hash(&format!("SHA256:{}", "B".repeat(64))), Some(format!("sha256:{}", "b".repeat(64))));
+        assert_eq!(normalize_hash(&"g".repeat(64)), None);
     }
 }

@@ -36,19 +36,20 @@ fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Checks `Authorization: Bearer <token>` when `token` is configured.
+/// Checks `Authorization: Bearer <token>` when `token` is configured; the service token may also
+/// come as `x-runner-service-token` (what an Alga host sends its runner).
 pub fn authorize(req: &HttpRequest, token: &Option<String>, which: &str) -> Result<(), Problem> {
     let Some(expected) = token else { return Ok(()) };
-    let given = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let given = bearer.or_else(|| header("x-runner-service-token").filter(|_| which == "service")).map(str::trim);
     match given {
         // Constant time in the token's content (`subtle`): only its length can leak.
         Some(g) if bool::from(g.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
         Some(_) => Err(Problem::unauthorized(format!("the bearer token is not the {which} token"))),
+        None if which == "service" => Err(Problem::unauthorized(
+            "this route needs `Authorization: Bearer <service token>` or `x-runner-service-token: <service token>`",
+        )),
         None => Err(Problem::unauthorized(format!("this route needs `Authorization: Bearer <{which} token>`"))),
     }
 }

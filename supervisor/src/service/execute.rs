@@ -141,6 +141,9 @@ pub struct EnvelopeResponse {
     pub headers: BTreeMap<String, String>,
     pub body_b64: Option<String>,
     pub error: Option<String>,
+    /// What a refusal looked for (e.g. the tenant, extension and hash of `not_installed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl EnvelopeResponse {
@@ -172,6 +175,7 @@ impl From<Answer> for EnvelopeResponse {
             headers: a.headers,
             body_b64: a.body.map(|b| STANDARD.encode(b)),
             error: a.error,
+            detail: None,
         }
     }
 }
@@ -229,7 +233,7 @@ impl Envelope {
             return Err(invalid("$.context.extension_id: must be 1 to 256 characters".into()));
         }
         let content_hash = normalize_hash(&c.content_hash).ok_or_else(|| {
-            invalid("$.context.content_hash: must be sha256: followed by 64 lowercase hex digits".into())
+            invalid("$.context.content_hash: must be 64 hex digits, with or without `sha256:`".into())
         })?;
         let method = self.http.method.trim().to_ascii_uppercase();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -340,22 +344,54 @@ impl Trigger {
 /// installed, denied, guest errors) is an envelope.
 pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<EnvelopeResponse, Problem> {
     match resolve_envelope(svc, &cmd).await? {
-        Some(target) => Ok(run(svc, &target, cmd, Trigger::Envelope, None).await?.into()),
-        None => Ok(EnvelopeResponse::error(404, "not_installed")),
+        Ok(target) => Ok(run(svc, &target, cmd, Trigger::Envelope, None).await?.into()),
+        Err(detail) => {
+            tracing::warn!(
+                tenant = %cmd.tenant,
+                extension = %cmd.extension,
+                content_hash = %cmd.content_hash,
+                install_id = cmd.install_id.as_deref().unwrap_or("-"),
+                version_id = cmd.version_id.as_deref().unwrap_or("-"),
+                %detail,
+                "execution refused: not_installed"
+            );
+            Ok(EnvelopeResponse { detail: Some(detail), ..EnvelopeResponse::error(404, "not_installed") })
+        }
     }
 }
 
-/// Envelope mode: the install must be enabled, on this content hash, and match the ids given.
-async fn resolve_envelope(svc: &Service, cmd: &ExecuteCommand) -> Result<Option<Target>, Problem> {
-    let Some(target) = resolve_enabled(svc, &cmd.tenant, &cmd.extension).await? else { return Ok(None) };
-    let install = &target.install;
-    if install.content_hash != cmd.content_hash
-        || cmd.install_id.as_ref().is_some_and(|i| i != &install.install_id)
-        || cmd.version_id.as_ref().is_some_and(|v| v != &install.version_id)
-    {
-        return Ok(None);
+/// Envelope mode: the install must be enabled, on this content hash, and match the ids given;
+/// `Err` says which of these did not hold, naming what was looked for.
+async fn resolve_envelope(svc: &Service, cmd: &ExecuteCommand) -> Result<Result<Target, String>, Problem> {
+    let (tenant, extension) = (&cmd.tenant, &cmd.extension);
+    let Some((ext, install, version)) = svc.registry.resolve(tenant, extension).await? else {
+        return Ok(Err(format!(
+            "no install of extension `{extension}` (looked up by registry id and by name) for tenant `{tenant}`"
+        )));
+    };
+    let name = &ext.name;
+    if !install.enabled {
+        return Ok(Err(format!("the install of {name} for tenant `{tenant}` is disabled")));
     }
-    Ok(Some(target))
+    if install.content_hash != cmd.content_hash {
+        return Ok(Err(format!(
+            "tenant `{tenant}`'s install of {name} runs {}, not the content hash asked for, {}",
+            install.content_hash, cmd.content_hash
+        )));
+    }
+    if let Some(i) = cmd.install_id.as_ref().filter(|i| **i != install.install_id) {
+        return Ok(Err(format!(
+            "tenant `{tenant}`'s install of {name} is {}, not the install id asked for, {i}",
+            install.install_id
+        )));
+    }
+    if let Some(v) = cmd.version_id.as_ref().filter(|v| **v != install.version_id) {
+        return Ok(Err(format!(
+            "tenant `{tenant}`'s install of {name} is on version id {}, not the one asked for, {v}",
+            install.version_id
+        )));
+    }
+    Ok(Ok(Target { ext, install, version }))
 }
 
 /// The tenant's enabled install of `extension` (registry id or manifest name) and its version.
