@@ -342,7 +342,14 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
             if u.contains_key("type") && kind_ != "iframe" {
                 c.err("$.ui.type", "must be `iframe`");
             }
-            let entry = c.string(u, "entry", "$.ui.entry", true).unwrap_or_default();
+            let mut entry = c.string(u, "entry", "$.ui.entry", true).unwrap_or_default();
+            // Alga's tooling writes the entry relative to the bundle's root (`ui/index.html`);
+            // it is kept relative to `ui/`, unless the bundle really has `ui/ui/...`.
+            if let Some(rest) = entry.strip_prefix("ui/")
+                && !files.is_some_and(|f| f.contains(&format!("ui/{entry}")))
+            {
+                entry = rest.to_string();
+            }
             if u.contains_key("entry") {
                 if let Some(problem) = bundle_path_problem(&entry) {
                     c.err("$.ui.entry", problem);
@@ -487,6 +494,17 @@ mod tests {
         assert_eq!(errors[0].path, "$.entry");
         let errors = parse(GOOD.as_bytes(), Some(&files(&["dist/main.wasm"]))).unwrap_err().0;
         assert_eq!(errors[0].path, "$.ui.entry");
+    }
+
+    #[test]
+    fn a_ui_entry_relative_to_the_bundle_root_is_accepted() {
+        let alga = GOOD.replace(r#""entry": "index.html""#, r#""entry": "ui/index.html""#);
+        assert_ne!(alga, GOOD);
+        let m = parse(alga.as_bytes(), Some(&files(&["dist/main.wasm", "ui/index.html"]))).unwrap();
+        assert_eq!(m.ui.unwrap().entry, "index.html");
+        // A bundle that really has `ui/ui/index.html` keeps it.
+        let m = parse(alga.as_bytes(), Some(&files(&["dist/main.wasm", "ui/ui/index.html"]))).unwrap();
+        assert_eq!(m.ui.unwrap().entry, "ui/index.html");
     }
 
     #[test]
