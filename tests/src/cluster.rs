@@ -76,17 +76,12 @@ impl Cluster {
 
     /// The environment of a host on this cluster.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("ALGA_RUNNER_STORAGE__BACKEND".to_string(), "postgres".to_string()),
             ("ALGA_RUNNER_STORAGE__URL".to_string(), self.url.clone()),
-            ("ALGA_RUNNER_BLOBS__BACKEND".to_string(), "s3".to_string()),
-            ("ALGA_RUNNER_BLOBS__ENDPOINT".to_string(), self.garage.endpoint.clone()),
-            ("ALGA_RUNNER_BLOBS__BUCKET".to_string(), self.bucket.clone()),
-            ("ALGA_RUNNER_BLOBS__REGION".to_string(), "garage".to_string()),
-            ("ALGA_RUNNER_BLOBS__ALLOW_HTTP".to_string(), "true".to_string()),
-            ("AWS_ACCESS_KEY_ID".to_string(), self.garage.access_key_id.clone()),
-            ("AWS_SECRET_ACCESS_KEY".to_string(), self.garage.secret_access_key.clone()),
-        ]
+        ];
+        env.extend(self.garage.blobs_env(&self.bucket));
+        env
     }
 
     /// The bundles in the bucket (content hashes), read with the runner's own S3 client.

@@ -5,9 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::test_servers::{free_port, stop_at_exit, sweep_stale};
 
 pub struct Garage {
     /// `http://127.0.0.1:<port>`: the S3 API.
@@ -19,20 +21,7 @@ pub struct Garage {
     pid: i32,
 }
 
-/// The servers' pids, for the exit handler.
-static SERVERS: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
-static STARTED: AtomicUsize = AtomicUsize::new(0);
 static BUCKETS: AtomicU32 = AtomicU32::new(0);
-
-extern "C" fn stop_servers() {
-    for slot in &SERVERS {
-        let pid = slot.load(Ordering::SeqCst);
-        if pid > 0 {
-            // SAFETY: sends a signal to a server this test process started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
 
 /// The Garage binary: `$ALGA_RUNNER_GARAGE`, the tools cache `tests/run` builds it into, or PATH.
 pub fn garage_bin() -> Option<PathBuf> {
@@ -44,23 +33,6 @@ pub fn garage_bin() -> Option<PathBuf> {
         return Some(p);
     }
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("garage")).find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-/// Removes the directories of servers whose test process is gone.
-fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir("/var/tmp") else { return };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("alga-runner-garage-").and_then(|r| r.split('-').next())
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
 }
 
 impl Garage {
@@ -76,7 +48,7 @@ impl Garage {
         let bin = garage_bin().ok_or(
             "no Garage binary (tests/run builds it: cargo install garage --locked --root ~/.cache/alga-runner-tools)",
         )?;
-        sweep_stale();
+        sweep_stale("alga-runner-garage-");
         let (s3, rpc, admin) = (free_port(), free_port(), free_port());
         let dir = PathBuf::from(format!("/var/tmp/alga-runner-garage-{}-{s3}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -101,16 +73,7 @@ impl Garage {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting garage: {e}"))?;
-        let slot = STARTED.fetch_add(1, Ordering::SeqCst);
-        SERVERS
-            .get(slot)
-            .ok_or("more than four Garage servers in one test process")?
-            .store(child.id() as i32, Ordering::SeqCst);
-        static AT_EXIT: Once = Once::new();
-        // SAFETY: registers a plain function (it reads atomics and sends signals) to run at exit.
-        AT_EXIT.call_once(|| unsafe {
-            libc::atexit(stop_servers);
-        });
+        stop_at_exit(child.id(), libc::SIGKILL)?;
         let mut garage = Garage {
             endpoint: format!("http://127.0.0.1:{s3}"),
             access_key_id: String::new(),
@@ -177,27 +140,20 @@ impl Garage {
         name
     }
 
-    /// The `[blobs]` section of a runner's configuration for `bucket`.
-    pub fn blobs_config(&self, bucket: &str) -> String {
-        format!(
-            "[blobs]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{bucket}\"\nregion = \"garage\"\n\
-             allow_http = true\naccess_key_id = \"{}\"\n",
-            self.endpoint, self.access_key_id
-        )
-    }
-
-    /// The environment a runner needs for `blobs_config` (the secret stays out of the file).
-    pub fn env(&self) -> Vec<(String, String)> {
-        vec![("AWS_SECRET_ACCESS_KEY".into(), self.secret_access_key.clone())]
-    }
-
-    /// How many objects `bucket` holds, by the server's own count (not the runner's client).
-    pub fn object_count(&self, bucket: &str) -> u64 {
-        let info = self.cli(&["bucket", "info", bucket]).unwrap_or_else(|e| panic!("{e}"));
-        info.lines()
-            .find_map(|l| l.trim().strip_prefix("Objects:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no object count in garage's bucket info:\n{info}"))
+    /// The environment that points a runner's `[blobs]` at `bucket` on this server.
+    pub fn blobs_env(&self, bucket: &str) -> Vec<(String, String)> {
+        [
+            ("ALGA_RUNNER_BLOBS__BACKEND", "s3"),
+            ("ALGA_RUNNER_BLOBS__ENDPOINT", &self.endpoint),
+            ("ALGA_RUNNER_BLOBS__BUCKET", bucket),
+            ("ALGA_RUNNER_BLOBS__REGION", "garage"),
+            ("ALGA_RUNNER_BLOBS__ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", &self.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", &self.secret_access_key),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     /// The runner's own S3 client for `bucket` under `prefix`, on a runtime of its own.

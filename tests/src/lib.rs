@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod garage;
 pub mod postgres;
 pub mod server;
+pub mod test_servers;
 pub mod tls;
 pub mod upstream;
 pub mod webdriver;

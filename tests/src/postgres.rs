@@ -7,9 +7,11 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::test_servers::{free_port, stop_at_exit, sweep_stale};
 
 pub struct PgCluster {
     pub port: u16,
@@ -19,21 +21,7 @@ pub struct PgCluster {
     gid: u32,
 }
 
-/// The postmasters' pids, for the exit handler.
-static POSTMASTERS: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
-static STARTED: AtomicUsize = AtomicUsize::new(0);
 static DATABASES: AtomicU32 = AtomicU32::new(0);
-
-extern "C" fn stop_postmasters() {
-    for slot in &POSTMASTERS {
-        let pid = slot.load(Ordering::SeqCst);
-        if pid > 0 {
-            // SAFETY: sends a signal to a process this test process started; SIGQUIT is the
-            // postmaster's immediate shutdown (its backends follow it).
-            unsafe { libc::kill(pid, libc::SIGQUIT) };
-        }
-    }
-}
 
 /// The newest installed server's `bin` directory (`/usr/lib/postgresql/<major>/bin`).
 fn server_bin() -> Option<PathBuf> {
@@ -55,23 +43,6 @@ fn postgres_user() -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-/// Removes the directories of clusters whose test process is gone.
-fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir("/var/tmp") else { return };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("alga-runner-pg-").and_then(|r| r.split('-').next())
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
 impl PgCluster {
     /// The cluster of this test process, started on first use; `Err` says why there is none.
     pub fn get() -> Result<&'static PgCluster, String> {
@@ -84,7 +55,7 @@ impl PgCluster {
     pub fn start(settings: &[String]) -> Result<PgCluster, String> {
         let bin = server_bin().ok_or("no PostgreSQL server (apt-get install postgresql; tests/run does)")?;
         let (uid, gid) = postgres_user().ok_or("no `postgres` user (apt-get install postgresql)")?;
-        sweep_stale();
+        sweep_stale("alga-runner-pg-");
         let dir = PathBuf::from(format!("/var/tmp/alga-runner-pg-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(dir.join("data")).map_err(|e| format!("{}: {e}", dir.display()))?;
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
@@ -117,16 +88,8 @@ impl PgCluster {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting postgres: {e}"))?;
-        let slot = STARTED.fetch_add(1, Ordering::SeqCst);
-        POSTMASTERS
-            .get(slot)
-            .ok_or("more than four clusters in one test process")?
-            .store(child.id() as i32, Ordering::SeqCst);
-        static AT_EXIT: Once = Once::new();
-        // SAFETY: registers a plain function (it reads atomics and sends signals) to run at exit.
-        AT_EXIT.call_once(|| unsafe {
-            libc::atexit(stop_postmasters);
-        });
+        // SIGQUIT is the postmaster's immediate shutdown (its backends follow it).
+        stop_at_exit(child.id(), libc::SIGQUIT)?;
         let cluster = PgCluster { port, dir, bin, uid, gid };
         let deadline = Instant::now() + Duration::from_secs(30);
         while cluster.psql("postgres", "SELECT 1").is_err() {

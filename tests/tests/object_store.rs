@@ -157,15 +157,18 @@ fn tls_to_the_object_store_is_verified_against_the_ca_file() {
     let bucket = garage.bucket();
     let signer = Signer::new();
     let host = |ca: bool| {
-        let mut env = vec![
-            ("ALGA_RUNNER_BLOBS__BACKEND".to_string(), "s3".to_string()),
-            ("ALGA_RUNNER_BLOBS__ENDPOINT".to_string(), format!("https://127.0.0.1:{port}")),
-            ("ALGA_RUNNER_BLOBS__BUCKET".to_string(), bucket.clone()),
-            ("ALGA_RUNNER_BLOBS__REGION".to_string(), "garage".to_string()),
-            ("ALGA_RUNNER_BLOBS__TIMEOUT_MS".to_string(), "3000".to_string()),
-            ("AWS_ACCESS_KEY_ID".to_string(), garage.access_key_id.clone()),
-            ("AWS_SECRET_ACCESS_KEY".to_string(), garage.secret_access_key.clone()),
-        ];
+        // Through the TLS terminator, plain http not allowed.
+        let mut env: Vec<(String, String)> = garage
+            .blobs_env(&bucket)
+            .into_iter()
+            .filter(|(k, _)| k != "ALGA_RUNNER_BLOBS__ALLOW_HTTP")
+            .map(
+                |(k, v)| {
+                    if k == "ALGA_RUNNER_BLOBS__ENDPOINT" { (k, format!("https://127.0.0.1:{port}")) } else { (k, v) }
+                },
+            )
+            .collect();
+        env.push(("ALGA_RUNNER_BLOBS__TIMEOUT_MS".to_string(), "3000".to_string()));
         if ca {
             env.push(("ALGA_RUNNER_BLOBS__CA_FILE".to_string(), certs.path().join("ca.pem").display().to_string()));
         }
@@ -202,12 +205,7 @@ fn a_missing_bucket_or_refused_credentials_exit_78_naming_the_store() {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("ALGA_RUNNER_LISTEN", "127.0.0.1:0")
             .env("ALGA_RUNNER_STATE_DIR", state.path())
-            .env("ALGA_RUNNER_BLOBS__BACKEND", "s3")
-            .env("ALGA_RUNNER_BLOBS__ENDPOINT", &garage.endpoint)
-            .env("ALGA_RUNNER_BLOBS__BUCKET", bucket)
-            .env("ALGA_RUNNER_BLOBS__REGION", "garage")
-            .env("ALGA_RUNNER_BLOBS__ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", &garage.access_key_id)
+            .envs(garage.blobs_env(bucket))
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .stdin(Stdio::null())
             .output()
@@ -287,15 +285,7 @@ fn a_host_switched_to_the_object_store_puts_its_bundles_there() {
         json!({}),
     );
     let bucket = garage.bucket();
-    host.options.env.extend([
-        ("ALGA_RUNNER_BLOBS__BACKEND".to_string(), "s3".to_string()),
-        ("ALGA_RUNNER_BLOBS__ENDPOINT".to_string(), garage.endpoint.clone()),
-        ("ALGA_RUNNER_BLOBS__BUCKET".to_string(), bucket.clone()),
-        ("ALGA_RUNNER_BLOBS__REGION".to_string(), "garage".to_string()),
-        ("ALGA_RUNNER_BLOBS__ALLOW_HTTP".to_string(), "true".to_string()),
-        ("AWS_ACCESS_KEY_ID".to_string(), garage.access_key_id.clone()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), garage.secret_access_key.clone()),
-    ]);
+    host.options.env.extend(garage.blobs_env(&bucket));
     host.restart();
     wait_until("the host to put its bundle in the bucket", || {
         garage.bundles_in(&bucket, "") == vec![echo.content_hash.clone()]

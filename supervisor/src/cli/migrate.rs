@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE};
-use crate::config::{Config, redacted_url};
+use super::{EXIT_FAILURE, EXIT_USAGE};
+use crate::config::redacted_url;
 use crate::db::postgres::Pg;
 use crate::exec::artifacts::sha256_hex;
 use crate::hostapi::storage::postgres::PgKv;
@@ -81,24 +81,16 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<u8> {
                 return Ok(EXIT_USAGE);
             };
             let env: Vec<(String, String)> = std::env::vars().collect();
-            let file = args.config.clone().or_else(|| std::env::var_os("ALGA_RUNNER_CONFIG").map(PathBuf::from));
-            let mut config = match Config::load(file.as_deref(), &env) {
+            let mut config = match super::load_config(args.config.clone(), &env) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(EXIT_CONFIG);
-                }
+                Err(code) => return Ok(code),
             };
             config.blobs.backend = "s3".into();
             config.blobs.bucket = Some(bucket.to_string());
             config.blobs.prefix = prefix.to_string();
-            match super::stores::open_shared(&config, &rt) {
+            match super::stores::or_exit(super::stores::open_shared(&config, &rt))? {
                 Ok(shared) => Some(shared),
-                Err(super::stores::OpenError::Config(m)) => {
-                    eprintln!("error: --blobs: {m}");
-                    return Ok(EXIT_CONFIG);
-                }
-                Err(super::stores::OpenError::Other(e)) => return Err(e),
+                Err(code) => return Ok(code),
             }
         }
     };

@@ -91,3 +91,13 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for an invalid configuration (EX_CONFIG); systemd does not restart on it.
 pub const EXIT_CONFIG: u8 = 78;
+
+/// The service's configuration: the file `file` (else `$ALGA_RUNNER_CONFIG`, else none) under
+/// `env`. An invalid one is printed (every problem) and answered with [`EXIT_CONFIG`].
+pub fn load_config(file: Option<std::path::PathBuf>, env: &[(String, String)]) -> Result<crate::config::Config, u8> {
+    let file = file.or_else(|| std::env::var_os("ALGA_RUNNER_CONFIG").map(std::path::PathBuf::from));
+    crate::config::Config::load(file.as_deref(), env).map_err(|e| {
+        eprintln!("{e}");
+        EXIT_CONFIG
+    })
+}

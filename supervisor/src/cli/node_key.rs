@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use super::EXIT_CONFIG;
-use crate::config::Config;
 use crate::secrets::NodeKey;
 
 #[derive(Debug, clap::Args)]
@@ -34,13 +33,9 @@ pub struct RotateNodeKeyArgs {
 
 pub fn rotate(args: RotateNodeKeyArgs) -> anyhow::Result<u8> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let file = args.config.or_else(|| std::env::var_os("ALGA_RUNNER_CONFIG").map(PathBuf::from));
-    let config = match Config::load(file.as_deref(), &env) {
+    let config = match super::load_config(args.config, &env) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(EXIT_CONFIG);
-        }
+        Err(code) => return Ok(code),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stores = match super::stores::open_or_exit(&config, &rt)? {

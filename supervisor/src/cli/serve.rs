@@ -176,13 +176,9 @@ async fn reconcile(
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     let dev = if args.dev { Some(dev_setup(&mut env)?) } else { None };
-    let file = args.config.or_else(|| std::env::var_os("ALGA_RUNNER_CONFIG").map(PathBuf::from));
-    let config = match Config::load(file.as_deref(), &env) {
+    let config = match super::load_config(args.config, &env) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(EXIT_CONFIG);
-        }
+        Err(code) => return Ok(code),
     };
     let listen: SocketAddr = config.server.listen.parse().context("server.listen")?;
     if dev.is_some() && !listen.ip().is_loopback() {
@@ -255,13 +251,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let blobs = match super::stores::open_blobs(&config, &rt) {
+    let blobs = match super::stores::or_exit(super::stores::open_blobs(&config, &rt))? {
         Ok(b) => b,
-        Err(super::stores::OpenError::Config(message)) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_CONFIG);
-        }
-        Err(super::stores::OpenError::Other(e)) => return Err(e),
+        Err(code) => return Ok(code),
     };
     let registry = stores.registry.clone();
     rt.block_on(reconcile(&*registry, &blobs, &ui_trees, stores.shared.is_some()))

@@ -32,7 +32,12 @@ impl From<anyhow::Error> for OpenError {
 /// Opens the backend, or says why on stderr and gives the exit code (78 for a configuration
 /// the operator must change).
 pub fn open_or_exit(config: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<Result<Stores, u8>> {
-    match open(config, rt) {
+    or_exit(open(config, rt))
+}
+
+/// What opened, or the exit code once a configuration problem is said on stderr (78).
+pub fn or_exit<T>(opened: Result<T, OpenError>) -> anyhow::Result<Result<T, u8>> {
+    match opened {
         Ok(s) => Ok(Ok(s)),
         Err(OpenError::Config(message)) => {
             eprintln!("error: {message}");

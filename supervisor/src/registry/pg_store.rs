@@ -125,6 +125,9 @@ fn stored_execution(bytes: &[u8]) -> Result<ExecutionRecord, StoreError> {
 }
 
 const EXTENSION_COLUMNS: &str = "id, name, publisher, created_at";
+/// An extension by registry id, else by name ($1).
+const EXTENSION_BY_ID_OR_NAME: &str = "SELECT id, name, publisher, created_at FROM extension_registry
+     WHERE id = $1 OR name = $1 ORDER BY (id = $1) DESC LIMIT 1";
 const HEAD_COLUMNS: &str = "next_seq, head_hash, first_seq, anchor_hash";
 
 /// Moves the oldest records that retention no longer keeps out of the chain (at most `max`),
@@ -239,20 +242,8 @@ async fn save_head(tx: &deadpool_postgres::Transaction<'_>, tenant: &str, head: 
 impl RegistryStore for PgRegistry {
     async fn extension(&self, id_or_name: &str) -> Result<Option<ExtensionRecord>, StoreError> {
         let c = self.pg.client().await?;
-        let row = c
-            .query_opt(
-                &prepared(
-                    &c,
-                    &format!(
-                        "SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE id = $1 OR name = $1
-                     ORDER BY (id = $1) DESC LIMIT 1"
-                    ),
-                )
-                .await?,
-                &[&id_or_name],
-            )
-            .await
-            .map_err(PgError::from)?;
+        let row =
+            c.query_opt(&prepared(&c, EXTENSION_BY_ID_OR_NAME).await?, &[&id_or_name]).await.map_err(PgError::from)?;
         Ok(row.as_ref().map(extension_of))
     }
 
@@ -427,8 +418,7 @@ impl RegistryStore for PgRegistry {
                 &prepared(
                     &c,
                     &format!(
-                        "WITH e AS (SELECT {EXTENSION_COLUMNS} FROM extension_registry WHERE id = $1 OR name = $1
-                                    ORDER BY (id = $1) DESC LIMIT 1)
+                        "WITH e AS ({EXTENSION_BY_ID_OR_NAME})
                          SELECT e.*, i.record AS install, v.record AS version FROM e
                          JOIN tenant_extension_install i ON i.tenant = $2 AND i.extension_id = e.id
                          JOIN extension_version v ON v.extension_id = e.id AND v.version_id = i.version_id"

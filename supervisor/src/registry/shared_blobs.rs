@@ -15,8 +15,8 @@ use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 
-/// How to reach the bucket (from `[blobs]`).
-#[derive(Debug, Clone)]
+/// How to reach the bucket (from `[blobs]`). Its `Debug` leaves the secret out.
+#[derive(Clone)]
 pub struct S3Settings {
     pub endpoint: Option<String>,
     pub bucket: String,
@@ -64,6 +64,21 @@ pub struct SharedBlobs {
     /// Requests run on this runtime (its connection pool lives there).
     rt: tokio::runtime::Handle,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"***")
+            .field("allow_http", &self.allow_http)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for SharedBlobs {
