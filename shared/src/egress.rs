@@ -1,8 +1,9 @@
 //! The egress policy of `http.fetch` (04-host-api.md): which (host, port, address) a guest may
-//! reach. Deny by default. The effective allowlist is the intersection of three lists — the
-//! operator's (`EXT_EGRESS_ALLOWLIST`), the manifest's `egress` and the install's
-//! `egress_allowlist` — so a destination must match an entry of every list. The entry syntax is
-//! the same in all three: `host`, `*.domain`, `host:port`, an IP, `IP:port`, `[v6]:port`, or a
+//! reach. Deny by default. The effective allowlist is the intersection of the lists that apply —
+//! the operator's (`EXT_EGRESS_ALLOWLIST`, always), the manifest's `egress` and the install's
+//! `egress_allowlist` (each when present; in host-registry mode also a per-extension operator
+//! list and the envelope's) — so a destination must match an entry of every list. The entry
+//! syntax is the same in all: `host`, `*.domain`, `host:port`, an IP, `IP:port`, `[v6]:port`, or a
 //! CIDR. An entry without a port allows the scheme's default port (80/443) only.
 //!
 //! Names and addresses: a URL's host name must match a name entry (`host`, `*.domain`) of every
@@ -166,12 +167,19 @@ impl Destination {
     }
 }
 
-/// The three lists of an execution. `None` for the install: no install-level restriction.
-#[derive(Debug, Clone, Copy, Default)]
+/// One list of an execution's policy, named for the refusal that cites it.
+#[derive(Debug, Clone, Copy)]
+pub struct List<'a> {
+    /// Where the list comes from (`operator`, `manifest`, `install`, …).
+    pub name: &'static str,
+    pub rules: &'a [Rule],
+}
+
+/// The lists of an execution: the operator's, then each other list that applies (a list that
+/// does not apply restricts nothing; an empty one allows nothing).
+#[derive(Debug, Clone, Default)]
 pub struct Policy<'a> {
-    pub operator: &'a [Rule],
-    pub manifest: &'a [Rule],
-    pub install: Option<&'a [Rule]>,
+    pub lists: Vec<List<'a>>,
 }
 
 /// Why an address was refused.
@@ -184,15 +192,36 @@ pub enum Refusal {
 }
 
 impl<'a> Policy<'a> {
-    fn lists(&self) -> impl Iterator<Item = &'a [Rule]> {
-        [self.operator, self.manifest].into_iter().chain(self.install)
+    /// The operator's list alone.
+    pub fn new(operator: &'a [Rule]) -> Self {
+        Policy { lists: vec![List { name: "operator", rules: operator }] }
+    }
+
+    /// Adds the list `name` when it applies (`Some`).
+    pub fn and(mut self, name: &'static str, rules: Option<&'a [Rule]>) -> Self {
+        self.lists.extend(rules.map(|rules| List { name, rules }));
+        self
+    }
+
+    fn lists(&self) -> impl Iterator<Item = &'a [Rule]> + '_ {
+        self.lists.iter().map(|l| l.rules)
     }
 
     /// Whether the destination may be resolved at all: every list has a name entry matching its
     /// host name (or, for an IP-literal URL, an address entry on its port). Decided before any
     /// DNS lookup, so no name a list does not name is ever looked up.
     pub fn may_allow(&self, dest: &Destination) -> bool {
-        self.lists().all(|list| list.iter().any(|r| r.admits(dest)))
+        self.refusing_list(dest).is_none()
+    }
+
+    /// The first list with no entry admitting the destination (what a refusal names).
+    pub fn refusing_list(&self, dest: &Destination) -> Option<&'static str> {
+        self.lists.iter().find(|l| !l.rules.iter().any(|r| r.admits(dest))).map(|l| l.name)
+    }
+
+    /// The first list with no entry allowing this resolved address.
+    pub fn refusing_list_for(&self, dest: &Destination, addr: IpAddr) -> Option<&'static str> {
+        self.lists.iter().find(|l| !l.rules.iter().any(|r| r.allows(dest, addr))).map(|l| l.name)
     }
 
     /// Decides one resolved address.
@@ -216,6 +245,31 @@ fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// An address range (`10.0.0.0/8`, `::1/128`, or one address), e.g. a trusted source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Parses `IP/prefix` or a bare IP; `None` when it is neither.
+    pub fn parse(s: &str) -> Option<Network> {
+        let (ip, prefix) = match s.trim().split_once('/') {
+            Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Network { addr: canonical(ip), prefix })
+    }
+
+    /// Whether `addr` (an IPv4-mapped IPv6 address counts as its IPv4 address) is in the range.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        in_cidr(canonical(addr), self.addr, self.prefix)
     }
 }
 
@@ -287,8 +341,7 @@ mod tests {
         // prefix (110), and the mask's shift overflowed.
         let rule = Rule::parse("::ffff:10.0.0.0/110").unwrap();
         let dest = Destination::new(None, 443, 443);
-        let policy =
-            Policy { operator: std::slice::from_ref(&rule), manifest: std::slice::from_ref(&rule), install: None };
+        let policy = Policy::new(std::slice::from_ref(&rule)).and("manifest", Some(std::slice::from_ref(&rule)));
         // The path that panicked: it must answer, whatever the answer.
         let _ = policy.check(&dest, "10.0.0.1".parse().unwrap());
         assert!(in_cidr("10.3.0.1".parse().unwrap(), "10.0.0.0".parse().unwrap(), 110u8.saturating_sub(96)));
@@ -302,10 +355,24 @@ mod tests {
     /// The same list three times (leaked: a test's lists live as long as the test binary).
     fn policy(all: &[&str]) -> Policy<'static> {
         let list: &'static [Rule] = Vec::leak(Rule::parse_list(all).unwrap());
-        Policy { operator: list, manifest: list, install: Some(list) }
+        Policy::new(list).and("manifest", Some(list)).and("install", Some(list))
     }
 
     const PUBLIC: IpAddr = IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34));
+
+    #[test]
+    fn networks() {
+        let n = Network::parse("10.1.0.0/16").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.2.3".parse().unwrap()), "a mapped address is its IPv4 address");
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(Network::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
+        assert!(!Network::parse("127.0.0.1").unwrap().contains("127.0.0.2".parse().unwrap()));
+        assert!(Network::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+        for bad in ["", "10.0.0.0/33", "example.com", "10.0.0.0/x", "::/129"] {
+            assert_eq!(Network::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn entry_syntax() {
@@ -352,18 +419,23 @@ mod tests {
 
     #[test]
     fn the_lists_intersect_and_empty_allows_nothing() {
-        let mut p = policy(&["api.example.com", "other.example.com"]);
-        p.install = Some(Vec::leak(Rule::parse_list(&["api.example.com"]).unwrap()));
+        let both: &'static [Rule] = Vec::leak(Rule::parse_list(&["api.example.com", "other.example.com"]).unwrap());
+        let one: &'static [Rule] = Vec::leak(Rule::parse_list(&["api.example.com"]).unwrap());
+        let p = Policy::new(both).and("manifest", Some(both)).and("install", Some(one));
         assert_eq!(p.check(&dest(Some("other.example.com"), 443), PUBLIC), Err(Refusal::NotListed));
+        assert_eq!(p.refusing_list(&dest(Some("other.example.com"), 443)), Some("install"), "names the list");
         assert_eq!(p.check(&dest(Some("api.example.com"), 443), PUBLIC), Ok(()));
-        p.install = None;
+        let p = Policy::new(both).and("manifest", Some(both)).and("install", None);
         assert_eq!(p.check(&dest(Some("other.example.com"), 443), PUBLIC), Ok(()), "no install restriction");
-        p.operator = &[];
+        let p = Policy::new(both).and("manifest", None);
+        assert_eq!(p.check(&dest(Some("other.example.com"), 443), PUBLIC), Ok(()), "no manifest list");
+        let p = Policy::new(&[]).and("manifest", Some(both));
         assert_eq!(
             p.check(&dest(Some("api.example.com"), 443), PUBLIC),
             Err(Refusal::NotListed),
             "empty operator list"
         );
+        assert_eq!(p.refusing_list(&dest(Some("api.example.com"), 443)), Some("operator"));
     }
 
     #[test]

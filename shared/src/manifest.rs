@@ -50,12 +50,19 @@ pub struct Manifest {
     pub capabilities: CapabilitySet,
     pub endpoints: Vec<Endpoint>,
     pub events: Vec<EventSubscription>,
-    pub egress: Vec<String>,
+    /// `None` when the manifest has no `egress` field: it then adds no list of its own (the
+    /// operator's and the install's still bound `http.fetch`, deny by default). `Some(list)`
+    /// bounds it, even when empty.
+    pub egress: Option<Vec<String>>,
     pub ui: Option<Ui>,
     /// Path of the component inside the bundle.
     pub entry: String,
     pub assets: Vec<String>,
     pub sbom: Option<String>,
+    /// Fields neither this runner nor Alga's manifest schema knows: accepted (Alga's schema
+    /// strips them) and reported in the publish answer's `warnings`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<FieldError>,
 }
 
 impl Manifest {
@@ -98,21 +105,47 @@ const TOP_LEVEL: &[&str] = &[
     "precompiled",
     "assets",
     "sbom",
-    // Informational fields Alga's manifests carry; accepted and ignored.
+    // Fields Alga's manifests carry that this runner does not use; accepted and ignored.
     "displayName",
     "description",
     "$schema",
+    "icon",
+    "homepage",
+    "repository",
+    "license",
+    "author",
+    "keywords",
+    "tags",
 ];
+/// Keys of an `api.endpoints[]` item this runner knows; Alga's `schedulable` and
+/// `description` are accepted and ignored.
+const ENDPOINT_KEYS: &[&str] = &["method", "path", "handler", "schedulable", "description"];
+/// Keys of `ui` this runner knows; `routes` (Alga's) is accepted and ignored, and so is every
+/// `ui.hooks` entry other than `appMenu` (`clientPortalMenu`, …: Alga's schema accepts any).
+const UI_KEYS: &[&str] = &["type", "entry", "hooks", "routes"];
+/// Keys of an `events[]` item.
+const EVENT_KEYS: &[&str] = &["topic", "handler", "description"];
 const RUNTIMES: &[&str] = &["wasm-js@1", "wasm32-wasi@1"];
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 struct Checker {
     errors: Vec<FieldError>,
+    warnings: Vec<FieldError>,
 }
 
 impl Checker {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError { path: path.into(), message: message.into() });
+    }
+
+    /// Warns about every key of `obj` not in `known` (accepted, ignored).
+    fn unknown_keys(&mut self, obj: &Map<String, Value>, known: &[&str], path: &str) {
+        for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+            self.warnings.push(FieldError {
+                path: format!("{path}.{key}"),
+                message: "unknown field, ignored (neither alga-runner nor Alga's manifest schema knows it)".into(),
+            });
+        }
     }
 
     fn string(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool) -> Option<String> {
@@ -199,6 +232,18 @@ pub fn egress_problem(entry: &str) -> Option<&'static str> {
     crate::egress::Rule::parse(entry).err().map(|e| e.reason)
 }
 
+/// A strict version close to what was written: `0.3.*` → `0.3.0`, `v1.2` → `1.2.0`.
+fn semver_example(written: &str) -> String {
+    let mut parts: Vec<u64> = written
+        .trim_start_matches(['v', 'V', '^', '~', '=', '>', '<', ' '])
+        .split('.')
+        .map_while(|p| p.parse().ok())
+        .take(3)
+        .collect();
+    parts.resize(3, 0);
+    format!("{}.{}.{}", parts[0], parts[1], parts[2])
+}
+
 /// A relative path inside the bundle: no leading `/`, no `..`, no empty or hidden segment.
 pub fn bundle_path_problem(path: &str) -> Option<&'static str> {
     if path.is_empty() {
@@ -224,13 +269,8 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
     let Value::Object(obj) = value else {
         return Err(ManifestErrors(vec![FieldError { path: "$".into(), message: "must be a JSON object".into() }]));
     };
-    let mut c = Checker { errors: Vec::new() };
-
-    for key in obj.keys() {
-        if !TOP_LEVEL.contains(&key.as_str()) {
-            c.err(format!("$.{key}"), "unknown field");
-        }
-    }
+    let mut c = Checker { errors: Vec::new(), warnings: Vec::new() };
+    c.unknown_keys(&obj, TOP_LEVEL, "$");
 
     let name = c.string(&obj, "name", "$.name", true).unwrap_or_default();
     if !name.is_empty() && !valid_name(&name) {
@@ -245,7 +285,15 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
     }
     let version = c.string(&obj, "version", "$.version", true).unwrap_or_default();
     if !version.is_empty() && semver::Version::parse(&version).is_err() {
-        c.err("$.version", format!("`{version}` is not a semantic version (e.g. 1.2.3)"));
+        // Alga's registry refuses these too (its schema's version is strict semver).
+        c.err(
+            "$.version",
+            format!(
+                "`{version}` is not a semantic version: write MAJOR.MINOR.PATCH, e.g. `{}` (ranges and \
+                 wildcards such as `0.3.*` name no single version)",
+                semver_example(&version)
+            ),
+        );
     }
     let runtime = c.string(&obj, "runtime", "$.runtime", true).unwrap_or_default();
     if !runtime.is_empty() && !RUNTIMES.contains(&runtime.as_str()) {
@@ -287,6 +335,7 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
                     if e.get("handler").is_some_and(Value::is_string) && handler.trim().is_empty() {
                         c.err(format!("{path}.handler"), "must not be empty");
                     }
+                    c.unknown_keys(e, ENDPOINT_KEYS, &path);
                     if !seen.insert((method.clone(), p.clone())) {
                         c.err(&path, format!("duplicate endpoint {method} {p}"));
                     }
@@ -316,20 +365,26 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
                 if e.get("handler").is_some_and(Value::is_string) && handler.trim().is_empty() {
                     c.err(format!("{path}.handler"), "must not be empty");
                 }
+                c.unknown_keys(e, EVENT_KEYS, &path);
                 events.push(EventSubscription { topic, handler });
             }
         }
         Some(other) => c.err("$.events", format!("must be an array, found {}", kind(other))),
     }
 
-    let egress = c.strings(&obj, "egress", "$.egress");
-    for (i, entry) in egress.iter().enumerate() {
+    let egress = obj.get("egress").is_some_and(|v| !v.is_null()).then(|| c.strings(&obj, "egress", "$.egress"));
+    for (i, entry) in egress.iter().flatten().enumerate() {
         if let Some(problem) = egress_problem(entry) {
             c.err(format!("$.egress[{i}]"), problem);
         }
     }
 
-    let entry = c.string(&obj, "entry", "$.entry", false).unwrap_or_else(|| DEFAULT_ENTRY.to_string());
+    let mut entry = c.string(&obj, "entry", "$.entry", false).unwrap_or_else(|| DEFAULT_ENTRY.to_string());
+    // Alga's tooling may name the export too (`dist/main.wasm#handler`); the component is the
+    // file, and the runner calls its `handler` export whatever the suffix says.
+    if let Some((file, _export)) = entry.split_once('#') {
+        entry = file.to_string();
+    }
     if let Some(problem) = bundle_path_problem(&entry) {
         c.err("$.entry", problem);
     }
@@ -338,6 +393,7 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
     match obj.get("ui") {
         None | Some(Value::Null) => {}
         Some(Value::Object(u)) => {
+            c.unknown_keys(u, UI_KEYS, "$.ui");
             let kind_ = c.string(u, "type", "$.ui.type", true).unwrap_or_default();
             if u.contains_key("type") && kind_ != "iframe" {
                 c.err("$.ui.type", "must be `iframe`");
@@ -405,6 +461,7 @@ pub fn parse(bytes: &[u8], files: Option<&BTreeSet<String>>) -> Result<Manifest,
         entry,
         assets,
         sbom,
+        warnings: std::mem::take(&mut c.warnings),
     };
     if let Some(files) = files
         && manifest.needs_component()
@@ -468,7 +525,6 @@ mod tests {
         let errors = parse(bad.as_bytes(), Some(&files(&[]))).unwrap_err().0;
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         for expected in [
-            "$.surprise",
             "$.name",
             "$.publisher",
             "$.version",
@@ -485,6 +541,32 @@ mod tests {
         ] {
             assert!(paths.contains(&expected), "{expected} not in {paths:?}");
         }
+    }
+
+    #[test]
+    fn what_alga_tooling_writes_is_accepted_and_unknown_fields_are_warnings() {
+        let alga = r#"{
+            "name": "com.example.alga", "publisher": "Acme", "version": "0.3.0", "runtime": "wasm-js@1",
+            "capabilities": ["context.read", "cap:storage.kv"],
+            "entry": "dist/main.wasm#handler",
+            "ui": {"type": "iframe", "entry": "ui/index.html", "routes": [{"path": "/"}],
+                   "hooks": {"appMenu": {"label": "A"}, "clientPortalMenu": {"label": "B"}}},
+            "api": {"endpoints": [{"method": "GET", "path": "/x", "handler": "dist/main#h", "schedulable": true}]},
+            "precompiled": {}, "assets": ["ui/**/*"], "sbom": "sbom.spdx.json",
+            "surprise": 1
+        }"#;
+        let m = parse(alga.as_bytes(), Some(&files(&["dist/main.wasm", "ui/index.html"]))).unwrap();
+        assert_eq!(m.entry, "dist/main.wasm");
+        assert!(m.capabilities.contains(Capability::ContextRead));
+        assert_eq!(m.egress, None, "no egress field: no list of its own");
+        let warned: Vec<&str> = m.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(warned, ["$.surprise"]);
+        let wildcard = alga.replace(r#""version": "0.3.0""#, r#""version": "0.3.*""#);
+        let e = parse(wildcard.as_bytes(), None).unwrap_err().0;
+        assert_eq!(e[0].path, "$.version");
+        assert!(e[0].message.contains("`0.3.0`"), "{}", e[0].message);
+        let empty = alga.replace(r#""surprise": 1"#, r#""egress": []"#);
+        assert_eq!(parse(empty.as_bytes(), None).unwrap().egress, Some(vec![]), "an empty list still bounds");
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct AuthConfig {
     pub admin_token: Option<String>,
     /// File holding the admin token (default none).
     pub admin_token_file: Option<PathBuf>,
+    /// Source addresses (CIDRs or single addresses) whose requests to the execute, gateway and
+    /// events routes need no service token — for Alga's `/api/ext` gateway, which sends none and
+    /// relies on network placement (default empty; never for admin routes; logged as a warning at
+    /// start).
+    pub trusted_sources: Vec<String>,
 }
 
 /// `[state]`
@@ -327,6 +332,40 @@ pub struct HostApiConfig {
     pub ui_proxy_sends_token: bool,
 }
 
+/// `[vault]` — Vault Transit, to open Alga's `vault-transit:v1` secret envelopes. Unset: such
+/// envelopes are refused with `secret_decrypt_failed` naming this section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultConfig {
+    /// e.g. `https://vault.internal:8200` (default none; env `VAULT_ADDR` or `ALGA_VAULT_ADDR`).
+    pub address: Option<String>,
+    /// The token (default none; prefer `token_file`).
+    pub token: Option<String>,
+    /// File holding the token, read on every decrypt so a rotation needs no restart (default
+    /// `/run/secrets/alga_vault_token` when `token` is unset; env `ALGA_VAULT_TOKEN_FILE`).
+    pub token_file: Option<PathBuf>,
+    /// The Transit engine's mount when the envelope names none (default `transit`; env
+    /// `ALGA_VAULT_TRANSIT_MOUNT`).
+    pub mount: String,
+    /// Sent as `X-Vault-Namespace` (default none; env `VAULT_NAMESPACE`).
+    pub namespace: Option<String>,
+    /// How long a decrypt may take, in milliseconds (default 5 000).
+    pub timeout_ms: u64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            address: None,
+            token: None,
+            token_file: None,
+            mount: "transit".into(),
+            namespace: None,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
 /// `[execute]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -455,6 +494,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub execute: ExecuteConfig,
     pub host_api: HostApiConfig,
+    pub vault: VaultConfig,
     pub executions: ExecutionsConfig,
     pub quotas: QuotasConfig,
     pub ui: UiConfig,
@@ -480,6 +520,7 @@ const SECTIONS: &[&str] = &[
     "gateway",
     "execute",
     "host_api",
+    "vault",
     "executions",
     "quotas",
     "ui",
@@ -499,6 +540,12 @@ const DIRECT: &[(&str, &str, &str)] = &[
     ("UI_PROXY_BASE_URL", "host_api", "ui_proxy_base_url"),
     ("EXT_UI_FRAME_ANCESTORS", "ui", "frame_ancestors"),
     ("EXT_UI_CONTENT_SECURITY_POLICY", "ui", "content_security_policy"),
+    // Alga's Vault names (VAULT_ADDR wins over ALGA_VAULT_ADDR, as on Alga's runner).
+    ("ALGA_VAULT_ADDR", "vault", "address"),
+    ("VAULT_ADDR", "vault", "address"),
+    ("ALGA_VAULT_TOKEN_FILE", "vault", "token_file"),
+    ("ALGA_VAULT_TRANSIT_MOUNT", "vault", "mount"),
+    ("VAULT_NAMESPACE", "vault", "namespace"),
 ];
 
 /// A value from the environment, typed like the field's default: numbers and booleans parse as
@@ -657,6 +704,13 @@ impl Config {
                 e.push(format!("egress.allowlist[{i}]: `{entry}` {problem}"));
             }
         }
+        for (i, source) in self.auth.trusted_sources.iter().enumerate() {
+            if alga_shared::egress::Network::parse(source).is_none() {
+                e.push(format!(
+                    "auth.trusted_sources[{i}]: `{source}` is not an address or a CIDR (e.g. `10.0.0.0/8`, `::1`)"
+                ));
+            }
+        }
         for (name, file) in
             [("service_token_file", &self.auth.service_token_file), ("admin_token_file", &self.auth.admin_token_file)]
         {
@@ -677,6 +731,14 @@ impl Config {
         }
         if self.host_api.base_url.is_some() && self.host_api.token.is_none() && self.host_api.token_file.is_none() {
             e.push("host_api.token: required with host_api.base_url (or host_api.token_file)".into());
+        }
+        if let Some(v) = &self.vault.address
+            && !url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        {
+            e.push(format!("vault.address: `{v}` is not an http(s) URL"));
+        }
+        if self.vault.mount.trim().is_empty() || self.vault.timeout_ms == 0 {
+            e.push("vault: mount must not be empty and timeout_ms must be above 0".into());
         }
         if self.executions.retention_days == 0 || self.executions.max_per_tenant == 0 {
             e.push("executions: retention_days and max_per_tenant must be above 0".into());

@@ -28,6 +28,11 @@ struct Setup {
 /// A server whose operator allowlist is `operator`, and the hostapi fixture with `manifest_egress`
 /// installed with `install` settings.
 fn setup(operator: &str, manifest_egress: &[String], install: Value) -> Setup {
+    setup_manifest(operator, Some(manifest_egress), install)
+}
+
+/// As [`setup`]; `None`: the manifest has no `egress` field (as Alga's validator requires).
+fn setup_manifest(operator: &str, manifest_egress: Option<&[String]>, install: Value) -> Setup {
     let signer = Signer::new();
     let server = Server::start_with(Options {
         trust_lines: vec![signer.public()],
@@ -37,7 +42,9 @@ fn setup(operator: &str, manifest_egress: &[String], install: Value) -> Setup {
         ],
     });
     let mut manifest = hostapi_manifest("com.example.fetch", &["cap:http.fetch"]);
-    manifest["egress"] = json!(manifest_egress);
+    if let Some(list) = manifest_egress {
+        manifest["egress"] = json!(list);
+    }
     let d = deploy(&server, &signer, &manifest, &fixture_bytes("hostapi"), "t1", install);
     Setup { server, d }
 }
@@ -131,6 +138,30 @@ fn the_install_list_narrows_and_the_capability_gates() {
     let s = setup("", std::slice::from_ref(&entry), json!({ "granted_capabilities": ["http.fetch"] }));
     assert_eq!(fetch(&s, &up.url("/ok")), json!({ "err": "not-allowed" }));
     assert!(up.received().is_empty(), "nothing reached the upstream");
+}
+
+#[test]
+fn a_manifest_without_egress_leaves_operator_and_install_and_a_refusal_names_its_list() {
+    let up = upstream();
+    let entry = format!("127.0.0.1:{}", up.port);
+    let grant = json!({ "granted_capabilities": ["http.fetch"] });
+    // No manifest list: the operator's alone decides (Alga's manifests cannot carry one).
+    let s = setup_manifest(&entry, None, grant.clone());
+    assert_eq!(fetch(&s, &up.url("/ok"))["status"], 200);
+    // Still deny by default: the operator's list is empty unless configured.
+    let s = setup_manifest("", None, grant);
+    assert_eq!(fetch(&s, &up.url("/ok")), json!({ "err": "not-allowed" }));
+    assert!(s.server.log_text().contains("is not in the operator egress allowlist"), "the refusal names the list");
+    // The install's list narrows it, and the refusal says so.
+    let narrowed = json!({ "granted_capabilities": ["http.fetch"], "egress_allowlist": ["api.example.com"] });
+    let s = setup_manifest(&entry, None, narrowed);
+    assert_eq!(fetch(&s, &up.url("/ok")), json!({ "err": "not-allowed" }));
+    assert!(s.server.log_text().contains("is not in the install egress allowlist"), "{}", s.server.log_text());
+    // A manifest list that is present but empty still allows nothing.
+    let s = setup_manifest(&entry, Some(&[]), json!({ "granted_capabilities": ["http.fetch"] }));
+    assert_eq!(fetch(&s, &up.url("/ok")), json!({ "err": "not-allowed" }));
+    assert!(s.server.log_text().contains("is not in the manifest egress allowlist"));
+    assert_eq!(up.received().len(), 1, "only the allowed fetch reached the upstream");
 }
 
 #[test]

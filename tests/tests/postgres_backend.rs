@@ -48,7 +48,7 @@ fn version(v: &str, hash: &str) -> VersionRecord {
         capabilities: vec![],
         endpoints: vec![],
         events: vec![],
-        egress: vec![],
+        egress: None,
         ui: None,
         entry: "dist/main.wasm".into(),
         content_hash: hash.into(),

@@ -217,6 +217,12 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<u8> {
         .send_bytes(&bytes);
     drop(progress);
     let (status, body) = client.send(r)?;
+    // What the runner accepted but ignores, said where the author reads it.
+    if let Some(warnings) = body.get("warnings").and_then(|w| w.as_array()) {
+        for w in warnings.iter().filter_map(|w| w.as_str()) {
+            eprintln!("warning: manifest.json {w}");
+        }
+    }
     Ok(report(status, &body))
 }
 

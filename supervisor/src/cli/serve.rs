@@ -210,6 +210,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         );
     }
 
+    if !config.auth.trusted_sources.is_empty() {
+        tracing::warn!(
+            trusted_sources = %config.auth.trusted_sources.join(", "),
+            "requests from these addresses run executions without the service token (execute, gateway, events; \
+             never admin routes): only list the host application's own addresses"
+        );
+    }
+
     if config.host_api.base_url.is_some() && config.host_api.ui_proxy_base_url.is_none() {
         tracing::warn!(
             "host_api.ui_proxy_base_url is not set: ui-proxy answers route-not-found (it no longer falls back to \

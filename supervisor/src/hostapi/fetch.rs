@@ -85,11 +85,10 @@ fn fail<T>(kind: HttpError, why: impl Into<String>) -> Result<T, Failed> {
 }
 
 pub async fn fetch(ctx: &HostContext, request: HttpRequest, deadline: Instant) -> HostReply {
-    let policy = Policy {
-        operator: &ctx.env.fetch.operator,
-        manifest: &ctx.egress.manifest,
-        install: ctx.egress.install.as_deref(),
-    };
+    let mut policy = Policy::new(&ctx.env.fetch.operator);
+    for (name, rules) in &ctx.egress.lists {
+        policy = policy.and(name, Some(rules));
+    }
     let result = tokio::time::timeout_at(deadline, perform(ctx, &policy, request)).await;
     HostReply::Http(match result {
         Ok(Ok(response)) => Ok(response),
@@ -134,13 +133,13 @@ async fn perform(ctx: &HostContext, policy: &Policy<'_>, request: HttpRequest) -
         url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
     };
     let dest = Destination::new(name, port, default_port);
-    if !policy.may_allow(&dest) {
+    if let Some(list) = policy.refusing_list(&dest) {
         let why = match name {
             Some(_) => format!(
-                "{host}:{port} is not in the egress allowlist (a host name needs a name entry in every list; \
-                 IP and CIDR entries only vet the addresses a listed name resolves to)"
+                "{host}:{port} is not in the {list} egress allowlist (a host name needs a name entry in every \
+                 list; IP and CIDR entries only vet the addresses a listed name resolves to)"
             ),
-            None => format!("{host}:{port} is not in the egress allowlist"),
+            None => format!("{host}:{port} is not in the {list} egress allowlist"),
         };
         return fail(HttpError::NotAllowed, why);
     }
@@ -153,17 +152,19 @@ async fn perform(ctx: &HostContext, policy: &Policy<'_>, request: HttpRequest) -
         },
     };
     let mut vetted = Vec::new();
-    let mut refusal = Refusal::NotListed;
+    let mut refusal = (Refusal::NotListed, None);
     for addr in addrs {
         match policy.check(&dest, addr) {
             Ok(()) => vetted.push(SocketAddr::new(addr, port)),
-            Err(r) => refusal = r,
+            Err(r) => refusal = (r, policy.refusing_list_for(&dest, addr)),
         }
     }
     if vetted.is_empty() {
         let why = match refusal {
-            Refusal::NotListed => format!("{host}:{port} is not in the egress allowlist"),
-            Refusal::InternalAddress => {
+            (Refusal::NotListed, list) => {
+                format!("{host}:{port} is not in the {} egress allowlist", list.unwrap_or("operator"))
+            }
+            (Refusal::InternalAddress, _) => {
                 format!("{host}:{port} resolves to an internal address no allowlist entry names")
             }
         };

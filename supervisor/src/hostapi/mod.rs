@@ -93,12 +93,13 @@ pub struct HostContext {
     pub env: Arc<HostEnv>,
 }
 
-/// The egress lists an execution brings: the manifest's `egress` and the install's
-/// `egress_allowlist` (`None`: no install-level restriction).
+/// The egress lists an execution brings beyond the operator's, each named for the refusal that
+/// cites it: the manifest's `egress` and the install's `egress_allowlist` when present (in
+/// host-registry mode also the operator's per-extension list and the envelope's). A list that is
+/// absent restricts nothing; an empty one allows nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Egress {
-    pub manifest: Vec<alga_shared::egress::Rule>,
-    pub install: Option<Vec<alga_shared::egress::Rule>>,
+    pub lists: Vec<(&'static str, Vec<alga_shared::egress::Rule>)>,
 }
 
 impl HostContext {

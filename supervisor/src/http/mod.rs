@@ -54,6 +54,17 @@ pub fn authorize(req: &HttpRequest, token: &Option<String>, which: &str) -> Resu
     }
 }
 
+/// Authorizes a host application's request (execute, gateway, events): from a trusted source
+/// (`auth.trusted_sources`, Alga's gateway sends no credential) or with the service token.
+pub fn authorize_service(req: &HttpRequest, svc: &Service) -> Result<(), Problem> {
+    if let Some(peer) = req.peer_addr()
+        && svc.trusted_sources.iter().any(|n| n.contains(peer.ip()))
+    {
+        return Ok(());
+    }
+    authorize(req, &svc.service_token, "service")
+}
+
 /// How long a request body may take to arrive (`server.body_timeout_ms`), as app data.
 #[derive(Debug, Clone, Copy)]
 struct BodyTimeout(std::time::Duration);

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
 use super::problem::Problem;
-use super::{authorize, read_body, request_id};
+use super::{authorize, authorize_service, read_body, request_id};
 use crate::service::gateway::{GatewayAnswer, GatewayRequest};
 use crate::service::{Service, execute, gateway, installs, publish, reads};
 
@@ -136,7 +136,7 @@ async fn metrics(svc: Svc) -> HttpResponse {
 }
 
 async fn execute_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
-    authorize(&req, &svc.service_token, "service")?;
+    authorize_service(&req, &svc)?;
     let content_type = header(&req, "content-type").unwrap_or_default();
     if !content_type.starts_with("application/json") {
         return Err(Problem::new(415, "unsupported_media_type", "the body must be JSON")
@@ -347,7 +347,7 @@ fn cors_origin(req: &HttpRequest, svc: &Service) -> Option<String> {
 }
 
 async fn gateway_answer(req: &HttpRequest, payload: web::Payload, svc: &Svc) -> Result<GatewayAnswer, Problem> {
-    authorize(req, &svc.service_token, "service")?;
+    authorize_service(req, svc)?;
     let tenant = header(req, "x-alga-tenant").ok_or_else(|| {
         Problem::bad_request("missing_tenant", "the gateway needs the tenant in the `x-alga-tenant` header")
     })?;
@@ -379,7 +379,7 @@ async fn gateway_answer(req: &HttpRequest, payload: web::Payload, svc: &Svc) -> 
 }
 
 async fn events_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
-    authorize(&req, &svc.service_token, "service")?;
+    authorize_service(&req, &svc)?;
     let body = read_body(&req, payload, svc.config.execute.max_request_mb << 20).await?;
     let event: crate::service::events::EventRequest =
         crate::service::json::json_body(&body, "invalid_event", "the event is not valid")?;

@@ -43,7 +43,10 @@ pub struct VersionRecord {
     pub capabilities: Vec<String>,
     pub endpoints: Vec<Endpoint>,
     pub events: Vec<EventSubscription>,
-    pub egress: Vec<String>,
+    /// The manifest's `egress`; `None` when it has none (no list of its own). Records written
+    /// before this distinction hold `[]`, which still bounds, as it did when they were written.
+    #[serde(default)]
+    pub egress: Option<Vec<String>>,
     pub ui: Option<Ui>,
     pub entry: String,
     pub content_hash: String,

@@ -597,7 +597,7 @@ mod tests {
             capabilities: vec![],
             endpoints: vec![],
             events: vec![],
-            egress: vec![],
+            egress: None,
             ui: None,
             entry: "dist/main.wasm".into(),
             content_hash: hash.into(),

@@ -92,6 +92,7 @@ fn command(target: &Target, event: &EventRequest, handler: &str, request_id: &st
         providers: None,
         user: None,
         secrets: SecretMap::default(),
+        vault_envelope: None,
         idempotency_key: None,
     }
 }

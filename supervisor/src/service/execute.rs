@@ -22,7 +22,7 @@ use super::idempotency::{Claim, Ticket};
 use super::installs::valid_tenant;
 use super::loader::LoadError;
 use super::quotas::Refused;
-use super::secret_envelope::SecretEnvelope;
+use super::secret_envelope::{Opened, SecretEnvelope, decrypt_failed};
 use super::usage;
 use crate::exec::executor::{self, Report};
 use crate::hostapi::{Egress, HostContext, UserInfo};
@@ -131,6 +131,8 @@ pub struct ExecuteCommand {
     pub user: Option<UserInfo>,
     /// The envelope's secrets, opened (values never print).
     pub secrets: SecretMap,
+    /// A Vault Transit envelope, opened by [`execute`] before anything else.
+    pub vault_envelope: Option<SecretEnvelope>,
     pub idempotency_key: Option<String>,
 }
 
@@ -278,12 +280,16 @@ impl Envelope {
             client_id: u.client_id,
             additional_fields: u.additional_fields.unwrap_or_default().into_iter().collect(),
         });
-        let secrets = match &self.secret_envelope {
-            Some(e) => e.open(now_ms())?,
-            None => SecretMap::default(),
+        let (secrets, vault_envelope) = match self.secret_envelope {
+            Some(e) => match e.open(now_ms())? {
+                Opened::Secrets(s) => (s, None),
+                Opened::Vault => (SecretMap::default(), Some(e)),
+            },
+            None => (SecretMap::default(), None),
         };
         Ok(ExecuteCommand {
             secrets,
+            vault_envelope,
             request_id: request_id
                 .or(c.request_id.filter(|r| super::valid_request_id(r)))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -342,7 +348,16 @@ impl Trigger {
 
 /// Runs the command. `Err` only for failures of the runner itself; everything else (not
 /// installed, denied, guest errors) is an envelope.
-pub async fn execute(svc: &Arc<Service>, cmd: ExecuteCommand) -> Result<EnvelopeResponse, Problem> {
+pub async fn execute(svc: &Arc<Service>, mut cmd: ExecuteCommand) -> Result<EnvelopeResponse, Problem> {
+    if let Some(envelope) = cmd.vault_envelope.take() {
+        let Some(vault) = &svc.vault else {
+            return Err(decrypt_failed(
+                "$.secret_envelope.algorithm: a Vault Transit envelope, and this runner has no Vault: set \
+                 [vault] address (or VAULT_ADDR) and its token file",
+            ));
+        };
+        cmd.secrets = vault.open(&envelope).await?;
+    }
     match resolve_envelope(svc, &cmd).await? {
         Ok(target) => Ok(run(svc, &target, cmd, Trigger::Envelope, None).await?.into()),
         Err(detail) => {
@@ -547,9 +562,9 @@ async fn run_in_span(
     let mut config = cmd.config.clone();
     config.extend(install.config.clone());
     // Both lists were validated when stored; an entry that no longer parses allows nothing.
+    let lists = [("manifest", version.egress.as_ref()), ("install", install.egress_allowlist.as_ref())];
     let egress = Egress {
-        manifest: Rule::parse_list(&version.egress).unwrap_or_default(),
-        install: install.egress_allowlist.as_ref().map(|l| Rule::parse_list(l).unwrap_or_default()),
+        lists: lists.into_iter().filter_map(|(n, l)| Some((n, Rule::parse_list(l?).unwrap_or_default()))).collect(),
     };
     let egress_bytes = Arc::new(AtomicU64::new(0));
     let mut secrets = SecretMap::default();

@@ -18,6 +18,7 @@ pub mod reads;
 pub mod secret_envelope;
 pub mod ui;
 pub mod usage;
+pub mod vault;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
@@ -86,6 +87,10 @@ pub struct Service {
     /// The host-API backends every execution's broker uses.
     pub host_env: Arc<HostEnv>,
     pub service_token: Option<String>,
+    /// Vault Transit for secret envelopes (`None`: `vault.address` unset).
+    pub vault: Option<vault::Vault>,
+    /// `auth.trusted_sources`, parsed (validated at load).
+    pub trusted_sources: Vec<alga_shared::egress::Network>,
     pub admin_token: Option<String>,
     /// Set once the sandbox self-test passed.
     pub self_test_ok: AtomicBool,
@@ -139,6 +144,7 @@ impl Service {
             }),
             _ => None,
         };
+        let vault = vault::Vault::new(&config.vault, fetch.tls.clone());
         let ui_trees = crate::registry::UiTrees::open(config.state.dir.join("ui"))?;
         core.spawner.metrics.set_per_extension(config.metrics.per_extension);
         Ok(Service {
@@ -162,6 +168,13 @@ impl Service {
             host_id: crate::registry::new_id(),
             service_token,
             admin_token,
+            vault,
+            trusted_sources: config
+                .auth
+                .trusted_sources
+                .iter()
+                .filter_map(|s| alga_shared::egress::Network::parse(s))
+                .collect(),
             self_test_ok: AtomicBool::new(false),
             self_test: Mutex::new(None),
             shutting_down: AtomicBool::new(false),

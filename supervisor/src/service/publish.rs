@@ -28,6 +28,10 @@ pub struct Published {
     pub content_hash: String,
     pub size_bytes: u64,
     pub signer_key_id: String,
+    /// Manifest fields accepted but ignored (unknown to this runner and to Alga's schema), each
+    /// as `$.path: message`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 pub fn signature_problem(e: &SignatureError) -> Problem {
@@ -77,6 +81,7 @@ pub async fn publish(svc: &Arc<Service>, bytes: Vec<u8>, signature: String) -> R
         content_hash: opened.content_hash.clone(),
         size_bytes: opened.size,
         signer_key_id: verified.key_id.clone(),
+        warnings: manifest.warnings.iter().map(ToString::to_string).collect(),
     };
 
     // Answer a re-upload or a conflict before doing any work.

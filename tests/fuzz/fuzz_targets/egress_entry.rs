@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let (entry, host) = text.split_once('\n').unwrap_or((text, "api.example.com"));
     let Ok(rule) = Rule::parse(entry) else { return };
     let list = [rule];
-    let policy = Policy { operator: &list, manifest: &list, install: None };
+    let policy = Policy::new(&list).and("manifest", Some(&list));
     for (name, port) in [(Some(host), 443), (None, 443), (Some(host), 8080)] {
         let dest = Destination::new(name, port, 443);
         let _ = policy.may_allow(&dest);

@@ -64,19 +64,33 @@ pub async fn call(ctx: &HostContext, call: HostCall, deadline: Instant) -> HostR
 }
 
 async fn send(api: &HostApi, request: forward::ForwardRequest) -> Result<(u16, Vec<u8>), TransportFailure> {
-    let failure = |e: String| TransportFailure(e);
-    let url = url::Url::parse(&request.url).map_err(|e| failure(format!("URL `{}`: {e}", request.url)))?;
-    let host = url.host_str().ok_or_else(|| failure("no host".into()))?.to_string();
-    let port = url.port_or_known_default().ok_or_else(|| failure("no port".into()))?;
+    let body = request.body.unwrap_or_default();
+    operator_request(&api.tls, request.method, &request.url, request.headers, body, api.max_response_bytes)
+        .await
+        .map_err(TransportFailure)
+}
+
+/// Sends one request to a destination the operator configured (the host application, Vault):
+/// resolved as it is, no egress list applies. Answers the status and at most `max_response`
+/// body bytes.
+pub async fn operator_request(
+    tls: &Arc<rustls::ClientConfig>,
+    method: &str,
+    url: &str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    max_response: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let url = url::Url::parse(url).map_err(|e| format!("URL `{url}`: {e}"))?;
+    let host = url.host_str().ok_or("no host")?.to_string();
+    let port = url.port_or_known_default().ok_or("no port")?;
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
         .await
-        .map_err(|e| failure(format!("resolving {host}: {e}")))?
+        .map_err(|e| format!("resolving {host}: {e}"))?
         .collect();
-    let method = hyper::Method::from_bytes(request.method.as_bytes()).map_err(|e| failure(e.to_string()))?;
-    let headers: Vec<HttpHeader> =
-        request.headers.into_iter().map(|(name, value)| HttpHeader { name, value }).collect();
-    let body = request.body.unwrap_or_default();
+    let method = hyper::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let headers: Vec<HttpHeader> = headers.into_iter().map(|(name, value)| HttpHeader { name, value }).collect();
     let out = crate::hostapi::fetch::Outgoing { url: &url, method, headers: &headers, body };
-    let sent = crate::hostapi::fetch::send(&api.tls, &addrs, out, api.max_response_bytes).await;
-    sent.result.map(|(status, _, body)| (status, body)).map_err(|f| failure(f.1))
+    let sent = crate::hostapi::fetch::send(tls, &addrs, out, max_response).await;
+    sent.result.map(|(status, _, body)| (status, body)).map_err(|f| f.1)
 }
