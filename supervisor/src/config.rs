@@ -2,6 +2,7 @@
 //! (`ALGA_RUNNER_<SECTION>__<KEY>`, the direct names below, and the Alga seed's names), then
 //! validation that names every bad field at once. Every field carries its default and unit.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -195,11 +196,20 @@ pub struct EgressConfig {
     pub max_request_kb: u64,
     /// Largest `http.fetch` response body, in KiB (default 10240); larger is a `transport` error.
     pub max_response_kb: u64,
+    /// One more list per extension, by registry id or manifest name, intersected with the
+    /// others (default none). In host-registry mode the install record is the host's, so this is
+    /// how an operator narrows one extension below the operator's list.
+    pub extensions: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for EgressConfig {
     fn default() -> Self {
-        EgressConfig { allowlist: Vec::new(), max_request_kb: 1024, max_response_kb: 10 * 1024 }
+        EgressConfig {
+            allowlist: Vec::new(),
+            max_request_kb: 1024,
+            max_response_kb: 10 * 1024,
+            extensions: BTreeMap::new(),
+        }
     }
 }
 
@@ -330,6 +340,71 @@ pub struct HostApiConfig {
     /// Send `token` as `x-runner-auth` on ui-proxy requests too (default false: the guest
     /// chooses ui-proxy routes, so the credential stays with the internal API).
     pub ui_proxy_sends_token: bool,
+}
+
+/// Where the registry lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryMode {
+    /// This runner's own registry: bundles are published into it, installs made through it.
+    #[default]
+    Local,
+    /// The host application's (an Alga deployment): bundles are fetched by content hash from
+    /// the object store, installs are the host's (docs/alga.md).
+    Host,
+}
+
+/// `[registry]` — whose registry this runner serves (docs/alga.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `local` or `host` (default `local`).
+    pub mode: RegistryMode,
+    /// Host mode: the object keys tried in order for a bundle, with `{tenant}`, `{extension}`
+    /// (the host's registry id) and `{hex}` (the content hash's lower-case hex) (default: the
+    /// key Alga's server writes and its runner reads, then `sha256/{hex}/bundle.tar.zst`). The
+    /// detached signature is at the same key plus `.minisig`.
+    pub bundle_keys: Vec<String>,
+    /// Host mode: a prefix of the host's keys in the bucket (default none; set from the path of
+    /// `BUNDLE_STORE_BASE` after the bucket).
+    pub bundle_prefix: String,
+    /// Host mode: the host's registry endpoints (`/api/installs/validate`,
+    /// `/api/installs/lookup-by-host`), e.g. `https://psa.example.com` (env `REGISTRY_BASE_URL`).
+    pub base_url: Option<String>,
+    /// Host mode: sent as `x-api-key` to the registry endpoints (env `ALGA_AUTH_KEY`).
+    pub auth_key: Option<String>,
+    /// File holding the key (env `ALGA_AUTH_KEY_FILE`).
+    pub auth_key_file: Option<PathBuf>,
+    /// How long a registry answer (valid or not) is kept, in seconds (default 45, as Alga's).
+    pub validate_cache_s: u64,
+    /// Host mode: where storage calls go, `POST {storage_base_url}/api/internal/ext-storage/install/{install_id}`
+    /// (default `base_url`; env `STORAGE_API_BASE_URL`).
+    pub storage_base_url: Option<String>,
+    /// Host mode: sent as `x-runner-auth` on storage calls (env `RUNNER_STORAGE_API_TOKEN`).
+    pub storage_token: Option<String>,
+    /// File holding the storage token.
+    pub storage_token_file: Option<PathBuf>,
+}
+
+/// The keys Alga's server writes a bundle under (and its runner reads), then a plain one.
+pub const DEFAULT_BUNDLE_KEYS: [&str; 2] =
+    ["tenants/{tenant}/extensions/{extension}/sha256/{hex}/bundle.tar.zst", "sha256/{hex}/bundle.tar.zst"];
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            mode: RegistryMode::Local,
+            bundle_keys: DEFAULT_BUNDLE_KEYS.iter().map(|k| k.to_string()).collect(),
+            bundle_prefix: String::new(),
+            base_url: None,
+            auth_key: None,
+            auth_key_file: None,
+            validate_cache_s: 45,
+            storage_base_url: None,
+            storage_token: None,
+            storage_token_file: None,
+        }
+    }
 }
 
 /// `[vault]` — Vault Transit, to open Alga's `vault-transit:v1` secret envelopes. Unset: such
@@ -494,6 +569,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub execute: ExecuteConfig,
     pub host_api: HostApiConfig,
+    pub registry: RegistryConfig,
     pub vault: VaultConfig,
     pub executions: ExecutionsConfig,
     pub quotas: QuotasConfig,
@@ -520,6 +596,7 @@ const SECTIONS: &[&str] = &[
     "gateway",
     "execute",
     "host_api",
+    "registry",
     "vault",
     "executions",
     "quotas",
@@ -546,7 +623,32 @@ const DIRECT: &[(&str, &str, &str)] = &[
     ("ALGA_VAULT_TOKEN_FILE", "vault", "token_file"),
     ("ALGA_VAULT_TRANSIT_MOUNT", "vault", "mount"),
     ("VAULT_NAMESPACE", "vault", "namespace"),
+    // Alga's runner's names for the host registry and the object store (docs/alga.md).
+    ("REGISTRY_BASE_URL", "registry", "base_url"),
+    ("ALGA_AUTH_KEY", "registry", "auth_key"),
+    ("ALGA_AUTH_KEY_FILE", "registry", "auth_key_file"),
+    ("STORAGE_API_BASE_URL", "registry", "storage_base_url"),
+    ("RUNNER_STORAGE_API_TOKEN", "registry", "storage_token"),
+    ("MINIO_ACCESS_KEY", "blobs", "access_key_id"),
+    ("S3_ACCESS_KEY", "blobs", "access_key_id"),
+    ("S3_REGION", "blobs", "region"),
 ];
+
+/// `http://minio:9000/bucket[/prefix]` → (`http://minio:9000`, bucket, prefix).
+fn bundle_store_base(base: &str) -> Option<(String, String, String)> {
+    let url = url::Url::parse(base.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    let host = url.host_str()?;
+    let endpoint = match url.port() {
+        Some(p) => format!("{}://{host}:{p}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    };
+    let path = url.path().trim_matches('/');
+    let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+    (!bucket.is_empty()).then(|| (endpoint, bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
 
 /// A value from the environment, typed like the field's default: numbers and booleans parse as
 /// such, lists (`allowlist`, `cors_allowed_origins`) split on commas.
@@ -612,9 +714,28 @@ impl Config {
             let host = listen.rsplit_once(':').map_or(listen.as_str(), |(h, _)| h).to_string();
             set(&mut table, "server", "listen", Value::String(format!("{host}:{port}")));
         }
+        // Alga's runner names its object store by one URL, path-style: the bucket is the first
+        // segment of the path, what follows prefixes the host's keys.
+        let mut errors = Vec::new();
+        if let Some((_, base)) = env.iter().find(|(n, _)| n == "BUNDLE_STORE_BASE") {
+            match bundle_store_base(base) {
+                Some((endpoint, bucket, prefix)) => {
+                    set(&mut table, "blobs", "backend", Value::String("s3".into()));
+                    set(&mut table, "blobs", "allow_http", Value::Boolean(endpoint.starts_with("http:")));
+                    set(&mut table, "blobs", "endpoint", Value::String(endpoint));
+                    set(&mut table, "blobs", "bucket", Value::String(bucket));
+                    set(&mut table, "registry", "bundle_prefix", Value::String(prefix));
+                }
+                None => errors.push(format!(
+                    "BUNDLE_STORE_BASE: `{base}` is not an http(s) URL with the bucket as its path \
+                     (e.g. http://minio:9000/extensions)"
+                )),
+            }
+        }
         // Mistyped fields are reported and left out, so the values of every other field are
         // still checked: one run names every problem.
-        let (config, mut errors) = Self::from_table(table)?;
+        let (config, more) = Self::from_table(table)?;
+        errors.extend(more);
         if let Err(ConfigErrors(more)) = config.validate() {
             errors.extend(more);
         }
@@ -704,6 +825,13 @@ impl Config {
                 e.push(format!("egress.allowlist[{i}]: `{entry}` {problem}"));
             }
         }
+        for (ext, list) in &self.egress.extensions {
+            for (i, entry) in list.iter().enumerate() {
+                if let Some(problem) = alga_shared::manifest::egress_problem(entry) {
+                    e.push(format!("egress.extensions.\"{ext}\"[{i}]: `{entry}` {problem}"));
+                }
+            }
+        }
         for (i, source) in self.auth.trusted_sources.iter().enumerate() {
             if alga_shared::egress::Network::parse(source).is_none() {
                 e.push(format!(
@@ -732,6 +860,7 @@ impl Config {
         if self.host_api.base_url.is_some() && self.host_api.token.is_none() && self.host_api.token_file.is_none() {
             e.push("host_api.token: required with host_api.base_url (or host_api.token_file)".into());
         }
+        e.extend(self.registry_problems());
         if let Some(v) = &self.vault.address
             && !url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         {
@@ -803,8 +932,80 @@ impl Config {
             |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
         let id =
             token(&self.blobs.access_key_id, &self.blobs.access_key_id_file)?.or_else(|| from_env("AWS_ACCESS_KEY_ID"));
-        let secret = token(&None, &self.blobs.secret_access_key_file)?.or_else(|| from_env("AWS_SECRET_ACCESS_KEY"));
+        let secret = token(&None, &self.blobs.secret_access_key_file)?
+            .or_else(|| from_env("AWS_SECRET_ACCESS_KEY"))
+            .or_else(|| from_env("S3_SECRET_KEY"))
+            .or_else(|| from_env("MINIO_SECRET_KEY"));
         Ok((id, secret))
+    }
+
+    fn registry_problems(&self) -> Vec<String> {
+        let r = &self.registry;
+        let mut e = Vec::new();
+        let is_url =
+            |v: &str| url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        for (name, value) in [("base_url", &r.base_url), ("storage_base_url", &r.storage_base_url)] {
+            if let Some(v) = value
+                && !is_url(v)
+            {
+                e.push(format!("registry.{name}: `{v}` is not an http(s) URL"));
+            }
+        }
+        if r.bundle_keys.is_empty() {
+            e.push("registry.bundle_keys: must name at least one key".into());
+        }
+        for (i, key) in r.bundle_keys.iter().enumerate() {
+            let unknown = key
+                .split('{')
+                .skip(1)
+                .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+                .find(|name| !["tenant", "extension", "hex"].contains(name));
+            if let Some(name) = unknown {
+                e.push(format!(
+                    "registry.bundle_keys[{i}]: `{{{name}}}` is not one of {{tenant}}, {{extension}}, {{hex}}"
+                ));
+            } else if !key.contains("{hex}") || key.starts_with('/') {
+                e.push(format!(
+                    "registry.bundle_keys[{i}]: `{key}` must contain {{hex}} and be relative (no leading /)"
+                ));
+            }
+        }
+        if r.mode == RegistryMode::Host {
+            if self.blobs.backend != "s3" {
+                e.push(
+                    "registry.mode = \"host\" fetches bundles from the host's object store: set [blobs] backend = \
+                     \"s3\" with its endpoint and bucket (or BUNDLE_STORE_BASE)"
+                        .into(),
+                );
+            }
+            if r.base_url.is_none() {
+                e.push("registry.base_url: required in host mode (or REGISTRY_BASE_URL)".into());
+            }
+            if r.auth_key.is_none() && r.auth_key_file.is_none() {
+                e.push("registry.auth_key: required in host mode (or auth_key_file, ALGA_AUTH_KEY)".into());
+            }
+        }
+        if let Some(f) = &r.auth_key_file
+            && !f.is_file()
+        {
+            e.push(format!("registry.auth_key_file: {} does not exist", f.display()));
+        }
+        if let Some(f) = &r.storage_token_file
+            && !f.is_file()
+        {
+            e.push(format!("registry.storage_token_file: {} does not exist", f.display()));
+        }
+        e
+    }
+
+    /// The host registry's `x-api-key`: inline, or read from its file.
+    pub fn registry_auth_key(&self) -> std::io::Result<Option<String>> {
+        token(&self.registry.auth_key, &self.registry.auth_key_file)
+    }
+
+    /// The host storage API's `x-runner-auth`: inline, or read from its file.
+    pub fn registry_storage_token(&self) -> std::io::Result<Option<String>> {
+        token(&self.registry.storage_token, &self.registry.storage_token_file)
     }
 
     /// The PostgreSQL URL: inline, or read from its file (trailing whitespace trimmed).

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cli::bundle::verify(args),
         Command::Inspect(args) => cli::bundle::inspect(args),
         Command::Publish(args) => cli::client::publish(args),
+        Command::Prefetch(args) => cli::client::prefetch(args),
         Command::Install(args) => cli::client::install(*args),
         Command::Uninstall(args) => cli::client::uninstall(args),
         Command::List(args) => cli::client::list(args),

@@ -159,6 +159,18 @@ impl NodeKey {
         Ok(out)
     }
 
+    /// A token only holders of this key can make, saying `value` under `label` (e.g. the
+    /// SHA-256 of a compiled artifact another host may load).
+    pub fn vouch(&self, label: &[u8], value: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        self.seal(label, value)
+    }
+
+    /// The value `token` vouches for under `label`, when this key (or the previous key) made
+    /// it with [`NodeKey::vouch`]; `None` for anything else.
+    pub fn vouched(&self, label: &[u8], token: &[u8]) -> Option<Vec<u8>> {
+        self.open(label, token)
+    }
+
     fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         let opened = match sealed.split_first() {
             Some((&SEALED_SCHEMA, rest)) if rest.len() > NONCE_LEN => {

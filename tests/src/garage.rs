@@ -156,6 +156,20 @@ impl Garage {
         .collect()
     }
 
+    /// The environment Alga's runner reads for its object store, pointing at `bucket`: one URL,
+    /// path-style, and Alga's credential names.
+    pub fn alga_env(&self, bucket: &str) -> Vec<(String, String)> {
+        [
+            ("BUNDLE_STORE_BASE", format!("{}/{bucket}", self.endpoint)),
+            ("S3_ACCESS_KEY", self.access_key_id.clone()),
+            ("S3_SECRET_KEY", self.secret_access_key.clone()),
+            ("S3_REGION", "garage".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// The runner's own S3 client for `bucket` under `prefix`, on a runtime of its own.
     pub fn client(&self, bucket: &str, prefix: &str) -> (tokio::runtime::Runtime, alga_runner::registry::SharedBlobs) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();

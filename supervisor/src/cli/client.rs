@@ -70,6 +70,20 @@ pub struct InstallArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct PrefetchArgs {
+    /// The bundle's content hash (`sha256:<hex>`, or the hex alone).
+    pub content_hash: String,
+    /// Host-registry mode: the tenant whose object key holds the bundle.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Host-registry mode: the host's registry id of the extension.
+    #[arg(long)]
+    pub extension: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct UninstallArgs {
     /// The extension (registry id or manifest name).
     pub extension: String,
@@ -223,6 +237,23 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<u8> {
             eprintln!("warning: manifest.json {w}");
         }
     }
+    Ok(report(status, &body))
+}
+
+/// Readies a bundle (fetched, verified, compiled) before its first execution.
+pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.remote)?;
+    let mut body = json!({ "content_hash": args.content_hash });
+    if let Some(t) = &args.tenant {
+        body["tenant"] = json!(t);
+    }
+    if let Some(e) = &args.extension {
+        body["extension"] = json!(e);
+    }
+    let progress = Progress::start("fetching, verifying and compiling");
+    let r = client.request("POST", "/v1/bundles/prefetch").send_json(body);
+    drop(progress);
+    let (status, body) = client.send(r)?;
     Ok(report(status, &body))
 }
 

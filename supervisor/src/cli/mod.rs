@@ -48,6 +48,8 @@ pub enum Command {
     Inspect(bundle::InspectArgs),
     /// Publish a signed bundle to a running supervisor.
     Publish(client::PublishArgs),
+    /// Ready a bundle (fetch, verify, compile) before its first execution, e.g. at install time.
+    Prefetch(client::PrefetchArgs),
     /// Install (or upgrade) an extension for a tenant.
     Install(Box<client::InstallArgs>),
     /// Uninstall an extension for a tenant.

@@ -218,6 +218,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         );
     }
 
+    if config.registry.mode == crate::config::RegistryMode::Host {
+        tracing::info!(
+            registry = config.registry.base_url.as_deref().unwrap_or("-"),
+            bundle_keys = %config.registry.bundle_keys.join(", "),
+            "host-registry mode: bundles are fetched by content hash, installs are the host's"
+        );
+        if config.registry_storage_token()?.is_none() {
+            tracing::warn!(
+                "host-registry mode without registry.storage_token (RUNNER_STORAGE_API_TOKEN): every storage call \
+                 answers internal"
+            );
+        }
+    }
+
     if config.host_api.base_url.is_some() && config.host_api.ui_proxy_base_url.is_none() {
         tracing::warn!(
             "host_api.ui_proxy_base_url is not set: ui-proxy answers route-not-found (it no longer falls back to \

@@ -36,6 +36,8 @@ pub struct HostEnv {
     pub host_api: Option<forwarded::transport::HostApi>,
     /// Where the `metrics` host API's series go.
     pub metrics: Arc<crate::ops::metrics::Metrics>,
+    /// Host-registry mode: storage is the host's (`storage` is not used).
+    pub host_storage: Option<storage::host::HostStorage>,
 }
 
 impl std::fmt::Debug for HostEnv {
@@ -54,6 +56,7 @@ impl HostEnv {
             fetch: fetch::FetchSettings::deny_all(),
             host_api: None,
             metrics: Arc::default(),
+            host_storage: None,
         })
     }
 
@@ -159,10 +162,22 @@ async fn perform(ctx: &HostContext, call: HostCall, deadline: tokio::time::Insta
         HostCall::UserV2Get => user::get_v2(ctx),
         HostCall::ConfigGet { key } => config::get(ctx, &key),
         HostCall::ConfigList => config::list(ctx),
-        HostCall::StorageGet { namespace, key } => storage::get(ctx, &namespace, &key).await,
-        HostCall::StoragePut { entry } => storage::put(ctx, entry).await,
-        HostCall::StorageDelete { namespace, key } => storage::delete(ctx, &namespace, &key).await,
-        HostCall::StorageListEntries { namespace, cursor } => storage::list(ctx, &namespace, cursor.as_deref()).await,
+        HostCall::StorageGet { namespace, key } => match &ctx.env.host_storage {
+            Some(h) => storage::host::get(h, ctx, &namespace, &key, deadline).await,
+            None => storage::get(ctx, &namespace, &key).await,
+        },
+        HostCall::StoragePut { entry } => match &ctx.env.host_storage {
+            Some(h) => storage::host::put(h, ctx, entry, deadline).await,
+            None => storage::put(ctx, entry).await,
+        },
+        HostCall::StorageDelete { namespace, key } => match &ctx.env.host_storage {
+            Some(h) => storage::host::delete(h, ctx, &namespace, &key, deadline).await,
+            None => storage::delete(ctx, &namespace, &key).await,
+        },
+        HostCall::StorageListEntries { namespace, cursor } => match &ctx.env.host_storage {
+            Some(h) => storage::host::list(h, ctx, &namespace, cursor.as_deref(), deadline).await,
+            None => storage::list(ctx, &namespace, cursor.as_deref()).await,
+        },
         HostCall::HttpFetch { request } => fetch::fetch(ctx, request, deadline).await,
         HostCall::SecretsGet { key } => secrets::get(ctx, &key),
         HostCall::SecretsListKeys => secrets::list_keys(ctx),

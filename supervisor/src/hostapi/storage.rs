@@ -9,6 +9,7 @@ use alga_shared::protocol::HostReply;
 
 use super::HostContext;
 
+pub mod host;
 pub mod postgres;
 pub mod sled;
 

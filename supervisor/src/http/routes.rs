@@ -25,6 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/metrics", "GET").route(web::get().to(metrics)))
         .service(resource("/v1/execute", "POST").route(web::post().to(execute_route)))
         .service(resource("/v1/bundles", "POST").route(web::post().to(publish_route)))
+        .service(resource("/v1/bundles/prefetch", "POST").route(web::post().to(prefetch_route)))
+        .service(resource("/", "GET").route(web::get().to(app_domain)))
         .service(resource("/v1/extensions", "GET").route(web::get().to(list_extensions)))
         .service(resource("/v1/extensions/{id}", "GET").route(web::get().to(get_extension)))
         .service(resource("/v1/extensions/{id}/versions", "GET").route(web::get().to(list_versions)))
@@ -81,6 +83,21 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
 
 fn admin(req: &HttpRequest, svc: &Service) -> Result<(), Problem> {
     authorize(req, &svc.admin_token, "admin")
+}
+
+/// Refuses a route of the local registry in host-registry mode, saying where that state lives.
+fn local_registry(svc: &Service, what: &str) -> Result<(), Problem> {
+    if svc.host_registry.is_none() {
+        return Ok(());
+    }
+    Err(Problem::not_found(
+        "not_in_host_mode",
+        format!(
+            "{what}: this runner serves the host application's registry (registry.mode = \"host\"): bundles, \
+             installs, grants and secrets live in the host (Alga's extension registry and its object store), not \
+             here"
+        ),
+    ))
 }
 
 fn header(req: &HttpRequest, name: &str) -> Option<String> {
@@ -160,6 +177,7 @@ async fn execute_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Res
 
 async fn publish_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "publishing")?;
     let signature = match header(&req, "x-alga-signature") {
         Some(b64) => {
             let bytes = STANDARD.decode(b64.trim()).map_err(|e| {
@@ -191,29 +209,70 @@ fn limit(q: &Query) -> Result<Option<usize>, Problem> {
         .transpose()
 }
 
+/// `POST /v1/bundles/prefetch`: the host (service token) or an operator (admin token) readies a
+/// bundle before its first execution.
+async fn prefetch_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
+    if authorize_service(&req, &svc).is_err() {
+        admin(&req, &svc).map_err(|_| {
+            Problem::unauthorized("this route needs the service token (as for /v1/execute) or the admin token")
+        })?;
+    }
+    let body = read_body(&req, payload, SMALL_BODY).await?;
+    let request = crate::service::json::json_body(&body, "invalid_request", "the request is not valid")?;
+    let done = crate::service::prefetch::prefetch(&svc.into_inner(), request).await?;
+    Ok(HttpResponse::Ok().json(done))
+}
+
+/// `GET /` on a per-install app domain (host mode): the host's registry says which install the
+/// `Host` serves, and the answer redirects to its UI.
+async fn app_domain(req: HttpRequest, svc: Svc) -> Result<HttpResponse, Problem> {
+    let no_route = || Problem::not_found("route_not_found", "no route GET /");
+    let Some(host) = &svc.host_registry else { return Err(no_route()) };
+    let name = header(&req, "host").unwrap_or_default();
+    let Some(install) = host.install_by_host(&name).await else {
+        return Err(Problem::not_found("not_found", format!("the host's registry knows no install at `{name}`")));
+    };
+    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    let location = format!(
+        "/ext-ui/{}/{}/?tenant={}",
+        enc(&install.extension_id),
+        enc(&install.content_hash),
+        enc(&install.tenant_id)
+    );
+    Ok(HttpResponse::TemporaryRedirect()
+        .insert_header(("location", location))
+        .insert_header(("cache-control", "no-store"))
+        .finish())
+}
+
 async fn list_extensions(req: HttpRequest, svc: Svc, q: Query) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "the extension registry")?;
     Ok(HttpResponse::Ok().json(reads::extensions(&svc, q.get("cursor").map(String::as_str), limit(&q)?).await?))
 }
 
 async fn get_extension(req: HttpRequest, svc: Svc, id: web::Path<String>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "the extension registry")?;
     Ok(HttpResponse::Ok().json(reads::extension(&svc, &id).await?))
 }
 
 async fn list_versions(req: HttpRequest, svc: Svc, id: web::Path<String>, q: Query) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "the extension registry")?;
     Ok(HttpResponse::Ok().json(reads::versions(&svc, &id, q.get("cursor").map(String::as_str), limit(&q)?).await?))
 }
 
 async fn yank_version(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "the extension registry")?;
     let (id, version) = path.into_inner();
     Ok(HttpResponse::Ok().json(reads::yank(&svc, &id, &version).await?))
 }
 
 async fn list_installs(req: HttpRequest, svc: Svc, tenant: web::Path<String>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "installs")?;
     Ok(HttpResponse::Ok().json(json!({ "items": installs::list(&svc, &tenant).await? })))
 }
 
@@ -224,6 +283,7 @@ async fn put_install(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "installs")?;
     let (tenant, extension) = path.into_inner();
     let body = read_body(&req, payload, SMALL_BODY).await?;
     let request: installs::InstallRequest =
@@ -235,6 +295,7 @@ async fn put_install(
 
 async fn get_install(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "installs")?;
     let (tenant, extension) = path.into_inner();
     Ok(HttpResponse::Ok().json(installs::get(&svc, &tenant, &extension).await?))
 }
@@ -245,6 +306,7 @@ async fn delete_install(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "installs")?;
     let (tenant, extension) = path.into_inner();
     installs::delete(&svc, &tenant, &extension).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -257,6 +319,7 @@ async fn put_secrets(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "install secrets")?;
     let (tenant, extension) = path.into_inner();
     let body = read_body(&req, payload, SMALL_BODY * 64).await?;
     let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&body).map_err(|_| {
@@ -269,6 +332,7 @@ async fn put_secrets(
 
 async fn get_secrets(req: HttpRequest, svc: Svc, path: web::Path<(String, String)>) -> Result<HttpResponse, Problem> {
     admin(&req, &svc)?;
+    local_registry(&svc, "install secrets")?;
     let (tenant, extension) = path.into_inner();
     Ok(HttpResponse::Ok().json(json!({ "keys": installs::secret_keys(&svc, &tenant, &extension).await? })))
 }
@@ -348,6 +412,7 @@ fn cors_origin(req: &HttpRequest, svc: &Service) -> Option<String> {
 
 async fn gateway_answer(req: &HttpRequest, payload: web::Payload, svc: &Svc) -> Result<GatewayAnswer, Problem> {
     authorize_service(req, svc)?;
+    local_registry(svc, "the gateway's install lookup (Alga's gateway calls /v1/execute)")?;
     let tenant = header(req, "x-alga-tenant").ok_or_else(|| {
         Problem::bad_request("missing_tenant", "the gateway needs the tenant in the `x-alga-tenant` header")
     })?;
@@ -380,6 +445,7 @@ async fn gateway_answer(req: &HttpRequest, payload: web::Payload, svc: &Svc) -> 
 
 async fn events_route(req: HttpRequest, payload: web::Payload, svc: Svc) -> Result<HttpResponse, Problem> {
     authorize_service(&req, &svc)?;
+    local_registry(&svc, "event subscriptions")?;
     let body = read_body(&req, payload, svc.config.execute.max_request_mb << 20).await?;
     let event: crate::service::events::EventRequest =
         crate::service::json::json_body(&body, "invalid_event", "the event is not valid")?;
@@ -397,7 +463,7 @@ async fn ext_ui(req: HttpRequest, svc: Svc, q: Query) -> Result<HttpResponse, Pr
         extension: req.match_info().get("extension").unwrap_or_default().to_string(),
         content_hash: req.match_info().get("content_hash").unwrap_or_default().to_string(),
         path,
-        tenant: q.get("tenant").cloned(),
+        tenant: q.get("tenant").cloned().or_else(|| header(&req, "x-tenant-id")),
         if_none_match: header(&req, "if-none-match"),
         range: header(&req, "range"),
     };

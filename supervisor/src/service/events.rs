@@ -93,6 +93,7 @@ fn command(target: &Target, event: &EventRequest, handler: &str, request_id: &st
         user: None,
         secrets: SecretMap::default(),
         vault_envelope: None,
+        egress_allowlist: None,
         idempotency_key: None,
     }
 }

@@ -18,6 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use super::Service;
+use super::host_registry::HostRefusal;
 use super::idempotency::{Claim, Ticket};
 use super::installs::valid_tenant;
 use super::loader::LoadError;
@@ -63,6 +64,10 @@ pub struct Envelope {
     pub user: Option<EnvelopeUser>,
     #[serde(default)]
     pub secret_envelope: Option<SecretEnvelope>,
+    /// An extension of Alga's wire format: the host's egress list for this execution (absent:
+    /// no restriction of its own).
+    #[serde(default)]
+    pub egress_allowlist: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +138,8 @@ pub struct ExecuteCommand {
     pub secrets: SecretMap,
     /// A Vault Transit envelope, opened by [`execute`] before anything else.
     pub vault_envelope: Option<SecretEnvelope>,
+    /// The envelope's `egress_allowlist` (validated), intersected with the other lists.
+    pub egress_allowlist: Option<Vec<String>>,
     pub idempotency_key: Option<String>,
 }
 
@@ -280,6 +287,11 @@ impl Envelope {
             client_id: u.client_id,
             additional_fields: u.additional_fields.unwrap_or_default().into_iter().collect(),
         });
+        for (i, entry) in self.egress_allowlist.iter().flatten().enumerate() {
+            if let Some(problem) = alga_shared::manifest::egress_problem(entry) {
+                return Err(invalid(format!("$.egress_allowlist[{i}]: `{entry}` {problem}")));
+            }
+        }
         let (secrets, vault_envelope) = match self.secret_envelope {
             Some(e) => match e.open(now_ms())? {
                 Opened::Secrets(s) => (s, None),
@@ -290,6 +302,7 @@ impl Envelope {
         Ok(ExecuteCommand {
             secrets,
             vault_envelope,
+            egress_allowlist: self.egress_allowlist,
             request_id: request_id
                 .or(c.request_id.filter(|r| super::valid_request_id(r)))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -318,6 +331,9 @@ pub struct Target {
     pub ext: ExtensionRecord,
     pub install: InstallRecord,
     pub version: VersionRecord,
+    /// Already loaded (host-registry mode loads while it resolves); `None`: load from the
+    /// local registry.
+    pub loaded: Option<Arc<super::loader::Loaded>>,
 }
 
 /// How an execution started (kept in its record).
@@ -358,7 +374,19 @@ pub async fn execute(svc: &Arc<Service>, mut cmd: ExecuteCommand) -> Result<Enve
         };
         cmd.secrets = vault.open(&envelope).await?;
     }
-    match resolve_envelope(svc, &cmd).await? {
+    let resolved = match &svc.host_registry {
+        Some(host) => match host.target(svc, &cmd).await {
+            Ok(target) => {
+                // The grants came from `providers` (bounded by the manifest): nothing more to check.
+                cmd.providers = None;
+                Ok(target)
+            }
+            Err(HostRefusal::NotFound(detail)) => Err(detail),
+            Err(refused) => return Ok(host_refusal(&cmd, refused)),
+        },
+        None => resolve_envelope(svc, &cmd).await?,
+    };
+    match resolved {
         Ok(target) => Ok(run(svc, &target, cmd, Trigger::Envelope, None).await?.into()),
         Err(detail) => {
             tracing::warn!(
@@ -373,6 +401,25 @@ pub async fn execute(svc: &Arc<Service>, mut cmd: ExecuteCommand) -> Result<Enve
             Ok(EnvelopeResponse { detail: Some(detail), ..EnvelopeResponse::error(404, "not_installed") })
         }
     }
+}
+
+/// The envelope of a host-mode bundle that could not be used, with what was wrong (the host's
+/// operators read it; Alga's gateway never shows runner errors to its clients).
+fn host_refusal(cmd: &ExecuteCommand, refused: HostRefusal) -> EnvelopeResponse {
+    let (status, error) = match &refused {
+        HostRefusal::NotFound(_) => (404, "not_installed"),
+        HostRefusal::Verification(_) => (502, "bundle_verification_failed"),
+        HostRefusal::Unavailable(_) => (503, "storage_unavailable"),
+        HostRefusal::Internal(_) => (500, "internal"),
+    };
+    tracing::warn!(
+        tenant = %cmd.tenant,
+        extension = %cmd.extension,
+        content_hash = %cmd.content_hash,
+        detail = %refused,
+        "execution refused: {error}"
+    );
+    EnvelopeResponse { detail: Some(refused.to_string()), ..EnvelopeResponse::error(status, error) }
 }
 
 /// Envelope mode: the install must be enabled, on this content hash, and match the ids given;
@@ -406,7 +453,7 @@ async fn resolve_envelope(svc: &Service, cmd: &ExecuteCommand) -> Result<Result<
             install.version_id
         )));
     }
-    Ok(Ok(Target { ext, install, version }))
+    Ok(Ok(Target { ext, install, version, loaded: None }))
 }
 
 /// The tenant's enabled install of `extension` (registry id or manifest name) and its version.
@@ -415,7 +462,7 @@ pub async fn resolve_enabled(svc: &Service, tenant: &str, extension: &str) -> Re
     if !install.enabled {
         return Ok(None);
     }
-    Ok(Some(Target { ext, install, version }))
+    Ok(Some(Target { ext, install, version, loaded: None }))
 }
 
 /// What an attempt may take beyond its queue wait and its execution: loading and compiling its
@@ -498,7 +545,7 @@ async fn run_in_span(
     execution_id: Option<String>,
 ) -> Result<Answer, Problem> {
     use tracing::Instrument;
-    let Target { ext, install, version } = target;
+    let Target { ext, install, version, loaded } = target;
     // Effective capabilities: manifest ∩ grants (∩ providers) ∪ defaults. Asking for a capability
     // that is unknown or not granted is refused.
     let manifest_caps = CapabilitySet::parse(version.capabilities.iter().map(String::as_str)).unwrap_or_default();
@@ -545,7 +592,11 @@ async fn run_in_span(
         }
     };
 
-    let loaded = match svc.loader.load(svc, ext, version).await {
+    let loaded = match loaded.clone() {
+        Some(l) => Ok(l),
+        None => svc.loader.load(svc, ext, version).await,
+    };
+    let loaded = match loaded {
         Ok(l) => l,
         Err(LoadError::Verification(detail)) => {
             tracing::warn!(extension = %ext.name, version = %version.version, %detail, "bundle failed verification at load");
@@ -562,7 +613,15 @@ async fn run_in_span(
     let mut config = cmd.config.clone();
     config.extend(install.config.clone());
     // Both lists were validated when stored; an entry that no longer parses allows nothing.
-    let lists = [("manifest", version.egress.as_ref()), ("install", install.egress_allowlist.as_ref())];
+    let lists = [
+        ("manifest", version.egress.as_ref()),
+        ("install", install.egress_allowlist.as_ref()),
+        (
+            "extension",
+            svc.config.egress.extensions.get(&ext.id).or_else(|| svc.config.egress.extensions.get(&ext.name)),
+        ),
+        ("envelope", cmd.egress_allowlist.as_ref()),
+    ];
     let egress = Egress {
         lists: lists.into_iter().filter_map(|(n, l)| Some((n, Rule::parse_list(l?).unwrap_or_default()))).collect(),
     };

@@ -209,6 +209,7 @@ pub async fn handle(svc: &Arc<Service>, req: GatewayRequest) -> Result<GatewayAn
         user: user_of(&req.headers),
         secrets: SecretMap::default(),
         vault_envelope: None,
+        egress_allowlist: None,
         idempotency_key,
     };
     let answer = execute::run(svc, &target, cmd, Trigger::Gateway { endpoint: endpoint_label }, None).await?;

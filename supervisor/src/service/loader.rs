@@ -44,8 +44,19 @@ pub struct Loader {
     cache: Mutex<HashMap<String, Arc<Loaded>>>,
 }
 
+/// How a compiled artifact from the object store is known to be the right one.
+#[derive(Debug, Clone, Copy)]
+pub enum ArtifactCheck<'a> {
+    /// Its SHA-256 was recorded at publish in the registry (local mode).
+    Recorded(&'a BundleRecord),
+    /// A token of the node key beside it says its SHA-256 (host-registry mode: there is no
+    /// publish record, and the bucket is shared with the host, so only hosts holding the node
+    /// key can vouch for native code).
+    Vouched,
+}
+
 impl Loader {
-    fn cached(&self, content_hash: &str, generation: u64) -> Option<Arc<Loaded>> {
+    pub fn cached(&self, content_hash: &str, generation: u64) -> Option<Arc<Loaded>> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(content_hash).filter(|l| l.generation == generation).cloned()
     }
@@ -87,7 +98,7 @@ impl Loader {
             }
             checked?
         };
-        let artifact = artifact_of(svc, &record, wasm).await?;
+        let artifact = artifact_of(svc, &hash, ArtifactCheck::Recorded(&record), wasm).await?;
         // The compiled code must be the code compiled at publish (compilation is deterministic;
         // the cache's own check only proves the file matches its neighbouring hash file).
         if let Some(expected) = record.artifacts.get(svc.core.spawner.fork.fingerprint())
@@ -98,16 +109,58 @@ impl Loader {
                 artifact.sha256
             )));
         }
-        let loaded = Arc::new(Loaded { content_hash: hash.clone(), generation: trust.generation, artifact });
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, loaded.clone());
-        Ok(loaded)
+        Ok(self.keep(hash, trust.generation, artifact))
     }
+
+    /// Loads a component already verified (hash, signature, identity) under trust generation
+    /// `generation` (host-registry mode).
+    pub async fn load_verified(
+        &self,
+        svc: &Arc<Service>,
+        content_hash: &str,
+        generation: u64,
+        wasm: Vec<u8>,
+    ) -> Result<Arc<Loaded>, LoadError> {
+        let artifact = artifact_of(svc, content_hash, ArtifactCheck::Vouched, wasm).await?;
+        Ok(self.keep(content_hash.to_string(), generation, artifact))
+    }
+
+    fn keep(&self, hash: String, generation: u64, artifact: Arc<Artifact>) -> Arc<Loaded> {
+        let loaded = Arc::new(Loaded { content_hash: hash.clone(), generation, artifact });
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, loaded.clone());
+        loaded
+    }
+}
+
+/// What a vouch token of an artifact is bound to: its key in the object store.
+fn vouch_label(key: &object_store::path::Path) -> Vec<u8> {
+    let mut label = b"alga-runner compiled artifact\0".to_vec();
+    label.extend_from_slice(key.as_ref().as_bytes());
+    label
+}
+
+/// The SHA-256 (hex) the object store's vouch token beside the artifact says, when a node key
+/// of this cluster made it.
+async fn vouched_sha(svc: &Service, key: &object_store::path::Path) -> Option<String> {
+    let shared = svc.blobs.shared.as_ref()?;
+    let token = shared.get(vouch_key(key), 4096).await.ok()??;
+    let sha = svc.secrets.key().vouched(&vouch_label(key), &token)?;
+    String::from_utf8(sha).ok()
+}
+
+fn vouch_key(key: &object_store::path::Path) -> object_store::path::Path {
+    object_store::path::Path::from(format!("{key}.vouch"))
 }
 
 /// The compiled artifact of `wasm`: this host's, else the one another host stored in the object
 /// store (used only when its SHA-256 is the one recorded at publish), else compiled here (and
 /// shared for the next host).
-async fn artifact_of(svc: &Arc<Service>, record: &BundleRecord, wasm: Vec<u8>) -> Result<Arc<Artifact>, LoadError> {
+async fn artifact_of(
+    svc: &Arc<Service>,
+    content_hash: &str,
+    check: ArtifactCheck<'_>,
+    wasm: Vec<u8>,
+) -> Result<Arc<Artifact>, LoadError> {
     let core = svc.core.clone();
     let fingerprint = core.spawner.fork.fingerprint().to_string();
     let wasm_sha = sha256_hex(&wasm);
@@ -118,7 +171,13 @@ async fn artifact_of(svc: &Arc<Service>, record: &BundleRecord, wasm: Vec<u8>) -
     if let Ok(Some(a)) = cached {
         return Ok(a);
     }
-    let expected = record.artifacts.get(&fingerprint).cloned();
+    let expected = match check {
+        ArtifactCheck::Recorded(record) => record.artifacts.get(&fingerprint).cloned(),
+        ArtifactCheck::Vouched => match &svc.blobs.shared {
+            Some(shared) => vouched_sha(svc, &shared.artifact_key(&wasm_sha, &fingerprint)).await,
+            None => None,
+        },
+    };
     let mut bad_copy = false;
     if let (Some(shared), Some(expected)) = (&svc.blobs.shared, &expected) {
         let max = core.spawner.settings.max_artifact_bytes;
@@ -140,13 +199,13 @@ async fn artifact_of(svc: &Arc<Service>, record: &BundleRecord, wasm: Vec<u8>) -
                 match checked {
                     Ok(stored) => {
                         svc.core.spawner.metrics.artifact_load("shared");
-                        tracing::info!(content_hash = %record.content_hash, "using the compiled artifact another host stored");
+                        tracing::info!(content_hash, "using the compiled artifact another host stored");
                         return Ok(stored);
                     }
                     Err(sha256) => {
                         bad_copy = true;
                         tracing::warn!(
-                            content_hash = %record.content_hash,
+                            content_hash,
                             %sha256,
                             %expected,
                             "the object store's compiled artifact is not the one recorded at publish; compiling \
@@ -168,10 +227,32 @@ async fn artifact_of(svc: &Arc<Service>, record: &BundleRecord, wasm: Vec<u8>) -
             ArtifactError::Failed(m) => LoadError::Internal(m),
         })?;
     svc.core.spawner.metrics.artifact_load("compiled");
-    if expected.as_ref() == Some(&artifact.sha256) {
-        share_artifact(svc, &artifact, &fingerprint, bad_copy).await;
+    match check {
+        ArtifactCheck::Recorded(_) if expected.as_ref() == Some(&artifact.sha256) => {
+            share_artifact(svc, &artifact, &fingerprint, bad_copy).await;
+        }
+        ArtifactCheck::Recorded(_) => {}
+        ArtifactCheck::Vouched => share_vouched(svc, &artifact, &fingerprint).await,
     }
     Ok(artifact)
+}
+
+/// Puts a compiled artifact and the node key's token for its SHA-256 in the object store
+/// (host-registry mode), over what is there: a host that compiled has the right bytes.
+async fn share_vouched(svc: &Service, artifact: &Arc<Artifact>, fingerprint: &str) {
+    let Some(shared) = &svc.blobs.shared else { return };
+    let key = shared.artifact_key(&artifact.wasm_sha256, fingerprint);
+    let token = match svc.secrets.key().vouch(&vouch_label(&key), artifact.sha256.as_bytes()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "vouching for a compiled artifact failed; other hosts will compile it");
+            return;
+        }
+    };
+    share_artifact(svc, artifact, fingerprint, true).await;
+    if let Err(e) = shared.put(vouch_key(&key), token).await {
+        tracing::warn!(error = %e, "sharing a compiled artifact's token failed; other hosts will compile it");
+    }
 }
 
 /// Puts a compiled artifact in the object store (when there is one) for the other hosts, over

@@ -6,10 +6,12 @@ pub mod bundles;
 pub mod events;
 pub mod execute;
 pub mod gateway;
+pub mod host_registry;
 pub mod idempotency;
 pub mod installs;
 pub mod json;
 pub mod loader;
+pub mod prefetch;
 pub mod problem;
 pub mod publish;
 pub mod quotas;
@@ -87,6 +89,8 @@ pub struct Service {
     /// The host-API backends every execution's broker uses.
     pub host_env: Arc<HostEnv>,
     pub service_token: Option<String>,
+    /// The host's registry (`registry.mode = "host"`); `None`: this runner's own registry.
+    pub host_registry: Option<host_registry::HostRegistry>,
     /// Vault Transit for secret envelopes (`None`: `vault.address` unset).
     pub vault: Option<vault::Vault>,
     /// `auth.trusted_sources`, parsed (validated at load).
@@ -145,6 +149,25 @@ impl Service {
             _ => None,
         };
         let vault = vault::Vault::new(&config.vault, fetch.tls.clone());
+        let host_storage = match (config.registry.mode, &config.registry.storage_base_url, &config.registry.base_url) {
+            (crate::config::RegistryMode::Host, Some(base), _)
+            | (crate::config::RegistryMode::Host, None, Some(base)) => {
+                Some(crate::hostapi::storage::host::HostStorage::new(
+                    base,
+                    config.registry_storage_token()?,
+                    fetch.tls.clone(),
+                ))
+            }
+            _ => None,
+        };
+        let host_registry = match config.registry.mode {
+            crate::config::RegistryMode::Host => Some(host_registry::HostRegistry::new(
+                &config.registry,
+                config.registry_auth_key()?.unwrap_or_default(),
+                fetch.tls.clone(),
+            )),
+            crate::config::RegistryMode::Local => None,
+        };
         let ui_trees = crate::registry::UiTrees::open(config.state.dir.join("ui"))?;
         core.spawner.metrics.set_per_extension(config.metrics.per_extension);
         Ok(Service {
@@ -157,6 +180,7 @@ impl Service {
                 fetch,
                 host_api,
                 metrics: core.spawner.metrics.clone(),
+                host_storage,
             }),
             core,
             registry,
@@ -169,6 +193,7 @@ impl Service {
             service_token,
             admin_token,
             vault,
+            host_registry,
             trusted_sources: config
                 .auth
                 .trusted_sources

@@ -181,6 +181,9 @@ pub async fn resolve(svc: &Arc<Service>, req: &UiRequest) -> Result<UiAnswer, Pr
         })?;
     let segments = clean_path(&req.path)?;
     let unknown = || not_found(format!("no UI {hash} of `{}` here", req.extension));
+    if let Some(host) = &svc.host_registry {
+        return resolve_host(svc, host, req, &hash, &segments).await;
+    }
 
     let Some(ext) = svc.registry.extension(&req.extension).await? else { return Err(unknown()) };
     let Some(mut record) = svc.registry.bundle(&hash).await?.filter(|b| b.extension_id == ext.id) else {
@@ -205,22 +208,73 @@ pub async fn resolve(svc: &Arc<Service>, req: &UiRequest) -> Result<UiAnswer, Pr
         .ok_or_else(|| Problem::internal(format!("no version record for {hash}")))?;
     let Some(ui) = version.ui else { return Err(not_found(format!("{} {} has no UI", ext.name, version.version))) };
     ensure_tree(svc, &mut record).await?;
+    let what = format!("{} {}", ext.name, version.version);
+    answer(svc, req, &hash, &ui.entry, &record.ui_etags, &segments, &what)
+}
 
+/// Host-registry mode: the tenant must be named (`?tenant=` or `x-tenant-id`) and the host's
+/// registry must say the install is valid (cached briefly; no answer is "no"); the bundle is
+/// fetched and verified like an execution's.
+async fn resolve_host(
+    svc: &Arc<Service>,
+    host: &crate::service::host_registry::HostRegistry,
+    req: &UiRequest,
+    hash: &str,
+    segments: &[String],
+) -> Result<UiAnswer, Problem> {
+    let Some(tenant) = req.tenant.as_deref() else {
+        return Err(not_found(format!("no tenant named for {hash} (host mode needs ?tenant= or x-tenant-id)")));
+    };
+    if !host.install_valid(tenant, &req.extension, hash).await {
+        return Err(not_found(format!(
+            "the host's registry does not validate `{}` on {hash} for tenant {tenant}",
+            req.extension
+        )));
+    }
+    use crate::service::host_registry::HostRefusal;
+    let (bundle, _) = host.bundle(svc, tenant, &req.extension, hash).await.map_err(|e| match e {
+        HostRefusal::NotFound(m) => not_found(m),
+        HostRefusal::Verification(m) => {
+            tracing::warn!(content_hash = hash, detail = %m, "a UI bundle failed verification");
+            Problem::new(502, "bundle_verification_failed", "the bundle failed verification")
+        }
+        HostRefusal::Unavailable(m) => {
+            tracing::warn!(error = %m, "the object store failed");
+            Problem::new(503, "storage_unavailable", "the object store cannot be reached; retry later")
+        }
+        HostRefusal::Internal(m) => Problem::internal(m),
+    })?;
+    let m = &bundle.manifest;
+    let what = format!("{} {}", m.name, m.version);
+    let Some(ui) = &m.ui else { return Err(not_found(format!("{what} has no UI"))) };
+    answer(svc, req, hash, &ui.entry, &bundle.ui_etags, segments, &what)
+}
+
+/// The file of an extracted UI tree a request names (`entry` for the SPA fallback).
+fn answer(
+    svc: &Service,
+    req: &UiRequest,
+    hash: &str,
+    entry: &str,
+    etags: &std::collections::BTreeMap<String, String>,
+    segments: &[String],
+    what: &str,
+) -> Result<UiAnswer, Problem> {
     // SPA fallback: the empty path, or a last segment without an extension, is the entry.
     let rel = match segments.last() {
-        None => ui.entry.clone(),
-        Some(last) if !last.contains('.') => ui.entry.clone(),
+        None => entry.to_string(),
+        Some(last) if !last.contains('.') => entry.to_string(),
         Some(_) => segments.join("/"),
     };
-    let Some(etag) = record.ui_etags.get(&rel).cloned() else {
-        return Err(not_found(format!("no file `{rel}` in the UI of {} {}", ext.name, version.version)));
+    let Some(etag) = etags.get(&rel).cloned() else {
+        return Err(not_found(format!("no file `{rel}` in the UI of {what}")));
     };
     if let Some(inm) = &req.if_none_match
         && inm.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(&etag))
     {
         return Ok(UiAnswer::NotModified { etag });
     }
-    let file = svc.ui_trees.root(&hash).join(&rel);
+    let file = svc.ui_trees.root(hash).join(&rel);
     let meta = std::fs::symlink_metadata(&file).map_err(|e| Problem::internal(format!("{}: {e}", file.display())))?;
     if !meta.is_file() {
         return Err(not_found(format!("`{rel}` is not a file")));
