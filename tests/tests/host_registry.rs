@@ -400,6 +400,13 @@ fn an_alga_host_owns_the_registry_and_the_runner_fetches_verifies_and_runs_by_co
     let (status, _, detail) = refused(&claimed);
     assert_eq!(status, 502);
     assert!(detail.contains("not the content hash asked for"), "{detail}");
+    // One signature at the tenant-independent key serves the copy at the tenant's key.
+    let v107 = bundle_bytes("1.0.7");
+    let (h107, hex107) = hash_of(&v107);
+    let sig107 = signer.sign(&v107, "com.example.hosted", "1.0.7");
+    put(garage, &bucket, &alga_key(&hex107), v107);
+    put(garage, &bucket, &format!("sha256/{hex107}/bundle.tar.zst.minisig"), sig107.into_bytes());
+    assert_eq!(execute(&server, &envelope(&h107, "/context"), &[])["status"], 200);
     // Nothing there: not_installed, naming every key tried.
     let (status, error, detail) = refused(&format!("sha256:{}", "ab".repeat(32)));
     assert_eq!((status, error.as_str()), (404, "not_installed"));

@@ -238,18 +238,31 @@ impl HostRegistry {
                     Err(e) => return Err(unavailable(e)),
                 },
             };
-            let sig_key = format!("{key}.minisig");
-            let signature = match shared.get(object_store::path::Path::from(sig_key.as_str()), MAX_SIGNATURE).await {
-                Ok(Some(s)) => s,
-                Ok(None) if cached.is_some() => continue,
-                Ok(None) => {
+            // Beside the object; else beside any other key of the bundle (one signature at the
+            // tenant-independent key serves every tenant's copy).
+            let mut found = None;
+            for sig_key in std::iter::once(key).chain(keys.iter().filter(|k| *k != key)).map(|k| format!("{k}.minisig"))
+            {
+                match shared.get(object_store::path::Path::from(sig_key.as_str()), MAX_SIGNATURE).await {
+                    Ok(Some(s)) => {
+                        found = Some((s, sig_key));
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+            let (signature, sig_key) = match found {
+                Some(f) => f,
+                None if cached.is_some() => break,
+                None => {
                     metrics.bundle_fetch("corrupt");
                     return Err(HostRefusal::Verification(format!(
-                        "{key} has no detached signature at {sig_key}: sign the bundle (minisign or alga-runner \
-                         sign) and put the .minisig beside it; unsigned bundles never run"
+                        "{key} has no detached signature at {key}.minisig (nor beside the bundle's other keys): sign \
+                         the bundle (minisign or alga-runner sign) and put the .minisig beside it; unsigned bundles \
+                         never run"
                     )));
                 }
-                Err(e) => return Err(unavailable(e)),
             };
             let signature = String::from_utf8(signature.to_vec())
                 .map_err(|_| HostRefusal::Verification(format!("{sig_key} is not a minisign signature (not UTF-8)")))?;
