@@ -1158,6 +1158,48 @@ mod tests {
     }
 
     #[test]
+    fn algas_runner_environment_configures_host_mode() {
+        let env =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let c = Config::load(
+            None,
+            &env(&[
+                ("ALGA_RUNNER_REGISTRY__MODE", "host"),
+                ("BUNDLE_STORE_BASE", "http://minio:9000/extensions/alga/"),
+                ("MINIO_ACCESS_KEY", "minio-id"),
+                ("S3_REGION", "eu-1"),
+                ("REGISTRY_BASE_URL", "https://psa.example.com"),
+                ("ALGA_AUTH_KEY", "k"),
+                ("RUNNER_STORAGE_API_TOKEN", "t"),
+                ("VAULT_ADDR", "https://vault:8200"),
+                ("ALGA_VAULT_ADDR", "https://ignored:8200"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.registry.mode, RegistryMode::Host);
+        assert_eq!((c.blobs.backend.as_str(), c.blobs.endpoint.as_deref()), ("s3", Some("http://minio:9000")));
+        assert_eq!((c.blobs.bucket.as_deref(), c.registry.bundle_prefix.as_str()), (Some("extensions"), "alga"));
+        assert!(c.blobs.allow_http);
+        assert_eq!((c.blobs.access_key_id.as_deref(), c.blobs.region.as_str()), (Some("minio-id"), "eu-1"));
+        assert_eq!(c.vault.address.as_deref(), Some("https://vault:8200"), "VAULT_ADDR wins, as on Alga's runner");
+        let secret = c.blobs_credentials(&env(&[("MINIO_SECRET_KEY", "m"), ("S3_SECRET_KEY", "s")])).unwrap().1;
+        assert_eq!(secret.as_deref(), Some("s"));
+
+        let errors = Config::load(
+            None,
+            &env(&[
+                ("ALGA_RUNNER_REGISTRY__MODE", "host"),
+                ("ALGA_RUNNER_REGISTRY__BUNDLE_KEYS", "sha256/{hash}/b.tar.zst,/abs/{hex}"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for named in ["{hash}", "/abs/{hex}", "registry.base_url", "registry.auth_key", "[blobs] backend"] {
+            assert!(errors.contains(named), "{named} not in {errors}");
+        }
+    }
+
+    #[test]
     fn every_bad_field_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");

@@ -2,6 +2,7 @@
 //! harness that drives the real execution core (with the real binary as its fork server) from
 //! the test process, and named skips.
 
+pub mod alga_sample;
 pub mod cluster;
 pub mod garage;
 pub mod postgres;

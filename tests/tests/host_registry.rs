@@ -464,3 +464,66 @@ fn host_mode_refuses_to_start_without_what_it_needs() {
         assert!(stderr.contains(needed), "{needed} not named in:\n{stderr}");
     }
 }
+
+/// The archive `alga pack` makes from an extension built with Alga's published tools runs in
+/// both modes, unchanged but for the detached signature: published into a local-mode runner,
+/// and fetched from Alga's key by a host-mode runner.
+#[test]
+fn what_alga_pack_makes_runs_in_both_modes() {
+    skip_unless!(alga_tests::alga_sample::tools_missing().is_none(), alga_tests::alga_sample::tools_missing().unwrap());
+    let garage = Garage::get();
+    skip_unless!(garage.is_ok(), format!("no S3 server: {}", garage.as_ref().err().unwrap()));
+    let garage = garage.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let archive = alga_tests::alga_sample::pack(out.path()).expect("building and packing the Alga sample");
+    let bytes = std::fs::read(&archive).unwrap();
+    let (hash, hex) = hash_of(&bytes);
+    let sidecar = std::fs::read_to_string(out.path().join("bundle.sha256")).unwrap();
+    assert_eq!(sidecar.trim(), hex, "alga pack's sidecar names the same hash");
+    let signer = Signer::new();
+    let signature = signer.sign(&bytes, "com.example.hello-alga", "1.0.0");
+
+    // Local mode: published as it is, installed, executed.
+    let local = Server::start(&signer);
+    let published = local.publish(&bytes, &signature);
+    assert_eq!(published.status, 201, "{}", String::from_utf8_lossy(&published.body));
+    assert_eq!(published.json()["content_hash"], hash.as_str());
+    let install = local.install(
+        "t1",
+        "com.example.hello-alga",
+        &json!({ "version": "1.0.0", "granted_capabilities": ["storage.kv"] }),
+    );
+    assert!(matches!(install.status, 200 | 201), "{}", String::from_utf8_lossy(&install.body));
+    let id = published.json()["extension_id"].as_str().unwrap().to_string();
+    let mut env = alga_tests::server::envelope("t1", &id, &hash, "/hello");
+    env["http"]["query"] = json!({ "name": "Ada" });
+    let answer = local.execute(&env);
+    assert_eq!(answer.json()["status"], 200, "{}\n{}", answer.json(), local.log_text());
+    let hello: Value = serde_json::from_slice(&answer.envelope_body()).unwrap();
+    assert_eq!(hello["message"], "Hello, Ada!");
+    assert_eq!(hello["tenant"], "t1");
+
+    // Host mode: the same bytes at Alga's key, the signature beside them.
+    let bucket = garage.bucket();
+    put(garage, &bucket, &alga_key(&hex), bytes);
+    put(garage, &bucket, &format!("{}.minisig", alga_key(&hex)), signature.into_bytes());
+    let state = Arc::new(Mutex::new(HostState::default()));
+    let host = alga_host(state.clone());
+    let server =
+        Server::start_with(Options { trust_lines: vec![signer.public()], env: runner_env(garage, &bucket, &host) });
+    let mut hello = envelope(&hash, "/hello");
+    hello["http"]["query"] = json!({ "name": "Grace" });
+    let answer = execute(&server, &hello, &[]);
+    assert_eq!(answer["status"], 200, "{answer}\n{}", server.log_text());
+    let body = guest(&answer);
+    assert_eq!((body["message"].clone(), body["install"].clone()), (json!("Hello, Grace!"), json!(INSTALL)));
+    let mut visit = envelope(&hash, "/visits");
+    visit["http"]["method"] = json!("POST");
+    assert_eq!(guest(&execute(&server, &visit, &[])), json!({ "visits": 1 }));
+    assert_eq!(guest(&execute(&server, &visit, &[])), json!({ "visits": 2 }));
+    assert_eq!(
+        state.lock().unwrap().storage[&(INSTALL.into(), "visits".into(), "count".into())].1,
+        2,
+        "in the host's storage"
+    );
+}

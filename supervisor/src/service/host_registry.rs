@@ -163,17 +163,20 @@ impl HostRegistry {
     }
 
     /// The verified bundle `content_hash` (normalised `sha256:<hex>`) of `extension` for
-    /// `tenant`, and its component when it was verified just now (`None` when cached).
+    /// `tenant`, and its component when it was verified just now. A bundle verified under the
+    /// trust in force is not fetched again unless `to_run` and it is not loaded yet.
     pub async fn bundle(
         &self,
         svc: &Arc<Service>,
         tenant: &str,
         extension: &str,
         content_hash: &str,
+        to_run: bool,
     ) -> Result<(Arc<HostBundle>, Option<Vec<u8>>), HostRefusal> {
         let trust = svc.trust();
         if let Some(b) = self.cached_bundle(content_hash, trust.generation)
             && svc.ui_trees.exists(content_hash)
+            && (!to_run || svc.loader.cached(content_hash, trust.generation).is_some())
         {
             return Ok((b, None));
         }
@@ -183,10 +186,10 @@ impl HostRegistry {
                  an object key"
             )));
         }
-        let (bytes, signature, key) = self.fetch(svc, tenant, extension, content_hash).await?;
+        let (bytes, signature, key, from_cache) = self.fetch(svc, tenant, extension, content_hash).await?;
         let (svc2, hash, key2) = (svc.clone(), content_hash.to_string(), key.clone());
         let checked = svc
-            .blocking(move || verify(&svc2, &bytes, &signature, &hash, &key2))
+            .blocking(move || verify(&svc2, &bytes, &signature, &hash, &key2, from_cache))
             .await
             .map_err(|p| HostRefusal::Internal(p.to_string()))?;
         svc.core.spawner.metrics.verification("load", checked.is_ok());
@@ -202,15 +205,15 @@ impl HostRegistry {
         Ok((bundle, wasm))
     }
 
-    /// The bundle's bytes (this host's cache, else the first key holding it) and the detached
-    /// signature at that key plus `.minisig`.
+    /// The bundle's bytes (this host's cache, else the first key holding it), the detached
+    /// signature beside it, the key, and whether the bytes came from the cache.
     async fn fetch(
         &self,
         svc: &Service,
         tenant: &str,
         extension: &str,
         content_hash: &str,
-    ) -> Result<(Vec<u8>, String, String), HostRefusal> {
+    ) -> Result<(Vec<u8>, String, String, bool), HostRefusal> {
         let Some(shared) = &svc.blobs.shared else {
             return Err(HostRefusal::Internal("host mode without an object store".into()));
         };
@@ -270,7 +273,7 @@ impl HostRegistry {
                 metrics.bundle_fetch("ok");
                 tracing::info!(content_hash, %key, "fetched a bundle from the host's object store");
             }
-            return Ok((bytes, signature, key.clone()));
+            return Ok((bytes, signature, key.clone(), cached.is_some()));
         }
         if cached.is_some() {
             return Err(HostRefusal::Verification(format!(
@@ -295,7 +298,7 @@ impl HostRegistry {
                     .into(),
             ));
         };
-        let (bundle, wasm) = self.bundle(svc, &cmd.tenant, &cmd.extension, &cmd.content_hash).await?;
+        let (bundle, wasm) = self.bundle(svc, &cmd.tenant, &cmd.extension, &cmd.content_hash, true).await?;
         let loaded = self.loaded(svc, &bundle, wasm).await?;
         Ok(target_of(cmd, install_id, &bundle, loaded))
     }
@@ -310,28 +313,9 @@ impl HostRegistry {
         if let Some(l) = svc.loader.cached(&bundle.content_hash, bundle.generation) {
             return Ok(l);
         }
-        let wasm = match wasm {
-            Some(w) => w,
-            // Verified earlier but never compiled here (a UI request came first): read it again.
-            None => {
-                let local = svc.blobs.local.clone();
-                let (hash, entry, limits) =
-                    (bundle.content_hash.clone(), bundle.manifest.entry.clone(), svc.archive_limits());
-                svc.blocking(move || -> Result<Vec<u8>, HostRefusal> {
-                    let bytes = local.get(&hash).map_err(|e| HostRefusal::Internal(format!("{hash}: {e}")))?;
-                    if bundle::content_hash(&bytes) != hash {
-                        return Err(HostRefusal::Verification(format!("the cached bytes of {hash} no longer match")));
-                    }
-                    let opened = bundle::open(&bytes, &limits).map_err(|e| HostRefusal::Verification(e.to_string()))?;
-                    opened
-                        .files
-                        .get(&entry)
-                        .cloned()
-                        .ok_or_else(|| HostRefusal::Verification(format!("{hash} has no {entry}")))
-                })
-                .await
-                .map_err(|p| HostRefusal::Internal(p.to_string()))??
-            }
+        // `bundle(.., to_run = true)` gives the component unless the bundle is loaded already.
+        let Some(wasm) = wasm else {
+            return Err(HostRefusal::Verification(format!("{} has no component to run", bundle.content_hash)));
         };
         Ok(svc.loader.load_verified(svc, &bundle.content_hash, bundle.generation, wasm).await?)
     }
@@ -418,6 +402,7 @@ fn verify(
     signature: &str,
     content_hash: &str,
     key: &str,
+    from_cache: bool,
 ) -> Result<(Manifest, BTreeMap<String, String>, Option<Vec<u8>>), HostRefusal> {
     let actual = bundle::content_hash(bytes);
     if actual != content_hash {
@@ -438,9 +423,11 @@ fn verify(
         .extract(content_hash, &opened.files)
         .map_err(|e| HostRefusal::Internal(format!("extracting the UI: {e}")))?;
     // In the object store already: the cache may evict it.
-    match svc.blobs.local.put(content_hash, bytes) {
-        Ok(()) => svc.blobs.local.release(content_hash),
-        Err(e) => tracing::warn!(content_hash, error = %e, "caching a fetched bundle failed"),
+    if !from_cache {
+        match svc.blobs.local.put(content_hash, bytes) {
+            Ok(()) => svc.blobs.local.release(content_hash),
+            Err(e) => tracing::warn!(content_hash, error = %e, "caching a fetched bundle failed"),
+        }
     }
     let wasm = opened.component().map(<[u8]>::to_vec);
     Ok((opened.manifest.clone(), UiTrees::etags(&opened.files), wasm))

@@ -60,7 +60,7 @@ pub async fn prefetch(svc: &Arc<Service>, req: PrefetchRequest) -> Result<Prefet
                     "$.tenant and $.extension: required in host mode (they name the object key of the bundle)",
                 ));
             };
-            let (bundle, wasm) = host.bundle(svc, tenant, extension, &hash).await.map_err(refused)?;
+            let (bundle, wasm) = host.bundle(svc, tenant, extension, &hash, true).await.map_err(refused)?;
             host.loaded(svc, &bundle, wasm).await.map_err(refused)?;
             (bundle.manifest.name.clone(), bundle.manifest.version.clone())
         }

@@ -232,7 +232,7 @@ async fn resolve_host(
         )));
     }
     use crate::service::host_registry::HostRefusal;
-    let (bundle, _) = host.bundle(svc, tenant, &req.extension, hash).await.map_err(|e| match e {
+    let (bundle, _) = host.bundle(svc, tenant, &req.extension, hash, false).await.map_err(|e| match e {
         HostRefusal::NotFound(m) => not_found(m),
         HostRefusal::Verification(m) => {
             tracing::warn!(content_hash = hash, detail = %m, "a UI bundle failed verification");
