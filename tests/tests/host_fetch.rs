@@ -183,3 +183,54 @@ fn a_slow_server_is_cut_at_the_execution_deadline() {
     assert!(guest_saw_transport || env["error"] == "timeout", "{env}");
     assert!(took < Duration::from_secs(10), "bounded by the deadline, not the server's 20 s: {took:?}");
 }
+
+#[test]
+fn a_per_extension_operator_list_and_the_envelopes_list_narrow_too() {
+    let up = upstream();
+    let entry = format!("127.0.0.1:{}", up.port);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[egress.extensions]\n\"com.example.narrowed\" = [\"api.example.com\"]\n").unwrap();
+    let signer = Signer::new();
+    let server = Server::start_with(Options {
+        trust_lines: vec![signer.public()],
+        env: vec![
+            ("EXT_EGRESS_ALLOWLIST".into(), entry.clone()),
+            ("ALGA_RUNNER_CONFIG".into(), config.display().to_string()),
+        ],
+    });
+    let grant = json!({ "granted_capabilities": ["http.fetch"] });
+    let deploy_named = |name: &str| {
+        let manifest = hostapi_manifest(name, &["cap:http.fetch"]);
+        deploy(&server, &signer, &manifest, &fixture_bytes("hostapi"), "t1", grant.clone())
+    };
+    let narrowed = deploy_named("com.example.narrowed");
+    let other = deploy_named("com.example.other");
+    let fetch_as = |d: &Deployed, envelope_list: Option<Value>| {
+        let mut env = alga_tests::server::envelope("t1", &d.extension_id, &d.content_hash, "/fetch");
+        env["http"]["method"] = json!("POST");
+        env["http"]["body_b64"] =
+            json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, up.url("/ok")));
+        if let Some(list) = envelope_list {
+            env["egress_allowlist"] = list;
+        }
+        server.execute(&env)
+    };
+    // The operator's list for this extension leaves out the upstream.
+    let refused = fetch_as(&narrowed, None);
+    assert_eq!(serde_json::from_slice::<Value>(&refused.envelope_body()).unwrap(), json!({ "err": "not-allowed" }));
+    assert!(server.log_text().contains("is not in the extension egress allowlist"), "{}", server.log_text());
+    // Another extension has only the operator's list.
+    let allowed = fetch_as(&other, None);
+    assert_eq!(serde_json::from_slice::<Value>(&allowed.envelope_body()).unwrap()["status"], 200);
+    // The envelope's list (an extension of Alga's wire format) narrows one execution.
+    let refused = fetch_as(&other, Some(json!(["api.example.com"])));
+    assert_eq!(serde_json::from_slice::<Value>(&refused.envelope_body()).unwrap(), json!({ "err": "not-allowed" }));
+    assert!(server.log_text().contains("is not in the envelope egress allowlist"));
+    let allowed = fetch_as(&other, Some(json!([entry])));
+    assert_eq!(serde_json::from_slice::<Value>(&allowed.envelope_body()).unwrap()["status"], 200);
+    // A bad entry is refused before anything runs, naming it.
+    let bad = fetch_as(&other, Some(json!(["http://x.example/"])));
+    assert_eq!((bad.status, bad.code().as_str()), (422, "invalid_request"));
+    assert_eq!(up.received().len(), 2, "only the two allowed fetches reached the upstream");
+}

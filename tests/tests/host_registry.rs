@@ -495,6 +495,15 @@ fn what_alga_pack_makes_runs_in_both_modes() {
     );
     assert!(matches!(install.status, 200 | 201), "{}", String::from_utf8_lossy(&install.body));
     let id = published.json()["extension_id"].as_str().unwrap().to_string();
+    // Readied before its first request, through the CLI.
+    let prefetched = std::process::Command::new(alga_tests::runner_bin())
+        .args(["prefetch", &hex, "--url", &local.url])
+        .env("ALGA_RUNNER_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(prefetched.status.success(), "{}", String::from_utf8_lossy(&prefetched.stderr));
+    let ready: Value = serde_json::from_slice(&prefetched.stdout).unwrap();
+    assert_eq!((ready["name"].clone(), ready["content_hash"].clone()), (json!("com.example.hello-alga"), json!(hash)));
     let mut env = alga_tests::server::envelope("t1", &id, &hash, "/hello");
     env["http"]["query"] = json!({ "name": "Ada" });
     let answer = local.execute(&env);

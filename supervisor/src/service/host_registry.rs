@@ -50,6 +50,25 @@ pub enum HostRefusal {
     Internal(String),
 }
 
+impl HostRefusal {
+    /// What an HTTP caller (prefetch, `/ext-ui`) is told.
+    pub fn problem(self) -> super::problem::Problem {
+        use super::problem::Problem;
+        match self {
+            HostRefusal::NotFound(m) => Problem::not_found("bundle_not_found", m),
+            HostRefusal::Verification(m) => {
+                tracing::warn!(detail = %m, "a bundle failed verification");
+                Problem::new(502, "bundle_verification_failed", "the bundle failed verification").detail(m)
+            }
+            HostRefusal::Unavailable(m) => {
+                tracing::warn!(error = %m, "the object store failed");
+                Problem::new(503, "storage_unavailable", "the object store cannot be reached; retry later").detail(m)
+            }
+            HostRefusal::Internal(m) => Problem::internal(m),
+        }
+    }
+}
+
 impl From<LoadError> for HostRefusal {
     fn from(e: LoadError) -> Self {
         match e {

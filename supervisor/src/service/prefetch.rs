@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use super::Service;
 use super::host_registry::HostRefusal;
-use super::loader::LoadError;
 use super::problem::Problem;
 
 #[derive(Debug, Deserialize)]
@@ -34,19 +33,6 @@ pub struct Prefetched {
     pub took_ms: u64,
 }
 
-fn refused(e: HostRefusal) -> Problem {
-    match e {
-        HostRefusal::NotFound(m) => Problem::not_found("bundle_not_found", m),
-        HostRefusal::Verification(m) => {
-            Problem::new(502, "bundle_verification_failed", "the bundle failed verification").detail(m)
-        }
-        HostRefusal::Unavailable(m) => {
-            Problem::new(503, "storage_unavailable", "the object store cannot be reached; retry later").detail(m)
-        }
-        HostRefusal::Internal(m) => Problem::internal(m),
-    }
-}
-
 pub async fn prefetch(svc: &Arc<Service>, req: PrefetchRequest) -> Result<Prefetched, Problem> {
     let start = Instant::now();
     let hash = normalize_hash(&req.content_hash).ok_or_else(|| {
@@ -60,8 +46,9 @@ pub async fn prefetch(svc: &Arc<Service>, req: PrefetchRequest) -> Result<Prefet
                     "$.tenant and $.extension: required in host mode (they name the object key of the bundle)",
                 ));
             };
-            let (bundle, wasm) = host.bundle(svc, tenant, extension, &hash, true).await.map_err(refused)?;
-            host.loaded(svc, &bundle, wasm).await.map_err(refused)?;
+            let (bundle, wasm) =
+                host.bundle(svc, tenant, extension, &hash, true).await.map_err(HostRefusal::problem)?;
+            host.loaded(svc, &bundle, wasm).await.map_err(HostRefusal::problem)?;
             (bundle.manifest.name.clone(), bundle.manifest.version.clone())
         }
         None => {
@@ -79,13 +66,7 @@ pub async fn prefetch(svc: &Arc<Service>, req: PrefetchRequest) -> Result<Prefet
                 .version_by_id(&ext.id, &record.version_id)
                 .await?
                 .ok_or_else(|| Problem::internal(format!("no version record for {hash}")))?;
-            svc.loader.load(svc, &ext, &version).await.map_err(|e| {
-                refused(match e {
-                    LoadError::Verification(m) => HostRefusal::Verification(m),
-                    LoadError::Unavailable(m) => HostRefusal::Unavailable(m),
-                    LoadError::Internal(m) => HostRefusal::Internal(m),
-                })
-            })?;
+            svc.loader.load(svc, &ext, &version).await.map_err(|e| HostRefusal::from(e).problem())?;
             (ext.name, version.version)
         }
     };

@@ -234,15 +234,8 @@ async fn resolve_host(
     use crate::service::host_registry::HostRefusal;
     let (bundle, _) = host.bundle(svc, tenant, &req.extension, hash, false).await.map_err(|e| match e {
         HostRefusal::NotFound(m) => not_found(m),
-        HostRefusal::Verification(m) => {
-            tracing::warn!(content_hash = hash, detail = %m, "a UI bundle failed verification");
-            Problem::new(502, "bundle_verification_failed", "the bundle failed verification")
-        }
-        HostRefusal::Unavailable(m) => {
-            tracing::warn!(error = %m, "the object store failed");
-            Problem::new(503, "storage_unavailable", "the object store cannot be reached; retry later")
-        }
-        HostRefusal::Internal(m) => Problem::internal(m),
+        // Said in the log; the page gets the status and code only.
+        e => Problem { detail: None, ..e.problem() },
     })?;
     let m = &bundle.manifest;
     let what = format!("{} {}", m.name, m.version);
