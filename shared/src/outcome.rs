@@ -35,6 +35,21 @@ pub enum Outcome {
 
 impl Outcome {
     /// Stable name, used as the metric label and in the execution record.
+    /// Every value [`Outcome::label`] gives (metrics show each from the start, at 0).
+    pub const LABELS: [&'static str; 11] = [
+        "completed",
+        "guest_trap",
+        "timeout",
+        "memory_limit",
+        "fuel_exhausted",
+        "seccomp_violation",
+        "protocol_violation",
+        "crashed",
+        "spawn_failed",
+        "shutdown",
+        "invalid_component",
+    ];
+
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
@@ -80,6 +95,24 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_label_is_listed() {
+        let all = [
+            Outcome::Completed,
+            Outcome::GuestTrap { kind: String::new() },
+            Outcome::Timeout,
+            Outcome::MemoryLimit,
+            Outcome::FuelExhausted,
+            Outcome::SeccompViolation { syscall: String::new() },
+            Outcome::ProtocolViolation { detail: String::new() },
+            Outcome::Crashed { signal: 0 },
+            Outcome::SpawnFailed,
+            Outcome::Shutdown,
+            Outcome::InvalidComponent,
+        ];
+        assert_eq!(all.map(|o| o.label()), Outcome::LABELS);
+    }
 
     #[test]
     fn table_matches_the_spec() {

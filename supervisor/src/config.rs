@@ -43,13 +43,21 @@ pub struct AuthConfig {
     /// Token of the host application (`/v1/execute`, `/api/ext/...`, `/v1/events`) (default
     /// none; env `ALGA_RUNNER_SERVICE_TOKEN`).
     pub service_token: Option<String>,
-    /// File holding the service token, e.g. a systemd credential (default none).
+    /// File holding the service token, e.g. a systemd credential (default none). During a
+    /// rotation it may hold two, one per line: the new one and the old one.
     pub service_token_file: Option<PathBuf>,
+    /// During a rotation, both service tokens, `[new, old]` (default none; env
+    /// `ALGA_RUNNER_AUTH__SERVICE_TOKENS`, comma-separated); with `service_token`, at most two
+    /// in all.
+    pub service_tokens: Vec<String>,
     /// Token of operators (registry, installs, executions) (default none; env
     /// `ALGA_RUNNER_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
-    /// File holding the admin token (default none).
+    /// File holding the admin token (default none); two lines during a rotation.
     pub admin_token_file: Option<PathBuf>,
+    /// During a rotation, both admin tokens, `[new, old]` (default none; env
+    /// `ALGA_RUNNER_AUTH__ADMIN_TOKENS`).
+    pub admin_tokens: Vec<String>,
     /// Source addresses (CIDRs or single addresses) whose requests to the execute, gateway and
     /// events routes need no service token — for Alga's `/api/ext` gateway, which sends none and
     /// relies on network placement (default empty; never for admin routes; logged as a warning at
@@ -114,6 +122,10 @@ pub struct SandboxConfig {
     pub max_frame_mb: u32,
     /// Use cgroups when the host offers them (default true).
     pub cgroups: bool,
+    /// Hardening layers that must be full for `/readyz` to say ready: any of `hygiene`,
+    /// `cgroup`, `namespaces`, `credentials`, `landlock`, `seccomp` (default none; every layer
+    /// that is not full is logged as a warning at start either way).
+    pub require: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -133,6 +145,7 @@ impl Default for SandboxConfig {
             compile_timeout_ms: 120_000,
             max_frame_mb: 16,
             cgroups: true,
+            require: Vec::new(),
         }
     }
 }
@@ -341,6 +354,9 @@ pub struct HostApiConfig {
     /// chooses ui-proxy routes, so the credential stays with the internal API).
     pub ui_proxy_sends_token: bool,
 }
+
+/// The hardening layers a sandbox reports (`[sandbox] require` names them).
+pub const HARDENING_LAYERS: [&str; 6] = ["hygiene", "cgroup", "namespaces", "credentials", "landlock", "seccomp"];
 
 /// Where the registry lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -817,6 +833,14 @@ impl Config {
                 e.push(format!("limits.default_{name}: {default} is above limits.max_{name} ({max})"));
             }
         }
+        for (i, layer) in self.sandbox.require.iter().enumerate() {
+            if !HARDENING_LAYERS.contains(&layer.as_str()) {
+                e.push(format!(
+                    "sandbox.require[{i}]: `{layer}` is not a layer (one of {})",
+                    HARDENING_LAYERS.join(", ")
+                ));
+            }
+        }
         if self.bundles.max_compressed_mb == 0 || self.bundles.max_uncompressed_mb == 0 {
             e.push("bundles: the size limits must be above 0".into());
         }
@@ -830,6 +854,17 @@ impl Config {
                 if let Some(problem) = alga_shared::manifest::egress_problem(entry) {
                     e.push(format!("egress.extensions.\"{ext}\"[{i}]: `{entry}` {problem}"));
                 }
+            }
+        }
+        for (name, found) in [("service", self.service_tokens()), ("admin", self.admin_tokens())] {
+            match found {
+                Ok(t) if t.len() > 2 => e.push(format!(
+                    "auth: {} {name} tokens are configured; at most two (the new and the old one during a rotation)",
+                    t.len()
+                )),
+                Ok(_) => {}
+                // A missing file is named below.
+                Err(_) => {}
             }
         }
         for (i, source) in self.auth.trusted_sources.iter().enumerate() {
@@ -1014,12 +1049,14 @@ impl Config {
     }
 
     /// The service token: inline, or read from its file (trailing whitespace trimmed).
-    pub fn service_token(&self) -> std::io::Result<Option<String>> {
-        token(&self.auth.service_token, &self.auth.service_token_file)
+    /// Every valid service token (none: the routes are open; two during a rotation).
+    pub fn service_tokens(&self) -> std::io::Result<Vec<String>> {
+        tokens(&self.auth.service_token, &self.auth.service_tokens, &self.auth.service_token_file)
     }
 
-    pub fn admin_token(&self) -> std::io::Result<Option<String>> {
-        token(&self.auth.admin_token, &self.auth.admin_token_file)
+    /// Every valid admin token.
+    pub fn admin_tokens(&self) -> std::io::Result<Vec<String>> {
+        tokens(&self.auth.admin_token, &self.auth.admin_tokens, &self.auth.admin_token_file)
     }
 
     /// The host API token: inline, or read from its file.
@@ -1106,6 +1143,21 @@ fn token(inline: &Option<String>, file: &Option<PathBuf>) -> std::io::Result<Opt
         Some(f) => Ok(Some(std::fs::read_to_string(f)?.trim_end().to_string()).filter(|t| !t.is_empty())),
         None => Ok(None),
     }
+}
+
+/// The tokens of one kind: inline, listed, and one per line of the file; duplicates once.
+fn tokens(inline: &Option<String>, list: &[String], file: &Option<PathBuf>) -> std::io::Result<Vec<String>> {
+    let mut all: Vec<String> = inline.iter().chain(list).map(|t| t.trim().to_string()).collect();
+    if let Some(f) = file {
+        all.extend(std::fs::read_to_string(f)?.lines().map(|l| l.trim().to_string()));
+    }
+    let mut seen = Vec::new();
+    for t in all.into_iter().filter(|t| !t.is_empty()) {
+        if !seen.contains(&t) {
+            seen.push(t);
+        }
+    }
+    Ok(seen)
 }
 
 #[cfg(test)]

@@ -31,6 +31,10 @@ fn main() -> ExitCode {
         Command::Migrate(args) => cli::migrate::run(args),
         Command::KeygenNode(args) => cli::node_key::keygen(args),
         Command::RotateNodeKey(args) => cli::node_key::rotate(args),
+        Command::Completions { shell } => {
+            cli::completions(shell, &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Manpage => cli::manpage(&mut std::io::stdout()).map(|()| 0).map_err(Into::into),
     };
     match result {

@@ -86,6 +86,14 @@ fn keygen_sign_verify_inspect() {
     assert_eq!(o.status.code(), Some(2), "keygen must not overwrite a key: {}", text(&o));
     let o = run(d, &["keygen"]);
     assert!(!o.status.success(), "keygen without a terminal or a password file must fail");
+    // `-o DIR` writes into an existing directory, not beside it.
+    std::fs::create_dir(d.join("keys")).unwrap();
+    let o = run(d, &["keygen", "--unencrypted", "-o", "keys"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(d.join("keys/alga-signing.pub").is_file() && d.join("keys/alga-signing.key").is_file());
+    assert!(!d.join("keys.pub").exists());
+    let o = run(d, &["keygen", "--unencrypted", "-o", "missing/"]);
+    assert_eq!(o.status.code(), Some(2), "a directory that is not there: {}", text(&o));
 
     let dir = bundle_dir(d, "com.example.cli", "1.0.0");
     assert!(run(d, &["pack", dir.to_str().unwrap(), "-o", "b.tar.zst"]).status.success());

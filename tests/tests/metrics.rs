@@ -95,3 +95,78 @@ fn the_extension_label_is_opt_in() {
     let line = format!("alga_runner_executions_total{{outcome=\"completed\",extension=\"{}\"}}", d.extension_id);
     assert_eq!(value(&text, &line), 1.0);
 }
+
+#[test]
+fn a_fresh_service_shows_its_build_its_process_and_every_counter_at_zero() {
+    let signer = Signer::new();
+    let server = Server::start(&signer);
+    let text = scrape(&server);
+    let build = text.lines().find(|l| l.starts_with("alga_runner_build_info{")).expect("build info");
+    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+    assert!(build.contains("wasmtime=\"48.") && build.contains("commit=\""), "{build}");
+    assert!(build.ends_with(" 1"), "{build}");
+    for series in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(value(&text, &format!("{series} ")) > 0.0, "{series}");
+    }
+    // Nothing happened yet, and every fixed series is there, at 0.
+    for series in [
+        "alga_runner_sandbox_violations_total{kind=\"seccomp_violation\"}",
+        "alga_runner_sandbox_violations_total{kind=\"crashed\"}",
+        "alga_runner_quota_rejections_total{kind=\"rate_limited\"}",
+        "alga_runner_quota_rejections_total{kind=\"overloaded\"}",
+        "alga_runner_executions_total{outcome=\"timeout\"}",
+        "alga_runner_bundle_verifications_total{stage=\"load\",result=\"failed\"}",
+        "alga_runner_bundle_fetches_total{result=\"corrupt\"}",
+    ] {
+        assert_eq!(value(&text, series), 0.0, "{series}");
+    }
+    assert!(text.ends_with("# EOF\n"), "the exposition still ends with its marker");
+
+    // --version names the commit and the Wasmtime it links.
+    let out = std::process::Command::new(alga_tests::runner_bin()).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with(&format!("alga-runner {} (commit ", env!("CARGO_PKG_VERSION"))), "{version}");
+    assert!(version.contains(", wasmtime 48."), "{version}");
+    // Completion scripts for the shells clap knows.
+    for (shell, marker) in
+        [("bash", "complete -F"), ("zsh", "#compdef alga-runner"), ("fish", "complete -c alga-runner")]
+    {
+        let out = std::process::Command::new(alga_tests::runner_bin()).args(["completions", shell]).output().unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains(marker) && script.contains("prefetch"), "{shell}: {script}");
+    }
+}
+
+#[test]
+fn readyz_fails_while_a_required_layer_is_not_full_and_start_says_which() {
+    let signer = Signer::new();
+    // Without cgroups the cgroup layer is missing; requiring it keeps the service out of rotation.
+    let env = |require: &str| {
+        vec![
+            ("ALGA_RUNNER_SANDBOX__CGROUPS".to_string(), "false".to_string()),
+            ("ALGA_RUNNER_SANDBOX__REQUIRE".to_string(), require.to_string()),
+        ]
+    };
+    let strict = Server::start_with(Options { trust_lines: vec![signer.public()], env: env("seccomp,cgroup") });
+    let ready = strict.request("GET", "/readyz", None, &[], None);
+    assert_eq!(ready.status, 503, "{}", String::from_utf8_lossy(&ready.body));
+    assert_eq!(ready.json()["checks"]["required_layers"]["not_full"], json!(["cgroup"]));
+    assert!(strict.log_text().lines().any(|l| l.contains("a hardening layer is not full") && l.contains("cgroup")));
+    let lenient = Server::start_with(Options { trust_lines: vec![signer.public()], env: env("seccomp") });
+    // Ready once its warm pool has filled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while lenient.request("GET", "/readyz", None, &[], None).status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready: {}", lenient.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ready = strict.request("GET", "/readyz", None, &[], None);
+    assert_eq!(ready.status, 503, "still not ready: {}", String::from_utf8_lossy(&ready.body));
+    assert_eq!(ready.json()["checks"]["pool"]["target"], 1, "the pool is not what holds it back");
+    assert!(lenient.log_text().contains("a hardening layer is not full"), "warned even when not required");
+}

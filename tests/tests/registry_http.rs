@@ -2,7 +2,7 @@
 //! install → execute, tokens, envelopes, idempotency, yank, uninstall, trust reloads.
 
 use alga_tests::fixture_bytes;
-use alga_tests::server::{ADMIN_TOKEN, SERVICE_TOKEN, Server, Signer, envelope, manifest, pack};
+use alga_tests::server::{ADMIN_TOKEN, Options, SERVICE_TOKEN, Server, Signer, envelope, manifest, pack};
 use serde_json::{Value, json};
 
 const TENANT: &str = "tenant-a";
@@ -559,4 +559,53 @@ fn a_body_that_arrives_too_slowly_is_cut_off() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("server.body_timeout_ms"), "the answer names the setting: {text}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "held for {:?}", started.elapsed());
+}
+
+#[test]
+fn two_tokens_of_each_kind_are_valid_during_a_rotation() {
+    let signer = Signer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let service_file = dir.path().join("service-tokens");
+    // A credential file holding the new token and the old one, one per line.
+    std::fs::write(&service_file, "service-token-new\nservice-token-old\n").unwrap();
+    let server = Server::start_with(Options {
+        trust_lines: vec![signer.public()],
+        env: vec![
+            ("ALGA_RUNNER_SERVICE_TOKEN".into(), String::new()),
+            ("ALGA_RUNNER_AUTH__SERVICE_TOKEN_FILE".into(), service_file.display().to_string()),
+            ("ALGA_RUNNER_AUTH__ADMIN_TOKENS".into(), "admin-token-old".into()),
+        ],
+    });
+    for admin in [ADMIN_TOKEN, "admin-token-old"] {
+        assert_eq!(server.request("GET", "/v1/extensions", Some(admin), &[], None).status, 200, "{admin}");
+    }
+    assert_eq!(server.request("GET", "/v1/extensions", Some("admin-token-other"), &[], None).status, 401);
+    let (_, published) = publish_echo(&server, &signer, "com.example.rotate", "1.0.0", &[]);
+    let id = published["extension_id"].as_str().unwrap();
+    let hash = published["content_hash"].as_str().unwrap();
+    server.install("t1", id, &json!({ "version": "1.0.0" }));
+    let env = serde_json::to_vec(&envelope("t1", id, hash, "/")).unwrap();
+    for service in ["service-token-new", "service-token-old"] {
+        let a =
+            server.request("POST", "/v1/execute", Some(service), &[("content-type", "application/json")], Some(&env));
+        assert_eq!(a.status, 200, "{service}: {}", String::from_utf8_lossy(&a.body));
+    }
+    let a =
+        server.request("POST", "/v1/execute", Some(SERVICE_TOKEN), &[("content-type", "application/json")], Some(&env));
+    assert_eq!(a.status, 401, "the token the file does not hold");
+
+    // Three of a kind is a configuration error, named.
+    let out = std::process::Command::new(alga_tests::runner_bin())
+        .args(["serve"])
+        .env("ALGA_RUNNER_STATE_DIR", dir.path().join("state"))
+        .env("ALGA_RUNNER_ADMIN_TOKEN", "a")
+        .env("ALGA_RUNNER_AUTH__ADMIN_TOKENS", "b,c")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("3 admin tokens"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,7 +13,8 @@ use super::{EXIT_FAILURE, EXIT_USAGE};
 
 #[derive(Debug, clap::Args)]
 pub struct KeygenArgs {
-    /// Write PREFIX.pub and PREFIX.key.
+    /// Write PREFIX.pub and PREFIX.key; an existing directory gets alga-signing.pub and
+    /// alga-signing.key inside it.
     #[arg(short = 'o', long = "output", value_name = "PREFIX", default_value = "./alga-signing")]
     pub prefix: PathBuf,
     /// Do not encrypt the secret key with a password.
@@ -91,9 +92,19 @@ fn sig_path(bundle: &Path) -> PathBuf {
 }
 
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<u8> {
-    let mut pub_path = args.prefix.as_os_str().to_owned();
+    // `-o DIR` (or `-o DIR/`) means the files go inside it, not beside it as `DIR.pub`.
+    let prefix = if args.prefix.is_dir() || args.prefix.as_os_str().to_string_lossy().ends_with('/') {
+        if !args.prefix.is_dir() {
+            eprintln!("error: {} is not a directory; create it first", args.prefix.display());
+            return Ok(EXIT_USAGE);
+        }
+        args.prefix.join("alga-signing")
+    } else {
+        args.prefix.clone()
+    };
+    let mut pub_path = prefix.as_os_str().to_owned();
     pub_path.push(".pub");
-    let mut key_path = args.prefix.as_os_str().to_owned();
+    let mut key_path = prefix.as_os_str().to_owned();
     key_path.push(".key");
     let (pub_path, key_path) = (PathBuf::from(pub_path), PathBuf::from(key_path));
     for p in [&pub_path, &key_path] {

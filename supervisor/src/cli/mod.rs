@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 /// alga-runner: runs untrusted WebAssembly extensions in hardened single-use processes.
 #[derive(Debug, Parser)]
-#[command(name = "alga-runner", version, about)]
+#[command(name = "alga-runner", version = crate::LONG_VERSION, about)]
 pub struct Cli {
     /// Log format on stderr [default: json for serve, text otherwise].
     #[arg(long, global = true, value_enum)]
@@ -64,9 +64,21 @@ pub enum Command {
     KeygenNode(node_key::KeygenNodeArgs),
     /// Seal every install secret again with a new node key (the old one as `<file>.previous`).
     RotateNodeKey(node_key::RotateNodeKeyArgs),
+    /// Write the shell completion script for SHELL to standard output, e.g.
+    /// `alga-runner completions bash > /etc/bash_completion.d/alga-runner`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Write the man page (roff) to standard output (used to build the package).
     #[command(hide = true)]
     Manpage,
+}
+
+/// The completion script of the whole command line for `shell`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "alga-runner", out);
 }
 
 /// The man page of the whole command line, every subcommand included, from the clap definitions.

@@ -185,7 +185,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         eprintln!("invalid configuration: --dev listens on loopback only, not {listen}");
         return Ok(EXIT_CONFIG);
     }
-    let tokens_missing = config.service_token()?.is_none() || config.admin_token()?.is_none();
+    let tokens_missing = config.service_tokens()?.is_empty() || config.admin_tokens()?.is_empty();
     if tokens_missing && !listen.ip().is_loopback() {
         if !args.insecure_dev {
             eprintln!(
@@ -202,8 +202,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         // Loopback is not a user boundary: every local process, of any user, can reach it.
         tracing::warn!(
             %listen,
-            service_token = config.service_token()?.is_some(),
-            admin_token = config.admin_token()?.is_some(),
+            service_token = !config.service_tokens()?.is_empty(),
+            admin_token = !config.admin_tokens()?.is_empty(),
             "listening without a service or an admin token: on loopback too, every local process of every user \
              can publish, install and execute; set ALGA_RUNNER_SERVICE_TOKEN and ALGA_RUNNER_ADMIN_TOKEN \
              (or auth.* in the config file)"
@@ -305,6 +305,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let mut report = serde_json::Map::new();
     for (name, l) in layers.layers() {
         report.insert(name.into(), json!({ "level": l.level, "detail": l.detail }));
+        if l.level != alga_shared::protocol::Level::Full {
+            let required = config.sandbox.require.iter().any(|r| r == name);
+            tracing::warn!(
+                layer = name,
+                level = ?l.level,
+                detail = %l.detail,
+                required,
+                "a hardening layer is not full{}",
+                if required { ": /readyz answers 503 (sandbox.require)" } else { "" }
+            );
+        }
     }
     report.insert("landlock_abi".into(), json!(layers.landlock_abi));
     *service.self_test.lock().unwrap_or_else(|p| p.into_inner()) = Some(serde_json::Value::Object(report));

@@ -36,16 +36,24 @@ fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Checks `Authorization: Bearer <token>` when `token` is configured; the service token may also
-/// come as `x-runner-service-token` (what an Alga host sends its runner).
-pub fn authorize(req: &HttpRequest, token: &Option<String>, which: &str) -> Result<(), Problem> {
-    let Some(expected) = token else { return Ok(()) };
+/// Checks `Authorization: Bearer <token>` against `tokens` when any is configured (two during a
+/// rotation); the service token may also come as `x-runner-service-token` (what an Alga host
+/// sends its runner).
+pub fn authorize(req: &HttpRequest, tokens: &[String], which: &str) -> Result<(), Problem> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let given = bearer.or_else(|| header("x-runner-service-token").filter(|_| which == "service")).map(str::trim);
     match given {
-        // Constant time in the token's content (`subtle`): only its length can leak.
-        Some(g) if bool::from(g.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
+        // Constant time in the tokens' content (`subtle`), every token compared: only lengths
+        // can leak.
+        Some(g)
+            if tokens.iter().fold(subtle::Choice::from(0), |ok, t| ok | g.as_bytes().ct_eq(t.as_bytes())).into() =>
+        {
+            Ok(())
+        }
         Some(_) => Err(Problem::unauthorized(format!("the bearer token is not the {which} token"))),
         None if which == "service" => Err(Problem::unauthorized(
             "this route needs `Authorization: Bearer <service token>` or `x-runner-service-token: <service token>`",
@@ -62,7 +70,7 @@ pub fn authorize_service(req: &HttpRequest, svc: &Service) -> Result<(), Problem
     {
         return Ok(());
     }
-    authorize(req, &svc.service_token, "service")
+    authorize(req, &svc.service_tokens, "service")
 }
 
 /// How long a request body may take to arrive (`server.body_timeout_ms`), as app data.

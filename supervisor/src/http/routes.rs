@@ -82,7 +82,7 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
 }
 
 fn admin(req: &HttpRequest, svc: &Service) -> Result<(), Problem> {
-    authorize(req, &svc.admin_token, "admin")
+    authorize(req, &svc.admin_tokens, "admin")
 }
 
 /// Refuses a route of the local registry in host-registry mode, saying where that state lives.
@@ -120,8 +120,12 @@ async fn readyz(svc: Svc) -> HttpResponse {
     let preloaded = svc.core.preloaded.stats();
     let pool_ok = pool.target == 0 || pool.ready > 0 || pool.hits > 0;
     let shutting_down = svc.shutting_down.load(Ordering::Relaxed);
-    let ready = storage && self_test && pool_ok && !shutting_down && svc.core.spawner.fork.is_alive();
     let layers = svc.self_test.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or(json!(null));
+    // `sandbox.require`: layers that must be full (known once the self-test ran).
+    let required = &svc.config.sandbox.require;
+    let not_full: Vec<&String> = required.iter().filter(|l| layers[l.as_str()]["level"] != "full").collect();
+    let ready =
+        storage && self_test && pool_ok && !shutting_down && svc.core.spawner.fork.is_alive() && not_full.is_empty();
     let body = json!({
         "ready": ready,
         "checks": {
@@ -135,6 +139,7 @@ async fn readyz(svc: Svc) -> HttpResponse {
                 "misses": preloaded.misses, "failures": preloaded.failures,
             },
             "shutting_down": shutting_down,
+            "required_layers": { "required": required, "not_full": not_full },
         },
         "layers": layers,
         "cgroup": svc.core.spawner.cgroups.version().map_or("none".to_string(), |v| v.to_string()),

@@ -211,6 +211,40 @@ impl Metrics {
             "Bundles fetched from the object store, by result",
             r.bundle_fetches.clone(),
         );
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&labels(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", crate::COMMIT),
+                ("wasmtime", crate::WASMTIME_VERSION),
+            ]))
+            .set(1);
+        registry.register("build_info", "The running build: version, commit, Wasmtime version (always 1)", build_info);
+        // Every series of a fixed label set exists from the start, at 0, so an alert on a rate
+        // sees the first event and a dashboard shows a zero rather than nothing.
+        for outcome in alga_shared::outcome::Outcome::LABELS {
+            let _ = r.executions.get_or_create(&labels(&[("outcome", outcome)]));
+        }
+        for kind in ["seccomp_violation", "protocol_violation", "crashed"] {
+            let _ = r.violations.get_or_create(&labels(&[("kind", kind)]));
+        }
+        for kind in ["rate_limited", "quota_exceeded", "overloaded", "storage_unavailable"] {
+            let _ = r.quota_rejections.get_or_create(&labels(&[("kind", kind)]));
+        }
+        for stage in ["publish", "install", "load"] {
+            for result in ["ok", "failed"] {
+                let _ = r.bundle_verifications.get_or_create(&labels(&[("stage", stage), ("result", result)]));
+            }
+        }
+        for source in ["compiled", "shared"] {
+            let _ = r.artifact_loads.get_or_create(&labels(&[("source", source)]));
+        }
+        for result in ["ok", "missing", "corrupt", "failed"] {
+            let _ = r.bundle_fetches.get_or_create(&labels(&[("result", result)]));
+        }
+        for result in ["hit", "miss", "failed"] {
+            let _ = r.preloads.get_or_create(&labels(&[("result", result)]));
+        }
         Metrics {
             registry: Mutex::new(registry),
             guest: Mutex::default(),
@@ -350,6 +384,9 @@ impl Metrics {
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        // The process's own series, read now, before the end marker.
+        let end = out.rfind("# EOF").unwrap_or(out.len());
+        out.insert_str(end, &super::process::exposition());
         out
     }
 }

@@ -2,4 +2,5 @@
 //! systemd notify protocol.
 
 pub mod metrics;
+pub mod process;
 pub mod systemd;

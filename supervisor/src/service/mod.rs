@@ -88,14 +88,16 @@ pub struct Service {
     pub secrets: crate::secrets::SecretStore,
     /// The host-API backends every execution's broker uses.
     pub host_env: Arc<HostEnv>,
-    pub service_token: Option<String>,
+    /// The valid service tokens (none: open; two during a rotation).
+    pub service_tokens: Vec<String>,
     /// The host's registry (`registry.mode = "host"`); `None`: this runner's own registry.
     pub host_registry: Option<host_registry::HostRegistry>,
     /// Vault Transit for secret envelopes (`None`: `vault.address` unset).
     pub vault: Option<vault::Vault>,
     /// `auth.trusted_sources`, parsed (validated at load).
     pub trusted_sources: Vec<alga_shared::egress::Network>,
-    pub admin_token: Option<String>,
+    /// The valid admin tokens.
+    pub admin_tokens: Vec<String>,
     /// Set once the sandbox self-test passed.
     pub self_test_ok: AtomicBool,
     pub self_test: Mutex<Option<serde_json::Value>>,
@@ -116,8 +118,8 @@ impl Service {
         trust: TrustBundle,
     ) -> std::io::Result<Self> {
         let Stores { registry, storage, secrets, shared } = stores;
-        let service_token = config.service_token()?;
-        let admin_token = config.admin_token()?;
+        let service_tokens = config.service_tokens()?;
+        let admin_tokens = config.admin_tokens()?;
         let idempotency: Arc<dyn idempotency::Idempotency> = match &shared {
             Some(pg) => Arc::new(idempotency::Shared::new(
                 pg.clone(),
@@ -190,8 +192,8 @@ impl Service {
             idempotency,
             shared,
             host_id: crate::registry::new_id(),
-            service_token,
-            admin_token,
+            service_tokens,
+            admin_tokens,
             vault,
             host_registry,
             trusted_sources: config
