@@ -591,6 +591,10 @@ pub struct Config {
     pub quotas: QuotasConfig,
     pub ui: UiConfig,
     pub metrics: MetricsConfig,
+    /// The keys an environment variable set, as (variable, `section.key`), for the start log
+    /// (names only, never values). Not a setting.
+    #[serde(skip)]
+    pub from_environment: Vec<(String, String)>,
 }
 
 /// Every problem found in a configuration.
@@ -650,6 +654,47 @@ const DIRECT: &[(&str, &str, &str)] = &[
     ("S3_REGION", "blobs", "region"),
 ];
 
+/// The 1-based line of `key` under `[section]` in a TOML text (`None` when not written there).
+fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name.trim().to_string();
+        } else if current == section && l.split_once('=').is_some_and(|(k, _)| k.trim().trim_matches('"') == key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// A deserializer's message in words: `invalid type: string "x", expected u64` → `is the text
+/// "x", expected a whole number`.
+fn in_words(message: &str) -> String {
+    let mut m = message.replace("invalid type: ", "is ").replace("invalid value: ", "is ");
+    for (rust, words) in [
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected u8", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list, e.g. [\"a\", \"b\"]"),
+        ("expected a map", "expected a table"),
+        ("expected struct ", "expected a table: "),
+        ("expected a borrowed string", "expected text in quotes"),
+        ("expected a string", "expected text in quotes"),
+        ("string ", "the text "),
+        ("integer ", "the number "),
+        ("floating point ", "the number "),
+        ("sequence", "a list"),
+    ] {
+        m = m.replace(rust, words);
+    }
+    m
+}
+
 /// `http://minio:9000/bucket[/prefix]` → (`http://minio:9000`, bucket, prefix).
 fn bundle_store_base(base: &str) -> Option<(String, String, String)> {
     let url = url::Url::parse(base.trim()).ok()?;
@@ -698,14 +743,16 @@ impl Config {
     /// Reads the file (when given), applies the environment, validates. `env` is the process
     /// environment (a parameter so tests need not touch the real one).
     pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+        let mut file_text = String::new();
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                file_text = std::fs::read_to_string(path)
                     .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-                text.parse::<Table>().map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?
+                file_text.parse::<Table>().map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?
             }
             None => Table::new(),
         };
+        let mut from_environment = Vec::new();
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix("ALGA_RUNNER_")
                 && let Some((section, key)) = rest.split_once("__")
@@ -713,11 +760,13 @@ impl Config {
                 let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
                 let v = env_value(&section, &key, value);
                 set(&mut table, &section, &key, v);
+                from_environment.push((name.clone(), format!("{section}.{key}")));
             }
         }
         for (name, section, key) in DIRECT {
             if let Some((_, value)) = env.iter().find(|(n, _)| n == name) {
                 set(&mut table, section, key, env_value(section, key, value));
+                from_environment.push((name.to_string(), format!("{section}.{key}")));
             }
         }
         if let Some((_, port)) = env.iter().find(|(n, _)| n == "PORT") {
@@ -729,6 +778,7 @@ impl Config {
                 .to_string();
             let host = listen.rsplit_once(':').map_or(listen.as_str(), |(h, _)| h).to_string();
             set(&mut table, "server", "listen", Value::String(format!("{host}:{port}")));
+            from_environment.push(("PORT".into(), "server.listen".into()));
         }
         // Alga's runner names its object store by one URL, path-style: the bucket is the first
         // segment of the path, what follows prefixes the host's keys.
@@ -741,6 +791,7 @@ impl Config {
                     set(&mut table, "blobs", "endpoint", Value::String(endpoint));
                     set(&mut table, "blobs", "bucket", Value::String(bucket));
                     set(&mut table, "registry", "bundle_prefix", Value::String(prefix));
+                    from_environment.push(("BUNDLE_STORE_BASE".into(), "blobs.endpoint, blobs.bucket".into()));
                 }
                 None => errors.push(format!(
                     "BUNDLE_STORE_BASE: `{base}` is not an http(s) URL with the bucket as its path \
@@ -750,8 +801,21 @@ impl Config {
         }
         // Mistyped fields are reported and left out, so the values of every other field are
         // still checked: one run names every problem.
-        let (config, more) = Self::from_table(table)?;
-        errors.extend(more);
+        let (mut config, mistyped) = Self::from_table(table)?;
+        // Each mistyped key is named with where its value came from, in words.
+        for (section, key, message) in mistyped {
+            let name = if key.is_empty() { section.clone() } else { format!("{section}.{key}") };
+            let source = match from_environment.iter().find(|(_, k)| *k == name) {
+                Some((variable, _)) => format!(" (from the environment variable {variable})"),
+                None => match (file, line_of(&file_text, &section, &key)) {
+                    (Some(path), Some(line)) => format!(" ({} line {line})", path.display()),
+                    (Some(path), None) => format!(" ({})", path.display()),
+                    (None, _) => String::new(),
+                },
+            };
+            errors.push(format!("{name}{source}: {}", in_words(&message)));
+        }
+        config.from_environment = from_environment;
         if let Err(ConfigErrors(more)) = config.validate() {
             errors.extend(more);
         }
@@ -759,17 +823,22 @@ impl Config {
     }
 
     /// Deserialises what is well typed, and lists every unknown or mistyped field.
-    fn from_table(mut table: Table) -> Result<(Config, Vec<String>), ConfigErrors> {
+    #[allow(clippy::type_complexity)]
+    fn from_table(mut table: Table) -> Result<(Config, Vec<(String, String, String)>), ConfigErrors> {
         let mut errors = Vec::new();
         let mut bad: Vec<(String, Option<String>)> = Vec::new();
         for (section, value) in &table {
             if !SECTIONS.contains(&section.as_str()) {
-                errors.push(format!("[{section}]: unknown section (known: {})", SECTIONS.join(", ")));
+                errors.push((
+                    format!("[{section}]"),
+                    String::new(),
+                    format!("unknown section (known: {})", SECTIONS.join(", ")),
+                ));
                 bad.push((section.clone(), None));
                 continue;
             }
             let Value::Table(fields) = value else {
-                errors.push(format!("{section}: must be a table ([{section}])"));
+                errors.push((section.clone(), String::new(), format!("must be a table ([{section}])")));
                 bad.push((section.clone(), None));
                 continue;
             };
@@ -779,8 +848,7 @@ impl Config {
                 inner.insert(key.clone(), v.clone());
                 one.insert(section.clone(), Value::Table(inner));
                 if let Err(e) = Value::Table(one).try_into::<Config>() {
-                    let message = e.message().to_string();
-                    errors.push(format!("{section}.{key}: {message}"));
+                    errors.push((section.clone(), key.clone(), e.message().to_string()));
                     bad.push((section.clone(), Some(key.clone())));
                 }
             }
@@ -1207,6 +1275,15 @@ mod tests {
         assert_eq!(c.egress.allowlist, vec!["api.example.com", "*.example.org"]);
         assert_eq!(c.trust.bundle, "/etc/trust.pub");
         assert!(!c.sandbox.cgroups);
+        // What the start log says: which variable set which key.
+        for (variable, key) in [
+            ("ALGA_RUNNER_LIMITS__DEFAULT_TIMEOUT_MS", "limits.default_timeout_ms"),
+            ("ALGA_RUNNER_STATE_DIR", "state.dir"),
+            ("SIGNING_TRUST_BUNDLE", "trust.bundle"),
+            ("PORT", "server.listen"),
+        ] {
+            assert!(c.from_environment.contains(&(variable.to_string(), key.to_string())), "{variable}");
+        }
     }
 
     #[test]
@@ -1263,8 +1340,15 @@ mod tests {
         let errors = Config::load(Some(&file), &[]).unwrap_err().0;
         let text = errors.join("\n");
         assert!(text.contains("server.port"), "{text}");
-        assert!(text.contains("limits.default_timeout_ms"), "{text}");
-        assert!(text.contains("[nonsense]"), "{text}");
+        let mistyped = format!("limits.default_timeout_ms ({} line 5): is the text \"soon\"", file.display());
+        assert!(text.contains(&mistyped) && text.contains("expected a whole number"), "{text}");
+        assert!(!text.contains("u64"), "no Rust type names: {text}");
+        assert!(text.contains("[nonsense] (") && text.contains("unknown section"), "{text}");
+        let errors = Config::load(None, &env(&[("ALGA_RUNNER_LIMITS__MAX_FUEL", "lots")])).unwrap_err().0.join("\n");
+        assert!(
+            errors.contains("limits.max_fuel (from the environment variable ALGA_RUNNER_LIMITS__MAX_FUEL)"),
+            "{errors}"
+        );
 
         let errors =
             Config::load(None, &env(&[("ALGA_RUNNER_LISTEN", "nowhere"), ("ALGA_RUNNER_SANDBOX__LANDLOCK", "maybe")]))

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Each part and the parts it may use. Items of the crate root (`error_chain`) are open to all.
+/// Each part and the parts it may use. Items of the crate root (`error_chain`, the build facts)
+/// are open to all.
 const PARTS: &[(&str, &[&str])] = &[
     ("main", &["cli", "exec"]),
     ("cli", &["http", "service", "hostapi", "exec", "registry", "config", "secrets", "ops", "fsutil", "db"]),
@@ -34,7 +35,7 @@ const EXEC_LAYERS: &[&[&str]] = &[
 /// What `exec/mod.rs` re-exports, and the module each comes from.
 const EXEC_REEXPORTS: &[(&str, &str)] = &[("Core", "core"), ("Spawner", "sandbox"), ("HostCalls", "executor")];
 
-const ROOT_ITEMS: &[&str] = &["error_chain"];
+const ROOT_ITEMS: &[&str] = &["error_chain", "COMMIT", "WASMTIME_VERSION", "LONG_VERSION"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

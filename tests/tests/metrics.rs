@@ -127,6 +127,14 @@ fn a_fresh_service_shows_its_build_its_process_and_every_counter_at_zero() {
         assert_eq!(value(&text, series), 0.0, "{series}");
     }
     assert!(text.ends_with("# EOF\n"), "the exposition still ends with its marker");
+    assert_eq!(value(&text, "alga_runner_executions_in_flight "), 0.0);
+    assert_eq!(value(&text, "alga_runner_executions_queued "), 0.0);
+    // The first scrape is in the second one's request durations, by route pattern and class.
+    let again = scrape(&server);
+    assert_eq!(
+        value(&again, "alga_runner_http_request_duration_seconds_count{route=\"/metrics\",status_class=\"2xx\"}"),
+        1.0
+    );
 
     // --version names the commit and the Wasmtime it links.
     let out = std::process::Command::new(alga_tests::runner_bin()).arg("--version").output().unwrap();
@@ -169,4 +177,30 @@ fn readyz_fails_while_a_required_layer_is_not_full_and_start_says_which() {
     assert_eq!(ready.status, 503, "still not ready: {}", String::from_utf8_lossy(&ready.body));
     assert_eq!(ready.json()["checks"]["pool"]["target"], 1, "the pool is not what holds it back");
     assert!(lenient.log_text().contains("a hardening layer is not full"), "warned even when not required");
+}
+
+#[test]
+fn a_port_in_use_ends_the_start_before_anything_is_created() {
+    let signer = Signer::new();
+    let running = Server::start(&signer);
+    let port = running.url.rsplit(':').next().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let child = std::process::Command::new(alga_tests::runner_bin())
+        .args(["serve"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("ALGA_RUNNER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ALGA_RUNNER_STATE_DIR", &state)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("listening on 127.0.0.1:{port}")), "{stderr}");
+    assert!(!state.exists(), "no state directory was created");
+    assert!(alga_tests::server::cgroup_dirs_of(pid).is_empty(), "no cgroup was created");
+    assert!(stderr.contains("the trust bundle holds no key"), "an empty trust bundle is said: {stderr}");
 }

@@ -210,6 +210,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         );
     }
 
+    // Which keys the environment set (flag > environment > file > default), never their values.
+    for (variable, key) in &config.from_environment {
+        tracing::info!(%variable, %key, "configuration key set from the environment");
+    }
+
     if !config.auth.trusted_sources.is_empty() {
         tracing::warn!(
             trusted_sources = %config.auth.trusted_sources.join(", "),
@@ -239,14 +244,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         );
     }
 
-    let state = &config.state.dir;
-    // The state holds the tenants' stored values, sealed secrets and bundles: private to this
-    // user whatever umask the service was started with (systemd's is 0077; a shell's often 0022).
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
-    std::fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .with_context(|| format!("making the state directory {} private (0700)", state.display()))?;
-    let ui_trees = UiTrees::open(state.join("ui"))?;
+    // Checked before anything is created: the trust bundle is part of the configuration.
     let trust = if config.trust.bundle.is_empty() {
         TrustBundle::default()
     } else {
@@ -258,6 +256,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             }
         }
     };
+    if trust.keys().is_empty() {
+        tracing::warn!(
+            trust_bundle = %config.trust.bundle,
+            "the trust bundle holds no key: no bundle can be published or run until trust.bundle (env \
+             SIGNING_TRUST_BUNDLE) lists a publisher's minisign public key"
+        );
+    }
+    // Bound before anything is created (state, cgroups, the fork server): a port in use ends the
+    // start here, leaving nothing behind. Connections wait in the backlog until the service runs.
+    let listener = std::net::TcpListener::bind(listen).with_context(|| {
+        format!("listening on {listen} (is another alga-runner, or another service, using that port?)")
+    })?;
+
+    let state = &config.state.dir;
+    // The state holds the tenants' stored values, sealed secrets and bundles: private to this
+    // user whatever umask the service was started with (systemd's is 0077; a shell's often 0022).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
+    std::fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("making the state directory {} private (0700)", state.display()))?;
+    let ui_trees = UiTrees::open(state.join("ui"))?;
 
     let settings = settings_of(&config);
     let cgroups = Core::detect_cgroups(&settings);
@@ -334,7 +353,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         });
     }
 
-    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let bound = listener.local_addr()?;
     if let Some(d) = &dev {
         println!("alga-runner --dev: DEVELOPMENT MODE (not for production)");

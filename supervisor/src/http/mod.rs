@@ -138,6 +138,7 @@ pub async fn serve(
                     .map(|v| RequestId { id: v.to_string(), from_caller: true })
                     .unwrap_or_else(|| RequestId { id: new_request_id(), from_caller: false });
                 req.extensions_mut().insert(rid.clone());
+                let started = std::time::Instant::now();
                 let span =
                     tracing::info_span!("request", request_id = %rid.id, method = %req.method(), path = %req.path());
                 let fut = tracing::Instrument::instrument(srv.call(req), span);
@@ -145,7 +146,7 @@ pub async fn serve(
                     let mut res: ServiceResponse = fut.await?;
                     // The route pattern, not the path: a fixed set of label values.
                     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
-                    metrics.http_request(&route, res.status().as_u16());
+                    metrics.http_request(&route, res.status().as_u16(), started.elapsed());
                     let name = HeaderName::from_static("x-request-id");
                     if !res.headers().contains_key(&name)
                         && let Ok(v) = HeaderValue::from_str(&rid.id)

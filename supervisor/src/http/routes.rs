@@ -151,6 +151,9 @@ async fn readyz(svc: Svc) -> HttpResponse {
 async fn metrics(svc: Svc) -> HttpResponse {
     svc.core.spawner.metrics.runner.pool_ready.set(svc.core.pool.stats().ready as i64);
     svc.core.spawner.metrics.runner.preloaded_ready.set(svc.core.preloaded.stats().ready as i64);
+    let (in_flight, queued) = svc.quotas.load();
+    svc.core.spawner.metrics.runner.executions_in_flight.set(in_flight);
+    svc.core.spawner.metrics.runner.executions_queued.set(queued);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .insert_header(("cache-control", "no-store"))

@@ -55,6 +55,11 @@ pub struct Runner {
     pub bundle_verifications: Family<Labels, Counter>,
     pub quota_rejections: Family<Labels, Counter>,
     pub http_requests: Family<Labels, Counter>,
+    /// Time to answer, by route pattern and status class (`2xx`, `4xx`, ...).
+    pub http_duration_seconds: HistogramFamily,
+    /// Executions holding a slot of this host now, and executions waiting for one.
+    pub executions_in_flight: Gauge,
+    pub executions_queued: Gauge,
     /// Compiled artifacts a load used, by `source`: `compiled` here, or `shared` (another host's,
     /// from the object store).
     pub artifact_loads: Family<Labels, Counter>,
@@ -160,6 +165,9 @@ impl Metrics {
             artifact_loads: Family::default(),
             bundle_fetches: Family::default(),
             http_requests: Family::default(),
+            http_duration_seconds: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
+            executions_in_flight: Gauge::default(),
+            executions_queued: Gauge::default(),
         };
         let r = &runner;
         registry.register("executions", "Finished executions by outcome", r.executions.clone());
@@ -201,6 +209,21 @@ impl Metrics {
         );
         registry.register("quota_rejections", "Executions refused by a quota, by kind", r.quota_rejections.clone());
         registry.register("http_requests", "HTTP requests by route and status", r.http_requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests, by route pattern and status class",
+            r.http_duration_seconds.clone(),
+        );
+        registry.register(
+            "executions_in_flight",
+            "Executions holding a slot of this host now",
+            r.executions_in_flight.clone(),
+        );
+        registry.register(
+            "executions_queued",
+            "Executions waiting for a slot of this host now (quotas.queue_timeout_ms)",
+            r.executions_queued.clone(),
+        );
         registry.register(
             "artifact_loads",
             "Compiled artifacts a load had to get: compiled here, or shared by another host",
@@ -306,9 +329,14 @@ impl Metrics {
     }
 
     /// One HTTP request: `route` is the matched route pattern (a fixed set) or `unmatched`.
-    pub fn http_request(&self, route: &str, status: u16) {
+    pub fn http_request(&self, route: &str, status: u16, took: std::time::Duration) {
+        let class = format!("{}xx", status / 100);
         let status = status.to_string();
         self.runner.http_requests.get_or_create(&labels(&[("route", route), ("status", &status)])).inc();
+        self.runner
+            .http_duration_seconds
+            .get_or_create(&labels(&[("route", route), ("status_class", &class)]))
+            .observe(took.as_secs_f64());
     }
 
     /// The family for `name` of `extension`, registering it on first use within the limits.

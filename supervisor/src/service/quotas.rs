@@ -81,6 +81,8 @@ pub struct Quotas {
     config: QuotasConfig,
     counters: Arc<Mutex<Counters>>,
     slots: Arc<Semaphore>,
+    /// Executions waiting for a slot now.
+    queued: Arc<std::sync::atomic::AtomicI64>,
     /// With a shared database, the rate limits and caps are the cluster's, counted there; the
     /// queue in front of this host's sandboxes stays this host's.
     shared: Option<SharedAdmission>,
@@ -144,7 +146,7 @@ fn extension_key(tenant: &str, extension: &str) -> String {
 impl Quotas {
     pub fn new(config: QuotasConfig, shared: Option<SharedAdmission>) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1) as usize));
-        Quotas { config, counters: Arc::default(), slots, shared }
+        Quotas { config, counters: Arc::default(), slots, queued: Arc::default(), shared }
     }
 
     /// The cluster's admission, when there is one (its lease renewal runs beside the service).
@@ -215,11 +217,24 @@ impl Quotas {
 
     /// A place in this host's queue, within `queue_timeout_ms`.
     async fn slot(&self) -> Result<OwnedSemaphorePermit, Refused> {
+        use std::sync::atomic::Ordering;
         let wait = Duration::from_millis(self.config.queue_timeout_ms);
-        match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Ok(slot);
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let got = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        match got {
             Ok(Ok(slot)) => Ok(slot),
             _ => Err(Refused::Overloaded),
         }
+    }
+
+    /// Executions holding a slot of this host, and executions waiting for one, now.
+    pub fn load(&self) -> (i64, i64) {
+        let max = self.config.max_concurrent.max(1) as i64;
+        (max - self.slots.available_permits() as i64, self.queued.load(std::sync::atomic::Ordering::Relaxed).max(0))
     }
 
     /// The live concurrency of one tenant (the cluster's, with a shared database).
