@@ -11,8 +11,15 @@ fn main() -> ExitCode {
     alga_runner::exec::forkserver::run_if_requested(&args);
 
     let cli = Cli::parse();
-    let default_format = if matches!(cli.command, Command::Serve(_)) { LogFormat::Json } else { LogFormat::Text };
-    init_logging(cli.log_format.unwrap_or(default_format), matches!(cli.command, Command::Serve(_)));
+    let service = matches!(cli.command, Command::Serve(_));
+    // The service under systemd writes to the journal with each line's real priority; otherwise
+    // JSON on stderr (the service) or text (the other commands).
+    let default_format = match service {
+        true if stderr_is_the_journal() => LogFormat::Journald,
+        true => LogFormat::Json,
+        false => LogFormat::Text,
+    };
+    init_logging(cli.log_format.unwrap_or(default_format), service);
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Exec(args) => cli::exec::run(*args),
@@ -46,12 +53,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to its
+/// `device:inode` (the documented way to tell; a redirected stderr no longer matches).
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
 fn init_logging(format: LogFormat, service: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if service { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ALGA_RUNNER_LOG").unwrap_or_else(|_| default.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(journal) => {
+                let filter =
+                    tracing_subscriber::EnvFilter::try_from_env("ALGA_RUNNER_LOG").unwrap_or_else(|_| default.into());
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_syslog_identifier("alga-runner".into()))
+                    .init();
+            }
+            Err(e) => {
+                builder.json().init();
+                tracing::warn!(error = %e, "the journal cannot be reached; logging JSON to stderr");
+            }
+        },
     }
 }

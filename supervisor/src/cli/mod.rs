@@ -15,7 +15,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "alga-runner", version = crate::LONG_VERSION, about)]
 pub struct Cli {
-    /// Log format on stderr [default: json for serve, text otherwise].
+    /// Log format [default: journald for serve under systemd, json for serve otherwise, text for
+    /// the other commands].
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
     #[command(subcommand)]
@@ -26,6 +27,9 @@ pub struct Cli {
 pub enum LogFormat {
     Json,
     Text,
+    /// The journal's native protocol, each line at its priority (the default of `serve` under
+    /// systemd).
+    Journald,
 }
 
 #[derive(Debug, Subcommand)]
