@@ -322,3 +322,23 @@ fn publish_shows_its_progress_on_a_terminal() {
     assert!(shown.contains("verifying and compiling… 0 s"), "the elapsed time while it compiles: {shown:?}");
     assert!(shown.contains("\"content_hash\""), "then the answer: {shown:?}");
 }
+
+#[test]
+fn the_man_page_has_files_environment_exit_status_and_names_only_pages_that_exist() {
+    let o = Command::new(runner_bin()).arg("manpage").output().unwrap();
+    assert!(o.status.success());
+    let page = String::from_utf8_lossy(&o.stdout);
+    for section in [".SH FILES", ".SH ENVIRONMENT", ".SH \"EXIT STATUS\"", ".SH \"SEE ALSO\""] {
+        assert!(page.contains(section), "{section} missing");
+    }
+    for code in ["\\fB78\\fR", "\\fB2\\fR", "\\fB1\\fR"] {
+        assert!(page.contains(code), "exit status {code} not described");
+    }
+    // Every `name(N)` reference is a page of a package alga-runner depends on.
+    let referenced: Vec<&str> =
+        page.match_indices("\\fR(").filter_map(|(i, _)| page[..i].rsplit("\\fB").next()).collect();
+    assert!(!referenced.is_empty());
+    for name in referenced {
+        assert!(["systemctl", "journalctl"].contains(&name), "the man page refers to {name}, which may not exist");
+    }
+}

@@ -100,8 +100,61 @@ pub fn manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
         }
         out.write_all(&section)?;
     }
-    Ok(())
+    out.write_all(MAN_TAIL.as_bytes())
 }
+
+/// The man page's closing sections: files, environment, exit status, where the docs are.
+const MAN_TAIL: &str = r#".SH FILES
+.TP
+\fI/etc/alga-runner/config.toml\fR
+The configuration (every key optional; the shipped copy shows each default).
+.TP
+\fI/etc/alga-runner/sandbox.env\fR
+The uid and gid sandboxes run as, written by the package.
+.TP
+\fI/etc/alga-runner/credentials/\fR
+The service token, the admin token and the node key, loaded by the unit as systemd credentials.
+.TP
+\fI/var/lib/alga-runner/\fR
+The state: database, bundles, extracted UIs, the node key when not a credential.
+.TP
+\fI/var/cache/alga-runner/\fR
+Compiled artifacts.
+.SH ENVIRONMENT
+.TP
+\fBALGA_RUNNER_CONFIG\fR
+The configuration file when \fB--config\fR is not given.
+.TP
+\fBALGA_RUNNER_<SECTION>__<KEY>\fR
+Any configuration key, e.g. \fBALGA_RUNNER_LIMITS__MAX_MEMORY_MB=1024\fR; it wins over the file.
+.TP
+\fBALGA_RUNNER_LISTEN\fR, \fBALGA_RUNNER_STATE_DIR\fR, \fBALGA_RUNNER_SERVICE_TOKEN\fR, \fBALGA_RUNNER_ADMIN_TOKEN\fR, \fBSIGNING_TRUST_BUNDLE\fR, \fBEXT_EGRESS_ALLOWLIST\fR
+Shorter names of common keys (the full table is in /usr/share/doc/alga-runner/docs/service.md).
+.TP
+\fBALGA_RUNNER_URL\fR
+The service the client commands talk to (default http://127.0.0.1:8080).
+.TP
+\fBALGA_RUNNER_LOG\fR
+The log filter (default info for serve, warn otherwise), e.g. alga_runner=debug.
+.TP
+\fBCREDENTIALS_DIRECTORY\fR
+Where systemd put the credentials (tokens, node-key).
+.SH "EXIT STATUS"
+.TP
+\fB0\fR
+Success.
+.TP
+\fB1\fR
+A failure (an unreachable service, a refused request, a broken chain with \fBexecutions --verify\fR, a bundle that does not verify).
+.TP
+\fB2\fR
+A usage error (a missing argument, a file that would be overwritten).
+.TP
+\fB78\fR
+An invalid configuration (EX_CONFIG), every bad key named; systemd does not restart on it.
+.SH "SEE ALSO"
+\fBsystemctl\fR(1), \fBjournalctl\fR(1) (systemd, a dependency of the package), and /usr/share/doc/alga-runner/ (README.md, docs/).
+"#;
 
 /// Exit code for usage errors (also what clap uses).
 pub const EXIT_USAGE: u8 = 2;

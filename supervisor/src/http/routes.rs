@@ -23,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
         .service(resource("/readyz", "GET").route(web::get().to(readyz)))
         .service(resource("/metrics", "GET").route(web::get().to(metrics)))
+        .service(resource("/openapi.json", "GET").route(web::get().to(openapi)))
         .service(resource("/v1/execute", "POST").route(web::post().to(execute_route)))
         .service(resource("/v1/bundles", "POST").route(web::post().to(publish_route)))
         .service(resource("/v1/bundles/prefetch", "POST").route(web::post().to(prefetch_route)))
@@ -102,6 +103,14 @@ fn local_registry(svc: &Service, what: &str) -> Result<(), Problem> {
 
 fn header(req: &HttpRequest, name: &str) -> Option<String> {
     req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// The OpenAPI 3.1 description of every route (kept in step with this file by a test).
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header(("cache-control", "no-cache"))
+        .body(include_str!("openapi.json"))
 }
 
 async fn healthz() -> HttpResponse {
