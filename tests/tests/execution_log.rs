@@ -61,6 +61,8 @@ fn records_chain_and_verify() {
             .lines()
             .any(|l| l.contains("the last line") && l.contains(&d.content_hash) && l.contains("\"tenant\":\"t1\""))
     );
+    // At the level the guest logged it: a `log-warn` line is a WARN line of the service.
+    assert!(server.log_text().lines().any(|l| l.contains("the last line") && l.contains("\"level\":\"WARN\"")));
 
     let (code, out) = verify(&server, "t1", false);
     assert_eq!(code, 0, "{out}");

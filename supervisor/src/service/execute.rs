@@ -818,19 +818,28 @@ async fn record(
         host_calls = r.host_calls,
         "execution finished"
     );
+    // Each guest line at the level the guest gave it (`log-error` is an ERROR line).
     for line in &report.logs {
-        tracing::info!(
-            target: "alga_runner::guest",
-            request_id = %r.request_id,
-            tenant = %r.tenant,
-            extension = %r.extension_id,
-            install = %r.install_id,
-            version = %r.version_id,
-            content_hash = %r.content_hash,
-            level = line.level.as_str(),
-            "{}",
-            line.message
-        );
+        macro_rules! guest_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "alga_runner::guest",
+                    request_id = %r.request_id,
+                    tenant = %r.tenant,
+                    extension = %r.extension_id,
+                    install = %r.install_id,
+                    version = %r.version_id,
+                    content_hash = %r.content_hash,
+                    "{}",
+                    line.message
+                )
+            };
+        }
+        match line.level {
+            alga_shared::protocol::LogLevel::Info => guest_line!(info),
+            alga_shared::protocol::LogLevel::Warn => guest_line!(warn),
+            alga_shared::protocol::LogLevel::Error => guest_line!(error),
+        }
     }
     match svc.registry.record_execution(r, &svc.retention()).await {
         Ok(_) => true,
