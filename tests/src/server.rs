@@ -251,6 +251,13 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 10 s) until the log satisfies `seen`: a line the service wrote before it
+    /// answered a request reaches the log file through a copying thread, a moment later.
+    pub fn wait_for_log(&self, what: &str, seen: impl Fn(&str) -> bool) {
+        let log = || self.log_text();
+        wait_within(&format!("the log shows {what}"), Duration::from_secs(10), || seen(&log()));
+    }
+
     /// `kill -9` the supervisor, and wait for it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

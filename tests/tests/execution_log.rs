@@ -54,15 +54,17 @@ fn records_chain_and_verify() {
     let t2 = server.admin_get("/v1/tenants/t2/executions").json();
     assert_eq!(t2["items"].as_array().unwrap().len(), 1);
     assert_eq!(t2["items"][0]["seq"], 1, "each tenant has its own chain");
-    // The guest's log lines are in the service log with the execution's identity.
-    assert!(
-        server
-            .log_text()
-            .lines()
-            .any(|l| l.contains("the last line") && l.contains(&d.content_hash) && l.contains("\"tenant\":\"t1\""))
-    );
-    // At the level the guest logged it: a `log-warn` line is a WARN line of the service.
-    assert!(server.log_text().lines().any(|l| l.contains("the last line") && l.contains("\"level\":\"WARN\"")));
+    // The guest's log lines are in the service log with the execution's identity, at the level
+    // the guest logged them (a `log-warn` line is a WARN line of the service).
+    let hash = d.content_hash.clone();
+    server.wait_for_log("the guest's last line", |log| {
+        log.lines().any(|l| {
+            l.contains("the last line")
+                && l.contains(&hash)
+                && l.contains("\"tenant\":\"t1\"")
+                && l.contains("\"level\":\"WARN\"")
+        })
+    });
 
     let (code, out) = verify(&server, "t1", false);
     assert_eq!(code, 0, "{out}");

@@ -49,6 +49,12 @@ fn setup_manifest(operator: &str, manifest_egress: Option<&[String]>, install: V
     Setup { server, d }
 }
 
+/// Waits for the log line of a refused fetch that names `list` as the list that refused it.
+fn refused_by(server: &Server, list: &str) {
+    let line = format!("is not in the {list} egress allowlist");
+    server.wait_for_log(&line, |log| log.contains(&line));
+}
+
 fn fetch(s: &Setup, url: &str) -> Value {
     s.server.report("t1", &s.d, "/fetch", Some(url.as_bytes()))
 }
@@ -151,16 +157,16 @@ fn a_manifest_without_egress_leaves_operator_and_install_and_a_refusal_names_its
     // Still deny by default: the operator's list is empty unless configured.
     let s = setup_manifest("", None, grant);
     assert_eq!(fetch(&s, &up.url("/ok")), json!({ "err": "not-allowed" }));
-    assert!(s.server.log_text().contains("is not in the operator egress allowlist"), "the refusal names the list");
+    refused_by(&s.server, "operator");
     // The install's list narrows it, and the refusal says so.
     let narrowed = json!({ "granted_capabilities": ["http.fetch"], "egress_allowlist": ["api.example.com"] });
     let s = setup_manifest(&entry, None, narrowed);
     assert_eq!(fetch(&s, &up.url("/ok")), json!({ "err": "not-allowed" }));
-    assert!(s.server.log_text().contains("is not in the install egress allowlist"), "{}", s.server.log_text());
+    refused_by(&s.server, "install");
     // A manifest list that is present but empty still allows nothing.
     let s = setup_manifest(&entry, Some(&[]), json!({ "granted_capabilities": ["http.fetch"] }));
     assert_eq!(fetch(&s, &up.url("/ok")), json!({ "err": "not-allowed" }));
-    assert!(s.server.log_text().contains("is not in the manifest egress allowlist"));
+    refused_by(&s.server, "manifest");
     assert_eq!(up.received().len(), 1, "only the allowed fetch reached the upstream");
 }
 
@@ -219,14 +225,14 @@ fn a_per_extension_operator_list_and_the_envelopes_list_narrow_too() {
     // The operator's list for this extension leaves out the upstream.
     let refused = fetch_as(&narrowed, None);
     assert_eq!(serde_json::from_slice::<Value>(&refused.envelope_body()).unwrap(), json!({ "err": "not-allowed" }));
-    assert!(server.log_text().contains("is not in the extension egress allowlist"), "{}", server.log_text());
+    refused_by(&server, "extension");
     // Another extension has only the operator's list.
     let allowed = fetch_as(&other, None);
     assert_eq!(serde_json::from_slice::<Value>(&allowed.envelope_body()).unwrap()["status"], 200);
     // The envelope's list (an extension of Alga's wire format) narrows one execution.
     let refused = fetch_as(&other, Some(json!(["api.example.com"])));
     assert_eq!(serde_json::from_slice::<Value>(&refused.envelope_body()).unwrap(), json!({ "err": "not-allowed" }));
-    assert!(server.log_text().contains("is not in the envelope egress allowlist"));
+    refused_by(&server, "envelope");
     let allowed = fetch_as(&other, Some(json!([entry])));
     assert_eq!(serde_json::from_slice::<Value>(&allowed.envelope_body()).unwrap()["status"], 200);
     // A bad entry is refused before anything runs, naming it.

@@ -249,13 +249,7 @@ async fn app_domain(req: HttpRequest, svc: Svc) -> Result<HttpResponse, Problem>
     let Some(install) = host.install_by_host(&name).await else {
         return Err(Problem::not_found("not_found", format!("the host's registry knows no install at `{name}`")));
     };
-    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
-    let location = format!(
-        "/ext-ui/{}/{}/?tenant={}",
-        enc(&install.extension_id),
-        enc(&install.content_hash),
-        enc(&install.tenant_id)
-    );
+    let location = install.ui_location();
     Ok(HttpResponse::TemporaryRedirect()
         .insert_header(("location", location))
         .insert_header(("cache-control", "no-store"))

@@ -21,6 +21,7 @@ use super::installs::valid_tenant;
 use super::loader::{LoadError, Loaded};
 use crate::config::RegistryConfig;
 use crate::hostapi::forwarded::transport::operator_request;
+use crate::hostapi::forwarded::{UNRESERVED, percent_encode};
 use crate::registry::{ExtensionRecord, InstallRecord, UiTrees, VersionRecord, VersionState, now_ms};
 
 /// Largest detached signature read (a minisign signature is a few hundred bytes).
@@ -87,8 +88,6 @@ pub struct HostBundle {
     pub manifest: Manifest,
     /// Strong ETag of each `ui/` file (paths relative to `ui/`), its tree extracted.
     pub ui_etags: BTreeMap<String, String>,
-    /// The key it was found at, for messages.
-    pub key: String,
 }
 
 /// What the host says about a per-install app domain.
@@ -97,6 +96,18 @@ pub struct DomainInstall {
     pub tenant_id: String,
     pub extension_id: String,
     pub content_hash: String,
+}
+
+impl DomainInstall {
+    /// Where its UI is served: `/ext-ui/{extension}/{hash}/?tenant={tenant}`.
+    pub fn ui_location(&self) -> String {
+        format!(
+            "/ext-ui/{}/{}/?tenant={}",
+            encode(&self.extension_id),
+            encode(&self.content_hash),
+            encode(&self.tenant_id)
+        )
+    }
 }
 
 /// Answers kept for a while, bounded (the oldest go first when full).
@@ -193,9 +204,13 @@ impl HostRegistry {
         to_run: bool,
     ) -> Result<(Arc<HostBundle>, Option<Vec<u8>>), HostRefusal> {
         let trust = svc.trust();
+        // An execution needs the loaded component; a UI request the extracted tree (a file
+        // check, kept off the execution path).
         if let Some(b) = self.cached_bundle(content_hash, trust.generation)
-            && svc.ui_trees.exists(content_hash)
-            && (!to_run || svc.loader.cached(content_hash, trust.generation).is_some())
+            && match to_run {
+                true => svc.loader.cached(content_hash, trust.generation).is_some(),
+                false => svc.ui_trees.exists(content_hash),
+            }
         {
             return Ok((b, None));
         }
@@ -206,9 +221,9 @@ impl HostRegistry {
             )));
         }
         let (bytes, signature, key, from_cache) = self.fetch(svc, tenant, extension, content_hash).await?;
-        let (svc2, hash, key2) = (svc.clone(), content_hash.to_string(), key.clone());
+        let (svc2, hash) = (svc.clone(), content_hash.to_string());
         let checked = svc
-            .blocking(move || verify(&svc2, &bytes, &signature, &hash, &key2, from_cache))
+            .blocking(move || verify(&svc2, &bytes, &signature, &hash, &key, from_cache))
             .await
             .map_err(|p| HostRefusal::Internal(p.to_string()))?;
         svc.core.spawner.metrics.verification("load", checked.is_ok());
@@ -218,7 +233,6 @@ impl HostRegistry {
             generation: trust.generation,
             manifest,
             ui_etags,
-            key,
         });
         self.bundles.lock().unwrap_or_else(|p| p.into_inner()).insert(content_hash.to_string(), bundle.clone());
         Ok((bundle, wasm))
@@ -408,7 +422,7 @@ impl HostRegistry {
 }
 
 fn encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    percent_encode(s, UNRESERVED)
 }
 
 /// Checks fetched bytes: their hash, the detached signature against the trust bundle in force,

@@ -26,6 +26,9 @@ mod services;
 mod ui_proxy;
 mod wire;
 
+/// Percent-encoding of one URL path segment or query value (RFC 3986 unreserved kept).
+pub use wire::{UNRESERVED, percent_encode};
+
 use std::fmt;
 
 use alga_shared::bindings::{ClientReadError, ProxyError, SchedulerError, ServiceReadError};

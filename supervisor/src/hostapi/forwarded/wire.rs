@@ -46,7 +46,7 @@ impl Headers {
 
 /// Everything but the RFC 3986 unreserved characters (ASCII letters and digits, `-._~`): what an
 /// identifier we insert keeps verbatim.
-pub(super) const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+pub const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Everything but RFC 3986 `pchar` without `%`: a guest's route segment keeps these, and `%` is
 /// encoded so that `%2F` or `%2e%2e` stay literal text instead of becoming a separator or a dot
@@ -71,7 +71,7 @@ pub(super) const SEGMENT: &AsciiSet = &UNRESERVED
 pub(super) const QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>').add(b'\'');
 
 /// Percent-encodes every byte of `s` that `set` lists, and every non-ASCII byte.
-pub(super) fn percent_encode(s: &str, set: &'static AsciiSet) -> String {
+pub fn percent_encode(s: &str, set: &'static AsciiSet) -> String {
     utf8_percent_encode(s, set).to_string()
 }
 

@@ -17,6 +17,7 @@ use tokio_rustls::rustls;
 
 use crate::hostapi::HostContext;
 use crate::hostapi::forwarded::transport::operator_request;
+use crate::hostapi::forwarded::{UNRESERVED, percent_encode};
 
 /// The most a storage answer may be (a list page of 100 values of 64 KiB, base64, with JSON).
 const MAX_ANSWER: usize = 16 << 20;
@@ -55,7 +56,7 @@ impl HostStorage {
             return Err(StorageError::Internal);
         };
         let Some(install) = ctx.install_id.as_deref() else { return Err(StorageError::Internal) };
-        let url = format!("{}/api/internal/ext-storage/install/{}", self.base_url, encode(install));
+        let url = format!("{}/api/internal/ext-storage/install/{}", self.base_url, percent_encode(install, UNRESERVED));
         let headers = vec![
             ("content-type".to_string(), "application/json".to_string()),
             ("x-runner-auth".into(), token.clone()),
@@ -76,10 +77,6 @@ impl HostStorage {
             }
         }
     }
-}
-
-fn encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Alga's status mapping: 401, 403 and 429 deny, 404 is missing, 409 a conflict, anything
